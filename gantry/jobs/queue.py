@@ -1,0 +1,60 @@
+"""Celery configuration and task names. The message carries the job id only: the SQL row is the
+source of truth, not a result backend."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from gantry.jobs.errors import ServiceUnavailable
+from gantry.jobs.settings import Settings
+
+QUEUE = "gantry.gpu"
+TASKS = {"train": "gantry.train", "sample": "gantry.sample", "evaluate": "gantry.evaluate"}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """The Celery app for `settings`. Without a broker (embedded mode) tasks run in-process, eagerly."""
+    app = Celery("gantry", broker=settings.broker_url or "memory://", include=["gantry.worker.tasks"])
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_routes={"gantry.*": {"queue": QUEUE}},
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # A training is long and must not be lost: ack after it ends, hand the message back when
+        # the worker process dies, and take one job at a time (prefetch 1). Tasks are idempotent:
+        # a redelivered train job resumes from its last checkpoint (see claim_job).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        # Redis redelivers an unacked message after this long: longer than any heartbeat gap, and
+        # a job still alive elsewhere is left alone by claim_job.
+        broker_transport_options={"visibility_timeout": 3600},
+        task_always_eager=settings.embedded,
+        task_eager_propagates=True,
+    )
+    return app
+
+
+def check_broker(app: Celery, url: str) -> None:
+    """Raise ServiceUnavailable (naming the broker, not its password) if it cannot be reached."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:
+        raise ServiceUnavailable(
+            "broker", f"cannot reach {maybe_sanitize_url(url)} ({type(exc).__name__})"
+        ) from None
+
+
+def enqueue(app: Celery, kind: str, job_id: str) -> None:
+    app.send_task(TASKS[kind], args=[job_id], queue=QUEUE, retry=True, retry_policy={"max_retries": 3})
+
+
+def run_in_process(app: Celery, kind: str, job_id: str) -> None:
+    """Embedded mode: run the task here, through Celery's eager path (the same task code a worker runs)."""
+    app.loader.import_default_modules()
+    app.tasks[TASKS[kind]].apply(args=[job_id], throw=True)

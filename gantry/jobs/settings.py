@@ -1,0 +1,43 @@
+"""Settings from the environment, one object per process (DESIGN.md's table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GANTRY_", extra="ignore", frozen=True)
+
+    home: Path = Field(Path(".gantry"), description="where the embedded defaults keep their files")
+    database_url: str | None = Field(None, description="SQL store; default sqlite under home")
+    storage_url: str | None = Field(None, description="object storage root; default file:// under home")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
+    broker_url: str | None = Field(None, description="unset: embedded mode; redis://...: queued")
+    api_url: str | None = None
+    api_token: str | None = None
+    # Worker tuning (not part of the user-facing contract).
+    lease_seconds: int = Field(120, ge=5, description="a running job whose heartbeat is older is stale")
+    max_input_pixels: int = Field(64_000_000, ge=1)
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'gantry.db').resolve()}"
+
+    @property
+    def storage(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.home / "objects").resolve().as_uri()
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,362 @@
+"""The SQL store: jobs, their metrics and their artifacts (SQLAlchemy 2).
+
+The schema changes only through Alembic (`gantry/migrations`); `SCHEMA_REVISION` is the revision
+this code expects, and `connect()` refuses a database that is not at it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from gantry.jobs.errors import InvalidInput, JobNotFound, ServiceUnavailable
+
+SCHEMA_REVISION = "0001"
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    parent_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_job_name_step", "job_id", "name", "step"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "key", name="uq_artifacts_job_key"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(512))
+    kind: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# --- connecting -------------------------------------------------------------------------------
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            # WAL lets the CLI read progress while a job in the same process writes it.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def describe_url(url: str) -> str:
+    """The database URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision stamped in the database; None when it has no gantry schema."""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError) as exc:
+        message = str(exc.orig).lower()
+        if "no such table" in message or ("does not exist" in message and "alembic_version" in message):
+            return None
+        raise ServiceUnavailable("database", f"cannot connect to {describe_url(str(engine.url))}") from None
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return (
+        parsed.get_backend_name() == "sqlite" and bool(parsed.database) and not Path(parsed.database or "").exists()
+    )
+
+
+def connect(url: str, *, check_schema: bool = True) -> sessionmaker[Session]:
+    """A session factory for `url`, after checking that the schema is the one this code expects."""
+    engine = make_engine(url)
+    if check_schema:
+        found = None if _missing_sqlite_file(url) else schema_revision(engine)
+        if found != SCHEMA_REVISION:
+            what = "has no gantry schema" if found is None else f"is at schema revision {found}"
+            raise ServiceUnavailable(
+                "database",
+                f"{describe_url(url)} {what}; this gantry needs revision {SCHEMA_REVISION}. "
+                "Run `gantry db upgrade`.",
+            )
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    with factory() as session, session.begin():
+        yield session
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(6)
+
+
+def create_job(
+    session: Session,
+    *,
+    kind: str,
+    model: str,
+    spec: dict[str, Any],
+    total_steps: int,
+    parent_job_id: str | None = None,
+    owner: str | None = None,
+) -> Job:
+    job = Job(
+        id=new_job_id(),
+        kind=kind,
+        model=model,
+        state="queued",
+        spec=spec,
+        attempt=1,
+        step=0,
+        total_steps=total_steps,
+        cancel_requested=False,
+        parent_job_id=parent_job_id,
+        owner=owner,
+        created_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def list_jobs(session: Session, *, state: str | None = None, limit: int = 50) -> list[Job]:
+    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    if state is not None:
+        if state not in STATES:
+            raise InvalidInput("state", f"unknown state {state!r}; choose one of {', '.join(STATES)}")
+        query = query.where(Job.state == state)
+    return list(session.scalars(query))
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+class JobBusy(Exception):
+    """Another worker holds the job and may be alive: look again once its lease runs out."""
+
+    def __init__(self, job_id: str, holder: str, retry_in: float) -> None:
+        super().__init__(f"job {job_id} is held by {holder}; retry in {retry_in:.0f}s")
+        self.retry_in = retry_in
+
+
+def worker_name() -> str:
+    """`host:pid` of this process, recorded on the jobs it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_may_be_alive(holder: str | None, claimant: str) -> bool:
+    # On the same host a dead holder is certain (its pid is gone): take over at once, as when a
+    # worker's child process was killed and Celery handed the message back. Elsewhere, only the
+    # lease tells.
+    host, _, pid = (holder or "").rpartition(":")
+    if host != claimant.rpartition(":")[0] or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_job(session: Session, job_id: str, *, worker: str, lease_seconds: int) -> Job | None:
+    """Take a job for `worker` (`host:pid`), or None when it is not to be run (finished or
+    cancelled). A job found `running` was left by a dead worker when its heartbeat is stale or its
+    holder's process is gone from this host: the redelivered message takes it over with
+    `attempt + 1`, and the trainer resumes from the last checkpoint. Held by a worker that may be
+    alive: JobBusy."""
+    job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound(job_id)
+    now = utcnow()
+    if job.state in TERMINAL:
+        return None
+    if job.cancel_requested:
+        job.state, job.finished_at = "cancelled", now
+        return None
+    if job.state == "running":
+        heartbeat = _aware(job.heartbeat_at) or now
+        left = timedelta(seconds=lease_seconds) - (now - heartbeat)
+        if left.total_seconds() > 0 and _holder_may_be_alive(job.worker, worker):
+            raise JobBusy(job_id, job.worker or "?", left.total_seconds())
+        job.attempt += 1
+    job.state = "running"
+    job.worker = worker
+    job.started_at = job.started_at or now
+    job.heartbeat_at = now
+    job.error = None
+    return job
+
+
+def heartbeat(session: Session, job_id: str, *, step: int | None = None) -> bool:
+    """Record progress and liveness; returns True when a cancel was requested."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if step is not None:
+        values["step"] = step
+    session.execute(update(Job).where(Job.id == job_id).values(**values))
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def finish_job(session: Session, job_id: str, *, state: str, error: str | None = None) -> None:
+    if state not in TERMINAL:
+        raise ValueError(state)
+    session.execute(
+        update(Job).where(Job.id == job_id).values(state=state, error=error, finished_at=utcnow())
+    )
+
+
+def request_cancel(session: Session, job_id: str) -> Job:
+    """Queued jobs are cancelled at once; running ones stop at their next progress check."""
+    job = get_job(session, job_id)
+    if job.state in TERMINAL:
+        raise InvalidInput("job_id", f"job {job_id} already {job.state}; only queued or running jobs cancel")
+    job.cancel_requested = True
+    if job.state == "queued":
+        job.state, job.finished_at = "cancelled", utcnow()
+    return job
+
+
+def requeue_stale(session: Session, *, lease_seconds: int) -> list[str]:
+    """Running jobs whose worker stopped heartbeating go back to `queued` with `attempt + 1`."""
+    cutoff = utcnow() - timedelta(seconds=lease_seconds)
+    stale = list(session.scalars(select(Job).where(Job.state == "running", Job.heartbeat_at < cutoff)))
+    for job in stale:
+        job.state, job.attempt, job.worker = "queued", job.attempt + 1, None
+    return [job.id for job in stale]
+
+
+# --- metrics and artifacts --------------------------------------------------------------------
+
+
+def record_metrics(session: Session, job_id: str, *, step: int, values: dict[str, float]) -> None:
+    now = utcnow()
+    session.add_all(
+        Metric(job_id=job_id, name=name, step=step, value=float(value), time=now)
+        for name, value in values.items()
+    )
+
+
+def latest_metrics(session: Session, job_id: str) -> dict[str, float]:
+    """name -> the value at its highest step (ties: the newest row)."""
+    rows = session.execute(
+        select(Metric.name, Metric.value).where(Metric.job_id == job_id).order_by(Metric.step, Metric.id)
+    )
+    return {name: value for name, value in rows}
+
+
+def metric_history(session: Session, job_id: str) -> list[Metric]:
+    return list(
+        session.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.step, Metric.id))
+    )
+
+
+def add_artifact(session: Session, job_id: str, *, key: str, kind: str, size: int) -> None:
+    existing = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.key == key))
+    if existing is not None:
+        existing.bytes, existing.kind, existing.created_at = size, kind, utcnow()
+    else:
+        session.add(Artifact(job_id=job_id, key=key, kind=kind, bytes=size, created_at=utcnow()))
+
+
+def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
+    return list(session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.key)))
+
+
+def count_jobs(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Job)) or 0)
