@@ -1,0 +1,441 @@
+"""The `gantry` command line: a thin layer over `gantry.api.service`.
+
+Exit codes (DESIGN.md): 0 done; 1 the job failed or was cancelled; 2 bad input; 3 no such job;
+4 a service is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from gantry.api.schemas import JobView
+from gantry.api.service import Service
+from gantry.jobs.errors import GantryError, InvalidInput
+from gantry.jobs.settings import Settings, get_settings
+from gantry.jobs.specs import BUILTIN_DATASETS, TRAIN_SPECS
+from gantry.jobs.store import STATES, TERMINAL
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+class GantryGroup(click.Group):
+    """Turns gantry's errors into their exit codes and one clear line on stderr."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GantryError as exc:
+            err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=GantryGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """gantry: train and sample GANs as jobs.
+
+    Without GANTRY_BROKER_URL a job runs in this process (embedded mode); with it, the job is
+    queued on Redis for `gantry worker` processes.
+    """
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = get_settings()
+
+
+def _service(ctx: click.Context) -> Service:
+    return Service(ctx.obj)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput("set", f"{pair!r} is not KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
+
+
+# --- submitting ------------------------------------------------------------------------------
+
+
+def _after_submit(ctx: click.Context, svc: Service, job: JobView, *, wait: bool, as_json: bool) -> None:
+    settings: Settings = ctx.obj
+    if settings.embedded:
+        if not as_json:
+            out.print(f"{job.kind} job [bold]{job.id}[/bold] runs in this process (embedded mode)")
+        job = _run_embedded(svc, job, show=not as_json)
+        _finish(job, as_json=as_json, exit_on_failure=True)
+        return
+    if not wait:
+        if as_json:
+            _print_json(job.model_dump(mode="json"))
+        else:
+            out.print(f"queued {job.kind} job [bold]{job.id}[/bold]; follow it with `gantry watch {job.id}`")
+        return
+    if not as_json:
+        out.print(f"queued {job.kind} job [bold]{job.id}[/bold]")
+    job = _watch(svc, job.id, show=not as_json)
+    _finish(job, as_json=as_json, exit_on_failure=True)
+
+
+def _run_embedded(svc: Service, job: JobView, *, show: bool) -> JobView:
+    """Run the job in a thread and show its progress from the store; Ctrl-C cancels it."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            svc.run_embedded(job)
+        except BaseException as exc:  # reported below, after the progress display ends
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name=f"gantry-job-{job.id}", daemon=True)
+    thread.start()
+    try:
+        final = _watch(svc, job.id, show=show, alive=thread.is_alive)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: cancelling job {job.id} ...")
+        svc.cancel(job.id)
+        thread.join()
+        final = svc.get(job.id)
+    thread.join()
+    if failure and isinstance(failure[0], GantryError):
+        raise failure[0]
+    if failure:
+        raise failure[0]
+    return final
+
+
+def _finish(job: JobView, *, as_json: bool, exit_on_failure: bool) -> None:
+    if as_json:
+        _print_json(job.model_dump(mode="json"))
+    else:
+        _print_status(job)
+    if exit_on_failure and job.state != "succeeded":
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("model", type=click.Choice(sorted(TRAIN_SPECS)))
+@click.option(
+    "--dataset", help=f"Built-in ({', '.join(BUILTIN_DATASETS)}), a path, or a file:// or s3:// URI."
+)
+@click.option("--steps", type=int, help="Training steps (generator updates).")
+@click.option("--batch-size", type=int)
+@click.option("--image-size", type=int, help="A power of two (dcgan: 16 to 128).")
+@click.option("--seed", type=int)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A model option, e.g. lr=2e-4.")
+@click.option("--checkpoint-every", type=int)
+@click.option("--sample-every", type=int)
+@click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def train(
+    ctx: click.Context, model: str, sets: tuple[str, ...], wait: bool, as_json: bool, **fields: Any
+) -> None:
+    """Train MODEL. Model options: `gantry options MODEL`."""
+    svc = _service(ctx)
+    job = svc.submit_train(model, options=_parse_sets(sets), **fields)
+    _after_submit(ctx, svc, job, wait=wait, as_json=as_json)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--checkpoint", help="latest (default), best or a step number.")
+@click.option("--count", type=int, help="How many images (per prompt; default 64).")
+@click.option("--seed", type=int, help="The same seed gives the same images.")
+@click.option("--interpolate", metavar="SEED_A:SEED_B", help="Walk the latent space between two seeds.")
+@click.option("--frames", type=int, help="Frames of --interpolate, endpoints included (default 8).")
+@click.option(
+    "--linear", "interpolation", flag_value="linear", help="Interpolate linearly (default: spherical)."
+)
+@click.option(
+    "--arithmetic", metavar="EXPR", help='Latent arithmetic on averaged seeds: "3,17,42 - 5,8 + 11,12".'
+)
+@click.option("--prompt", "prompts", multiple=True, help="A caption to draw (text2img); repeat for several.")
+@click.option(
+    "--input",
+    "input",
+    metavar="PATH|URI",
+    help="Image, folder or S3 prefix to super-resolve (srresnet, srgan).",
+)
+@click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def sample(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields: Any) -> None:
+    """Sample from train job JOB_ID's checkpoint: images, interpolations, arithmetic, prompts."""
+    svc = _service(ctx)
+    job = svc.submit_sample(job_id, **fields)
+    _after_submit(ctx, svc, job, wait=wait, as_json=as_json)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--checkpoint", help="latest (default), best or a step number.")
+@click.option("--metric", "metrics", multiple=True, help="A metric to compute (default: all that apply).")
+@click.option("--seed", type=int)
+@click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def evaluate(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields: Any) -> None:
+    """Measure train job JOB_ID's checkpoint; the values land on both jobs' metrics."""
+    svc = _service(ctx)
+    job = svc.submit_evaluate(job_id, **fields)
+    _after_submit(ctx, svc, job, wait=wait, as_json=as_json)
+
+
+@cli.command()
+@click.argument("model", type=click.Choice(sorted(TRAIN_SPECS)))
+def options(model: str) -> None:
+    """List MODEL's `--set` options with their defaults."""
+    from gantry.jobs.specs import option_help
+
+    table = Table("option", "default", "meaning", box=None)
+    for name, default, description in option_help(model):
+        table.add_row(name, str(default), description)
+    out.print(table)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _print_status(job: JobView) -> None:
+    colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}.get(
+        job.state, ""
+    )
+    state = f"[{colour}]{job.state}[/{colour}]" if colour else job.state
+    out.print(f"[bold]{job.id}[/bold]  {job.kind} {job.model}  {state}  attempt {job.attempt}")
+    out.print(f"  progress   {job.progress.step}/{job.progress.total_steps}")
+    if job.parent_job_id:
+        out.print(f"  from job   {job.parent_job_id}")
+    for label, moment in (
+        ("created", job.created_at),
+        ("started", job.started_at),
+        ("finished", job.finished_at),
+    ):
+        if moment is not None:
+            out.print(f"  {label:<10} {moment:%Y-%m-%d %H:%M:%S} UTC")
+    if job.metrics:
+        out.print("  metrics    " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(job.metrics.items())))
+    if job.error:
+        out.print(f"  [red]error[/red]      {job.error.splitlines()[0]}")
+    shown = [a for a in job.artifacts if a.kind in ("grid", "checkpoint", "manifest")]
+    samples = [a for a in job.artifacts if a.kind == "samples"]
+    images = [a for a in job.artifacts if a.kind == "image"]
+    if samples:
+        shown.append(samples[-1])
+    for a in shown:
+        out.print(f"  {a.kind:<10} {a.uri}")
+    if images:
+        out.print(f"  images     {len(images)} under {images[0].uri.rsplit('/', 1)[0]}/")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show a job: state, progress, latest metrics, artifacts."""
+    job = _service(ctx).get(job_id)
+    if as_json:
+        _print_json(job.model_dump(mode="json"))
+    else:
+        _print_status(job)
+
+
+@cli.command(name="list")
+@click.option("--state", type=click.Choice(STATES))
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def list_(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+    jobs = _service(ctx).list_jobs(state=state, limit=limit)
+    if as_json:
+        _print_json([j.model_dump(mode="json", exclude={"artifacts"}) for j in jobs])
+        return
+    table = Table("id", "kind", "model", "state", "progress", "created (UTC)", box=None)
+    for j in jobs:
+        table.add_row(
+            j.id,
+            j.kind,
+            j.model,
+            j.state,
+            f"{j.progress.step}/{j.progress.total_steps}",
+            f"{j.created_at:%Y-%m-%d %H:%M}",
+        )
+    out.print(table)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Every recorded point.")
+@click.pass_context
+def metrics(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """A job's metrics: latest, min and max of each."""
+    points = _service(ctx).metrics(job_id)
+    if as_json:
+        _print_json([p.model_dump(mode="json") for p in points])
+        return
+    table = Table("metric", "latest", "at step", "min", "max", "points", box=None)
+    by_name: dict[str, list[Any]] = {}
+    for p in points:
+        by_name.setdefault(p.name, []).append(p)
+    for name, series in sorted(by_name.items()):
+        values = [p.value for p in series]
+        table.add_row(
+            name,
+            f"{values[-1]:.4g}",
+            str(series[-1].step),
+            f"{min(values):.4g}",
+            f"{max(values):.4g}",
+            str(len(values)),
+        )
+    out.print(table if by_name else "no metrics recorded yet")
+
+
+def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval: float = 0.5) -> JobView:
+    """Poll the store until the job ends, with a live progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    job = svc.get(job_id)
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
+    with Progress(*columns, console=err, disable=not show, transient=False) as bar:
+        task = bar.add_task(f"{job.id} {job.state}", total=job.progress.total_steps or None, rate="", info="")
+        while True:
+            job = svc.get(job_id)
+            m = job.metrics
+            rate = f"{m['images_per_sec']:.0f} img/s" if "images_per_sec" in m else ""
+            info = "  ".join(f"{k}={m[k]:.3f}" for k in ("loss_D", "loss_G") if k in m)
+            bar.update(
+                task, completed=job.progress.step, description=f"{job.id} {job.state}", rate=rate, info=info
+            )
+            if job.state in TERMINAL or (alive is not None and not alive()):
+                return svc.get(job_id)
+            time.sleep(interval)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.pass_context
+def watch(ctx: click.Context, job_id: str) -> None:
+    """Follow a job live until it ends; exit 1 if it failed or was cancelled."""
+    job = _watch(_service(ctx), job_id, show=True)
+    _finish(job, as_json=False, exit_on_failure=True)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Cancel a queued or running job (a running one stops within seconds, keeping its checkpoints)."""
+    job = _service(ctx).cancel(job_id)
+    if as_json:
+        _print_json(job.model_dump(mode="json"))
+    elif job.state == "cancelled":
+        out.print(f"job {job.id} cancelled")
+    else:
+        out.print(f"job {job.id}: cancel requested; it stops at its next progress check")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path), help="Default: ./<job_id>")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def download(ctx: click.Context, job_id: str, to: Path | None, as_json: bool) -> None:
+    """Copy a job's objects (checkpoints, samples, images, metrics) to a local folder."""
+    paths = _service(ctx).download(job_id, to or Path(job_id))
+    if as_json:
+        _print_json([str(p) for p in paths])
+        return
+    for p in paths:
+        out.print(str(p))
+    out.print(f"{len(paths)} files in {to or Path(job_id)}")
+
+
+# --- operating -------------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Database schema (Alembic)."""
+
+
+@db.command()
+@click.pass_context
+def upgrade(ctx: click.Context) -> None:
+    """Create or upgrade the schema to the version this gantry needs."""
+    from gantry.jobs.store import describe_url
+    from gantry.migrations import upgrade as run_upgrade
+
+    settings: Settings = ctx.find_root().obj
+    try:
+        run_upgrade(settings.database)
+    except Exception as exc:
+        from gantry.jobs.errors import ServiceUnavailable
+
+        raise ServiceUnavailable(
+            "database", f"{describe_url(settings.database)}: {type(exc).__name__}: {exc}"
+        ) from None
+    out.print(f"database {describe_url(settings.database)} is at the current schema")
+
+
+@cli.command()
+@click.option(
+    "--gpus",
+    default="all",
+    show_default=True,
+    help="all, none, or device ids like 0,1: one worker process per GPU.",
+)
+@click.option("--queues", default="gantry.gpu", show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.pass_context
+def worker(ctx: click.Context, gpus: str, queues: str, loglevel: str) -> None:
+    """Run a Celery worker that takes jobs from the queue (needs GANTRY_BROKER_URL)."""
+    from gantry.api.workers import run_workers
+
+    sys.exit(run_workers(ctx.obj, gpus=gpus, queues=queues, loglevel=loglevel))
+
+
+@cli.command()
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Train DCGAN on `shapes` on this machine, sample 64 images, print where everything is."""
+    from gantry.api.demo import run_demo
+
+    run_demo(ctx.obj, out)
+
+
+def main() -> None:
+    cli(prog_name="gantry")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The service layer: submit, read, cancel and download jobs. The CLI and the HTTP app call this;
+it never imports torch or the worker (embedded mode reaches the worker through Celery's task
+registry, see `gantry.jobs.queue.run_in_process`)."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from gantry.api.schemas import ArtifactView, JobView, MetricPoint, Progress
+from gantry.jobs import store as db
+from gantry.jobs.errors import InvalidInput
+from gantry.jobs.queue import check_broker, enqueue, make_celery, run_in_process
+from gantry.jobs.settings import Settings
+from gantry.jobs.specs import BUILTIN_DATASETS, parse_evaluate_spec, parse_sample_spec, parse_train_spec
+from gantry.jobs.storage import ObjectStore, open_store, uri_exists
+
+log = logging.getLogger(__name__)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return db.connect(self.settings.database)
+
+    @cached_property
+    def objects(self) -> ObjectStore:
+        return open_store(self.settings.storage, endpoint_url=self.settings.s3_endpoint_url)
+
+    @cached_property
+    def celery(self):  # type: ignore[no-untyped-def]
+        return make_celery(self.settings)
+
+    # -- submitting ------------------------------------------------------------------------
+    def submit_train(self, model: str, *, options: dict[str, Any] | None = None, **fields: Any) -> JobView:
+        """Validate and record a train job, then queue it (or leave it for `run_embedded`)."""
+        spec = parse_train_spec(model, {k: v for k, v in fields.items() if v is not None}, options or {})
+        if spec.dataset not in BUILTIN_DATASETS and not uri_exists(
+            spec.dataset, endpoint_url=self.settings.s3_endpoint_url
+        ):
+            builtin = ", ".join(sorted(BUILTIN_DATASETS))
+            raise InvalidInput(
+                "dataset",
+                f"{spec.dataset!r} is not a built-in data set ({builtin}) nor an existing path or URI",
+            )
+        return self._submit(
+            "train", model=model, spec=spec.model_dump(mode="json"), total_steps=spec.steps, parent=None
+        )
+
+    def submit_sample(self, job_id: str, **fields: Any) -> JobView:
+        """Validate and record a sample job from train job `job_id`'s checkpoint."""
+        spec = parse_sample_spec({k: v for k, v in fields.items() if v is not None and v != ()})
+        model, _ = self._parent(job_id, spec.checkpoint)
+        spec.check_model(model)
+        if spec.input and not uri_exists(spec.input, endpoint_url=self.settings.s3_endpoint_url):
+            raise InvalidInput("input", f"{spec.input!r} does not exist")
+        total = spec.frames if spec.interpolate else spec.count * max(1, len(spec.prompts))
+        return self._submit(
+            "sample", model=model, spec=spec.model_dump(mode="json"), total_steps=total, parent=job_id
+        )
+
+    def submit_evaluate(self, job_id: str, **fields: Any) -> JobView:
+        """Validate and record an evaluation of train job `job_id`'s checkpoint."""
+        spec = parse_evaluate_spec({k: v for k, v in fields.items() if v is not None and v != ()})
+        model, dataset = self._parent(job_id, spec.checkpoint)
+        names = spec.resolve_metrics(model, dataset)
+        return self._submit(
+            "evaluate", model=model, spec=spec.model_dump(mode="json"), total_steps=len(names), parent=job_id
+        )
+
+    def _parent(self, job_id: str, checkpoint: str) -> tuple[str, str]:
+        """(model, dataset) of train job `job_id`, after checking it has checkpoint `checkpoint`."""
+        with db.session_scope(self.sessions) as s:
+            parent = db.get_job(s, job_id)
+            if parent.kind != "train":
+                raise InvalidInput("job_id", f"job {job_id} is a {parent.kind} job; use a train job")
+            model, dataset, state = parent.model, str(parent.spec.get("dataset", "")), parent.state
+        if not self._has_checkpoint(job_id, checkpoint):
+            raise InvalidInput(
+                "checkpoint", f"job {job_id} has no checkpoint {checkpoint!r} yet (state: {state})"
+            )
+        return model, dataset
+
+    def _has_checkpoint(self, job_id: str, ref: str) -> bool:
+        prefix = f"jobs/{job_id}/checkpoints/"
+        if ref in ("latest", "best"):
+            return self.objects.exists(prefix + "latest.json")
+        return self.objects.exists(f"{prefix}step-{int(ref):08d}.pt")
+
+    def _submit(
+        self, kind: str, *, model: str, spec: dict[str, Any], total_steps: int, parent: str | None
+    ) -> JobView:
+        if not self.settings.embedded:
+            check_broker(self.celery, self.settings.broker_url or "")
+        with db.session_scope(self.sessions) as s:
+            job = db.create_job(
+                s,
+                kind=kind,
+                model=model,
+                spec=spec,
+                total_steps=total_steps,
+                parent_job_id=parent,
+                owner=_owner(),
+            )
+            job_id = job.id
+        if not self.settings.embedded:
+            enqueue(self.celery, kind, job_id)
+            log.info("queued %s job %s", kind, job_id)
+        return self.get(job_id)
+
+    def run_embedded(self, job: JobView) -> None:
+        """Embedded mode: run a submitted job in this process (blocks until it ends)."""
+        run_in_process(self.celery, job.kind, job.id)
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobView:
+        with db.session_scope(self.sessions) as s:
+            return self._view(s, db.get_job(s, job_id))
+
+    def list_jobs(self, *, state: str | None = None, limit: int = 50) -> list[JobView]:
+        with db.session_scope(self.sessions) as s:
+            return [
+                self._view(s, job, with_artifacts=False) for job in db.list_jobs(s, state=state, limit=limit)
+            ]
+
+    def metrics(self, job_id: str) -> list[MetricPoint]:
+        with db.session_scope(self.sessions) as s:
+            db.get_job(s, job_id)
+            return [
+                MetricPoint(name=m.name, step=m.step, value=m.value, time=_utc(m.time))  # type: ignore[arg-type]
+                for m in db.metric_history(s, job_id)
+            ]
+
+    def cancel(self, job_id: str) -> JobView:
+        with db.session_scope(self.sessions) as s:
+            db.request_cancel(s, job_id)
+        return self.get(job_id)
+
+    def download(self, job_id: str, to: Path) -> list[Path]:
+        """Copy every object under `jobs/<id>/` to `to`, keeping the layout."""
+        self.get(job_id)
+        prefix = f"jobs/{job_id}/"
+        paths = []
+        for key in self.objects.list(prefix):
+            target = to / key[len(prefix) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.objects.get_bytes(key))
+            paths.append(target)
+        return paths
+
+    def _view(self, s: Session, job: db.Job, *, with_artifacts: bool = True) -> JobView:
+        artifacts = []
+        if with_artifacts:
+            artifacts = [
+                ArtifactView(key=a.key, uri=self.objects.uri(a.key), kind=a.kind, bytes=a.bytes)
+                for a in db.list_artifacts(s, job.id)
+            ]
+        return JobView(
+            id=job.id,
+            kind=job.kind,
+            model=job.model,
+            state=job.state,
+            attempt=job.attempt,
+            progress=Progress(step=job.step, total_steps=job.total_steps),
+            metrics=db.latest_metrics(s, job.id),
+            error=job.error,
+            artifacts=artifacts,
+            created_at=_utc(job.created_at),  # type: ignore[arg-type]
+            started_at=_utc(job.started_at),
+            finished_at=_utc(job.finished_at),
+            parent_job_id=job.parent_job_id,
+            spec=dict(job.spec),
+        )
+
+
+def _owner() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return None

@@ -1,0 +1,204 @@
+"""The one training loop that every GAN variant shares (stylegan2-ada's training_loop, in small).
+
+A variant brings its networks, optimizers and loss through `registry.build_model`; the loop
+draws minibatches, runs phase D then phase G each step, and talks to the job system only
+through `Callbacks` (progress, stop requests, checkpoints, sample grids).
+
+Reproducibility: everything random comes from `spec.seed`. The global torch RNG (weight
+init, and anything a variant draws from it) is seeded once; minibatch indices, latents and the
+fixed sample-grid latents come from one CPU `torch.Generator`, so a seed means the same batches
+on any device. A checkpoint stores both streams, so N steps + resume + N steps gives the same
+weights as 2N steps straight (on the same device and thread count).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from gantry.jobs.specs import TrainSpecBase
+from gantry.worker.gan.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+from gantry.worker.gan.images import grid_png
+from gantry.worker.gan.losses import Minibatch, Phase
+from gantry.worker.gan.registry import build_model
+from gantry.worker.gan.sampler import default_device, generate
+
+if TYPE_CHECKING:
+    from gantry.worker.data import ImageData
+
+log = logging.getLogger(__name__)
+
+GRID_SIDE = 8  # the fixed-noise sample grid is 8 x 8 = 64 images
+
+
+@dataclass
+class Callbacks:
+    # (step, metrics): loss_D, loss_G, D_x, D_G_z averaged since the last call, and images_per_sec.
+    # Called every `log_every` steps, at the last step, and on stop.
+    progress: Callable[[int, dict[str, float]], None]
+    # Polled after every step (the caller throttles its own reads). True: checkpoint and return.
+    should_stop: Callable[[], bool]
+    # (step, checkpoint file bytes): every spec.checkpoint_every steps, at the end and on stop.
+    checkpoint: Callable[[int, bytes], None]
+    # (step, PNG of the fixed-noise grid): every spec.sample_every steps and at the end.
+    samples: Callable[[int, bytes], None]
+
+
+@dataclass
+class TrainOutcome:
+    step: int  # steps completed
+    stopped: bool  # True: should_stop ended the run before spec.steps
+    final_metrics: dict[str, float]
+
+
+class _MetricWindow:
+    """Averages the per-step stats between progress reports, and the training throughput.
+
+    Stats stay tensors until `flush`, so a GPU is synchronised once per report, not per step.
+    Time spent in callbacks (uploads, PNG encoding) is excluded from images_per_sec.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.images = 0
+        self.started = time.perf_counter()
+        self.paused = 0.0
+
+    def add(self, stats: dict[str, torch.Tensor], images: int) -> None:
+        for name, value in stats.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.steps += 1
+        self.images += images
+
+    def exclude(self, since: float) -> None:
+        """Leave the time from `since` (or from this window's start, if later) out of the rate."""
+        self.paused += time.perf_counter() - max(since, self.started)
+
+    def flush(self) -> dict[str, float]:
+        metrics = {name: total.item() / self.steps for name, total in self.sums.items()}
+        elapsed = time.perf_counter() - self.started - self.paused
+        metrics["images_per_sec"] = self.images / max(elapsed, 1e-9)
+        self.reset()
+        return metrics
+
+
+def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1] on `device`, converted once up front."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
+
+
+def train(
+    spec: TrainSpecBase,
+    data: ImageData,
+    *,
+    callbacks: Callbacks,
+    resume: bytes | None = None,
+    device: torch.device | str | None = None,
+    log_every: int = 10,
+) -> TrainOutcome:
+    """Train `spec.model` on `data` for `spec.steps` steps, or continue from `resume` bytes."""
+    device = torch.device(device) if device is not None else default_device()
+    n, h, w, channels = data.images.shape
+    if (h, w) != (spec.image_size, spec.image_size):
+        raise ValueError(f"data images are {h}x{w}, the spec asks for {spec.image_size}x{spec.image_size}")
+
+    # --- Model and RNG streams, from the seed or from the checkpoint ---------------------------
+    # Like stylegan2-ada's training_loop, this seeds the process-wide RNG: a worker runs one
+    # job at a time, and a variant that draws from it (dropout, say) stays reproducible.
+    torch.manual_seed(spec.seed)
+    model = build_model(spec, channels=channels, device=device)
+    batches = torch.Generator().manual_seed(spec.seed)  # minibatch indices and latents
+    fixed_z = model.sample_latents(GRID_SIDE * GRID_SIDE, batches)  # the sample grid's latents
+    step, metrics = 0, {}
+    if resume is not None:
+        state = load_checkpoint(resume, map_location="cpu")
+        if state["spec"]["model"] != getattr(spec, "model", None) or state["channels"] != channels:
+            raise ValueError("the checkpoint was written for another model or channel count")
+        restore_training_state(state, model, batches)
+        step, fixed_z, metrics = state["step"], state["fixed_z"], state["metrics"]
+        log.info("resuming at step %d of %d", step, spec.steps)
+
+    x_all = images_to_tensor(data.images, device)  # (N, C, H, W) in [-1, 1]
+    window = _MetricWindow()
+    last_checkpoint = step if resume is not None else -1
+    last_samples = -1
+
+    def emit_checkpoint() -> None:
+        nonlocal last_checkpoint
+        payload = save_checkpoint(
+            model=model,
+            step=step,
+            spec=spec,
+            channels=channels,
+            batch_generator=batches,
+            fixed_z=fixed_z,
+            metrics=metrics,
+        )
+        callbacks.checkpoint(step, payload)
+        last_checkpoint = step
+
+    def emit_samples() -> None:
+        nonlocal last_samples
+        grid = generate(model.G, fixed_z, device=device)  # eval mode: running stats stay put
+        callbacks.samples(step, grid_png(grid, nrow=GRID_SIDE))
+        last_samples = step
+
+    def report() -> None:
+        nonlocal metrics
+        metrics = window.flush()
+        callbacks.progress(step, metrics)
+
+    # --- Training: phase D, then phase G, on the same minibatch -----------------------------
+    phases: tuple[tuple[Phase, torch.optim.Optimizer], ...] = (("D", model.opt_D), ("G", model.opt_G))
+    while step < spec.steps:
+        # With replacement: no epoch bookkeeping, and a step's batch depends on the stream alone.
+        index = torch.randint(n, (spec.batch_size,), generator=batches)
+        z = model.sample_latents(spec.batch_size, batches)
+        batch = Minibatch(real=x_all[index.to(device)], z=z.to(device))
+        stats: dict[str, torch.Tensor] = {}
+        for phase, opt in phases:
+            # D's weights are frozen in phase G, so its backward only computes input gradients.
+            # G's stay trainable in phase D, which lets a loss keep G(z)'s graph for phase G.
+            model.D.requires_grad_(phase == "D")
+            opt.zero_grad(set_to_none=True)
+            stats.update(model.loss.accumulate_gradients(phase, batch))
+            opt.step()
+        step += 1
+        window.add(stats, spec.batch_size)
+
+        # --- Callbacks (their time is not counted in images_per_sec) ---------------------------
+        callbacks_started = time.perf_counter()
+        last = step == spec.steps
+        if step % log_every == 0 or last:
+            report()
+        if step % spec.checkpoint_every == 0 or last:
+            emit_checkpoint()
+        if step % spec.sample_every == 0 or last:
+            emit_samples()
+        if not last and callbacks.should_stop():
+            if window.steps:
+                report()
+            if last_checkpoint != step:
+                emit_checkpoint()
+            log.info("stop requested: stopped at step %d of %d", step, spec.steps)
+            return TrainOutcome(step=step, stopped=True, final_metrics=metrics)
+        window.exclude(since=callbacks_started)
+
+    # A run resumed from its final checkpoint (its worker died after saving it) does no step;
+    # it still hands back the end-of-run artifacts, which the caller writes idempotently.
+    if last_checkpoint != step:
+        emit_checkpoint()
+    if last_samples != step:
+        emit_samples()
+    return TrainOutcome(step=step, stopped=False, final_metrics=metrics)

@@ -1,0 +1,127 @@
+"""DCGAN (Radford, Metz, Chintala 2015, arXiv 1511.06434), as in pytorch/examples dcgan.
+
+The paper's guidelines (§3): strided convolutions instead of pooling in D and transposed
+("fractionally-strided") convolutions instead of upsampling in G (the all-convolutional net,
+arXiv 1412.6806); batch norm in both, except G's output layer and D's input layer; no fully
+connected hidden layers; ReLU in G with Tanh at the output; LeakyReLU(0.2) in D.
+
+The reference is written for 64x64. Here the number of stride-2 blocks follows `image_size`:
+G projects z to 4x4 and doubles the resolution log2(image_size) - 2 times, halving the width
+each time so its last hidden layer has `ngf` channels; D mirrors it from `ndf` channels down to
+4x4. At 64x64 both are exactly the reference:
+
+    G: z 100x1x1 -> (ngf*8)x4x4 -> (ngf*4)x8x8 -> (ngf*2)x16x16 -> ngf x32x32 -> nc x64x64
+    D: nc x64x64 -> ndf x32x32 -> (ndf*2)x16x16 -> (ndf*4)x8x8 -> (ndf*8)x4x4 -> 1x1x1
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gantry.jobs.specs import DCGANTrainSpec
+from gantry.worker.gan.losses import NonSaturatingLoss
+from gantry.worker.gan.registry import GANModel
+
+
+def _num_blocks(image_size: int) -> int:
+    """Stride-2 blocks between 4x4 and image_size: 2 at 16, 3 at 32, 4 at 64, 5 at 128."""
+    if image_size not in (16, 32, 64, 128):
+        raise ValueError(f"dcgan supports image sizes 16, 32, 64 and 128, not {image_size}")
+    return image_size.bit_length() - 3  # log2(image_size) - 2
+
+
+class Generator(nn.Module):
+    """z (N, nz, 1, 1) -> G(z) (N, channels, image_size, image_size) in [-1, 1]."""
+
+    def __init__(self, *, nz: int, ngf: int, channels: int, image_size: int) -> None:
+        super().__init__()
+        n = _num_blocks(image_size)
+        width = ngf * 2 ** (n - 1)  # ngf*8 at 64x64
+        layers: list[nn.Module] = [
+            # The paper's "project and reshape" of z, written as a transposed conv over 1x1.
+            nn.ConvTranspose2d(nz, width, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+            # state size. (ngf * 2^(n-1)) x 4 x 4
+        ]
+        size = 4
+        for _ in range(n - 1):
+            layers += [
+                nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width // 2),
+                nn.ReLU(True),
+            ]
+            width, size = width // 2, size * 2
+            # state size. width x size x size: (ngf*4) x 8 x 8, (ngf*2) x 16 x 16, ..., ngf x S/2 x S/2
+        layers += [
+            # No batch norm on G's output layer (paper §3: it made samples oscillate).
+            nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False),
+            nn.Tanh(),
+            # state size. channels x image_size x image_size
+        ]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z)
+
+
+class Discriminator(nn.Module):
+    """x (N, channels, image_size, image_size) -> D(x) as logits (N,): the sigmoid is in the loss."""
+
+    def __init__(self, *, ndf: int, channels: int, image_size: int) -> None:
+        super().__init__()
+        n = _num_blocks(image_size)
+        layers: list[nn.Module] = [
+            # input is channels x image_size x image_size.
+            # No batch norm on D's input layer (paper §3).
+            nn.Conv2d(channels, ndf, 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),
+            # state size. ndf x S/2 x S/2
+        ]
+        width = ndf
+        for _ in range(n - 1):
+            layers += [
+                nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width * 2),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            width *= 2
+            # state size. width x size x size: (ndf*2) x S/4 x S/4, ..., (ndf * 2^(n-1)) x 4 x 4
+        # A 4x4 valid conv to one logit, instead of a fully connected layer.
+        layers.append(nn.Conv2d(width, 1, 4, 1, 0, bias=False))
+        # state size. 1 x 1 x 1
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).view(-1)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Conv weights ~ N(0, 0.02); batch-norm gamma ~ N(1, 0.02), beta = 0 (paper §4)."""
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANModel:
+    """Networks, Adam optimizers (paper §4: lr 2e-4, beta1 0.5) and the non-saturating loss."""
+    opts = spec.options
+    G = Generator(nz=opts.nz, ngf=opts.ngf, channels=channels, image_size=spec.image_size)
+    D = Discriminator(ndf=opts.ndf, channels=channels, image_size=spec.image_size)
+    # Initialise on the CPU (global torch RNG), then move: the same seed gives the same weights
+    # on every device.
+    G.apply(init_weights)
+    D.apply(init_weights)
+    G, D = G.to(device), D.to(device)
+    betas = (opts.beta1, opts.beta2)
+    return GANModel(
+        G=G,
+        D=D,
+        opt_G=torch.optim.Adam(G.parameters(), lr=opts.lr, betas=betas),
+        opt_D=torch.optim.Adam(D.parameters(), lr=opts.lr, betas=betas),
+        loss=NonSaturatingLoss(G, D),
+        latent_shape=(opts.nz, 1, 1),
+    )

@@ -1,0 +1,72 @@
+"""Sample images from a training checkpoint: one PNG per image and a grid of all of them."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from gantry.jobs.specs import load_train_spec
+from gantry.worker.gan.checkpoint import load_checkpoint
+from gantry.worker.gan.images import grid_png, png_bytes, to_uint8
+from gantry.worker.gan.registry import build_model
+
+log = logging.getLogger(__name__)
+
+GENERATE_BATCH = 256  # latents per G forward: bounds memory for large counts
+
+
+@dataclass
+class SampleResult:
+    images: list[bytes]  # one PNG per sample, in latent order
+    grid: bytes | None  # PNG of all samples, about square (None: no grid makes sense)
+    names: list[str] | None = None  # file names of `images`; None: 000000.png, 000001.png, ...
+    extra: dict[str, bytes] = field(default_factory=dict)  # more files for images/, e.g. points.npy
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: torch.Tensor, *, device: torch.device | None = None) -> np.ndarray:
+    """G(z) as uint8 images (N, H, W, C), with G in eval mode.
+
+    Eval mode makes batch norm use its running statistics, so an image depends on its own z
+    only, not on which other latents share its batch; G's training mode is restored after.
+    """
+    device = device or next(G.parameters()).device
+    was_training = G.training
+    G.eval()
+    try:
+        chunks = [to_uint8(G(z_chunk.to(device))) for z_chunk in z.split(GENERATE_BATCH)]
+    finally:
+        G.train(was_training)
+    return np.concatenate(chunks)
+
+
+def sample(
+    checkpoint: bytes, *, count: int, seed: int, device: torch.device | str | None = None
+) -> SampleResult:
+    """`count` images from G in the checkpoint, from latents drawn with `seed` (same seed, same bytes)."""
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    device = torch.device(device) if device is not None else default_device()
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    spec = load_train_spec(state["spec"])
+    # Building initialises weights from the global RNG; they are overwritten at once, and the
+    # fork keeps the caller's RNG stream as it was.
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(spec, channels=state["channels"], device=device)
+    model.G.load_state_dict(state["G"])
+    z = model.sample_latents(count, torch.Generator().manual_seed(seed))
+    images = generate(model.G, z, device=device)  # (count, H, W, C) uint8
+    log.info("sampled %d images from step %d with seed %d", count, state["step"], seed)
+    return SampleResult(
+        images=[png_bytes(image) for image in images],
+        grid=grid_png(images, nrow=math.ceil(math.sqrt(count))),
+    )

@@ -1,0 +1,187 @@
+"""Real services: Redis and PostgreSQL on this machine, moto's S3 server in its own process, and
+real `gantry worker` (Celery) processes. A missing service skips these tests with the reason,
+except under GANTRY_REQUIRE_SERVICES=1 (CI), where it fails them."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REDIS_URL = os.environ.get("GANTRY_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+PG_ADMIN_URL = os.environ.get("GANTRY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+GANTRY = [sys.executable, "-m", "gantry.api.cli"]
+
+
+def _need(service: str, problem: str) -> None:
+    message = f"{service} unavailable: {problem}"
+    if os.environ.get("GANTRY_REQUIRE_SERVICES") == "1":
+        pytest.fail(message + " (GANTRY_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client.ping()
+    except Exception as exc:
+        _need("Redis", f"{REDIS_URL}: {exc}")
+    client.flushdb()
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database for this test session, dropped afterwards."""
+    import psycopg
+
+    name = f"gantry_it_{secrets.token_hex(4)}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        _need("PostgreSQL", f"{PG_ADMIN_URL}: {exc}")
+    admin.execute(f"CREATE DATABASE {name}")
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    yield f"{base}/{name}"
+    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server, in its own process."""
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        _need("S3 server", "moto.server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory, redis_url, postgres_url, s3_endpoint) -> dict[str, str]:
+    """The environment of a queued deployment: PostgreSQL, Redis, S3, schema applied."""
+    env = {
+        **os.environ,
+        "GANTRY_HOME": str(tmp_path_factory.mktemp("home")),
+        "GANTRY_DATABASE_URL": postgres_url,
+        "GANTRY_BROKER_URL": redis_url,
+        "GANTRY_STORAGE_URL": "s3://gantry-it/runs",
+        "GANTRY_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    s3(env).create_bucket(Bucket="gantry-it")
+    gantry(env, "db", "upgrade")
+    return env
+
+
+def s3(env: dict[str, str]):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=env["GANTRY_S3_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+
+
+def gantry(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*GANTRY, *args], env=env, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"gantry {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def status(env: dict[str, str], job_id: str) -> dict:
+    return json.loads(gantry(env, "status", job_id, "--json").stdout)
+
+
+def wait_for(env: dict[str, str], job_id: str, states: tuple[str, ...], timeout: float = 180, **more) -> dict:
+    """Poll `gantry status` until the job is in one of `states` (and matches `more`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = status(env, job_id)
+        if job["state"] in states and all(pred(job) for pred in more.values()):
+            return job
+        if job["state"] in ("failed",) and "failed" not in states:
+            raise AssertionError(f"job {job_id} failed: {job['error']}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['state']} after {timeout}s: {job}")
+        time.sleep(0.5)
+
+
+class Worker:
+    """A real `gantry worker` process (Celery, prefork, one job at a time)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self.log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [*GANTRY, "worker", "--gpus", "none", "--loglevel", "INFO"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while "ready." not in log_path.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker did not start:\n{log_path.read_text()}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def worker(service_env, tmp_path) -> Iterator[Worker]:
+    w = Worker(service_env, tmp_path / "worker.log")
+    yield w
+    w.stop()

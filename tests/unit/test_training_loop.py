@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gantry.jobs.specs import DCGANOptions, DCGANTrainSpec
+from gantry.worker.data import ImageData
+from gantry.worker.gan.checkpoint import load_checkpoint
+from gantry.worker.gan.loop import Callbacks, train
+
+METRICS = {"loss_D", "loss_G", "D_x", "D_G_z", "images_per_sec"}
+
+
+def tiny_spec(**fields: Any) -> DCGANTrainSpec:
+    fields = {
+        "image_size": 16,
+        "batch_size": 8,
+        "steps": 6,
+        "checkpoint_every": 1000,
+        "sample_every": 1000,
+        **fields,
+    }
+    return DCGANTrainSpec(**fields, options=DCGANOptions(nz=16, ngf=8, ndf=8))
+
+
+def tiny_data(channels: int = 3) -> ImageData:
+    rng = np.random.default_rng(0)
+    return ImageData(images=rng.integers(0, 256, (24, 16, 16, channels), dtype=np.uint8))
+
+
+@dataclass
+class Recorder:
+    """Callbacks that record what the loop hands out; `stop_at` makes should_stop True from that poll."""
+
+    stop_at: int | None = None
+    progress: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    checkpoints: list[tuple[int, bytes]] = field(default_factory=list)
+    samples: list[tuple[int, bytes]] = field(default_factory=list)
+    polls: int = 0
+
+    def should_stop(self) -> bool:
+        self.polls += 1
+        return self.stop_at is not None and self.polls >= self.stop_at
+
+    def callbacks(self) -> Callbacks:
+        return Callbacks(
+            progress=lambda step, metrics: self.progress.append((step, metrics)),
+            should_stop=self.should_stop,
+            checkpoint=lambda step, data: self.checkpoints.append((step, data)),
+            samples=lambda step, png: self.samples.append((step, png)),
+        )
+
+
+def test_reports_metrics_checkpoints_and_grids_on_schedule() -> None:
+    rec = Recorder()
+    spec = tiny_spec(steps=7, checkpoint_every=5, sample_every=4)
+    outcome = train(spec, tiny_data(), callbacks=rec.callbacks(), log_every=3)
+
+    assert (outcome.step, outcome.stopped) == (7, False)
+    assert [step for step, _ in rec.progress] == [3, 6, 7]
+    for _, metrics in rec.progress:
+        assert set(metrics) == METRICS
+        assert all(math.isfinite(v) for v in metrics.values())
+        assert 0 < metrics["D_x"] < 1 and 0 < metrics["D_G_z"] < 1
+        assert metrics["images_per_sec"] > 0
+    assert outcome.final_metrics == rec.progress[-1][1]
+    assert [step for step, _ in rec.checkpoints] == [5, 7]
+    assert [step for step, _ in rec.samples] == [4, 7]
+    grid = Image.open(io.BytesIO(rec.samples[-1][1]))
+    assert grid.size == (8 * 18 + 2, 8 * 18 + 2) and grid.mode == "RGB"  # 8 x 8 images, 2-pixel padding
+
+
+def test_should_stop_checkpoints_at_that_step_and_returns() -> None:
+    rec = Recorder(stop_at=3)
+    outcome = train(tiny_spec(steps=50), tiny_data(), callbacks=rec.callbacks(), log_every=10)
+
+    assert (outcome.step, outcome.stopped) == (3, True)
+    assert [step for step, _ in rec.checkpoints] == [3]
+    assert load_checkpoint(rec.checkpoints[0][1])["step"] == 3
+    assert [step for step, _ in rec.progress] == [3]  # the partial window is reported on stop
+    assert rec.samples == []
+
+
+def test_checkpoint_is_plain_data_that_rebuilds_the_run() -> None:
+    rec = Recorder()
+    spec = tiny_spec(steps=2)
+    train(spec, tiny_data(channels=1), callbacks=rec.callbacks())
+    data = rec.checkpoints[-1][1]
+    # weights_only: no pickled objects, so a checkpoint from storage cannot run code when loaded.
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    assert state["step"] == 2 and state["channels"] == 1
+    assert state["spec"] == spec.model_dump(mode="json")
+    assert state["fixed_z"].shape == (64, 16, 1, 1)
+
+
+def _final_state(rec: Recorder) -> dict[str, Any]:
+    return load_checkpoint(rec.checkpoints[-1][1])
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run() -> None:
+    spec = tiny_spec(steps=6, sample_every=6)
+    straight = Recorder()
+    train(spec, tiny_data(), callbacks=straight.callbacks())
+
+    first = Recorder(stop_at=3)
+    assert train(spec, tiny_data(), callbacks=first.callbacks()).step == 3
+    second = Recorder()
+    outcome = train(spec, tiny_data(), callbacks=second.callbacks(), resume=first.checkpoints[-1][1])
+
+    assert (outcome.step, outcome.stopped) == (6, False)
+    assert [step for step, _ in second.progress] == [6]
+    a, b = _final_state(straight), _final_state(second)
+    for net in ("G", "D"):
+        for name, tensor in a[net].items():
+            assert torch.equal(tensor, b[net][name]), f"{net}.{name} differs after resume"
+    for opt in ("opt_G", "opt_D"):
+        for index, moments in a[opt]["state"].items():
+            for name, tensor in moments.items():
+                assert torch.equal(tensor, b[opt]["state"][index][name]), f"{opt} {index} {name} differs"
+    assert straight.samples[-1] == second.samples[-1]  # the same grid PNG, byte for byte
+
+
+def test_resuming_a_finished_run_trains_no_further() -> None:
+    done = Recorder()
+    spec = tiny_spec(steps=2)
+    train(spec, tiny_data(), callbacks=done.callbacks())
+    again = Recorder()
+    outcome = train(spec, tiny_data(), callbacks=again.callbacks(), resume=done.checkpoints[-1][1])
+    assert (outcome.step, outcome.stopped) == (2, False)
+    assert again.progress == [] and again.checkpoints == []
+    assert [png for _, png in again.samples] == [done.samples[-1][1]]
+    assert outcome.final_metrics == done.progress[-1][1]
+
+
+def test_the_seed_fixes_the_run() -> None:
+    grids = []
+    for seed in (0, 0, 1):
+        rec = Recorder()
+        train(tiny_spec(steps=2, seed=seed), tiny_data(), callbacks=rec.callbacks())
+        grids.append(rec.samples[-1][1])
+    assert grids[0] == grids[1]
+    assert grids[0] != grids[2]
+
+
+def test_images_at_another_size_are_refused() -> None:
+    with pytest.raises(ValueError, match="16x16"):
+        train(tiny_spec(image_size=32), tiny_data(), callbacks=Recorder().callbacks())
