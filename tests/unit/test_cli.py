@@ -41,7 +41,7 @@ def _count_jobs(settings) -> int:
         (["train", "stylegan"], 2, "dcgan"),
         (["train", "dcgan", "--dataset", "imagenet"], 2, "dataset"),
         (["train", "dcgan", "--dataset", "/no/such/folder"], 2, "/no/such/folder"),
-        (["train", "dcgan", "--set", "minibatch_discrimination=true"], 2, "set.minibatch_discrimination"),
+        (["train", "dcgan", "--set", "minibatch=true"], 2, "set.minibatch"),
         (["train", "dcgan", "--set", "lr"], 2, "KEY=VALUE"),
         (["train", "dcgan", "--steps", "0"], 2, "steps"),
         (["train", "dcgan", "--image-size", "24"], 2, "image_size"),

@@ -55,9 +55,14 @@ class ImageData:
         return len(self.images)
 
 
-def load_dataset(source: str, *, image_size: int, seed: int = 0, split: str = "train") -> ImageData:
+def load_dataset(
+    source: str, *, image_size: int, seed: int = 0, split: str = "train", full_size: bool = False
+) -> ImageData | PhotoData | PointData:
     """A built-in data set by name (see `BUILTIN`), or user data at a local path: an .npz, a .zip of
     images or a folder of images. User data has no held-out split: `split="test"` gives the same images.
+
+    `full_size`: super-resolution crops whole images, so a folder or .zip (and `photos`) comes back as
+    `PhotoData`, each image at its own size; otherwise `photos` are resized squares like the rest.
 
     Raises InvalidInput("dataset", ...) for anything wrong with the user's data.
     """
@@ -67,7 +72,8 @@ def load_dataset(source: str, *, image_size: int, seed: int = 0, split: str = "t
         raise ValueError(f"image_size must be positive, not {image_size}")
     builtin = BUILTIN.get(source)
     if builtin is not None:
-        return builtin(image_size, seed, split)
+        data = builtin(image_size, seed, split)
+        return data.squares(image_size) if isinstance(data, PhotoData) and not full_size else data
     path = Path(source).expanduser()
     if not path.exists():
         raise InvalidInput(
@@ -75,15 +81,24 @@ def load_dataset(source: str, *, image_size: int, seed: int = 0, split: str = "t
         )
     if split != "train":
         log.info("%s has no test split; using all of it", path)
+    if full_size:
+        return photos.load_full_size(path)
     return files.load_files(path, image_size=image_size)
 
 
 # The loaders import ImageData from this module, so they are imported once it is defined.
-from gantry.worker.data import digits, files, shapes  # noqa: E402
+from gantry.worker.data import digits, files, photos, points, shapes, stacked  # noqa: E402
+from gantry.worker.data.photos import PhotoData  # noqa: E402
+from gantry.worker.data.points import PointData  # noqa: E402
 
 # Built-in data set name -> loader(image_size, seed, split). Same names as
 # gantry.jobs.specs.BUILTIN_DATASETS (the API accepts exactly these); a unit test keeps them in sync.
-BUILTIN: dict[str, Callable[[int, int, str], ImageData]] = {
+BUILTIN: dict[str, Callable[[int, int, str], ImageData | PhotoData | PointData]] = {
     "shapes": lambda image_size, seed, split: shapes.generate(image_size, seed=seed, split=split),
     "digits": lambda image_size, seed, split: digits.load(image_size, seed=seed, split=split),
+    "photos": lambda image_size, seed, split: photos.load_builtin(split=split),  # full size, for SR
+    # 2-D points (PointData, not images: image_size does not apply), for the MLP gan.
+    "ring8": lambda image_size, seed, split: points.generate("ring8", seed=seed, split=split),
+    "grid25": lambda image_size, seed, split: points.generate("grid25", seed=seed, split=split),
+    "stacked-digits": lambda image_size, seed, split: stacked.generate(image_size, seed=seed, split=split),
 }

@@ -112,6 +112,9 @@ _TEMPLATES: Final = (
     "a {size} {colour} {shape} {where} on a {background} background",
     "{size} {colour} {shape}, {place}, {background} background",
     "there is a {size} {colour} {shape} {where}",
+    # Leaves size, position and background to chance: what a text-to-image model's noise z must
+    # then vary (Reed et al. 2016, arXiv 1605.05396, sec. 5: z captures what the text leaves out).
+    "{article} {colour} {shape}",
 )
 CAPTION_VARIANTS: Final = len(_TEMPLATES) * 3 * 2 * 3  # templates x size x shape x position words
 
@@ -130,6 +133,7 @@ def caption(shape: str, colour: str, size: str, position: str, background: str, 
         where=where[k // 6 % 3],
         place=place[k // 6 % 3 % len(place)],
         background=background,
+        article="an" if colour[:1] in "aeiou" else "a",
     )
 
 

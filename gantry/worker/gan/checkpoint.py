@@ -14,6 +14,7 @@ Layout (a plain dict):
     rng      dict  torch_cpu: ByteTensor, torch_cuda: [ByteTensor per device], batches: ByteTensor
     fixed_z  Tensor  the latents of the sample grid
     metrics  dict[str, float]  the last metrics reported
+    extra    dict  the model's `extra_state()` (e.g. text2img's text encoder); {} for most models
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ def save_checkpoint(
         "spec": spec.model_dump(mode="json"),
         "channels": channels,
         "G": model.G.state_dict(),
-        "D": model.D.state_dict(),
+        "D": model.D.state_dict() if model.D is not None else {},  # {}: a model without D
         "opt_G": model.opt_G.state_dict(),
-        "opt_D": model.opt_D.state_dict(),
+        "opt_D": model.opt_D.state_dict() if model.opt_D is not None else {},
         "rng": {
             "torch_cpu": torch.get_rng_state(),
             "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -59,6 +60,7 @@ def save_checkpoint(
         },
         "fixed_z": fixed_z.cpu(),
         "metrics": dict(metrics),
+        "extra": model.extra_state() if model.extra_state is not None else {},  # e.g. a text encoder
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -80,9 +82,10 @@ def restore_training_state(state: dict[str, Any], model: GANModel, batch_generat
     `load_state_dict` copies the weights onto whatever device the model is on.
     """
     model.G.load_state_dict(state["G"])
-    model.D.load_state_dict(state["D"])
     model.opt_G.load_state_dict(state["opt_G"])
-    model.opt_D.load_state_dict(state["opt_D"])
+    if model.D is not None and model.opt_D is not None:
+        model.D.load_state_dict(state["D"])
+        model.opt_D.load_state_dict(state["opt_D"])
     rng = state["rng"]
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():

@@ -26,8 +26,8 @@ from gantry.jobs.specs import TrainSpecBase
 from gantry.worker.gan.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from gantry.worker.gan.images import grid_png
 from gantry.worker.gan.losses import Minibatch, Phase
-from gantry.worker.gan.registry import build_model
-from gantry.worker.gan.sampler import default_device, generate
+from gantry.worker.gan.registry import BatchMaker, GANModel, build_model
+from gantry.worker.gan.sampler import default_device, generate, generate_outputs
 
 if TYPE_CHECKING:
     from gantry.worker.data import ImageData
@@ -104,14 +104,17 @@ def train(
     *,
     callbacks: Callbacks,
     resume: bytes | None = None,
+    init: bytes | None = None,
     device: torch.device | str | None = None,
     log_every: int = 10,
 ) -> TrainOutcome:
-    """Train `spec.model` on `data` for `spec.steps` steps, or continue from `resume` bytes."""
+    """Train `spec.model` on `data` for `spec.steps` steps, or continue from `resume` bytes.
+
+    `init`: another run's checkpoint whose G weights this run starts from when it does not resume
+    (SRGAN starts from a trained SRResNet, Ledig et al. 2016 §3.2, arXiv 1609.04802).
+    """
     device = torch.device(device) if device is not None else default_device()
-    n, h, w, channels = data.images.shape
-    if (h, w) != (spec.image_size, spec.image_size):
-        raise ValueError(f"data images are {h}x{w}, the spec asks for {spec.image_size}x{spec.image_size}")
+    channels = data.channels
 
     # --- Model and RNG streams, from the seed or from the checkpoint ---------------------------
     # Like stylegan2-ada's training_loop, this seeds the process-wide RNG: a worker runs one
@@ -119,8 +122,18 @@ def train(
     torch.manual_seed(spec.seed)
     model = build_model(spec, channels=channels, device=device)
     batches = torch.Generator().manual_seed(spec.seed)  # minibatch indices and latents
-    fixed_z = model.sample_latents(GRID_SIDE * GRID_SIDE, batches)  # the sample grid's latents
+    make_batch = model.make_batch or _image_batches(spec, data, model, device)
+    fixed_cond: torch.Tensor | None = None  # the grid's conditioning (e.g. captions), if any
+    if model.make_batch is None:
+        fixed_z = model.sample_latents(GRID_SIDE * GRID_SIDE, batches)  # the sample grid's latents
+    else:  # the grid shows G on a fixed batch of its inputs (e.g. LR crops, captions)
+        fixed = make_batch(data, GRID_SIDE * GRID_SIDE, batches, device)
+        # Drawn from the seed's stream before any resume, so a resumed run has the same one.
+        fixed_z, fixed_cond = fixed.z.cpu(), fixed.cond
     step, metrics = 0, {}
+    if init is not None and resume is None:
+        model.G.load_state_dict(load_checkpoint(init, map_location="cpu")["G"])
+        log.info("G initialised from another run's checkpoint")
     if resume is not None:
         state = load_checkpoint(resume, map_location="cpu")
         if state["spec"]["model"] != getattr(spec, "model", None) or state["channels"] != channels:
@@ -129,7 +142,6 @@ def train(
         step, fixed_z, metrics = state["step"], state["fixed_z"], state["metrics"]
         log.info("resuming at step %d of %d", step, spec.steps)
 
-    x_all = images_to_tensor(data.images, device)  # (N, C, H, W) in [-1, 1]
     window = _MetricWindow()
     last_checkpoint = step if resume is not None else -1
     last_samples = -1
@@ -150,7 +162,13 @@ def train(
 
     def emit_samples() -> None:
         nonlocal last_samples
-        grid = generate(model.G, fixed_z, device=device)  # eval mode: running stats stay put
+        if model.render is not None:  # outputs that are not images (2-D points): the model's plot
+            png = model.render(generate_outputs(model.G, fixed_z, device=device)).grid
+            assert png is not None, "a model's render hook must make a grid for the sample PNGs"
+            callbacks.samples(step, png)
+            last_samples = step
+            return
+        grid = generate(model.G, fixed_z, cond=fixed_cond, device=device)  # eval mode: running stats stay put
         callbacks.samples(step, grid_png(grid, nrow=GRID_SIDE))
         last_samples = step
 
@@ -159,18 +177,22 @@ def train(
         metrics = window.flush()
         callbacks.progress(step, metrics)
 
-    # --- Training: phase D, then phase G, on the same minibatch -----------------------------
-    phases: tuple[tuple[Phase, torch.optim.Optimizer], ...] = (("D", model.opt_D), ("G", model.opt_G))
+    # --- Training: phase D, then phase G (the model's phases), on the same minibatch ---------
+    optimizers = {"D": model.opt_D, "G": model.opt_G}
+    phases: list[tuple[Phase, torch.optim.Optimizer]] = []
+    for phase in model.phases:
+        opt = optimizers[phase]
+        if opt is None:
+            raise ValueError(f"{spec.model} has a phase {phase} but no optimizer for it")  # type: ignore[attr-defined]
+        phases.append((phase, opt))
     while step < spec.steps:
-        # With replacement: no epoch bookkeeping, and a step's batch depends on the stream alone.
-        index = torch.randint(n, (spec.batch_size,), generator=batches)
-        z = model.sample_latents(spec.batch_size, batches)
-        batch = Minibatch(real=x_all[index.to(device)], z=z.to(device))
+        batch = make_batch(data, spec.batch_size, batches, device)
         stats: dict[str, torch.Tensor] = {}
         for phase, opt in phases:
             # D's weights are frozen in phase G, so its backward only computes input gradients.
             # G's stay trainable in phase D, which lets a loss keep G(z)'s graph for phase G.
-            model.D.requires_grad_(phase == "D")
+            if model.D is not None:
+                model.D.requires_grad_(phase == "D")
             opt.zero_grad(set_to_none=True)
             stats.update(model.loss.accumulate_gradients(phase, batch))
             opt.step()
@@ -202,3 +224,19 @@ def train(
     if last_samples != step:
         emit_samples()
     return TrainOutcome(step=step, stopped=False, final_metrics=metrics)
+
+
+def _image_batches(spec: TrainSpecBase, data: ImageData, model: GANModel, device: torch.device) -> BatchMaker:
+    """The default minibatches: images of `data` (all spec.image_size square) and z ~ N(0, I)."""
+    n, h, w, _ = data.images.shape
+    if (h, w) != (spec.image_size, spec.image_size):
+        raise ValueError(f"data images are {h}x{w}, the spec asks for {spec.image_size}x{spec.image_size}")
+    x_all = images_to_tensor(data.images, device)  # (N, C, H, W) in [-1, 1], converted once
+
+    def make_batch(data: ImageData, batch_size: int, generator: torch.Generator, device: torch.device) -> Minibatch:
+        # With replacement: no epoch bookkeeping, and a step's batch depends on the stream alone.
+        index = torch.randint(n, (batch_size,), generator=generator)
+        z = model.sample_latents(batch_size, generator)
+        return Minibatch(real=x_all[index.to(device)], z=z.to(device))
+
+    return make_batch

@@ -23,6 +23,9 @@ class Minibatch:
 
     real: torch.Tensor  # x: (N, C, H, W) real images in [-1, 1]
     z: torch.Tensor  # latents: (N, *latent_shape)
+    # What G and D are conditioned on, one row per real image (e.g. text embeddings φ(t), (N, E));
+    # None: unconditional. The loop hands it to `generate` for the sample grid too.
+    cond: torch.Tensor | None = None
 
 
 class GANLoss(Protocol):

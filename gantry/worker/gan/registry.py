@@ -12,19 +12,29 @@ returning its networks, their optimizers and its loss (see `losses.GANLoss`). Th
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
     from gantry.jobs.specs import TrainSpecBase
-    from gantry.worker.gan.losses import GANLoss
+    from gantry.worker.gan.losses import GANLoss, Minibatch, Phase
+    from gantry.worker.gan.sampler import SampleResult
+
+# (data, batch_size, generator, device) -> one step's minibatch, everything random drawn from
+# `generator` (a CPU torch.Generator), so a seed means the same batches on any device.
+BatchMaker = Callable[[Any, int, torch.Generator, torch.device], "Minibatch"]
 
 # spec.model -> module defining `build`. Imported on first use, so a worker loads only its model.
 MODELS: dict[str, str] = {
+    "gan": "gantry.worker.gan.models.gan",
     "dcgan": "gantry.worker.gan.models.dcgan",
+    "srresnet": "gantry.worker.gan.models.srresnet",
+    "srgan": "gantry.worker.gan.models.srgan",
+    "text2img": "gantry.worker.gan.models.text2img",
 }
 
 
@@ -33,11 +43,25 @@ class GANModel:
     """G, D, one optimizer each, and the loss that trains them."""
 
     G: nn.Module
-    D: nn.Module
+    D: nn.Module | None  # None: no adversary (SRResNet trains G on a pixel loss alone)
     opt_G: torch.optim.Optimizer
-    opt_D: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer | None
     loss: GANLoss
     latent_shape: tuple[int, ...]  # one z, e.g. (nz, 1, 1) for DCGAN, (nz,) for an MLP
+    # Optional hooks for variants whose steps differ from an unconditional GAN's:
+    # the optimizer steps of one training step, in order ("G" alone when there is no D) ...
+    phases: tuple[Phase, ...] = ("D", "G")
+    # ... and how a minibatch is made from the data; None: images drawn with replacement from
+    # `data.images` (N, H, W, C) and z ~ N(0, I). SR models make random HR crops and their
+    # bicubic LR versions (`Minibatch.z` is then G's input, the LR crops).
+    make_batch: BatchMaker | None = None
+    # ... and plain data the checkpoint keeps beside the weights (e.g. text2img's fitted text
+    # encoder), so that sampling needs the checkpoint alone; None: nothing.
+    extra_state: Callable[[], dict[str, Any]] | None = None
+    # ... and how G's outputs become files when they are not images (the MLP GAN's 2-D points):
+    # G(z) as a float CPU tensor (N, ...) -> a sample job's files, whose `grid` is also the
+    # training loop's sample PNG; None: images (uint8 PNGs and a grid).
+    render: Callable[[torch.Tensor], SampleResult] | None = None
 
     @property
     def nz(self) -> int:

@@ -33,8 +33,11 @@ def default_device() -> torch.device:
 
 
 @torch.no_grad()
-def generate(G: nn.Module, z: torch.Tensor, *, device: torch.device | None = None) -> np.ndarray:
-    """G(z) as uint8 images (N, H, W, C), with G in eval mode.
+def generate(
+    G: nn.Module, z: torch.Tensor, *, cond: torch.Tensor | None = None, device: torch.device | None = None
+) -> np.ndarray:
+    """G(z) as uint8 images (N, H, W, C), with G in eval mode; G(z, cond) when `cond` (one row per z,
+    e.g. text embeddings) is given.
 
     Eval mode makes batch norm use its running statistics, so an image depends on its own z
     only, not on which other latents share its batch; G's training mode is restored after.
@@ -43,10 +46,26 @@ def generate(G: nn.Module, z: torch.Tensor, *, device: torch.device | None = Non
     was_training = G.training
     G.eval()
     try:
-        chunks = [to_uint8(G(z_chunk.to(device))) for z_chunk in z.split(GENERATE_BATCH)]
+        if cond is None:
+            chunks = [to_uint8(G(z_chunk.to(device))) for z_chunk in z.split(GENERATE_BATCH)]
+        else:
+            pairs = zip(z.split(GENERATE_BATCH), cond.split(GENERATE_BATCH), strict=True)
+            chunks = [to_uint8(G(z_chunk.to(device), c_chunk.to(device))) for z_chunk, c_chunk in pairs]
     finally:
         G.train(was_training)
     return np.concatenate(chunks)
+
+
+@torch.no_grad()
+def generate_outputs(G: nn.Module, z: torch.Tensor, *, device: torch.device | None = None) -> torch.Tensor:
+    """G(z) as a float CPU tensor (N, ...), with G in eval mode: for outputs that are not images."""
+    device = device or next(G.parameters()).device
+    was_training = G.training
+    G.eval()
+    try:
+        return torch.cat([G(z_chunk.to(device)).float().cpu() for z_chunk in z.split(GENERATE_BATCH)])
+    finally:
+        G.train(was_training)
 
 
 def sample(
@@ -64,6 +83,9 @@ def sample(
         model = build_model(spec, channels=state["channels"], device=device)
     model.G.load_state_dict(state["G"])
     z = model.sample_latents(count, torch.Generator().manual_seed(seed))
+    if model.render is not None:  # not images (2-D points): the model makes its own files
+        log.info("sampled %d outputs from step %d with seed %d", count, state["step"], seed)
+        return model.render(generate_outputs(model.G, z, device=device))
     images = generate(model.G, z, device=device)  # (count, H, W, C) uint8
     log.info("sampled %d images from step %d with seed %d", count, state["step"], seed)
     return SampleResult(

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from gantry.jobs.specs import DCGANTrainSpec
+from gantry.worker.gan import improved
 from gantry.worker.gan.losses import NonSaturatingLoss
 from gantry.worker.gan.registry import GANModel
 
@@ -96,6 +97,10 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x).view(-1)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer, (N, ndf * 2^(n-1), 4, 4): what feature matching matches."""
+        return self.main[:-1](x)
+
 
 def init_weights(module: nn.Module) -> None:
     """Conv weights ~ N(0, 0.02); batch-norm gamma ~ N(1, 0.02), beta = 0 (paper §4)."""
@@ -115,6 +120,9 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
     # on every device.
     G.apply(init_weights)
     D.apply(init_weights)
+    # Improved Techniques (arXiv 1606.03498), each off by default: see gantry.worker.gan.improved.
+    G = improved.apply_to_sequential(G, D, opts, latent_shape=(opts.nz, 1, 1))
+    loss = improved.build_loss(G, D, opts) if improved.uses_improved_loss(opts) else NonSaturatingLoss(G, D)
     G, D = G.to(device), D.to(device)
     betas = (opts.beta1, opts.beta2)
     return GANModel(
@@ -122,6 +130,6 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
         D=D,
         opt_G=torch.optim.Adam(G.parameters(), lr=opts.lr, betas=betas),
         opt_D=torch.optim.Adam(D.parameters(), lr=opts.lr, betas=betas),
-        loss=NonSaturatingLoss(G, D),
+        loss=loss,
         latent_shape=(opts.nz, 1, 1),
     )

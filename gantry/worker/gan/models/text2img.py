@@ -1,0 +1,297 @@
+"""Text to image: GAN-CLS, with GAN-INT as an option (Reed et al. 2016, arXiv 1605.05396).
+
+A DCGAN (arXiv 1511.06434) whose G and D both see a text embedding φ(t) of the image's caption
+(`gantry.worker.text`). As in the paper (§4.1), each network first compresses φ(t) to `embed_dim`
+(128) with a fully connected layer and a leaky ReLU:
+
+    G: [z ; LReLU(W_g φ(t))] (nz + 128) x 1 x 1 -> the DCGAN generator -> channels x S x S
+    D: x -> the DCGAN discriminator's conv stack -> (ndf * 2^(n-1)) x 4 x 4
+          ++ LReLU(W_d φ(t)) replicated over the 4 x 4 grid (depth concatenation)
+          -> 1x1 conv, batch norm, LReLU -> 4x4 conv -> one logit
+
+The matching-aware discriminator (GAN-CLS, §4.2, Algorithm 1) learns from three pairs: real image
+with its caption (s_r, "real"), real image with a mismatched caption (s_w, "fake") and generated image
+with the caption it was made from (s_f, "fake"):
+
+    L_D = log s_r + (log(1 - s_w) + log(1 - s_f)) / 2,     L_G = log s_f
+
+so D judges whether image and text match, not only whether the image looks real, and G's gradient
+carries that. GAN-INT (§4.3, `gan_int=true`) adds G's loss on embeddings interpolated half way
+between two captions of the minibatch (β = 0.5, as the paper), which fills the gaps between the
+captions seen in training.
+
+Captions, encoder fitting and the mismatched text all happen in the model's minibatch maker; the
+fitted encoder travels in the checkpoint (`extra_state`), so sampling needs nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gantry.jobs.errors import InvalidInput
+from gantry.jobs.specs import Text2ImgTrainSpec, load_train_spec
+from gantry.worker.gan.losses import Minibatch, Phase
+from gantry.worker.gan.models.dcgan import Discriminator as DCGANDiscriminator
+from gantry.worker.gan.models.dcgan import Generator as DCGANGenerator
+from gantry.worker.gan.models.dcgan import init_weights
+from gantry.worker.gan.registry import GANModel
+from gantry.worker.text.encoders import MINILM_DIM, TextEncoder, encoder_from_state, fit_encoder
+
+log = logging.getLogger(__name__)
+
+INT_BETA = (
+    0.5  # GAN-INT's interpolation weight (paper §4.3: "in practice we found that fixing β = 0.5 works well")
+)
+EXAMPLE_CAPTIONS = 8  # training captions kept in the checkpoint: the default text of latent walks
+
+
+def text_dim(spec: Text2ImgTrainSpec) -> int:
+    """E, the size of the encoder's embeddings φ(t)."""
+    return MINILM_DIM if spec.options.text_encoder == "minilm" else spec.options.vocab_size
+
+
+class TextProjection(nn.Module):
+    """φ(t) (N, E) -> LReLU(W φ(t)) (N, embed_dim): the paper's compression of the text embedding."""
+
+    def __init__(self, text_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(text_dim, embed_dim)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+
+    def forward(self, phi: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(phi))
+
+
+class Generator(nn.Module):
+    """G(z, φ(t)): z (N, nz, 1, 1) and φ(t) (N, E) -> images (N, channels, S, S) in [-1, 1]."""
+
+    def __init__(
+        self, *, nz: int, ngf: int, channels: int, image_size: int, text_dim: int, embed_dim: int
+    ) -> None:
+        super().__init__()
+        self.project = TextProjection(text_dim, embed_dim)
+        self.body = DCGANGenerator(nz=nz + embed_dim, ngf=ngf, channels=channels, image_size=image_size)
+
+    def forward(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        h = self.project(phi)  # (N, embed_dim)
+        return self.body(torch.cat([z, h[:, :, None, None]], dim=1))  # input (N, nz + embed_dim, 1, 1)
+
+
+class Discriminator(nn.Module):
+    """D(x, φ(t)): images (N, channels, S, S) and φ(t) (N, E) -> logits (N,): "real and matching"."""
+
+    def __init__(self, *, ndf: int, channels: int, image_size: int, text_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        dcgan = DCGANDiscriminator(ndf=ndf, channels=channels, image_size=image_size)
+        self.features = nn.Sequential(*list(dcgan.main)[:-1])  # everything but the last 4x4 conv
+        width = dcgan.main[-1].in_channels  # ndf * 2^(n-1), at 4 x 4
+        self.project = TextProjection(text_dim, embed_dim)
+        self.joint = nn.Sequential(
+            # state size. (width + embed_dim) x 4 x 4: image features with the text replicated
+            nn.Conv2d(width + embed_dim, width, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(width),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, 1, 4, 1, 0, bias=False),
+            # state size. 1 x 1 x 1
+        )
+
+    def forward(self, x: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)  # (N, width, 4, 4)
+        h = self.project(phi)[:, :, None, None].expand(-1, -1, f.shape[2], f.shape[3])  # (N, embed_dim, 4, 4)
+        return self.joint(torch.cat([f, h], dim=1)).view(-1)
+
+
+def mismatched(phi: torch.Tensor) -> torch.Tensor:
+    """Each image's "wrong" caption: its neighbour's in the (randomly drawn) minibatch, φ(t) rolled by
+    one. The paper draws random captions; a neighbour may describe the same thing by chance (1 in 28
+    for a colour and shape of `shapes`), which only softens the mismatch term a little."""
+    return torch.roll(phi, shifts=1, dims=0)
+
+
+class GANCLSLoss:
+    """The GAN-CLS objective with G's non-saturating loss; GAN-INT's term when `gan_int`."""
+
+    def __init__(self, G: Generator, D: Discriminator, *, gan_int: bool = False) -> None:
+        self.G = G
+        self.D = D
+        self.gan_int = gan_int
+        self._fake: tuple[Minibatch, torch.Tensor] | None = None  # (batch, G(z, h)) from the last phase D
+
+    def accumulate_gradients(self, phase: Phase, batch: Minibatch) -> dict[str, torch.Tensor]:
+        h = batch.cond  # φ(t) of each real image's caption, (N, E)
+        if h is None:
+            raise ValueError("text2img needs text embeddings in Minibatch.cond")
+        if phase == "D":
+            fake = self.G(batch.z, h)  # (N, C, H, W); G's graph kept for phase G, as NonSaturatingLoss
+            self._fake = (batch, fake)
+            # Three passes, so batch norm never mixes real and fake (DCGAN reference).
+            s_r = self.D(batch.real, h)  # real image, right text: "real"
+            s_w = self.D(batch.real, mismatched(h))  # real image, wrong text: "fake" (the CLS term)
+            s_f = self.D(fake.detach(), h)  # fake image, right text: "fake"
+            loss_real = F.binary_cross_entropy_with_logits(s_r, torch.ones_like(s_r))
+            loss_wrong = F.binary_cross_entropy_with_logits(s_w, torch.zeros_like(s_w))
+            loss_fake = F.binary_cross_entropy_with_logits(s_f, torch.zeros_like(s_f))
+            loss_D = loss_real + 0.5 * (loss_wrong + loss_fake)  # Algorithm 1, line 9
+            loss_D.backward()
+            return {
+                "loss_D": loss_D.detach(),
+                "D_x": torch.sigmoid(s_r.detach()).mean(),  # mean D(x, h)
+                "D_x_wrong_text": torch.sigmoid(s_w.detach()).mean(),  # mean D(x, ĥ): low once D reads text
+                "D_G_z": torch.sigmoid(s_f.detach()).mean(),  # mean D(G(z, h), h) before D's step
+            }
+        if phase == "G":
+            if self._fake is not None and self._fake[0] is batch and self._fake[1].requires_grad:
+                fake = self._fake[1]
+            else:
+                fake = self.G(batch.z, h)
+            self._fake = None
+            s_f = self.D(fake, h)
+            loss_G = F.binary_cross_entropy_with_logits(s_f, torch.ones_like(s_f))
+            stats = {}
+            if self.gan_int:
+                # GAN-INT (§4.3): embeddings between two captions have no real image, but D still
+                # tells whether G's image matches them; G learns to fill the text manifold.
+                h_int = INT_BETA * h + (1 - INT_BETA) * mismatched(h)
+                s_int = self.D(self.G(batch.z, h_int), h_int)
+                loss_int = F.binary_cross_entropy_with_logits(s_int, torch.ones_like(s_int))
+                loss_G = loss_G + loss_int
+                stats["loss_G_int"] = loss_int.detach()
+            loss_G.backward()
+            return {"loss_G": loss_G.detach(), **stats}
+        raise ValueError(f"unknown phase {phase!r}; expected 'D' or 'G'")
+
+
+class CaptionBatches:
+    """The minibatch maker: images with the embeddings of their captions, and z ~ N(0, I).
+
+    On its first call it fits the text encoder on the data's captions and embeds them all once
+    (each distinct caption once); its `state()` is what the checkpoint keeps for sampling.
+    """
+
+    def __init__(self, spec: Text2ImgTrainSpec) -> None:
+        self.spec = spec
+        self.encoder: TextEncoder | None = None
+        self.examples: list[str] = []
+        self._x: torch.Tensor | None = None  # (N, C, H, W) in [-1, 1]
+        self._phi: torch.Tensor | None = None  # (N, E)
+
+    def _prepare(self, data: Any, device: torch.device) -> None:
+        from gantry.worker.gan.loop import images_to_tensor
+
+        if not data.captions:
+            raise InvalidInput(
+                "dataset", "text2img needs captions: use shapes, or an .npz with images and captions"
+            )
+        n, h, w, _ = data.images.shape
+        if (h, w) != (self.spec.image_size, self.spec.image_size):
+            raise ValueError(
+                f"data images are {h}x{w}, the spec asks for {self.spec.image_size}x{self.spec.image_size}"
+            )
+        opts = self.spec.options
+        self.encoder = fit_encoder(opts.text_encoder, data.captions, dim=text_dim(self.spec))
+        distinct = sorted(set(data.captions))
+        row = {text: i for i, text in enumerate(distinct)}
+        phi = self.encoder.encode(distinct)  # (distinct captions, E)
+        self._phi = phi[torch.tensor([row[text] for text in data.captions])].to(device)
+        self._x = images_to_tensor(data.images, device)
+        self.examples = list(data.captions[:EXAMPLE_CAPTIONS])
+        log.info(
+            "text2img: %d images, %d distinct captions, %s encoder (E=%d)",
+            n,
+            len(distinct),
+            opts.text_encoder,
+            phi.shape[1],
+        )
+
+    def __call__(
+        self, data: Any, batch_size: int, generator: torch.Generator, device: torch.device
+    ) -> Minibatch:
+        if self._x is None:
+            self._prepare(data, device)
+        assert self._x is not None and self._phi is not None
+        # With replacement, as the default minibatches: a step's batch depends on the stream alone.
+        index = torch.randint(len(self._x), (batch_size,), generator=generator).to(device)
+        z = torch.randn((batch_size, self.spec.options.nz, 1, 1), generator=generator)
+        return Minibatch(real=self._x[index], z=z.to(device), cond=self._phi[index])
+
+    def state(self) -> dict[str, Any]:
+        if self.encoder is None:
+            return {}
+        return {"text_encoder": self.encoder.state(), "example_captions": self.examples}
+
+
+def _networks(spec: Text2ImgTrainSpec, channels: int) -> tuple[Generator, Discriminator]:
+    opts = spec.options
+    sizes = {
+        "channels": channels,
+        "image_size": spec.image_size,
+        "text_dim": text_dim(spec),
+        "embed_dim": opts.embed_dim,
+    }
+    return Generator(nz=opts.nz, ngf=opts.ngf, **sizes), Discriminator(ndf=opts.ndf, **sizes)
+
+
+def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GANModel:
+    """Networks (DCGAN init, paper §4 of arXiv 1511.06434), Adam (lr 2e-4, beta1 0.5) and GAN-CLS."""
+    opts = spec.options
+    G, D = _networks(spec, channels)
+    G.apply(init_weights)  # on the CPU from the global RNG, then moved: the same weights on any device
+    D.apply(init_weights)
+    G, D = G.to(device), D.to(device)
+    betas = (opts.beta1, opts.beta2)
+    batches = CaptionBatches(spec)
+    return GANModel(
+        G=G,
+        D=D,
+        opt_G=torch.optim.Adam(G.parameters(), lr=opts.lr, betas=betas),
+        opt_D=torch.optim.Adam(D.parameters(), lr=opts.lr, betas=betas),
+        loss=GANCLSLoss(G, D, gan_int=opts.gan_int),
+        latent_shape=(opts.nz, 1, 1),
+        make_batch=batches,
+        extra_state=batches.state,
+    )
+
+
+class TextGenerator:
+    """A trained G with its text encoder, from a checkpoint: what prompt sampling and latent walks use."""
+
+    def __init__(self, state: dict[str, Any], device: torch.device) -> None:
+        spec = load_train_spec(state["spec"])
+        assert isinstance(spec, Text2ImgTrainSpec)
+        extra = state.get("extra") or {}
+        if "text_encoder" not in extra:
+            raise ValueError("this text2img checkpoint has no text encoder")
+        self.spec = spec
+        self.encoder = encoder_from_state(extra["text_encoder"])
+        self.example_captions: list[str] = list(extra.get("example_captions", []))
+        G, _ = _networks(spec, state["channels"])  # weights overwritten at once: no init needed
+        G.load_state_dict(state["G"])
+        self.G = G.to(device)
+        self.device = device
+
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        """φ(t) for each prompt (N, E); InvalidInput for a prompt the built-in encoder cannot read."""
+        unknown_words = getattr(self.encoder, "unknown_words", None)
+        if unknown_words is not None:
+            for prompt in prompts:
+                unknown = unknown_words(prompt)
+                if unknown:
+                    log.warning(
+                        "prompt %r: words not in the training captions, ignored: %s",
+                        prompt,
+                        ", ".join(unknown),
+                    )
+        phi = self.encoder.encode(prompts)
+        for prompt, row in zip(prompts, phi, strict=True):
+            if not row.any():
+                known = ", ".join(sorted(getattr(self.encoder, "vocabulary", []))[:40])
+                raise InvalidInput(
+                    "prompts",
+                    f"no word of {prompt!r} was in the training captions (some known words: {known})",
+                )
+        return phi

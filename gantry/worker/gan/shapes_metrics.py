@@ -1,0 +1,226 @@
+"""Metrics for text to image and latent walks on `shapes`, read by the attribute classifier.
+
+- `caption_faithfulness` (text2img): prompts for every (colour, shape) pair in the data set's own
+  phrasings; the share of images whose classified colour and shape both match the prompt, on the
+  pairs training showed (`faithfulness_seen`) and on the held-out ones (`faithfulness_held_out`),
+  the question Reed et al. 2016 (arXiv 1605.05396) ask of GAN-CLS with human raters.
+- `prompt_diversity` (text2img): prompts "a red circle" leave size, position and background free;
+  the distinct values among 16 images per prompt, over what 16 draws from the data's uniform
+  distribution give (1.0: as varied as the data; a collapsed G, about 1/11).
+- `arithmetic_accuracy` (dcgan, text2img): the DCGAN paper's vector arithmetic (arXiv 1511.06434,
+  §6.3) on random attribute triples: exemplar seeds whose samples classify as "red circle", "red
+  square" and "blue square", three each, averaged; is red circle - red square + blue square a blue
+  circle? dcgan: colour and shape. text2img holds its text fixed, so z only decides size and
+  position ("small top left" - "small right" + "large right" = "large top left").
+- `interpolation_validity` (dcgan, text2img): spherical walks between random seeds; the share of
+  frames the classifier reads confidently as one shape of one colour (no ghost of two shapes).
+
+All draw from `EvaluateSpec.seed`: the same checkpoint and seed give the same values.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import torch
+
+from gantry.worker.data import shapes
+from gantry.worker.gan.latent import LatentDecoder, load_decoder, path
+from gantry.worker.gan.shapes_classifier import ShapesClassifier, attribute_classifier
+
+if TYPE_CHECKING:
+    from gantry.worker.evaluate import EvalContext
+
+log = logging.getLogger(__name__)
+
+NAMES: Final = {name: list(values) for name, values in shapes.ATTRIBUTES.items()}
+COL: Final = {name: k for k, name in enumerate(shapes.ATTRIBUTES)}  # attribute -> label column
+PAIRS: Final = [(c, s) for c in NAMES["colour"] for s in NAMES["shape"]]
+HELD_OUT: Final = set(shapes.HELD_OUT_COMBINATIONS)
+SEEN: Final = [pair for pair in PAIRS if pair not in HELD_OUT]
+
+PROMPTS_PER_PAIR: Final = 8  # faithfulness: prompts per (colour, shape), each with its own phrasing
+IMAGES_PER_PROMPT: Final = 4
+DIVERSITY_IMAGES: Final = 16
+CONFIDENT: Final = 0.9  # classifier probability for "reads as" (its test accuracy is ~100%)
+POOL: Final = 1024  # arithmetic: seeds decoded and classified to find exemplars
+EXEMPLARS: Final = 3  # per term, as the DCGAN paper
+TRIALS: Final = 64
+WALKS: Final = 32  # interpolation: seed pairs
+FRAMES: Final = 8
+
+
+def _short_prompt(colour: str, shape: str) -> str:
+    """The phrasing that names colour and shape only ("a red circle", "an orange cross")."""
+    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"
+
+
+def _context(ctx: EvalContext) -> tuple[LatentDecoder, ShapesClassifier, np.random.Generator]:
+    decoder = load_decoder(ctx.checkpoint, device=ctx.device)
+    classifier = attribute_classifier(ctx.train_spec.image_size)
+    return decoder, classifier, np.random.default_rng(ctx.spec.seed)
+
+
+def _classifier_accuracy(classifier: ShapesClassifier) -> dict[str, float]:
+    """The classifier's worst per-attribute accuracy on its own test images (should be >= 0.98)."""
+    return {"shapes_classifier_accuracy": min(classifier.accuracy.values())}
+
+
+def _decode_prompts(decoder: LatentDecoder, prompts: list[str], per_prompt: int, seed: int) -> np.ndarray:
+    """per_prompt images for each prompt, prompt-major (P * per_prompt, H, W, C)."""
+    assert decoder.text is not None
+    phi = decoder.text.embed(prompts)  # type: ignore[attr-defined]  # (P, E)
+    z = torch.randn(
+        (len(prompts) * per_prompt, *decoder.latent_shape), generator=torch.Generator().manual_seed(seed)
+    )
+    from gantry.worker.gan.sampler import generate
+
+    return generate(decoder.G, z, cond=phi.repeat_interleave(per_prompt, 0), device=decoder.device)
+
+
+def caption_faithfulness(ctx: EvalContext) -> dict[str, float]:
+    decoder, classifier, rng = _context(ctx)
+    prompts, wanted = [], []
+    for colour, shape in PAIRS:
+        for _ in range(PROMPTS_PER_PAIR):
+            size, position, background = (
+                NAMES[a][rng.integers(len(NAMES[a]))] for a in ("size", "position", "background")
+            )
+            variant = int(rng.integers(shapes.CAPTION_VARIANTS))
+            prompts.append(shapes.caption(shape, colour, size, position, background, variant=variant))
+            wanted.append((colour, shape, size, position, prompts[-1]))
+    images = _decode_prompts(decoder, prompts, IMAGES_PER_PROMPT, ctx.spec.seed)
+    got = classifier.classify(images).labels
+    colour_ok = np.empty(len(got), bool)
+    shape_ok = np.empty(len(got), bool)
+    layout_ok: list[bool] = []  # size and position, where the prompt names them
+    seen = np.empty(len(got), bool)
+    for i, (colour, shape, size, position, prompt) in enumerate(wanted):
+        rows = slice(i * IMAGES_PER_PROMPT, (i + 1) * IMAGES_PER_PROMPT)
+        colour_ok[rows] = got[rows, COL["colour"]] == NAMES["colour"].index(colour)
+        shape_ok[rows] = got[rows, COL["shape"]] == NAMES["shape"].index(shape)
+        seen[rows] = (colour, shape) not in HELD_OUT
+        if any(word in prompt.split() for word in shapes.SIZE_WORDS[size]):
+            layout_ok += (
+                (got[rows, COL["size"]] == NAMES["size"].index(size))
+                & (got[rows, COL["position"]] == NAMES["position"].index(position))
+            ).tolist()
+    both = colour_ok & shape_ok
+    values = {
+        "faithfulness_seen": float(both[seen].mean()),
+        "faithfulness_held_out": float(both[~seen].mean()),
+        "colour_faithfulness": float(colour_ok[seen].mean()),
+        "shape_faithfulness": float(shape_ok[seen].mean()),
+        **_classifier_accuracy(classifier),
+    }
+    if layout_ok:
+        values["layout_faithfulness"] = float(np.mean(layout_ok))
+    return values
+
+
+def _expected_distinct(values: int, draws: int) -> float:
+    """E[distinct values] among `draws` uniform draws from `values` values."""
+    return values * (1 - (1 - 1 / values) ** draws)
+
+
+def prompt_diversity(ctx: EvalContext) -> dict[str, float]:
+    decoder, classifier, _ = _context(ctx)
+    prompts = [_short_prompt(colour, shape) for colour, shape in SEEN]
+    got = classifier.classify(_decode_prompts(decoder, prompts, DIVERSITY_IMAGES, ctx.spec.seed)).labels
+    layouts = len(NAMES["size"]) * len(NAMES["position"])
+    layout, background = [], []
+    for i in range(len(prompts)):
+        rows = got[i * DIVERSITY_IMAGES : (i + 1) * DIVERSITY_IMAGES]
+        layout.append(len({(s, p) for s, p in rows[:, [COL["size"], COL["position"]]].tolist()}))
+        background.append(len(set(rows[:, COL["background"]].tolist())))
+    return {
+        "diversity": float(np.mean(layout) / _expected_distinct(layouts, DIVERSITY_IMAGES)),
+        "diversity_background": float(
+            np.mean(background) / _expected_distinct(len(NAMES["background"]), DIVERSITY_IMAGES)
+        ),
+        **_classifier_accuracy(classifier),
+    }
+
+
+def _arithmetic_trials(
+    decoder: LatentDecoder,
+    classifier: ShapesClassifier,
+    rng: np.random.Generator,
+    *,
+    attributes: tuple[str, str],
+    text: str | None,
+    targets: set[tuple[int, int]] | None,
+) -> tuple[int, int]:
+    """(successes, trials) of  A1B1 - A1B2 + A2B2 = A2B1  over the two attributes, exemplars found among
+    POOL seeds whose samples classify confidently."""
+    a, b = COL[attributes[0]], COL[attributes[1]]
+    seeds = np.arange(POOL)
+    found = classifier.classify(decoder.decode(decoder.latents(seeds.tolist()), text))
+    sure = (found.confidence[:, [a, b]] >= CONFIDENT).all(1)
+    by_pair: dict[tuple[int, int], list[int]] = {}
+    for seed, label in zip(seeds[sure].tolist(), found.labels[sure][:, [a, b]].tolist(), strict=True):
+        by_pair.setdefault((label[0], label[1]), []).append(seed)
+    usable = {pair for pair, members in by_pair.items() if len(members) >= EXEMPLARS}
+    triples = [
+        (a1, b1, a2, b2)
+        for a1, b1 in usable
+        for a2, b2 in usable
+        if a1 != a2 and b1 != b2 and (a1, b2) in usable and (targets is None or (a2, b1) in targets)
+    ]
+    if not triples:
+        log.warning("arithmetic: no usable triples among %d seeds (pairs found: %s)", POOL, sorted(by_pair))
+        return 0, 0
+    z_terms, wanted = [], []
+    for k in rng.choice(len(triples), size=TRIALS, replace=len(triples) < TRIALS):
+        a1, b1, a2, b2 = triples[k]
+        means = [
+            decoder.latents(rng.choice(by_pair[pair], EXEMPLARS, replace=False).tolist()).mean(0)
+            for pair in ((a1, b1), (a1, b2), (a2, b2))
+        ]
+        z_terms.append(means[0] - means[1] + means[2])
+        wanted.append((a2, b1))
+    result = classifier.classify(decoder.decode(torch.stack(z_terms), text)).labels[:, [a, b]]
+    successes = sum(tuple(row) == target for row, target in zip(result.tolist(), wanted, strict=True))
+    return successes, len(wanted)
+
+
+def arithmetic_accuracy(ctx: EvalContext) -> dict[str, float]:
+    decoder, classifier, rng = _context(ctx)
+    if decoder.text is None:  # z decides everything: colour and shape, as the issue's example
+        seen = {(NAMES["colour"].index(c), NAMES["shape"].index(s)) for c, s in SEEN}
+        ok, n = _arithmetic_trials(
+            decoder, classifier, rng, attributes=("colour", "shape"), text=None, targets=seen
+        )
+    else:  # fixed text names colour and shape: z decides size and position
+        ok = n = 0
+        for colour, shape in [SEEN[k] for k in rng.choice(len(SEEN), 4, replace=False)]:
+            good, tried = _arithmetic_trials(
+                decoder,
+                classifier,
+                rng,
+                attributes=("size", "position"),
+                text=_short_prompt(colour, shape),
+                targets=None,
+            )
+            ok, n = ok + good, n + tried
+    return {
+        "arithmetic_accuracy": ok / n if n else 0.0,
+        "arithmetic_trials": float(n),
+        **_classifier_accuracy(classifier),
+    }
+
+
+def interpolation_validity(ctx: EvalContext) -> dict[str, float]:
+    decoder, classifier, rng = _context(ctx)
+    pairs = rng.choice(2**31 - 1, size=(WALKS, 2), replace=False)
+    texts: list[str | None] = [None] * WALKS
+    if decoder.text is not None:
+        texts = [_short_prompt(*SEEN[k]) for k in rng.choice(len(SEEN), WALKS)]
+    valid = []
+    for (seed_a, seed_b), text in zip(pairs.tolist(), texts, strict=True):
+        frames = decoder.decode(path(decoder.latent(seed_a), decoder.latent(seed_b), FRAMES, "slerp"), text)
+        found = classifier.classify(frames)
+        valid += (found.confidence[:, [COL["shape"], COL["colour"]]] >= CONFIDENT).all(1).tolist()
+    return {"interpolation_validity": float(np.mean(valid)), **_classifier_accuracy(classifier)}

