@@ -39,8 +39,14 @@ def time_gantry(batch: int, steps: int, device: torch.device) -> float:
     """Median images/s over the progress reports after the first (warm-up) one."""
     spec = parse_train_spec(
         "dcgan",
-        {"dataset": "shapes", "image_size": 64, "batch_size": batch, "steps": steps,
-         "checkpoint_every": 10**7, "sample_every": 10**7},
+        {
+            "dataset": "shapes",
+            "image_size": 64,
+            "batch_size": batch,
+            "steps": steps,
+            "checkpoint_every": 10**7,
+            "sample_every": 10**7,
+        },
         {},
     )
     rng = np.random.default_rng(0)

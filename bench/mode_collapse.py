@@ -78,14 +78,25 @@ def main() -> None:
     only = set(args.only.split(","))
 
     rows: list[tuple[str, str, str, str, str, str]] = []
-    variants = {"GAN (ours)": {}, "GAN + minibatch discr. (ours)": {"minibatch_discrimination": "true", "mbd_kernels": str(args.kernels)}}
+    variants = {
+        "GAN (ours)": {},
+        "GAN + minibatch discr. (ours)": {
+            "minibatch_discrimination": "true",
+            "mbd_kernels": str(args.kernels),
+        },
+    }
     for dataset in ("ring8", "grid25"):
         if dataset not in only:
             continue
         for name, options in variants.items():
             results, seconds = [], []
             for seed in range(args.seeds):
-                fields = {"dataset": dataset, "steps": args.steps, "batch_size": args.batch_size, "seed": seed}
+                fields = {
+                    "dataset": dataset,
+                    "steps": args.steps,
+                    "batch_size": args.batch_size,
+                    "seed": seed,
+                }
                 checkpoint, took = run("gan", fields, options)
                 results.append(points_metrics_from_checkpoint(checkpoint, seed=0))
                 seconds.append(took)
@@ -101,7 +112,10 @@ def main() -> None:
     if "stacked" in only:
         stacked_variants = {
             "DCGAN (ours)": {},
-            "DCGAN + minibatch discr. (ours)": {"minibatch_discrimination": "true", "mbd_kernels": str(args.stacked_kernels)},
+            "DCGAN + minibatch discr. (ours)": {
+                "minibatch_discrimination": "true",
+                "mbd_kernels": str(args.stacked_kernels),
+            },
         }
         for name, options in stacked_variants.items():
             results, seconds = [], []

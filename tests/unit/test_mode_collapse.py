@@ -33,7 +33,9 @@ def test_ring8_and_grid25_follow_pacgans_layouts() -> None:
     ring, grid = ring8(), grid25()
     np.testing.assert_allclose(np.linalg.norm(ring.means, axis=1), 1.0)
     np.testing.assert_allclose(ring.std**2, 1e-4)
-    assert sorted(map(tuple, grid.means)) == [(-4.0 + 2 * i, -4.0 + 2 * j) for i in range(5) for j in range(5)]
+    assert sorted(map(tuple, grid.means)) == [
+        (-4.0 + 2 * i, -4.0 + 2 * j) for i in range(5) for j in range(5)
+    ]
     np.testing.assert_allclose(grid.std**2, 0.0025)
     data = load_dataset("ring8", image_size=32, seed=3)
     assert isinstance(data, PointData) and data.points.shape == (100_000, 2) and data.channels == 2
@@ -117,7 +119,14 @@ def test_metrics_are_registered_for_evaluate_and_the_end_of_training() -> None:
 
 # MLP GAN + minibatch discrimination on ring8, the fixed seed, the CPU: the configuration of
 # bench/mode_collapse.py (10 kernels rather than the paper's 100, for CPU time).
-CI_RUN = {"dataset": "ring8", "steps": 2000, "batch_size": 128, "seed": 0, "checkpoint_every": 10_000, "sample_every": 10_000}
+CI_RUN = {
+    "dataset": "ring8",
+    "steps": 2000,
+    "batch_size": 128,
+    "seed": 0,
+    "checkpoint_every": 10_000,
+    "sample_every": 10_000,
+}
 CI_OPTIONS = {"minibatch_discrimination": "true", "mbd_kernels": "10"}
 
 

@@ -60,7 +60,9 @@ class VirtualBatchNorm(nn.Module):
     computation in training and in eval mode.
     """
 
-    def __init__(self, num_features: int, *, reference_size: int = REFERENCE_BATCH, eps: float = 1e-5) -> None:
+    def __init__(
+        self, num_features: int, *, reference_size: int = REFERENCE_BATCH, eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.reference_size, self.eps = reference_size, eps
         self.weight = nn.Parameter(torch.ones(num_features))  # gamma
@@ -251,7 +253,9 @@ class MinibatchHead(nn.Module):
         return self.out(self.minibatch(h.flatten(1)))
 
 
-def apply_to_sequential(G: nn.Module, D: nn.Module, options: object, *, latent_shape: tuple[int, ...]) -> nn.Module:
+def apply_to_sequential(
+    G: nn.Module, D: nn.Module, options: object, *, latent_shape: tuple[int, ...]
+) -> nn.Module:
     """Minibatch discrimination and virtual batch norm on networks built as `main` Sequentials whose
     D ends in one conv to the logit (DCGAN's): D's last layer becomes a `MinibatchHead`, G's batch
     norms become virtual ones (run in front of a `ReferenceBatch`). Returns G (wrapped or not)."""

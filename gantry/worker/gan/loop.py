@@ -233,7 +233,9 @@ def _image_batches(spec: TrainSpecBase, data: ImageData, model: GANModel, device
         raise ValueError(f"data images are {h}x{w}, the spec asks for {spec.image_size}x{spec.image_size}")
     x_all = images_to_tensor(data.images, device)  # (N, C, H, W) in [-1, 1], converted once
 
-    def make_batch(data: ImageData, batch_size: int, generator: torch.Generator, device: torch.device) -> Minibatch:
+    def make_batch(
+        data: ImageData, batch_size: int, generator: torch.Generator, device: torch.device
+    ) -> Minibatch:
         # With replacement: no epoch bookkeeping, and a step's batch depends on the stream alone.
         index = torch.randint(n, (batch_size,), generator=generator)
         z = model.sample_latents(batch_size, generator)

@@ -122,7 +122,9 @@ class PointBatches:
         self.latent_shape = latent_shape
         self._cache: tuple[Any, torch.Tensor] | None = None
 
-    def __call__(self, data: Any, batch_size: int, generator: torch.Generator, device: torch.device) -> Minibatch:
+    def __call__(
+        self, data: Any, batch_size: int, generator: torch.Generator, device: torch.device
+    ) -> Minibatch:
         if self._cache is None or self._cache[0] is not data:
             self._cache = (data, torch.from_numpy(np.ascontiguousarray(data.points)).to(device))
         x_all = self._cache[1]  # (N, 2)
