@@ -39,9 +39,9 @@ def _power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
 
-class DCGANOptions(ImprovedTechniques):
-    """DCGAN (Radford et al. 2015, arXiv 1511.06434): widths, latent size and Adam settings, plus
-    the Improved Techniques (`ImprovedTechniques`, arXiv 1606.03498)."""
+class ConvGANOptions(_Strict):
+    """A DCGAN-shaped G and D (Radford et al. 2015, arXiv 1511.06434): widths, latent size and
+    Adam settings, shared by dcgan and text2img."""
 
     nz: int = Field(100, ge=1, le=1024, description="latent dimension (z)")
     ngf: int = Field(64, ge=4, le=1024, description="G width: channels before the last layer")
@@ -49,6 +49,17 @@ class DCGANOptions(ImprovedTechniques):
     lr: float = Field(2e-4, gt=0, le=1, description="Adam learning rate, G and D")
     beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 (the paper uses 0.5)")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2")
+
+
+class DCGANOptions(ConvGANOptions, ImprovedTechniques):
+    """DCGAN's options plus the Improved Techniques (`ImprovedTechniques`, arXiv 1606.03498)."""
+
+
+def _conv_image_size(model: str, value: int) -> int:
+    """DCGAN-shaped networks double or halve the side per block: 16 to 128 pixels."""
+    if not 16 <= value <= 128:
+        raise ValueError(f"{model} supports 16, 32, 64 and 128")
+    return value
 
 
 class TrainSpecBase(_Strict):
@@ -76,9 +87,7 @@ class DCGANTrainSpec(TrainSpecBase):
     @field_validator("image_size")
     @classmethod
     def _dcgan_sizes(cls, value: int) -> int:
-        if not 16 <= value <= 128:
-            raise ValueError("dcgan supports 16, 32, 64 and 128")
-        return value
+        return _conv_image_size("dcgan", value)
 
     @field_validator("dataset")
     @classmethod
@@ -269,15 +278,10 @@ class GANTrainSpec(TrainSpecBase):
 CAPTIONED_DATASETS: tuple[str, ...] = ("shapes",)
 
 
-class Text2ImgOptions(_Strict):
-    """GAN-CLS (Reed et al. 2016, arXiv 1605.05396): a DCGAN whose G and D see a text embedding."""
+class Text2ImgOptions(ConvGANOptions):
+    """GAN-CLS (Reed et al. 2016, arXiv 1605.05396): a DCGAN whose G and D see a text embedding
+    (the paper's Adam settings are DCGAN's: lr 2e-4, beta1 0.5)."""
 
-    nz: int = Field(100, ge=1, le=1024, description="latent dimension (z)")
-    ngf: int = Field(64, ge=4, le=1024, description="G width: channels before the last layer")
-    ndf: int = Field(64, ge=4, le=1024, description="D width: channels after the first layer")
-    lr: float = Field(2e-4, gt=0, le=1, description="Adam learning rate, G and D (the paper: 2e-4)")
-    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 (the paper uses 0.5)")
-    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2")
     text_encoder: Literal["builtin", "minilm"] = Field(
         "builtin",
         description="builtin: bag of words fitted on the captions; minilm: pretrained all-MiniLM-L6-v2 "
@@ -301,9 +305,7 @@ class Text2ImgTrainSpec(TrainSpecBase):
     @field_validator("image_size")
     @classmethod
     def _dcgan_sizes(cls, value: int) -> int:
-        if not 16 <= value <= 128:
-            raise ValueError("text2img supports 16, 32, 64 and 128")
-        return value
+        return _conv_image_size("text2img", value)
 
     @field_validator("dataset")
     @classmethod
