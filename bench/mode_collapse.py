@@ -65,7 +65,15 @@ def mean_std(values: list[float], fmt: str = "{:.1f}") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10, help="seeds per 2-D row")
-    parser.add_argument("--steps", type=int, default=2000, help="2-D training steps")
+    parser.add_argument("--steps", type=int, default=2000, help="2-D training steps (ring8)")
+    parser.add_argument(
+        "--grid-steps", type=int, default=None, help="grid25 training steps (default --steps)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a model option for every 2-D run"
+    )
+    parser.add_argument("--mbd-only", action="store_true", help="2-D: skip the vanilla GAN rows")
+    parser.add_argument("--vanilla-only", action="store_true", help="2-D: skip the minibatch rows")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--kernels", type=int, default=10, help="minibatch discrimination kernels (2-D)")
     parser.add_argument("--stacked-seeds", type=int, default=3)
@@ -85,15 +93,22 @@ def main() -> None:
             "mbd_kernels": str(args.kernels),
         },
     }
+    if args.mbd_only:
+        del variants["GAN (ours)"]
+    if args.vanilla_only:
+        del variants["GAN + minibatch discr. (ours)"]
+    common = dict(pair.split("=", 1) for pair in args.set)
     for dataset in ("ring8", "grid25"):
         if dataset not in only:
             continue
-        for name, options in variants.items():
+        steps = args.grid_steps if dataset == "grid25" and args.grid_steps else args.steps
+        for name, variant in variants.items():
+            options = {**common, **variant}
             results, seconds = [], []
             for seed in range(args.seeds):
                 fields = {
                     "dataset": dataset,
-                    "steps": args.steps,
+                    "steps": steps,
                     "batch_size": args.batch_size,
                     "seed": seed,
                 }

@@ -39,7 +39,17 @@ def _power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
 
-class ConvGANOptions(_Strict):
+class LRSchedule(_Strict):
+    """The learning-rate schedule, an option of every model."""
+
+    lr_decay: Literal["none", "linear"] = Field(
+        "none",
+        description="linear: keep lr for the first half of the steps, then decay it linearly to 0 "
+        "(CycleGAN's schedule, arXiv 1703.10593); samples settle instead of jittering around the data",
+    )
+
+
+class ConvGANOptions(LRSchedule):
     """A DCGAN-shaped G and D (Radford et al. 2015, arXiv 1511.06434): widths, latent size and
     Adam settings, shared by dcgan and text2img."""
 
@@ -101,7 +111,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
-class SRResNetOptions(_Strict):
+class SRResNetOptions(LRSchedule):
     """SRResNet (Ledig et al. 2016, arXiv 1609.04802, Fig. 4 and §3.2): B residual blocks, sub-pixel upsampling."""
 
     blocks: int = Field(16, ge=1, le=64, description="residual blocks B (the paper uses 16)")
@@ -232,7 +242,7 @@ class SRGANTrainSpec(SRResNetTrainSpec):
                 )
 
 
-class GANOptions(ImprovedTechniques):
+class GANOptions(ImprovedTechniques, LRSchedule):
     """MLP GAN (Goodfellow et al. 2014, arXiv 1406.2661): sizes, Adam settings and G's loss, plus
     the Improved Techniques (arXiv 1606.03498)."""
 

@@ -152,3 +152,35 @@ def test_the_seed_fixes_the_run() -> None:
 def test_images_at_another_size_are_refused() -> None:
     with pytest.raises(ValueError, match="16x16"):
         train(tiny_spec(image_size=32), tiny_data(), callbacks=Recorder().callbacks())
+
+
+def test_linear_lr_decay_holds_for_half_the_run_then_falls_and_survives_a_resume() -> None:
+    options = DCGANOptions(nz=16, ngf=8, ndf=8, lr=1e-3, lr_decay="linear")
+    spec = DCGANTrainSpec(
+        image_size=16, batch_size=8, steps=8, checkpoint_every=2, sample_every=1000, options=options
+    )
+    straight = Recorder()
+    train(spec, tiny_data(), callbacks=straight.callbacks())
+    lr = {
+        step: [load_checkpoint(data)[opt]["param_groups"][0]["lr"] for opt in ("opt_G", "opt_D")]
+        for step, data in straight.checkpoints
+    }
+    # The lr of the last step before each checkpoint: steps 0-4 at full lr, then 2 x (8 - k) / 8.
+    assert lr[2] == lr[4] == [pytest.approx(1e-3)] * 2
+    assert lr[6] == [pytest.approx(1e-3 * 0.75)] * 2
+    assert lr[8] == [pytest.approx(1e-3 * 0.25)] * 2
+
+    first = Recorder(stop_at=5)  # stops at step 5, in the decaying half
+    assert train(spec, tiny_data(), callbacks=first.callbacks()).step == 5
+    second = Recorder()
+    train(spec, tiny_data(), callbacks=second.callbacks(), resume=first.checkpoints[-1][1])
+    a, b = _final_state(straight), _final_state(second)
+    assert b["opt_G"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.25)
+    for name, tensor in a["G"].items():
+        assert torch.equal(tensor, b["G"][name]), f"G.{name} differs after a resume mid-decay"
+
+
+def test_without_lr_decay_the_lr_stays_put() -> None:
+    rec = Recorder()
+    train(tiny_spec(steps=4, checkpoint_every=4), tiny_data(), callbacks=rec.callbacks())
+    assert load_checkpoint(rec.checkpoints[-1][1])["opt_G"]["param_groups"][0]["lr"] == pytest.approx(2e-4)

@@ -185,7 +185,10 @@ def train(
         if opt is None:
             raise ValueError(f"{spec.model} has a phase {phase} but no optimizer for it")  # type: ignore[attr-defined]
         phases.append((phase, opt))
+    lr_decay = getattr(getattr(spec, "options", None), "lr_decay", "none")
     while step < spec.steps:
+        if lr_decay == "linear":
+            set_lr_factor([opt for _, opt in phases], linear_decay(step, spec.steps))
         batch = make_batch(data, spec.batch_size, batches, device)
         stats: dict[str, torch.Tensor] = {}
         for phase, opt in phases:
@@ -224,6 +227,18 @@ def train(
     if last_samples != step:
         emit_samples()
     return TrainOutcome(step=step, stopped=False, final_metrics=metrics)
+
+
+def linear_decay(step: int, steps: int) -> float:
+    """lr factor for step `step` (0-based) of `steps`: 1 for the first half, then linearly to 0."""
+    return min(1.0, 2.0 * (steps - step) / steps)
+
+
+def set_lr_factor(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    """lr = factor x the optimizer's initial lr (kept in its param groups, so it survives a resume)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
 
 def _image_batches(spec: TrainSpecBase, data: ImageData, model: GANModel, device: torch.device) -> BatchMaker:
