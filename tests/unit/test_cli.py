@@ -18,16 +18,15 @@ def run(*args: str):
 
 
 def test_api_imports_leave_torch_out() -> None:
+    # What the import pulls in, not how long it takes: timings belong in bench/, and a loaded CI
+    # machine made a time bound here fail on an import that was fine.
     code = (
-        "import sys, time; t = time.perf_counter();"
+        "import sys;"
         "import gantry.api.cli, gantry.api.service, gantry.api.workers, gantry.jobs.queue;"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn') or m.startswith('gantry.worker')));"
-        "print(time.perf_counter() - t)"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn') or m.startswith('gantry.worker')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    modules, seconds = result.stdout.splitlines()
-    assert modules == "[]"
-    assert float(seconds) < 1.5
+    assert result.stdout.strip() == "[]"
 
 
 def _count_jobs(settings) -> int:
