@@ -20,3 +20,9 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     s = Settings()
     upgrade(s.database)
     return s
+
+
+@pytest.fixture(scope="session")
+def classifier_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GANTRY_HOME shared by the tests that need the shapes classifier: it is trained once."""
+    return tmp_path_factory.mktemp("classifier-home")

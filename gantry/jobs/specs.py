@@ -414,6 +414,12 @@ METRICS: dict[str, MetricInfo] = {
         models=("dcgan", "text2img"),
         datasets=("shapes",),
     ),
+    "sample_validity": MetricInfo(
+        "share of 1,024 random samples that classify confidently as one shape of one colour, and "
+        "pair_coverage: the share of the training (colour, shape) pairs among them",
+        models=("dcgan",),
+        datasets=("shapes",),
+    ),
 }
 
 _SEEDS_TERM = re.compile(r"^\d+(\s*,\s*\d+)*$")

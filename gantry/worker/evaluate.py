@@ -28,6 +28,7 @@ EVALUATORS: dict[str, str] = {
     "prompt_diversity": "gantry.worker.gan.shapes_metrics:prompt_diversity",
     "arithmetic_accuracy": "gantry.worker.gan.shapes_metrics:arithmetic_accuracy",
     "interpolation_validity": "gantry.worker.gan.shapes_metrics:interpolation_validity",
+    "sample_validity": "gantry.worker.gan.shapes_metrics:sample_validity",
 }
 
 

@@ -26,8 +26,8 @@ def one_thread():  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
-def test_text2img_learns_colours_in_a_minute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GANTRY_HOME", str(tmp_path))  # the classifier's cache
+def test_text2img_learns_colours_in_a_minute(classifier_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GANTRY_HOME", str(classifier_home))  # the classifier's cache, shared
     spec = Text2ImgTrainSpec(
         image_size=16,
         batch_size=32,

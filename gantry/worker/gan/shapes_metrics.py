@@ -14,6 +14,9 @@
   position ("small top left" - "small right" + "large right" = "large top left").
 - `interpolation_validity` (dcgan, text2img): spherical walks between random seeds; the share of
   frames the classifier reads confidently as one shape of one colour (no ghost of two shapes).
+- `sample_validity` (dcgan): "are the samples recognisable shapes?" as a number: the share of
+  random samples the classifier reads confidently as one shape of one colour, and how many of the
+  data's (colour, shape) pairs those cover (a collapsed G scores high validity, low coverage).
 
 All draw from `EvaluateSpec.seed`: the same checkpoint and seed give the same values.
 """
@@ -48,6 +51,7 @@ CONFIDENT: Final = 0.9  # classifier probability for "reads as" (its test accura
 POOL: Final = 1024  # arithmetic: seeds decoded and classified to find exemplars
 EXEMPLARS: Final = 3  # per term, as the DCGAN paper
 TRIALS: Final = 64
+SAMPLES: Final = 1024  # sample_validity
 WALKS: Final = 32  # interpolation: seed pairs
 FRAMES: Final = 8
 
@@ -224,3 +228,21 @@ def interpolation_validity(ctx: EvalContext) -> dict[str, float]:
         found = classifier.classify(frames)
         valid += (found.confidence[:, [COL["shape"], COL["colour"]]] >= CONFIDENT).all(1).tolist()
     return {"interpolation_validity": float(np.mean(valid)), **_classifier_accuracy(classifier)}
+
+
+def validity(images: np.ndarray, classifier: ShapesClassifier) -> dict[str, float]:
+    """sample_validity and pair_coverage of uint8 images (N, H, W, 3)."""
+    found = classifier.classify(images)
+    valid = (found.confidence[:, [COL["shape"], COL["colour"]]] >= CONFIDENT).all(1)
+    labels = found.labels[valid][:, [COL["colour"], COL["shape"]]].tolist()
+    pairs = {(NAMES["colour"][c], NAMES["shape"][s]) for c, s in labels}
+    return {"sample_validity": float(valid.mean()), "pair_coverage": len(pairs & set(SEEN)) / len(SEEN)}
+
+
+def sample_validity(ctx: EvalContext) -> dict[str, float]:
+    decoder, classifier, rng = _context(ctx)
+    seeds = rng.choice(2**31 - 1, size=SAMPLES, replace=False).tolist()
+    return {
+        **validity(decoder.decode(decoder.latents(seeds)), classifier),
+        **_classifier_accuracy(classifier),
+    }
