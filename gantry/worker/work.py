@@ -54,7 +54,7 @@ class JobContext:
     sessions: sessionmaker[Session]
     objects: ObjectStore
     settings: Settings
-    poll_seconds: float = 1.0
+    poll_seconds: float = 0.5
     _last_poll: float = field(default=0.0, init=False)
     _cancel: bool = field(default=False, init=False)
 
@@ -85,7 +85,7 @@ class JobContext:
 
     def should_stop(self) -> bool:
         # Polled every step; the DB is read at most once per poll_seconds, so a cancel lands
-        # within a second or two of being requested.
+        # within about a second of being requested.
         if not self._cancel and time.monotonic() - self._last_poll >= self.poll_seconds:
             with db.session_scope(self.sessions) as s:
                 self._cancel = db.heartbeat(s, self.job_id)
