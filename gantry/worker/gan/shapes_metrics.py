@@ -31,7 +31,7 @@ import torch
 
 from gantry.worker.data import shapes
 from gantry.worker.gan.latent import LatentDecoder, load_decoder, path
-from gantry.worker.gan.shapes_classifier import ShapesClassifier, attribute_classifier
+from gantry.worker.gan.shapes_classifier import Classification, ShapesClassifier, attribute_classifier
 
 if TYPE_CHECKING:
     from gantry.worker.evaluate import EvalContext
@@ -65,6 +65,11 @@ def _context(ctx: EvalContext) -> tuple[LatentDecoder, ShapesClassifier, np.rand
     decoder = load_decoder(ctx.checkpoint, device=ctx.device)
     classifier = attribute_classifier(ctx.train_spec.image_size)
     return decoder, classifier, np.random.default_rng(ctx.spec.seed)
+
+
+def _one_shape_one_colour(found: Classification) -> np.ndarray:
+    """bool (N,): the classifier reads the image confidently as one shape and one colour."""
+    return (found.confidence[:, [COL["shape"], COL["colour"]]] >= CONFIDENT).all(1)
 
 
 def _classifier_accuracy(classifier: ShapesClassifier) -> dict[str, float]:
@@ -225,15 +230,14 @@ def interpolation_validity(ctx: EvalContext) -> dict[str, float]:
     valid = []
     for (seed_a, seed_b), text in zip(pairs.tolist(), texts, strict=True):
         frames = decoder.decode(path(decoder.latent(seed_a), decoder.latent(seed_b), FRAMES, "slerp"), text)
-        found = classifier.classify(frames)
-        valid += (found.confidence[:, [COL["shape"], COL["colour"]]] >= CONFIDENT).all(1).tolist()
+        valid += _one_shape_one_colour(classifier.classify(frames)).tolist()
     return {"interpolation_validity": float(np.mean(valid)), **_classifier_accuracy(classifier)}
 
 
 def validity(images: np.ndarray, classifier: ShapesClassifier) -> dict[str, float]:
     """sample_validity and pair_coverage of uint8 images (N, H, W, 3)."""
     found = classifier.classify(images)
-    valid = (found.confidence[:, [COL["shape"], COL["colour"]]] >= CONFIDENT).all(1)
+    valid = _one_shape_one_colour(found)
     labels = found.labels[valid][:, [COL["colour"], COL["shape"]]].tolist()
     pairs = {(NAMES["colour"][c], NAMES["shape"][s]) for c, s in labels}
     return {"sample_validity": float(valid.mean()), "pair_coverage": len(pairs & set(SEEN)) / len(SEEN)}
