@@ -78,3 +78,12 @@ def build_model(spec: TrainSpecBase, *, channels: int, device: torch.device) -> 
     if module_name is None:
         raise ValueError(f"no worker model for {getattr(spec, 'model', None)!r}; known: {', '.join(MODELS)}")
     return importlib.import_module(module_name).build(spec, channels=channels, device=device)
+
+
+def adam_pair(
+    G: nn.Module, D: nn.Module, *, lr: float, betas: tuple[float, float]
+) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """(opt_G, opt_D): Adam with the same settings for both players, as every GAN here trains."""
+    return torch.optim.Adam(G.parameters(), lr=lr, betas=betas), torch.optim.Adam(
+        D.parameters(), lr=lr, betas=betas
+    )

@@ -22,7 +22,7 @@ from torch import nn
 from gantry.jobs.specs import DCGANTrainSpec
 from gantry.worker.gan import improved
 from gantry.worker.gan.losses import NonSaturatingLoss
-from gantry.worker.gan.registry import GANModel
+from gantry.worker.gan.registry import GANModel, adam_pair
 
 
 def _num_blocks(image_size: int) -> int:
@@ -124,12 +124,12 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
     G = improved.apply_to_sequential(G, D, opts, latent_shape=(opts.nz, 1, 1))
     loss = improved.build_loss(G, D, opts) if improved.uses_improved_loss(opts) else NonSaturatingLoss(G, D)
     G, D = G.to(device), D.to(device)
-    betas = (opts.beta1, opts.beta2)
+    opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
     return GANModel(
         G=G,
         D=D,
-        opt_G=torch.optim.Adam(G.parameters(), lr=opts.lr, betas=betas),
-        opt_D=torch.optim.Adam(D.parameters(), lr=opts.lr, betas=betas),
+        opt_G=opt_G,
+        opt_D=opt_D,
         loss=loss,
         latent_shape=(opts.nz, 1, 1),
     )

@@ -30,7 +30,7 @@ from gantry.worker.gan.improved import (
     build_loss,
 )
 from gantry.worker.gan.losses import Minibatch
-from gantry.worker.gan.registry import BatchMaker, GANModel
+from gantry.worker.gan.registry import BatchMaker, GANModel, adam_pair
 from gantry.worker.gan.scatter import points_result
 
 
@@ -161,7 +161,7 @@ def build(spec: GANTrainSpec, *, channels: int, device: torch.device) -> GANMode
     )
     loss = build_loss(G, D, opts)  # may attach historical means to G and D: move them after
     G, D = G.to(device), D.to(device)
-    betas = (opts.beta1, opts.beta2)
+    opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
     make_batch: BatchMaker | None = None
     render = None
     if spec.points:
@@ -171,8 +171,8 @@ def build(spec: GANTrainSpec, *, channels: int, device: torch.device) -> GANMode
     return GANModel(
         G=G,
         D=D,
-        opt_G=torch.optim.Adam(G.parameters(), lr=opts.lr, betas=betas),
-        opt_D=torch.optim.Adam(D.parameters(), lr=opts.lr, betas=betas),
+        opt_G=opt_G,
+        opt_D=opt_D,
         loss=loss,
         latent_shape=(opts.nz,),
         make_batch=make_batch,

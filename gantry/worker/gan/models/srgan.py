@@ -21,7 +21,7 @@ from torch import nn
 from gantry.jobs.specs import SRGANTrainSpec
 from gantry.worker.gan.losses import Minibatch, Phase
 from gantry.worker.gan.models.srresnet import ContentLoss, build_generator, content_loss, sr_batches
-from gantry.worker.gan.registry import GANModel
+from gantry.worker.gan.registry import GANModel, adam_pair
 
 
 class Discriminator(nn.Module):
@@ -103,13 +103,13 @@ def build(spec: SRGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
     opts = spec.options
     G = build_generator(opts, channels=channels).to(device)
     D = Discriminator(ndf=opts.ndf, channels=channels, image_size=spec.image_size).to(device)
-    betas = (opts.beta1, 0.999)
+    opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, 0.999))
     lr_side = spec.image_size // opts.scale
     return GANModel(
         G=G,
         D=D,
-        opt_G=torch.optim.Adam(G.parameters(), lr=opts.lr, betas=betas),
-        opt_D=torch.optim.Adam(D.parameters(), lr=opts.lr, betas=betas),
+        opt_G=opt_G,
+        opt_D=opt_D,
         loss=SRGANLoss(G, D, content_loss(opts, device), adversarial_weight=opts.adversarial_weight),
         latent_shape=(channels, lr_side, lr_side),
         make_batch=sr_batches(image_size=spec.image_size, scale=opts.scale),

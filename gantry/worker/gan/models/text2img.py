@@ -39,7 +39,7 @@ from gantry.worker.gan.losses import Minibatch, Phase
 from gantry.worker.gan.models.dcgan import Discriminator as DCGANDiscriminator
 from gantry.worker.gan.models.dcgan import Generator as DCGANGenerator
 from gantry.worker.gan.models.dcgan import init_weights
-from gantry.worker.gan.registry import GANModel
+from gantry.worker.gan.registry import GANModel, adam_pair
 from gantry.worker.text.encoders import MINILM_DIM, TextEncoder, encoder_from_state, fit_encoder
 
 log = logging.getLogger(__name__)
@@ -243,13 +243,13 @@ def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GA
     G.apply(init_weights)  # on the CPU from the global RNG, then moved: the same weights on any device
     D.apply(init_weights)
     G, D = G.to(device), D.to(device)
-    betas = (opts.beta1, opts.beta2)
+    opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
     batches = CaptionBatches(spec)
     return GANModel(
         G=G,
         D=D,
-        opt_G=torch.optim.Adam(G.parameters(), lr=opts.lr, betas=betas),
-        opt_D=torch.optim.Adam(D.parameters(), lr=opts.lr, betas=betas),
+        opt_G=opt_G,
+        opt_D=opt_D,
         loss=GANCLSLoss(G, D, gan_int=opts.gan_int),
         latent_shape=(opts.nz, 1, 1),
         make_batch=batches,
