@@ -1,0 +1,58 @@
+"""What every job spec shares: strict pydantic models, the seed bound, the built-in data sets, the
+learning-rate schedule and the train spec's common fields. Torch-free, like all of `gantry.jobs`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+JobKind = Literal["train", "sample", "evaluate"]
+
+# Data sets that ship with gantry (nothing is downloaded). Anything else is a path or URI.
+BUILTIN_DATASETS: dict[str, str] = {
+    "shapes": "procedural coloured shapes (circle, square, triangle, cross) with attribute labels and captions",
+    "digits": "scikit-learn's 8x8 handwritten digits, upscaled, 1 channel",
+    "ring8": "2-D points: 8 Gaussians on the unit circle, variance 1e-4 (PacGAN's ring; model gan)",
+    "grid25": "2-D points: 25 Gaussians at (-4+2i, -4+2j), variance 0.0025 (PacGAN's grid; model gan)",
+    "stacked-digits": "three independent digits as the R, G, B channels: 1000 modes, labels = the 3 digits",
+    "photos": "scikit-image's sample photographs at full size, RGB, for super-resolution (12 train, 4 validation)",
+}
+
+MAX_SEED = 2**31 - 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+class LRSchedule(Strict):
+    """The learning-rate schedule, an option of every model."""
+
+    lr_decay: Literal["none", "linear"] = Field(
+        "none",
+        description="linear: keep lr for the first half of the steps, then decay it linearly to 0 "
+        "(CycleGAN's schedule, arXiv 1703.10593); samples settle instead of jittering around the data",
+    )
+
+
+class TrainSpecBase(Strict):
+    kind: Literal["train"] = "train"
+    dataset: str = Field("shapes", min_length=1, description="built-in name, path or URI")
+    steps: int = Field(2000, ge=1, le=10_000_000)
+    batch_size: int = Field(64, ge=1, le=4096)
+    image_size: int = Field(32, ge=8, le=256, description="a power of two")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    checkpoint_every: int = Field(500, ge=1, le=10_000_000)
+    sample_every: int = Field(500, ge=1, le=10_000_000)
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size_power_of_two(cls, value: int) -> int:
+        if not power_of_two(value):
+            raise ValueError("must be a power of two from 8 to 256")
+        return value
