@@ -31,6 +31,11 @@ class SRResNetOptions(LRSchedule):
         description="not in SRGAN: G adds its output to the bicubic upscale, learning the residual "
         "(VDSR, Kim et al. 2016, arXiv 1511.04587: converges much faster)",
     )
+    augment: bool = Field(
+        False,
+        description="not in SRGAN: each HR crop is flipped and rotated by a random multiple of 90 degrees "
+        "(the 8 symmetries of the square, as EDSR trains: Lim et al. 2017, arXiv 1707.02921)",
+    )
     vgg_weights: str | None = Field(
         None, min_length=1, description="VGG19 weights (torchvision's vgg19-dcbb9e9d.pth), path or URI"
     )

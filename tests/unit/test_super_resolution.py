@@ -21,7 +21,7 @@ from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import load_dataset
 from gantry.worker.data.photos import TRAIN, VALIDATION, PhotoData
 from gantry.worker.gan.loop import Callbacks, train
-from gantry.worker.gan.models.srresnet import Generator, SubPixelUpsample
+from gantry.worker.gan.models.srresnet import Generator, SubPixelUpsample, sr_batches
 from gantry.worker.sr.ops import bicubic_resize, psnr, rgb_to_y, ssim, y_psnr_ssim
 from gantry.worker.sr.upscale import load_generator, super_resolve, super_resolve_input, upscale_tensor
 
@@ -121,6 +121,24 @@ def test_tiled_upscaling_equals_untiled(bicubic_skip: bool) -> None:
 
 
 # --- data ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_augment_draws_the_eight_symmetries_of_each_crop(augment: bool) -> None:
+    # One 8x8 image with no symmetry of its own, cropped whole: every HR crop is the image itself,
+    # or (augment) one of its 8 flips and rotations, and the LR side is always the bicubic of the HR.
+    image = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    symmetries = [np.rot90(im, k) for im in (image, image.transpose(1, 0, 2)) for k in range(4)]
+    make_batch = sr_batches(image_size=8, scale=2, augment=augment)
+    batch = make_batch(
+        PhotoData(images=[image], names=["x"]), 64, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
+    hr = np.rint((batch.real.permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.int64)
+    lr = np.rint((batch.z.permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.int64)
+    seen = {next(i for i, s in enumerate(symmetries) if np.array_equal(h, s)) for h in hr}
+    assert seen == (set(range(8)) if augment else {0})
+    for h, low in zip(hr, lr, strict=True):
+        assert np.array_equal(low, bicubic_resize(h.astype(np.uint8), 4, 4))
 
 
 def test_photos_are_full_size_rgb_with_a_fixed_validation_split() -> None:

@@ -112,5 +112,5 @@ def build(spec: SRGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
         opt_D=opt_D,
         loss=SRGANLoss(G, D, content_loss(opts, device), adversarial_weight=opts.adversarial_weight),
         latent_shape=(channels, lr_side, lr_side),
-        make_batch=sr_batches(image_size=spec.image_size, scale=opts.scale),
+        make_batch=sr_batches(image_size=spec.image_size, scale=opts.scale, augment=opts.augment),
     )

@@ -113,8 +113,11 @@ def build_generator(options: SRResNetOptions, *, channels: int) -> Generator:
     )
 
 
-def sr_batches(*, image_size: int, scale: int) -> BatchMaker:
+def sr_batches(*, image_size: int, scale: int, augment: bool = False) -> BatchMaker:
     """Minibatches of random HR crops (image_size square) and their bicubic LR (image_size / scale).
+
+    With `augment`, each crop is also transposed or not and rotated by a random multiple of 90
+    degrees: one of the 8 symmetries of the square, each equally likely.
 
     `data.images` is a list of H x W x C arrays of any sizes (`PhotoData`) or an N x H x W x C array.
     Images smaller than the crop are skipped. Everything random comes from the loop's generator.
@@ -138,7 +141,11 @@ def sr_batches(*, image_size: int, scale: int) -> BatchMaker:
             h, w = im.shape[:2]
             top = int(torch.randint(h - image_size + 1, (1,), generator=generator))
             left = int(torch.randint(w - image_size + 1, (1,), generator=generator))
-            crops.append(im[top : top + image_size, left : left + image_size])
+            crop = im[top : top + image_size, left : left + image_size]
+            if augment:
+                k = int(torch.randint(8, (1,), generator=generator))
+                crop = np.rot90(crop.transpose(1, 0, 2) if k >= 4 else crop, k % 4)
+            crops.append(np.ascontiguousarray(crop))
         hr = np.stack(crops)  # (N, S, S, C) uint8
         lr = np.stack([bicubic_resize(c, image_size // scale, image_size // scale) for c in crops])
         return Minibatch(real=images_to_tensor(hr, device), z=images_to_tensor(lr, device))
@@ -211,5 +218,5 @@ def build(spec: SRResNetTrainSpec, *, channels: int, device: torch.device) -> GA
         loss=PixelLoss(G, content_loss(opts, device)),
         latent_shape=(channels, lr_side, lr_side),  # G's input: an LR crop
         phases=("G",),
-        make_batch=sr_batches(image_size=spec.image_size, scale=opts.scale),
+        make_batch=sr_batches(image_size=spec.image_size, scale=opts.scale, augment=opts.augment),
     )
