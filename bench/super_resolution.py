@@ -1,7 +1,8 @@
 """SRResNet and SRGAN at 4x on the validation photos, in the layout of the SRGAN paper's Table 2.
 
     .venv/bin/python bench/super_resolution.py                     # the CPU schedule of RESULTS.md
-    .venv/bin/python bench/super_resolution.py --blocks 16 --channels 64 --crop 96 --steps 100000  # the paper's
+    .venv/bin/python bench/super_resolution.py --blocks 16 --channels 64 --crop 96 --steps 1000000 \
+        --lr 1e-4 --lr-decay none --no-augment --no-bicubic-skip --ndf 64 --gan-steps 100000  # the paper's
 
 Trains SRResNet (MSE) on the `photos` train split, then SRGAN initialised from it, through the shared
 training loop; measures PSNR/SSIM on Y (4-pixel border cropped) for bicubic, SRResNet and SRGAN on
@@ -38,8 +39,12 @@ def run(
         "channels": args.channels,
         "scale": 4,
         "bicubic_skip": args.bicubic_skip,
+        "augment": args.augment,
+        "lr_decay": args.lr_decay if model == "srresnet" else "none",
     }
-    options |= {"lr": lr} | ({"ndf": args.ndf} if model == "srgan" else {})
+    options |= {"lr": lr}
+    if model == "srgan":
+        options |= {"ndf": args.ndf, "adversarial_weight": args.adversarial_weight}
     fields = {"image_size": args.crop, "batch_size": args.batch, "steps": steps, "seed": args.seed}
     spec = parse_train_spec(model, fields | {"checkpoint_every": steps, "sample_every": steps}, options)
     data = load_dataset("photos", image_size=args.crop, full_size=True)
@@ -101,18 +106,25 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="SRResNet's Adam lr (the paper: 1e-4)")
     parser.add_argument("--gan-lr", type=float, default=1e-4, help="SRGAN's Adam lr (the paper: 1e-4)")
     parser.add_argument(
-        "--finetune-steps", type=int, default=1000, help="SRResNet steps at --finetune-lr after --steps"
+        "--finetune-steps", type=int, default=0, help="SRResNet steps at --finetune-lr after --steps"
     )
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
     parser.add_argument(
         "--bicubic-skip", action=argparse.BooleanOptionalAction, default=True, help="VDSR's global residual"
     )
+    parser.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction, default=True, help="flips and 90-degree rotations"
+    )
+    parser.add_argument(
+        "--lr-decay", choices=("none", "linear"), default="linear", help="SRResNet's lr schedule"
+    )
+    parser.add_argument("--adversarial-weight", type=float, default=1e-3, help="SRGAN's (the paper: 1e-3)")
     parser.add_argument("--save-dir", type=Path, help="write srresnet.pt and srgan.pt here")
     parser.add_argument(
         "--srresnet", type=Path, help="an SRResNet checkpoint to start from instead of training one"
     )
-    parser.add_argument("--steps", type=int, default=2000, help="SRResNet steps")
-    parser.add_argument("--gan-steps", type=int, default=300, help="SRGAN steps after SRResNet")
+    parser.add_argument("--steps", type=int, default=8000, help="SRResNet steps")
+    parser.add_argument("--gan-steps", type=int, default=1000, help="SRGAN steps after SRResNet")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=250)
@@ -138,16 +150,18 @@ def main() -> None:
     }
     print(
         f"\n4x on the 4 validation photos (astronaut, camera, chelsea, coffee); Y channel, 4-pixel border cropped\n"
-        f"G: {args.blocks} blocks x {args.channels} channels, bicubic_skip {args.bicubic_skip}; "
-        f"HR crops {args.crop}, batch {args.batch}; SRResNet {args.steps} steps at lr {args.lr}"
+        f"G: {args.blocks} blocks x {args.channels} channels, bicubic_skip {args.bicubic_skip}, "
+        f"augment {args.augment}; HR crops {args.crop}, batch {args.batch}; "
+        f"SRResNet {args.steps} steps at lr {args.lr} (decay {args.lr_decay})"
         f" + {args.finetune_steps} at {args.finetune_lr}, "
-        f"SRGAN {args.gan_steps} steps at lr {args.gan_lr} (ndf {args.ndf}); "
+        f"SRGAN {args.gan_steps} steps at lr {args.gan_lr} (ndf {args.ndf}, "
+        f"adversarial weight {args.adversarial_weight}); "
         f"{time.perf_counter() - started:.0f} s on {args.threads} CPU thread(s)\n"
     )
     print(
         f"| {'method':<9} | {'PSNR (dB)':>9} | {'SSIM':>6} | {'paper Set5 PSNR':>15} | {'paper Set5 SSIM':>15} |"
     )
-    print(f"|{'-' * 11}|{'-' * 11}:|{'-' * 7}:|{'-' * 16}:|{'-' * 16}:|")
+    print(f"|{'-' * 11}|{'-' * 10}:|{'-' * 7}:|{'-' * 16}:|{'-' * 16}:|")
     for name, (p, s) in rows.items():
         pp, ps = PAPER_SET5[name]
         print(f"| {name:<9} | {p:>9.2f} | {s:>6.4f} | {pp:>15.2f} | {ps:>15.4f} |")
