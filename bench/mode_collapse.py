@@ -72,14 +72,17 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a model option for every 2-D run"
     )
-    parser.add_argument("--mbd-only", action="store_true", help="2-D: skip the vanilla GAN rows")
-    parser.add_argument("--vanilla-only", action="store_true", help="2-D: skip the minibatch rows")
+    parser.add_argument("--mbd-only", action="store_true", help="skip the vanilla GAN/DCGAN rows")
+    parser.add_argument("--vanilla-only", action="store_true", help="skip the minibatch rows")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--kernels", type=int, default=10, help="minibatch discrimination kernels (2-D)")
     parser.add_argument("--stacked-seeds", type=int, default=3)
     parser.add_argument("--stacked-steps", type=int, default=1500)
     parser.add_argument("--stacked-size", type=int, default=16)
     parser.add_argument("--stacked-kernels", type=int, default=100)
+    parser.add_argument(
+        "--stacked-set", action="append", default=[], metavar="KEY=VALUE", help="a dcgan option, stacked rows"
+    )
     parser.add_argument("--only", default="ring8,grid25,stacked", help="comma-separated rows to run")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -132,12 +135,19 @@ def main() -> None:
                 "mbd_kernels": str(args.stacked_kernels),
             },
         }
+        if args.mbd_only:
+            del stacked_variants["DCGAN (ours)"]
+        if args.vanilla_only:
+            del stacked_variants["DCGAN + minibatch discr. (ours)"]
+        stacked_common = {"nz": "64", "ngf": "32", "ndf": "32"} | dict(
+            p.split("=", 1) for p in args.stacked_set
+        )
         for name, options in stacked_variants.items():
             results, seconds = [], []
             for seed in range(args.stacked_seeds):
                 fields = {"dataset": "stacked-digits", "steps": args.stacked_steps, "batch_size": 64,
                           "image_size": args.stacked_size, "seed": seed}  # fmt: skip
-                checkpoint, took = run("dcgan", fields, {"nz": "64", "ngf": "32", "ndf": "32", **options})
+                checkpoint, took = run("dcgan", fields, {**stacked_common, **options})
                 results.append(stacked_metrics_from_checkpoint(checkpoint, seed=0))
                 seconds.append(took)
                 print(f"  stacked-digits {name} seed {seed}: {results[-1]} in {took:.1f}s", flush=True)
