@@ -16,7 +16,8 @@ BUILTIN_DATASETS: dict[str, str] = {
     "ring8": "2-D points: 8 Gaussians on the unit circle, variance 1e-4 (PacGAN's ring; model gan)",
     "grid25": "2-D points: 25 Gaussians at (-4+2i, -4+2j), variance 0.0025 (PacGAN's grid; model gan)",
     "stacked-digits": "three independent digits as the R, G, B channels: 1000 modes, labels = the 3 digits",
-    "photos": "scikit-image's sample photographs at full size, RGB, for super-resolution (12 train, 4 validation)",
+    "photos": "scikit-image's and scikit-learn's sample photographs at full size, RGB, for super-resolution "
+    "(14 train, 4 validation)",
 }
 
 MAX_SEED = 2**31 - 1

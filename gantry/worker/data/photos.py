@@ -5,13 +5,16 @@ Super-resolution trains on random crops of whole images (Ledig et al. 2016, arXi
 resizing them to squares as the GAN data sets do.
 
 The built-in `photos` set is scikit-image's sample photographs that ship inside the package (nothing
-is downloaded; `eagle`, `lily`, `skin` and others need a download and are left out). Grayscale
-photos are repeated to RGB, so every image has 3 channels. The split is fixed:
+is downloaded; `eagle`, `lily`, `skin` and others need a download and are left out), plus the two
+colour photographs that ship inside scikit-learn (`china`, `flower`). Grayscale photos are repeated
+to RGB, so every image has 3 channels. The split is fixed:
 
 - validation (split "test"): astronaut, camera, chelsea, coffee (the classic test pictures: a
   portrait, a scene, an animal and an object);
 - train: rocket, motorcycle (the left view of `stereo_motorcycle`), hubble_deep_field,
-  immunohistochemistry, retina, brick, grass, gravel, coins, clock, moon, text.
+  immunohistochemistry, retina, brick, grass, gravel, coins, clock, moon, text (scikit-image), china,
+  flower (scikit-learn's `load_sample_image`: two more natural colour scenes, where most of
+  scikit-image's training photos are grayscale, textures or micrographs).
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ log = logging.getLogger(__name__)
 VALIDATION: Final = ("astronaut", "camera", "chelsea", "coffee")
 TRAIN: Final = (
     "rocket", "motorcycle", "hubble_deep_field", "immunohistochemistry", "retina", "brick",
-    "grass", "gravel", "coins", "clock", "moon", "text",
+    "grass", "gravel", "coins", "clock", "moon", "text", "china", "flower",
 )  # fmt: skip
+_SKLEARN: Final = ("china", "flower")  # scikit-learn's sample images, the rest are scikit-image's
 _DECODE_ERRORS: Final = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -77,8 +81,12 @@ class PhotoData:
         return ImageData(images=images[..., None] if images.ndim == 3 else images)
 
 
-def _skimage_photo(name: str) -> np.ndarray:
-    from skimage import data  # imported here: only SR jobs need it
+def _builtin_photo(name: str) -> np.ndarray:
+    if name in _SKLEARN:
+        from sklearn.datasets import load_sample_image  # imported here: only SR jobs need it
+
+        return np.ascontiguousarray(load_sample_image(f"{name}.jpg").astype(np.uint8))
+    from skimage import data
 
     image = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
     if image.ndim == 2:
@@ -91,7 +99,7 @@ def load_builtin(*, split: str = "train") -> PhotoData:
     names = {"train": TRAIN, "test": VALIDATION}.get(split)
     if names is None:
         raise ValueError(f"split must be train or test, not {split!r}")
-    return PhotoData(images=[_skimage_photo(n) for n in names], names=list(names))
+    return PhotoData(images=[_builtin_photo(n) for n in names], names=list(names))
 
 
 def decode_rgb(content: bytes, name: str, *, field: str, max_pixels: int | None = None) -> np.ndarray:
