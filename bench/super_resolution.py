@@ -98,8 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--blocks", type=int, default=6)
-    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--blocks", type=int, default=16, help="the paper: 16")
+    parser.add_argument("--channels", type=int, default=32, help="the paper: 64")
     parser.add_argument("--ndf", type=int, default=16)
     parser.add_argument("--crop", type=int, default=64, help="HR crop side (the paper: 96)")
     parser.add_argument("--batch", type=int, default=16)
@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument(
         "--srresnet", type=Path, help="an SRResNet checkpoint to start from instead of training one"
     )
-    parser.add_argument("--steps", type=int, default=8000, help="SRResNet steps")
+    parser.add_argument("--steps", type=int, default=6000, help="SRResNet steps")
     parser.add_argument("--gan-steps", type=int, default=1000, help="SRGAN steps after SRResNet")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
