@@ -65,6 +65,9 @@ def mean_std(values: list[float], fmt: str = "{:.1f}") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10, help="seeds per 2-D row")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="2-D rows use seeds first-seed .. first-seed + seeds - 1"
+    )
     parser.add_argument("--steps", type=int, default=2000, help="2-D training steps (ring8)")
     parser.add_argument(
         "--grid-steps", type=int, default=None, help="grid25 training steps (default --steps)"
@@ -108,7 +111,7 @@ def main() -> None:
         for name, variant in variants.items():
             options = {**common, **variant}
             results, seconds = [], []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 fields = {
                     "dataset": dataset,
                     "steps": steps,
