@@ -77,6 +77,10 @@ class ConvGANOptions(LRSchedule):
     lr: float = Field(2e-4, gt=0, le=1, description="Adam learning rate, G and D")
     beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 (the paper uses 0.5)")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2")
+    upsample: Literal["transposed", "nearest"] = Field(
+        "transposed",
+        description="G's 2x upsampling: the paper's transposed conv, or nearest resize + 3x3 conv (no checkerboard)",
+    )
 
 
 class DCGANOptions(ConvGANOptions, ImprovedTechniques):

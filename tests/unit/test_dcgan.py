@@ -26,6 +26,22 @@ def test_generator_and_discriminator_shapes(image_size: int, channels: int) -> N
     assert D(x).shape == (3,)  # one logit per image
 
 
+@pytest.mark.parametrize("image_size", [16, 32, 64])
+def test_nearest_upsampling_replaces_the_transposed_convolutions(image_size: int) -> None:
+    spec = parse_train_spec(
+        "dcgan", {"image_size": image_size}, {"ngf": "8", "ndf": "8", "upsample": "nearest"}
+    )
+    torch.manual_seed(0)
+    G = build_model(spec, channels=3, device=CPU).G
+    kinds = [type(m) for m in G.modules()]
+    # Only the projection of z (1x1 -> 4x4) stays transposed; each doubling is a resize and a 3x3 conv.
+    assert kinds.count(nn.ConvTranspose2d) == 1
+    assert kinds.count(nn.Upsample) == int(math.log2(image_size)) - 2
+    assert all(m.kernel_size == (3, 3) for m in G.modules() if isinstance(m, nn.Conv2d))
+    x = G(torch.randn(2, 100, 1, 1))
+    assert x.shape == (2, 3, image_size, image_size) and x.abs().max() <= 1
+
+
 def test_other_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="16, 32, 64 and 128"):
         Generator(nz=16, ngf=8, channels=3, image_size=48)

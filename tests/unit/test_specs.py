@@ -25,6 +25,7 @@ def test_defaults_and_string_options_are_coerced() -> None:
         ("dcgan", {}, {"minibatch": "true"}, "set.minibatch", "ngf"),
         ("dcgan", {}, {"lr": "fast"}, "set.lr", "number"),
         ("dcgan", {}, {"lr": "0"}, "set.lr", "greater than 0"),
+        ("dcgan", {}, {"upsample": "bilinear"}, "set.upsample", "'transposed' or 'nearest'"),
     ],
 )
 def test_bad_input_names_the_field_and_what_is_allowed(model, fields, options, field, words) -> None:

@@ -141,6 +141,18 @@ def test_text2img_spec_options_and_datasets() -> None:
     assert info.value.field == "set.text_encoder" and "minilm" in info.value.message
 
 
+def test_text2img_generator_takes_the_upsample_option() -> None:
+    from torch import nn
+
+    from gantry.worker.gan.models.text2img import Generator
+
+    sizes = {"nz": 8, "ngf": 8, "channels": 3, "image_size": 16, "text_dim": 12, "embed_dim": 4}
+    for mode, resizes in (("transposed", 0), ("nearest", 2)):
+        G = Generator(**sizes, upsample=mode)
+        assert sum(isinstance(m, nn.Upsample) for m in G.modules()) == resizes
+        assert G(torch.randn(2, 8, 1, 1), torch.randn(2, 12)).shape == (2, 3, 16, 16)
+
+
 def test_text2img_plain_sampling_asks_for_a_prompt() -> None:
     with pytest.raises(InvalidInput) as info:
         parse_sample_spec({"count": 4}).check_model("text2img")

@@ -71,11 +71,21 @@ class Generator(nn.Module):
     """G(z, φ(t)): z (N, nz, 1, 1) and φ(t) (N, E) -> images (N, channels, S, S) in [-1, 1]."""
 
     def __init__(
-        self, *, nz: int, ngf: int, channels: int, image_size: int, text_dim: int, embed_dim: int
+        self,
+        *,
+        nz: int,
+        ngf: int,
+        channels: int,
+        image_size: int,
+        text_dim: int,
+        embed_dim: int,
+        upsample: str = "transposed",
     ) -> None:
         super().__init__()
         self.project = TextProjection(text_dim, embed_dim)
-        self.body = DCGANGenerator(nz=nz + embed_dim, ngf=ngf, channels=channels, image_size=image_size)
+        self.body = DCGANGenerator(
+            nz=nz + embed_dim, ngf=ngf, channels=channels, image_size=image_size, upsample=upsample
+        )
 
     def forward(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
         h = self.project(phi)  # (N, embed_dim)
@@ -233,7 +243,10 @@ def _networks(spec: Text2ImgTrainSpec, channels: int) -> tuple[Generator, Discri
         "text_dim": text_dim(spec),
         "embed_dim": opts.embed_dim,
     }
-    return Generator(nz=opts.nz, ngf=opts.ngf, **sizes), Discriminator(ndf=opts.ndf, **sizes)
+    return (
+        Generator(nz=opts.nz, ngf=opts.ngf, upsample=opts.upsample, **sizes),
+        Discriminator(ndf=opts.ndf, **sizes),
+    )
 
 
 def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GANModel:
