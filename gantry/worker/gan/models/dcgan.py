@@ -16,7 +16,7 @@ each time so its last hidden layer has `ngf` channels; D mirrors it from `ndf` c
 Option `upsample="nearest"` replaces each of G's stride-2 transposed convolutions by a nearest-
 neighbour 2x resize and a 3x3 convolution ("resize-convolution", Odena, Dumoulin & Olah 2016,
 "Deconvolution and Checkerboard Artifacts", Distill): no checkerboard pattern, and on `shapes` at
-32x32 crisper shapes sooner (bench/RESULTS.md), for about 1.3x the step time on the CPU.
+32x32 crisper shapes sooner (bench/RESULTS.md), for 1.3x to 1.4x the step time on the CPU.
 """
 
 from __future__ import annotations
