@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import Text2ImgOptions, Text2ImgTrainSpec, parse_sample_spec, parse_train_spec
@@ -17,7 +18,7 @@ from gantry.worker.data import ImageData, shapes
 from gantry.worker.gan.checkpoint import load_checkpoint
 from gantry.worker.gan.loop import Callbacks, train
 from gantry.worker.gan.losses import Minibatch
-from gantry.worker.gan.models.text2img import GANCLSLoss, mismatched
+from gantry.worker.gan.models.text2img import GANCLSLoss, Generator, mismatched
 from gantry.worker.gan.text_sampler import sample_prompts
 from gantry.worker.text.encoders import BagOfWordsEncoder, encoder_from_state, fit_encoder
 
@@ -142,10 +143,6 @@ def test_text2img_spec_options_and_datasets() -> None:
 
 
 def test_text2img_generator_takes_the_upsample_option() -> None:
-    from torch import nn
-
-    from gantry.worker.gan.models.text2img import Generator
-
     sizes = {"nz": 8, "ngf": 8, "channels": 3, "image_size": 16, "text_dim": 12, "embed_dim": 4}
     for mode, resizes in (("transposed", 0), ("nearest", 2)):
         G = Generator(**sizes, upsample=mode)
