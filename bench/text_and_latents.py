@@ -38,11 +38,12 @@ TARGETS = {
 
 
 def _train(
-    model: str, steps: int, image_size: int, batch_size: int, options: dict[str, str]
+    model: str, steps: int, image_size: int, batch_size: int, options: dict[str, str], seed: int = 0
 ) -> tuple[TrainSpecBase, bytes, float]:
     spec = parse_train_spec(
         model,
         {
+            "seed": seed,
             "steps": steps,
             "image_size": image_size,
             "batch_size": batch_size,
@@ -123,6 +124,7 @@ def main() -> None:
     )
     parser.add_argument("--dcgan-set", dest="dcgan_sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    parser.add_argument("--train-seed", type=int, default=0, help="training seed (weights, batches, data)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -143,7 +145,11 @@ def main() -> None:
         runs.append(("text2img", *_from_file(args.text2img_checkpoint), []))
     else:
         runs.append(
-            ("text2img", *_train("text2img", args.steps, args.image_size, args.batch_size, text_sets), [])
+            (
+                "text2img",
+                *_train("text2img", args.steps, args.image_size, args.batch_size, text_sets, args.train_seed),
+                [],
+            )
         )
     if args.dcgan_job:
         runs.append(("dcgan", *_from_job(args.dcgan_job), []))
@@ -152,7 +158,13 @@ def main() -> None:
     elif args.dcgan_steps:
         dcgan_sets = dict(s.split("=", 1) for s in (args.dcgan_sets or ["ngf=32", "ndf=32"]))
         runs.append(
-            ("dcgan", *_train("dcgan", args.dcgan_steps, args.image_size, args.batch_size, dcgan_sets), [])
+            (
+                "dcgan",
+                *_train(
+                    "dcgan", args.dcgan_steps, args.image_size, args.batch_size, dcgan_sets, args.train_seed
+                ),
+                [],
+            )
         )
 
     if args.save:
