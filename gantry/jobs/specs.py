@@ -175,6 +175,13 @@ class Text2ImgOptions(ConvGANOptions):
     gan_int: bool = Field(
         False, description="GAN-INT: G also learns on interpolated text embeddings (paper §4.3)"
     )
+    mode_seeking: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="weight of the mode-seeking term (Mao et al. 2019): G makes two images per caption "
+        "and is penalised when they differ less than their z do (0: off; the paper uses 1)",
+    )
 
 
 class Text2ImgTrainSpec(TrainSpecBase):

@@ -26,6 +26,13 @@ def test_defaults_and_string_options_are_coerced() -> None:
         ("dcgan", {}, {"lr": "fast"}, "set.lr", "number"),
         ("dcgan", {}, {"lr": "0"}, "set.lr", "greater than 0"),
         ("dcgan", {}, {"upsample": "bilinear"}, "set.upsample", "'transposed' or 'nearest'"),
+        (
+            "text2img",
+            {"dataset": "shapes"},
+            {"mode_seeking": "-1"},
+            "set.mode_seeking",
+            "greater than or equal to 0",
+        ),
     ],
 )
 def test_bad_input_names_the_field_and_what_is_allowed(model, fields, options, field, words) -> None:

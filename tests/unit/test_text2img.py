@@ -128,6 +128,33 @@ def test_gan_int_adds_a_generator_term_on_interpolated_text() -> None:
     assert with_int["loss_G"] == pytest.approx(float(plain["loss_G"] + with_int["loss_G_int"]), rel=1e-5)
 
 
+def _spread_over_z_after_training(mode_seeking: float) -> float:
+    """Train a nearly z-blind G (the collapse within a caption) against a fixed D; return how much its
+    images for one caption vary with z."""
+    torch.manual_seed(0)
+    G, D = _TinyG(), _TinyD()
+    with torch.no_grad():
+        G.fc.weight[:, :4] *= 0.01  # G reads the caption and hardly z
+    loss = GANCLSLoss(G, D, mode_seeking=mode_seeking)
+    opt = torch.optim.Adam(G.parameters(), lr=0.01)
+    for _ in range(100):
+        batch = Minibatch(
+            real=torch.zeros(16, 3, 2, 2), z=torch.randn(16, 4, 1, 1), cond=torch.eye(2).repeat(8, 1)
+        )
+        opt.zero_grad()
+        stats = loss.accumulate_gradients("G", batch)
+        opt.step()
+    assert ("loss_G_mode_seeking" in stats) == bool(mode_seeking)
+    with torch.no_grad():
+        images = G(torch.randn(256, 4, 1, 1), torch.tensor([[1.0, 0]]).expand(256, -1))
+    return float(images.std(0).mean())
+
+
+def test_mode_seeking_makes_g_vary_its_images_with_z_for_the_same_caption() -> None:
+    plain, seeking = _spread_over_z_after_training(0.0), _spread_over_z_after_training(1.0)
+    assert seeking > 3 * plain
+
+
 # --- the spec ------------------------------------------------------------------------------------
 
 

@@ -20,6 +20,12 @@ carries that. GAN-INT (§4.3, `gan_int=true`) adds G's loss on embeddings interp
 between two captions of the minibatch (β = 0.5, as the paper), which fills the gaps between the
 captions seen in training.
 
+A conditional G tends to ignore z and draw one image per caption: "a red circle" always the same
+size, in the same place. `mode_seeking=λ` adds the mode-seeking term of MSGAN (Mao et al. 2019, arXiv
+1903.05628, eq. 3): G draws a second image for each caption from another z and pays λ / (d_I / d_z),
+where d_I and d_z are the mean absolute differences of the two images and of the two z. It costs one
+more G pass a step and leaves D alone.
+
 Captions, encoder fitting and the mismatched text all happen in the model's minibatch maker; the
 fitted encoder travels in the checkpoint (`extra_state`), so sampling needs nothing else.
 """
@@ -44,6 +50,7 @@ from gantry.worker.text.encoders import MINILM_DIM, TextEncoder, encoder_from_st
 
 log = logging.getLogger(__name__)
 
+MODE_SEEKING_EPS = 1e-5  # MSGAN's ε in λ / (d_I / d_z + ε)
 INT_BETA = (
     0.5  # GAN-INT's interpolation weight (paper §4.3: "in practice we found that fixing β = 0.5 works well")
 )
@@ -124,12 +131,16 @@ def mismatched(phi: torch.Tensor) -> torch.Tensor:
 
 
 class GANCLSLoss:
-    """The GAN-CLS objective with G's non-saturating loss; GAN-INT's term when `gan_int`."""
+    """The GAN-CLS objective with G's non-saturating loss; GAN-INT's term when `gan_int`, MSGAN's when
+    `mode_seeking` > 0."""
 
-    def __init__(self, G: Generator, D: Discriminator, *, gan_int: bool = False) -> None:
+    def __init__(
+        self, G: Generator, D: Discriminator, *, gan_int: bool = False, mode_seeking: float = 0.0
+    ) -> None:
         self.G = G
         self.D = D
         self.gan_int = gan_int
+        self.mode_seeking = mode_seeking
         self._fake: tuple[Minibatch, torch.Tensor] | None = None  # (batch, G(z, h)) from the last phase D
 
     def accumulate_gradients(self, phase: Phase, batch: Minibatch) -> dict[str, torch.Tensor]:
@@ -171,6 +182,15 @@ class GANCLSLoss:
                 loss_int = F.binary_cross_entropy_with_logits(s_int, torch.ones_like(s_int))
                 loss_G = loss_G + loss_int
                 stats["loss_G_int"] = loss_int.detach()
+            if self.mode_seeking:
+                # MSGAN (eq. 3): the same captions from other z (the neighbour's, an independent draw);
+                # images that barely differ while their z do are what collapse within a caption looks like.
+                z_other = torch.roll(batch.z, shifts=1, dims=0)
+                d_image = (self.G(z_other, h) - fake).abs().mean()
+                d_z = (z_other - batch.z).abs().mean()
+                loss_ms = self.mode_seeking / (d_image / d_z + MODE_SEEKING_EPS)
+                loss_G = loss_G + loss_ms
+                stats["loss_G_mode_seeking"] = loss_ms.detach()
             loss_G.backward()
             return {"loss_G": loss_G.detach(), **stats}
         raise ValueError(f"unknown phase {phase!r}; expected 'D' or 'G'")
@@ -263,7 +283,7 @@ def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GA
         D=D,
         opt_G=opt_G,
         opt_D=opt_D,
-        loss=GANCLSLoss(G, D, gan_int=opts.gan_int),
+        loss=GANCLSLoss(G, D, gan_int=opts.gan_int, mode_seeking=opts.mode_seeking),
         latent_shape=(opts.nz, 1, 1),
         make_batch=batches,
         extra_state=batches.state,
