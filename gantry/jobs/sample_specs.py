@@ -85,7 +85,7 @@ METRICS: dict[str, MetricInfo] = {
     ),
     "interpolation_validity": MetricInfo(
         "share of frames of spherical walks between random seeds that classify confidently as one shape "
-        "of one colour (no ghost of two)",
+        "of one colour (no ghost of two); the same over the end frames (_ends) and the frames between (_inner)",
         models=("dcgan", "text2img"),
         datasets=("shapes",),
     ),

@@ -1,4 +1,5 @@
-"""sample_validity on hand-made image sets: real shapes, noise, and a collapsed generator."""
+"""sample_validity on hand-made image sets (real shapes, noise, a collapsed generator), and
+interpolation_validity on a hand-made generator with blank walk ends."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
+from gantry.jobs.specs import DCGANTrainSpec, EvaluateSpec
 from gantry.worker.data import shapes
+from gantry.worker.evaluate import EvalContext, evaluate
+from gantry.worker.gan import shapes_metrics
+from gantry.worker.gan.latent import LatentDecoder
 from gantry.worker.gan.shapes_classifier import ShapesClassifier, attribute_classifier
 from gantry.worker.gan.shapes_metrics import validity
 
@@ -37,3 +44,42 @@ def test_a_collapsed_generator_is_valid_but_covers_one_pair(classifier: ShapesCl
     values = validity(np.repeat(one, 256, axis=0), classifier)
     assert values["sample_validity"] == 1.0
     assert values["pair_coverage"] == pytest.approx(1 / 28)
+
+
+class _BlankEnds(nn.Module):
+    """A hand-made G for 8-frame walks: a real shape in every frame but the first and the last of each
+    walk (a batch of frames), which are an empty background: as if the seeds' own samples were unclear
+    and everything between them a clean shape."""
+
+    def __init__(self, shape: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("shape", torch.tensor(shape, dtype=torch.float32).permute(2, 0, 1) / 127.5 - 1)
+        self.unused = nn.Parameter(torch.zeros(()))  # so that G has a device
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        images = self.shape.expand(len(z), -1, -1, -1).clone()
+        images[[0, -1]] = -1.0  # black, no shape
+        return images
+
+
+def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between(
+    classifier: ShapesClassifier, classifier_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GANTRY_HOME", str(classifier_home))  # the classifier's cache, shared
+    real = shapes.generate(16, seed=7, split="train", count=64).images
+    shape = next(image for image in real if validity(image[None], classifier)["sample_validity"] == 1.0)
+    decoder = LatentDecoder("dcgan", _BlankEnds(shape), (4, 1, 1), torch.device("cpu"))
+    monkeypatch.setattr(shapes_metrics, "load_decoder", lambda checkpoint, device: decoder)
+    ctx = EvalContext(
+        checkpoint=b"",
+        step=0,
+        train_spec=DCGANTrainSpec(image_size=16),
+        spec=EvaluateSpec(seed=0),
+        device=torch.device("cpu"),
+        save=lambda name, data: None,
+        should_stop=lambda: False,
+    )
+    values = evaluate("interpolation_validity", ctx)
+    assert values["interpolation_validity_ends"] == 0.0
+    assert values["interpolation_validity_inner"] == 1.0
+    assert values["interpolation_validity"] == pytest.approx(1 - 2 / shapes_metrics.FRAMES)

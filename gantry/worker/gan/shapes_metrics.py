@@ -13,7 +13,8 @@
   circle? dcgan: colour and shape. text2img holds its text fixed, so z only decides size and
   position ("small top left" - "small right" + "large right" = "large top left").
 - `interpolation_validity` (dcgan, text2img): spherical walks between random seeds; the share of
-  frames the classifier reads confidently as one shape of one colour (no ghost of two shapes).
+  frames the classifier reads confidently as one shape of one colour (no ghost of two shapes), and
+  the same share over the walks' end frames (their seeds' own samples) and over the frames between.
 - `sample_validity` (dcgan): "are the samples recognisable shapes?" as a number: the share of
   random samples the classifier reads confidently as one shape of one colour, and how many of the
   data's (colour, shape) pairs those cover (a collapsed G scores high validity, low coverage).
@@ -227,11 +228,19 @@ def interpolation_validity(ctx: EvalContext) -> dict[str, float]:
     texts: list[str | None] = [None] * WALKS
     if decoder.text is not None:
         texts = [_short_prompt(*SEEN[k]) for k in rng.choice(len(SEEN), WALKS)]
-    valid = []
+    valid = []  # (WALKS, FRAMES)
     for (seed_a, seed_b), text in zip(pairs.tolist(), texts, strict=True):
         frames = decoder.decode(path(decoder.latent(seed_a), decoder.latent(seed_b), FRAMES, "slerp"), text)
-        valid += _one_shape_one_colour(classifier.classify(frames)).tolist()
-    return {"interpolation_validity": float(np.mean(valid)), **_classifier_accuracy(classifier)}
+        valid.append(_one_shape_one_colour(classifier.classify(frames)))
+    walks = np.array(valid)
+    return {
+        "interpolation_validity": float(walks.mean()),
+        # The same frames split: the walks' own samples, and what lies between them. Garbage in between
+        # shows as inner well below ends; ends as low as inner means the samples themselves are unclear.
+        "interpolation_validity_ends": float(walks[:, [0, -1]].mean()),
+        "interpolation_validity_inner": float(walks[:, 1:-1].mean()),
+        **_classifier_accuracy(classifier),
+    }
 
 
 def validity(images: np.ndarray, classifier: ShapesClassifier) -> dict[str, float]:
