@@ -38,7 +38,7 @@ TARGETS = {
 
 
 def _train(
-    model: str, steps: int, image_size: int, batch_size: int, options: dict[str, str], seed: int = 0
+    model: str, steps: int, image_size: int, batch_size: int, options: dict[str, str], seed: int
 ) -> tuple[TrainSpecBase, bytes, float]:
     spec = parse_train_spec(
         model,
