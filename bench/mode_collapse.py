@@ -62,6 +62,20 @@ def mean_std(values: list[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
+def _variants(base: str, kernels: int, args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """Row name -> model options: the vanilla model and the one with minibatch discrimination,
+    less the one that --mbd-only or --vanilla-only skips."""
+    variants: dict[str, dict[str, str]] = {}
+    if not args.mbd_only:
+        variants[f"{base} (ours)"] = {}
+    if not args.vanilla_only:
+        variants[f"{base} + minibatch discr. (ours)"] = {
+            "minibatch_discrimination": "true",
+            "mbd_kernels": str(kernels),
+        }
+    return variants
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10, help="seeds per 2-D row")
@@ -92,17 +106,7 @@ def main() -> None:
     only = set(args.only.split(","))
 
     rows: list[tuple[str, str, str, str, str, str]] = []
-    variants = {
-        "GAN (ours)": {},
-        "GAN + minibatch discr. (ours)": {
-            "minibatch_discrimination": "true",
-            "mbd_kernels": str(args.kernels),
-        },
-    }
-    if args.mbd_only:
-        del variants["GAN (ours)"]
-    if args.vanilla_only:
-        del variants["GAN + minibatch discr. (ours)"]
+    variants = _variants("GAN", args.kernels, args)
     common = dict(pair.split("=", 1) for pair in args.set)
     for dataset in ("ring8", "grid25"):
         if dataset not in only:
@@ -131,17 +135,7 @@ def main() -> None:
                 f"{statistics.mean(seconds):.0f}s",
             ))  # fmt: skip
     if "stacked" in only:
-        stacked_variants = {
-            "DCGAN (ours)": {},
-            "DCGAN + minibatch discr. (ours)": {
-                "minibatch_discrimination": "true",
-                "mbd_kernels": str(args.stacked_kernels),
-            },
-        }
-        if args.mbd_only:
-            del stacked_variants["DCGAN (ours)"]
-        if args.vanilla_only:
-            del stacked_variants["DCGAN + minibatch discr. (ours)"]
+        stacked_variants = _variants("DCGAN", args.stacked_kernels, args)
         stacked_common = {"nz": "64", "ngf": "32", "ndf": "32"} | dict(
             p.split("=", 1) for p in args.stacked_set
         )
