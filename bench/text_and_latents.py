@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from gantry.jobs.settings import get_settings
-from gantry.jobs.specs import EvaluateSpec, TrainSpecBase, load_train_spec, parse_train_spec
+from gantry.jobs.specs import TrainSpecBase, load_train_spec, parse_train_spec
 from gantry.worker.data import load_dataset
 from gantry.worker.evaluate import EvalContext, evaluate
 from gantry.worker.gan.checkpoint import load_checkpoint
@@ -85,15 +85,7 @@ def _from_file(path: str) -> tuple[TrainSpecBase, bytes, float]:
 
 
 def _metrics(spec: TrainSpecBase, checkpoint: bytes, names: list[str], seed: int) -> dict[str, Any]:
-    ctx = EvalContext(
-        checkpoint=checkpoint,
-        step=load_checkpoint(checkpoint)["step"],
-        train_spec=spec,
-        spec=EvaluateSpec(seed=seed),
-        device=torch.device("cpu"),
-        save=lambda name, data: None,
-        should_stop=lambda: False,
-    )
+    ctx = EvalContext.local(checkpoint, spec, step=load_checkpoint(checkpoint)["step"], seed=seed)
     values: dict[str, Any] = {}
     for name in names:
         started = time.perf_counter()

@@ -42,6 +42,21 @@ class EvalContext:
     save: Callable[[str, bytes], None]  # (file name, bytes) -> an artifact of the job
     should_stop: Callable[[], bool]
 
+    @classmethod
+    def local(cls, checkpoint: bytes, train_spec: TrainSpecBase, *, step: int, seed: int = 0) -> EvalContext:
+        """A context outside any job (benches, tests): the CPU, files not kept, never stopped."""
+        import torch
+
+        return cls(
+            checkpoint=checkpoint,
+            step=step,
+            train_spec=train_spec,
+            spec=EvaluateSpec(seed=seed),
+            device=torch.device("cpu"),
+            save=lambda name, data: None,
+            should_stop=lambda: False,
+        )
+
 
 def evaluate(name: str, ctx: EvalContext) -> dict[str, float]:
     module_name, _, function = EVALUATORS[name].partition(":")

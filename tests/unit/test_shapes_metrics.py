@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from gantry.jobs.specs import DCGANTrainSpec, EvaluateSpec
+from gantry.jobs.specs import DCGANTrainSpec
 from gantry.worker.data import shapes
 from gantry.worker.evaluate import EvalContext, evaluate
 from gantry.worker.gan import shapes_metrics
@@ -70,15 +70,7 @@ def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between(
     shape = next(image for image in real if validity(image[None], classifier)["sample_validity"] == 1.0)
     decoder = LatentDecoder("dcgan", _BlankEnds(shape), (4, 1, 1), torch.device("cpu"))
     monkeypatch.setattr(shapes_metrics, "load_decoder", lambda checkpoint, device: decoder)
-    ctx = EvalContext(
-        checkpoint=b"",
-        step=0,
-        train_spec=DCGANTrainSpec(image_size=16),
-        spec=EvaluateSpec(seed=0),
-        device=torch.device("cpu"),
-        save=lambda name, data: None,
-        should_stop=lambda: False,
-    )
+    ctx = EvalContext.local(b"", DCGANTrainSpec(image_size=16), step=0)
     values = evaluate("interpolation_validity", ctx)
     assert values["interpolation_validity_ends"] == 0.0
     assert values["interpolation_validity_inner"] == 1.0
