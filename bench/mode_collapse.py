@@ -94,6 +94,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--kernels", type=int, default=10, help="minibatch discrimination kernels (2-D)")
     parser.add_argument("--stacked-seeds", type=int, default=3)
+    parser.add_argument(
+        "--stacked-first-seed",
+        type=int,
+        default=0,
+        help="stacked rows use seeds stacked-first-seed .. stacked-first-seed + stacked-seeds - 1",
+    )
     parser.add_argument("--stacked-steps", type=int, default=1500)
     parser.add_argument("--stacked-size", type=int, default=16)
     parser.add_argument("--stacked-kernels", type=int, default=100)
@@ -141,7 +147,7 @@ def main() -> None:
         )
         for name, options in stacked_variants.items():
             results, seconds = [], []
-            for seed in range(args.stacked_seeds):
+            for seed in range(args.stacked_first_seed, args.stacked_first_seed + args.stacked_seeds):
                 fields = {"dataset": "stacked-digits", "steps": args.stacked_steps, "batch_size": 64,
                           "image_size": args.stacked_size, "seed": seed}  # fmt: skip
                 checkpoint, took = run("dcgan", fields, {**stacked_common, **options})
