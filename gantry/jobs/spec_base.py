@@ -32,12 +32,19 @@ def power_of_two(value: int) -> bool:
 
 
 class LRSchedule(Strict):
-    """The learning-rate schedule, an option of every model."""
+    """The learning-rate schedule and the average of G's weights: options of every model."""
 
     lr_decay: Literal["none", "linear"] = Field(
         "none",
         description="linear: keep lr for the first half of the steps, then decay it linearly to 0 "
         "(CycleGAN's schedule, arXiv 1703.10593); samples settle instead of jittering around the data",
+    )
+    ema: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="decay of an exponential moving average of G's weights, which sample grids, sample "
+        "and evaluate jobs then use (Yazici et al. 2019, arXiv 1806.04498; 0: off, 0.999 is usual)",
     )
 
 

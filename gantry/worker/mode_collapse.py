@@ -63,14 +63,14 @@ def stacked_metrics(digits: np.ndarray) -> dict[str, float]:
 def _generator(checkpoint: bytes, device: Any) -> tuple[Any, Any]:
     """(model with G loaded, train spec) from checkpoint bytes; the caller's RNG left as it was."""
     from gantry.jobs.specs import load_train_spec
-    from gantry.worker.gan.checkpoint import load_checkpoint
+    from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
     from gantry.worker.gan.registry import build_model
 
     state = load_checkpoint(checkpoint, map_location="cpu")
     spec = load_train_spec(state["spec"])
     with torch.random.fork_rng(devices=[]):
         model = build_model(spec, channels=state["channels"], device=device)
-    model.G.load_state_dict(state["G"])
+    model.G.load_state_dict(generator_weights(state))
     return model, spec
 
 

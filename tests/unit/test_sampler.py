@@ -15,11 +15,12 @@ from gantry.worker.gan.registry import build_model
 from gantry.worker.gan.sampler import generate, sample
 
 
-def _trained_checkpoint(channels: int) -> bytes:
+def _trained_checkpoint(channels: int, ema: float = 0.0) -> bytes:
     """A checkpoint of a tiny DCGAN after a few steps (its batch-norm running stats are not the init)."""
     rng = np.random.default_rng(0)
     data = ImageData(images=rng.integers(0, 256, (24, 16, 16, channels), dtype=np.uint8))
-    spec = DCGANTrainSpec(image_size=16, batch_size=8, steps=3, options=DCGANOptions(nz=16, ngf=8, ndf=8))
+    options = DCGANOptions(nz=16, ngf=8, ndf=8, ema=ema)
+    spec = DCGANTrainSpec(image_size=16, batch_size=8, steps=3, options=options)
     checkpoints: list[bytes] = []
     callbacks = Callbacks(
         progress=lambda step, metrics: None,
@@ -76,3 +77,19 @@ def test_an_image_does_not_depend_on_the_rest_of_its_batch(rgb_checkpoint: bytes
     together, alone = generate(model.G, z)[:1], generate(model.G, z[:1])
     assert np.abs(together.astype(int) - alone.astype(int)).max() <= 1  # rounding at most
     assert model.G.training  # the caller's mode is restored
+
+
+def test_a_run_with_ema_samples_from_the_average_of_g() -> None:
+    checkpoint = _trained_checkpoint(channels=3, ema=0.5)
+    state = load_checkpoint(checkpoint)
+    model = build_model(load_train_spec(state["spec"]), channels=3, device=torch.device("cpu"))
+    z = model.sample_latents(2, torch.Generator().manual_seed(0))
+    drawn = {}
+    for weights in ("G", "G_ema"):
+        model.G.load_state_dict(state[weights])
+        drawn[weights] = generate(model.G, z)
+    sampled = np.stack(
+        [np.asarray(_decode(png)) for png in sample(checkpoint, count=2, seed=0, device="cpu").images]
+    )
+    assert np.array_equal(sampled, drawn["G_ema"])
+    assert not np.array_equal(sampled, drawn["G"])

@@ -11,6 +11,8 @@ Layout (a plain dict):
     spec     dict  spec.model_dump(mode="json")
     channels int   image channels of the training data
     G, D, opt_G, opt_D   state_dicts
+    G_ema    state_dict  only with the `ema` option: the moving average of G's weights, which
+             sampling uses (`generator_weights`); G is what training continues from
     rng      dict  torch_cpu: ByteTensor, torch_cuda: [ByteTensor per device], batches: ByteTensor
     fixed_z  Tensor  the latents of the sample grid
     metrics  dict[str, float]  the last metrics reported
@@ -42,9 +44,10 @@ def save_checkpoint(
     batch_generator: torch.Generator,
     fixed_z: torch.Tensor,
     metrics: dict[str, float],
+    G_ema: torch.nn.Module | None = None,
 ) -> bytes:
     """Everything needed to resume bit-for-bit, or to sample from G, as file bytes."""
-    state = {
+    state: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "step": step,
         "spec": spec.model_dump(mode="json"),
@@ -62,6 +65,8 @@ def save_checkpoint(
         "metrics": dict(metrics),
         "extra": model.extra_state() if model.extra_state is not None else {},  # e.g. a text encoder
     }
+    if G_ema is not None:
+        state["G_ema"] = G_ema.state_dict()
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
@@ -73,6 +78,12 @@ def load_checkpoint(data: bytes, map_location: str | torch.device = "cpu") -> di
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"unsupported checkpoint format {state.get('format')!r}")
     return state
+
+
+def generator_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The G weights to sample with: the moving average where the run kept one, else G's own."""
+    weights: dict[str, torch.Tensor] = state.get("G_ema") or state["G"]
+    return weights
 
 
 def restore_training_state(state: dict[str, Any], model: GANModel, batch_generator: torch.Generator) -> None:

@@ -25,7 +25,7 @@ import torch
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import load_train_spec, parse_arithmetic
-from gantry.worker.gan.checkpoint import load_checkpoint
+from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.images import png_bytes
 from gantry.worker.gan.registry import build_model
@@ -113,7 +113,7 @@ def load_decoder(checkpoint: bytes, *, device: torch.device | str | None = None)
         return LatentDecoder(model, text.G, (text.spec.options.nz, 1, 1), device, text)
     with torch.random.fork_rng(devices=[]):  # building draws init weights; keep the caller's RNG
         built = build_model(load_train_spec(state["spec"]), channels=state["channels"], device=device)
-    built.G.load_state_dict(state["G"])
+    built.G.load_state_dict(generator_weights(state))
     return LatentDecoder(model, built.G, built.latent_shape, device)
 
 

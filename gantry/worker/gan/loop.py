@@ -13,6 +13,7 @@ weights as 2N steps straight (on the same device and thread count).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +24,12 @@ import numpy as np
 import torch
 
 from gantry.jobs.specs import TrainSpecBase
-from gantry.worker.gan.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+from gantry.worker.gan.checkpoint import (
+    generator_weights,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+)
 from gantry.worker.gan.images import grid_png
 from gantry.worker.gan.losses import Minibatch, Phase
 from gantry.worker.gan.registry import BatchMaker, GANModel, build_model
@@ -132,15 +138,21 @@ def train(
         fixed_z, fixed_cond = fixed.z.cpu(), fixed.cond
     step, metrics = 0, {}
     if init is not None and resume is None:
-        model.G.load_state_dict(load_checkpoint(init, map_location="cpu")["G"])
+        model.G.load_state_dict(generator_weights(load_checkpoint(init, map_location="cpu")))
         log.info("G initialised from another run's checkpoint")
+    options = getattr(spec, "options", None)
+    ema = float(getattr(options, "ema", 0.0))
+    G_ema = copy.deepcopy(model.G).eval().requires_grad_(False) if ema else None
     if resume is not None:
         state = load_checkpoint(resume, map_location="cpu")
         if state["spec"]["model"] != getattr(spec, "model", None) or state["channels"] != channels:
             raise ValueError("the checkpoint was written for another model or channel count")
         restore_training_state(state, model, batches)
+        if G_ema is not None:
+            G_ema.load_state_dict(state.get("G_ema") or state["G"])
         step, fixed_z, metrics = state["step"], state["fixed_z"], state["metrics"]
         log.info("resuming at step %d of %d", step, spec.steps)
+    G_sample = G_ema if G_ema is not None else model.G  # what grids show and checkpoints serve
 
     window = _MetricWindow()
     last_checkpoint = step if resume is not None else -1
@@ -156,6 +168,7 @@ def train(
             batch_generator=batches,
             fixed_z=fixed_z,
             metrics=metrics,
+            G_ema=G_ema,
         )
         callbacks.checkpoint(step, payload)
         last_checkpoint = step
@@ -163,12 +176,14 @@ def train(
     def emit_samples() -> None:
         nonlocal last_samples
         if model.render is not None:  # outputs that are not images (2-D points): the model's plot
-            png = model.render(generate_outputs(model.G, fixed_z, device=device)).grid
+            png = model.render(generate_outputs(G_sample, fixed_z, device=device)).grid
             assert png is not None, "a model's render hook must make a grid for the sample PNGs"
             callbacks.samples(step, png)
             last_samples = step
             return
-        grid = generate(model.G, fixed_z, cond=fixed_cond, device=device)  # eval mode: running stats stay put
+        grid = generate(
+            G_sample, fixed_z, cond=fixed_cond, device=device
+        )  # eval mode: running stats stay put
         callbacks.samples(step, grid_png(grid, nrow=GRID_SIDE))
         last_samples = step
 
@@ -185,7 +200,7 @@ def train(
         if opt is None:
             raise ValueError(f"{spec.model} has a phase {phase} but no optimizer for it")  # type: ignore[attr-defined]
         phases.append((phase, opt))
-    lr_decay = getattr(getattr(spec, "options", None), "lr_decay", "none")
+    lr_decay = getattr(options, "lr_decay", "none")
     while step < spec.steps:
         if lr_decay == "linear":
             set_lr_factor([opt for _, opt in phases], linear_decay(step, spec.steps))
@@ -199,6 +214,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             stats.update(model.loss.accumulate_gradients(phase, batch))
             opt.step()
+        if G_ema is not None:
+            update_average(G_ema, model.G, min(ema, (1 + step) / (10 + step)))
         step += 1
         window.add(stats, spec.batch_size)
 
@@ -227,6 +244,17 @@ def train(
     if last_samples != step:
         emit_samples()
     return TrainOutcome(step=step, stopped=False, final_metrics=metrics)
+
+
+@torch.no_grad()
+def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """average <- decay x average + (1 - decay) x model, parameter by parameter; buffers (batch-norm
+    running statistics) are copied, as StyleGAN's G_ema does. The loop ramps `decay` up from 0.1
+    over the first steps (TensorFlow's ExponentialMovingAverage with num_updates), so the average
+    does not start out dragged back towards the initial weights."""
+    torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1.0 - decay)
+    for mine, theirs in zip(average.buffers(), model.buffers(), strict=True):
+        mine.copy_(theirs)
 
 
 def linear_decay(step: int, steps: int) -> float:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from gantry.jobs.specs import load_train_spec
-from gantry.worker.gan.checkpoint import load_checkpoint
+from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
 from gantry.worker.gan.images import grid_png, png_bytes, to_uint8
 from gantry.worker.gan.registry import build_model
 
@@ -81,7 +81,7 @@ def sample(
     # fork keeps the caller's RNG stream as it was.
     with torch.random.fork_rng(devices=[]):
         model = build_model(spec, channels=state["channels"], device=device)
-    model.G.load_state_dict(state["G"])
+    model.G.load_state_dict(generator_weights(state))
     z = model.sample_latents(count, torch.Generator().manual_seed(seed))
     if model.render is not None:  # not images (2-D points): the model makes its own files
         log.info("sampled %d outputs from step %d with seed %d", count, state["step"], seed)

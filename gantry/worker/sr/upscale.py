@@ -22,7 +22,7 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import load_train_spec
 from gantry.jobs.storage import fetch_to_local
-from gantry.worker.gan.checkpoint import load_checkpoint
+from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
 from gantry.worker.gan.images import png_bytes, to_uint8
 from gantry.worker.gan.loop import images_to_tensor
 from gantry.worker.gan.models.srresnet import Generator, build_generator
@@ -40,7 +40,7 @@ def load_generator(checkpoint: bytes, device: torch.device) -> tuple[Generator, 
     if spec.model not in ("srresnet", "srgan"):  # type: ignore[attr-defined]
         raise InvalidInput("input", f"{spec.model} jobs do not super-resolve images")  # type: ignore[attr-defined]
     G = build_generator(spec.options, channels=state["channels"])  # type: ignore[attr-defined]
-    G.load_state_dict(state["G"])
+    G.load_state_dict(generator_weights(state))
     return G.to(device).eval(), spec, state["channels"]
 
 

@@ -41,6 +41,7 @@ from torch import nn
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import Text2ImgTrainSpec, load_train_spec
+from gantry.worker.gan.checkpoint import generator_weights
 from gantry.worker.gan.losses import Minibatch, Phase
 from gantry.worker.gan.models.dcgan import Discriminator as DCGANDiscriminator
 from gantry.worker.gan.models.dcgan import Generator as DCGANGenerator
@@ -303,7 +304,7 @@ class TextGenerator:
         self.encoder = encoder_from_state(extra["text_encoder"])
         self.example_captions: list[str] = list(extra.get("example_captions", []))
         G, _ = _networks(spec, state["channels"])  # weights overwritten at once: no init needed
-        G.load_state_dict(state["G"])
+        G.load_state_dict(generator_weights(state))
         self.G = G.to(device)
         self.device = device
 
