@@ -149,7 +149,7 @@ def train(
             raise ValueError("the checkpoint was written for another model or channel count")
         restore_training_state(state, model, batches)
         if G_ema is not None:
-            G_ema.load_state_dict(state.get("G_ema") or state["G"])
+            G_ema.load_state_dict(generator_weights(state))
         step, fixed_z, metrics = state["step"], state["fixed_z"], state["metrics"]
         log.info("resuming at step %d of %d", step, spec.steps)
     G_sample = G_ema if G_ema is not None else model.G  # what grids show and checkpoints serve
@@ -181,9 +181,8 @@ def train(
             callbacks.samples(step, png)
             last_samples = step
             return
-        grid = generate(
-            G_sample, fixed_z, cond=fixed_cond, device=device
-        )  # eval mode: running stats stay put
+        # generate() runs G in eval mode: the running statistics stay put.
+        grid = generate(G_sample, fixed_z, cond=fixed_cond, device=device)
         callbacks.samples(step, grid_png(grid, nrow=GRID_SIDE))
         last_samples = step
 
