@@ -215,10 +215,7 @@ def test_ema_keeps_an_average_of_g_that_grids_and_resumes_use() -> None:
     assert generator_weights(state) is state["G_ema"]
 
     # The grid is drawn by the average: the same run without it draws another grid.
-    no_ema = DCGANTrainSpec(
-        image_size=16, batch_size=8, steps=8, checkpoint_every=4, sample_every=8,
-        options=options.model_copy(update={"ema": 0.0}),
-    )  # fmt: skip
+    no_ema = spec.model_copy(update={"options": options.model_copy(update={"ema": 0.0})})
     without = Recorder()
     train(no_ema, tiny_data(), callbacks=without.callbacks())
     assert "G_ema" not in _final_state(without)
