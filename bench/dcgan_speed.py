@@ -75,13 +75,22 @@ def main() -> None:
     ref = load_reference(args.reference)
     name = torch.cuda.get_device_name() if gpu else f"cpu x{torch.get_num_threads()} threads"
     print(json.dumps({"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}))
-    print(f"{'batch':>5} {'reference img/s':>16} {'gantry img/s':>13} {'gantry/ref':>10}")
-    for batch in args.batch or [64]:
-        torch.manual_seed(0)
-        t = ref.time_step(ref.make_step("canonical", batch, device), device, iters=steps // 3 or 1, warmup=2)
-        ref_rate = batch / t
-        ours = time_gantry(batch, steps, device)
-        print(f"{batch:>5} {ref_rate:>16.1f} {ours:>13.1f} {ours / ref_rate:>10.2f}", flush=True)
+    print(
+        f"{'batch':>5} {'cudnn.benchmark':>15} {'reference img/s':>16} {'gantry img/s':>13} {'gantry/ref':>10}"
+    )
+    # On a GPU, both with cuDNN's autotuner off (PyTorch's default, and the worker's) and on.
+    for benchmark in [False, True] if gpu else [False]:
+        torch.backends.cudnn.benchmark = benchmark
+        for batch in args.batch or [64]:
+            torch.manual_seed(0)
+            step = ref.make_step("canonical", batch, device)
+            t = ref.time_step(step, device, iters=steps // 3 or 1, warmup=2)
+            ref_rate = batch / t
+            ours = time_gantry(batch, steps, device)
+            print(
+                f"{batch:>5} {benchmark!s:>15} {ref_rate:>16.1f} {ours:>13.1f} {ours / ref_rate:>10.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

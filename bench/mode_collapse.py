@@ -8,7 +8,8 @@ gantry's collapse metrics; prints one table with PacGAN's published rows beside 
     .venv/bin/python bench/mode_collapse.py                       # the full run (10 + 3 seeds)
     .venv/bin/python bench/mode_collapse.py --seeds 2 --stacked-seeds 1 --stacked-steps 200   # quick
 
-One CPU thread per run (torch.set_num_threads(1)), so runs are comparable on a shared machine.
+One CPU thread per run (torch.set_num_threads(1)), so runs are comparable on a shared machine;
+`--device cuda` trains (and samples for the metrics) on a GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,7 +38,14 @@ PUBLISHED = [
 ]
 
 
-def run(model: str, fields: dict[str, Any], options: dict[str, str]) -> tuple[bytes, float]:
+def run(
+    model: str,
+    fields: dict[str, Any],
+    options: dict[str, str],
+    *,
+    device: str = "cpu",
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[bytes, float]:
     """Train through the shared loop; (final checkpoint, seconds)."""
     spec = parse_train_spec(model, {"checkpoint_every": 10**7, "sample_every": 10**7, **fields}, options)
     data = load_dataset(spec.dataset, image_size=spec.image_size, seed=spec.seed)
@@ -47,11 +56,11 @@ def run(model: str, fields: dict[str, Any], options: dict[str, str]) -> tuple[by
         data,
         callbacks=Callbacks(
             progress=lambda step, metrics: None,
-            should_stop=lambda: False,
+            should_stop=should_stop,
             checkpoint=lambda step, payload: out.append(payload),
             samples=lambda step, png: None,
         ),
-        device="cpu",
+        device=device,
     )
     return out[-1], time.perf_counter() - started
 
@@ -107,6 +116,7 @@ def main() -> None:
         "--stacked-set", action="append", default=[], metavar="KEY=VALUE", help="a dcgan option, stacked rows"
     )
     parser.add_argument("--only", default="ring8,grid25,stacked", help="comma-separated rows to run")
+    parser.add_argument("--device", default="cpu", help="where to train: cpu (one thread) or cuda")
     args = parser.parse_args()
     torch.set_num_threads(1)
     only = set(args.only.split(","))
@@ -128,7 +138,7 @@ def main() -> None:
                     "batch_size": args.batch_size,
                     "seed": seed,
                 }
-                checkpoint, took = run("gan", fields, options)
+                checkpoint, took = run("gan", fields, options, device=args.device)
                 results.append(points_metrics_from_checkpoint(checkpoint, seed=0))
                 seconds.append(took)
                 print(f"  {dataset} {name} seed {seed}: {results[-1]} in {took:.1f}s", flush=True)
@@ -150,8 +160,8 @@ def main() -> None:
             for seed in range(args.stacked_first_seed, args.stacked_first_seed + args.stacked_seeds):
                 fields = {"dataset": "stacked-digits", "steps": args.stacked_steps, "batch_size": 64,
                           "image_size": args.stacked_size, "seed": seed}  # fmt: skip
-                checkpoint, took = run("dcgan", fields, {**stacked_common, **options})
-                results.append(stacked_metrics_from_checkpoint(checkpoint, seed=0))
+                checkpoint, took = run("dcgan", fields, {**stacked_common, **options}, device=args.device)
+                results.append(stacked_metrics_from_checkpoint(checkpoint, seed=0, device=args.device))
                 seconds.append(took)
                 print(f"  stacked-digits {name} seed {seed}: {results[-1]} in {took:.1f}s", flush=True)
             rows.append((

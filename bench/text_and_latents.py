@@ -4,7 +4,8 @@ next to the targets of issue 4.
     .venv/bin/python bench/text_and_latents.py                       # train text2img and dcgan here
     .venv/bin/python bench/text_and_latents.py --text2img-job ID --dcgan-job ID   # gantry train jobs
 
-Trains with the shared loop on one CPU thread (the machine is shared), then computes the metrics
+Trains with the shared loop on one CPU thread (the machine is shared; `--device cuda` trains on a
+GPU), then computes the metrics
 `gantry evaluate` computes: caption faithfulness (text2img), diversity within a prompt (text2img),
 latent arithmetic (dcgan: colour and shape; text2img at fixed text: size and position) and
 interpolation validity (both). Prints one table; nothing is asserted.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,15 @@ TARGETS = {
 
 
 def _train(
-    model: str, steps: int, image_size: int, batch_size: int, options: dict[str, str], seed: int
+    model: str,
+    steps: int,
+    image_size: int,
+    batch_size: int,
+    options: dict[str, str],
+    seed: int,
+    *,
+    device: str = "cpu",
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[TrainSpecBase, bytes, float]:
     spec = parse_train_spec(
         model,
@@ -61,8 +71,8 @@ def _train(
             shown = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items())
             print(f"  {model} step {step}: {time.perf_counter() - started:.0f}s {shown}", flush=True)
 
-    callbacks = Callbacks(progress, lambda: False, lambda step, b: checkpoints.append(b), lambda *a: None)
-    train(spec, data, callbacks=callbacks, device="cpu")
+    callbacks = Callbacks(progress, should_stop, lambda step, b: checkpoints.append(b), lambda *a: None)
+    train(spec, data, callbacks=callbacks, device=device)
     return spec, checkpoints[-1], time.perf_counter() - started
 
 
@@ -117,6 +127,7 @@ def main() -> None:
     parser.add_argument("--dcgan-set", dest="dcgan_sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
     parser.add_argument("--train-seed", type=int, default=0, help="training seed (weights, batches, data)")
+    parser.add_argument("--device", default="cpu", help="where to train: cpu (one thread) or cuda")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -139,7 +150,15 @@ def main() -> None:
         runs.append(
             (
                 "text2img",
-                *_train("text2img", args.steps, args.image_size, args.batch_size, text_sets, args.train_seed),
+                *_train(
+                    "text2img",
+                    args.steps,
+                    args.image_size,
+                    args.batch_size,
+                    text_sets,
+                    args.train_seed,
+                    device=args.device,
+                ),
                 [],
             )
         )
@@ -153,7 +172,13 @@ def main() -> None:
             (
                 "dcgan",
                 *_train(
-                    "dcgan", args.dcgan_steps, args.image_size, args.batch_size, dcgan_sets, args.train_seed
+                    "dcgan",
+                    args.dcgan_steps,
+                    args.image_size,
+                    args.batch_size,
+                    dcgan_sets,
+                    args.train_seed,
+                    device=args.device,
                 ),
                 [],
             )
