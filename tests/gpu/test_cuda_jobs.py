@@ -1,0 +1,69 @@
+"""On a CUDA machine: every model's train and sample jobs run through the embedded service, as a
+GPU worker runs them (the worker picks `cuda` whenever torch sees a GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gantry.api.service import Service
+from gantry.jobs.settings import Settings
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
+]
+
+SHORT = {"steps": 3, "checkpoint_every": 3, "sample_every": 3}
+RUNS = {
+    "gan ring8, minibatch discrimination": (
+        "gan",
+        {"dataset": "ring8"},
+        {"minibatch_discrimination": "true"},
+    ),
+    "dcgan shapes, virtual batch norm, historical averaging, ema": (
+        "dcgan",
+        {"dataset": "shapes", "image_size": 16},
+        {"virtual_batch_norm": "true", "historical_averaging": "0.1", "ema": "0.999", "ngf": "8", "ndf": "8"},
+    ),
+    "dcgan stacked-digits, minibatch discrimination, feature matching": (
+        "dcgan",
+        {"dataset": "stacked-digits", "image_size": 16},
+        {"minibatch_discrimination": "true", "feature_matching": "true", "ngf": "8", "ndf": "8"},
+    ),
+    "text2img shapes, mode seeking, GAN-INT": (
+        "text2img",
+        {"dataset": "shapes", "image_size": 32},
+        {"mode_seeking": "0.1", "gan_int": "true", "ngf": "8", "ndf": "8"},
+    ),
+    "srresnet photos": ("srresnet", {"image_size": 32}, {"blocks": "2", "channels": "16"}),
+    "srgan photos": ("srgan", {"image_size": 32}, {"blocks": "2", "channels": "16"}),
+}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_every_model_trains_and_samples_on_cuda(name: str, settings: Settings, tmp_path: Path) -> None:
+    model, fields, options = RUNS[name]
+    svc = Service(settings)
+    train = svc.submit_train(model, options=options, **SHORT, **fields)
+    svc.run_embedded(train)
+    done = svc.get(train.id)
+    assert done.state == "succeeded", done.error
+    assert done.metrics and all(np.isfinite(v) for v in done.metrics.values())
+
+    extra: dict[str, object] = {}
+    if model in ("srresnet", "srgan"):
+        photo = tmp_path / "small.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(photo)
+        extra["input"] = str(photo)
+    if model == "text2img":
+        extra["prompts"] = ["a small red circle"]
+    sample = svc.submit_sample(train.id, count=4, seed=1, **extra)
+    svc.run_embedded(sample)
+    sampled = svc.get(sample.id)
+    assert sampled.state == "succeeded", sampled.error
+    assert any(a.key.endswith(".png") for a in sampled.artifacts)
