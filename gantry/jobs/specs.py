@@ -86,6 +86,12 @@ class ConvGANOptions(LRSchedule):
 class DCGANOptions(ConvGANOptions, ImprovedTechniques):
     """DCGAN's options plus the Improved Techniques (`ImprovedTechniques`, arXiv 1606.03498)."""
 
+    d_norm: Literal["batch", "spectral"] = Field(
+        "batch",
+        description="D's normalisation: the paper's batch norm, or spectral norm on each conv instead "
+        "(Miyato et al. 2018, arXiv 1802.05957), which cannot hide a shift that every fake in a batch shares",
+    )
+
 
 def _conv_image_size(model: str, value: int) -> int:
     """DCGAN-shaped networks double or halve the side per block: 16 to 128 pixels."""

@@ -64,6 +64,7 @@ def _first_output_moves_with_the_rest(net: torch.nn.Module, x: torch.Tensor) -> 
         ({"historical_averaging": "-1"}, "set.historical_averaging"),
         ({"mbd_kernels": "0", "minibatch_discrimination": "true"}, "set.mbd_kernels"),
         ({"minibatch_discrimination": "maybe"}, "set.minibatch_discrimination"),
+        ({"d_norm": "layer"}, "set.d_norm"),  # gan: no such option; dcgan: not an allowed value
     ],
 )
 def test_bad_options_are_rejected_at_submit(model: str, options: dict[str, str], field: str) -> None:
@@ -201,6 +202,25 @@ def test_virtual_batch_norm_makes_G_independent_of_its_batch(
 
 
 # --- minimax vs non-saturating (gan) ------------------------------------------------------------------
+
+
+def test_spectral_norm_D_scores_each_image_on_its_own() -> None:
+    """d_norm=spectral: no batch norm in D, so (unlike the paper's D in training) an image's score
+    does not depend on the rest of its batch, and every conv is scaled to spectral norm 1."""
+    x = images_batch().real
+    assert _first_output_moves_with_the_rest(dcgan().D.train(), x)
+    D = dcgan(d_norm="spectral").D.train()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
+    with torch.nn.utils.parametrize.cached():  # one power iteration for both calls
+        assert not _first_output_moves_with_the_rest(D, x)
+    with torch.no_grad():
+        for _ in range(50):  # one power iteration per call in training mode
+            D(x)
+    convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs
+    for conv in convs:
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+        assert abs(float(sigma) - 1.0) < 0.05
 
 
 def test_minimax_G_loss_saturates_where_non_saturating_does_not() -> None:

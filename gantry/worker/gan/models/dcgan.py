@@ -86,7 +86,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """x (N, channels, image_size, image_size) -> D(x) as logits (N,): the sigmoid is in the loss."""
 
-    def __init__(self, *, ndf: int, channels: int, image_size: int) -> None:
+    def __init__(self, *, ndf: int, channels: int, image_size: int, norm: str = "batch") -> None:
         super().__init__()
         n = _num_blocks(image_size)
         layers: list[nn.Module] = [
@@ -100,7 +100,7 @@ class Discriminator(nn.Module):
         for _ in range(n - 1):
             layers += [
                 nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(width * 2),
+                nn.BatchNorm2d(width * 2) if norm == "batch" else nn.Identity(),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
             width *= 2
@@ -127,19 +127,30 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def spectral_norm_convs(D: nn.Module) -> None:
+    """Each conv of D divided by its largest singular value (one power iteration a step), so D is
+    1-Lipschitz layer by layer without batch statistics (SN-GAN, arXiv 1802.05957). Applied after
+    the weights are initialised, to the convs only (a minibatch head keeps its own linear layer)."""
+    for module in list(D.modules()):
+        if isinstance(module, nn.Conv2d):
+            nn.utils.parametrizations.spectral_norm(module)
+
+
 def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANModel:
     """Networks, Adam optimizers (paper §4: lr 2e-4, beta1 0.5) and the non-saturating loss."""
     opts = spec.options
     G = Generator(
         nz=opts.nz, ngf=opts.ngf, channels=channels, image_size=spec.image_size, upsample=opts.upsample
     )
-    D = Discriminator(ndf=opts.ndf, channels=channels, image_size=spec.image_size)
+    D = Discriminator(ndf=opts.ndf, channels=channels, image_size=spec.image_size, norm=opts.d_norm)
     # Initialise on the CPU (global torch RNG), then move: the same seed gives the same weights
     # on every device.
     G.apply(init_weights)
     D.apply(init_weights)
     # Improved Techniques (arXiv 1606.03498), each off by default: see gantry.worker.gan.improved.
     G = improved.apply_to_sequential(G, D, opts, latent_shape=(opts.nz, 1, 1))
+    if opts.d_norm == "spectral":
+        spectral_norm_convs(D)
     loss = improved.build_loss(G, D, opts) if improved.uses_improved_loss(opts) else NonSaturatingLoss(G, D)
     G, D = G.to(device), D.to(device)
     opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
