@@ -5,10 +5,10 @@ next to the targets of issue 4.
     .venv/bin/python bench/text_and_latents.py --text2img-job ID --dcgan-job ID   # gantry train jobs
 
 Trains with the shared loop on one CPU thread (the machine is shared; `--device cuda` trains on a
-GPU), then computes the metrics
-`gantry evaluate` computes: caption faithfulness (text2img), diversity within a prompt (text2img),
-latent arithmetic (dcgan: colour and shape; text2img at fixed text: size and position) and
-interpolation validity (both). Prints one table; nothing is asserted.
+GPU), then computes the metrics `gantry evaluate` computes: caption faithfulness (text2img),
+diversity within a prompt (text2img), latent arithmetic (dcgan: colour and shape; text2img at
+fixed text: size and position) and interpolation validity (both). Prints one table; nothing is
+asserted.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """x (N, channels, image_size, image_size) -> D(x) as logits (N,): the sigmoid is in the loss."""
 
-    def __init__(self, *, ndf: int, channels: int, image_size: int, norm: str = "batch") -> None:
+    def __init__(self, *, ndf: int, channels: int, image_size: int, batch_norm: bool = True) -> None:
         super().__init__()
         n = _num_blocks(image_size)
         layers: list[nn.Module] = [
@@ -100,7 +100,8 @@ class Discriminator(nn.Module):
         for _ in range(n - 1):
             layers += [
                 nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(width * 2) if norm == "batch" else nn.Identity(),
+                # Without batch norm (d_norm=spectral), build() normalises the convs instead.
+                nn.BatchNorm2d(width * 2) if batch_norm else nn.Identity(),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
             width *= 2
@@ -142,7 +143,9 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
     G = Generator(
         nz=opts.nz, ngf=opts.ngf, channels=channels, image_size=spec.image_size, upsample=opts.upsample
     )
-    D = Discriminator(ndf=opts.ndf, channels=channels, image_size=spec.image_size, norm=opts.d_norm)
+    D = Discriminator(
+        ndf=opts.ndf, channels=channels, image_size=spec.image_size, batch_norm=opts.d_norm == "batch"
+    )
     # Initialise on the CPU (global torch RNG), then move: the same seed gives the same weights
     # on every device.
     G.apply(init_weights)
