@@ -1,7 +1,7 @@
 #!/bin/bash
 # The script of one call on a lent GPU (bench/RESULTS.md, "H200"): the speed table first, alone on
 # the GPU, then long runs side by side (bench/gpu_lease.py, two bench/demo_quality.py sweeps,
-# pytest tests/gpu), then a tarball of logs and checkpoints in $OUT and a summary.
+# pytest tests/gpu), then logs, checkpoints and grids in $OUT (or /tmp/gpu_call) and a summary.
 #
 #     bash bench/gpu_call.sh          # from the repository root, on the GPU machine
 #
