@@ -3,7 +3,7 @@
 Each variant is a real embedded train job (the demo's settings with some replaced), then an
 evaluate job computing `sample_validity` (the share of 1,024 random samples the shapes classifier
 reads confidently as one shape of one colour, and the share of the training (colour, shape) pairs
-they cover) and `interpolation_validity`. Prints one row per variant: wall time, images/s, metrics.
+they cover), `interpolation_validity` and `arithmetic_accuracy`. Prints one row per variant: wall time, images/s, metrics.
 
     python bench/demo_quality.py                          # the demo as shipped
     python bench/demo_quality.py --variant 'lr=2e-4' --variant 'label_smoothing=0.9'
@@ -27,7 +27,7 @@ from gantry.api.service import Service
 from gantry.jobs.settings import Settings
 from gantry.migrations import upgrade
 
-METRICS = ["sample_validity", "interpolation_validity"]
+METRICS = ["sample_validity", "interpolation_validity", "arithmetic_accuracy"]
 
 
 def parse_variant(text: str) -> tuple[dict[str, object], dict[str, str]]:
@@ -68,13 +68,15 @@ def main() -> None:
         print(f"{variant or '(demo)'}: {wall:.0f}s {values}", flush=True)
     print(f"\njobs under {home}\n")
     print(
-        "| variant | job | train wall s | img/s | sample_validity | pair_coverage | interpolation_validity |"
+        "| variant | job | train wall s | img/s | sample_validity | pair_coverage | interpolation_validity "
+        "| arithmetic_accuracy (trials) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for variant, job_id, wall, ips, v in rows:
         print(
             f"| {variant} | {job_id} | {wall:.0f} | {ips:.0f} | {v['sample_validity']:.3f} | "
-            f"{v['pair_coverage']:.3f} | {v['interpolation_validity']:.3f} |"
+            f"{v['pair_coverage']:.3f} | {v['interpolation_validity']:.3f} | "
+            f"{v['arithmetic_accuracy']:.3f} ({v['arithmetic_trials']:.0f}) |"
         )
 
 

@@ -91,6 +91,48 @@ class DCGANOptions(ConvGANOptions, ImprovedTechniques):
         description="D's normalisation: the paper's batch norm, or spectral norm on each conv instead "
         "(Miyato et al. 2018, arXiv 1802.05957), which cannot hide a shift that every fake in a batch shares",
     )
+    latent_codes: tuple[int, ...] = Field(
+        (),
+        max_length=8,
+        description="InfoGAN categorical codes (Chen et al. 2016, arXiv 1606.03657), e.g. 32 or 8,4: "
+        "one-hot codes of these sizes join z, and D learns to read them back from G's images",
+    )
+    info_weight: float = Field(
+        1.0, gt=0, le=100, description="InfoGAN: weight λ of the code-reconstruction term (the paper's 1)"
+    )
+
+    @field_validator("latent_codes", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """`--set latent_codes=8,4` arrives as the string "8,4"; "" or "none" means no codes."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.lower() in ("", "none"):
+                return ()
+            try:
+                return tuple(int(part) for part in text.split(","))
+            except ValueError:
+                raise ValueError(f"expected comma-separated code sizes such as 8,4, not {value!r}") from None
+        if isinstance(value, int):
+            return (value,)
+        return value
+
+    @field_validator("latent_codes")
+    @classmethod
+    def _code_sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for size in value:
+            if not 2 <= size <= 256:
+                raise ValueError(f"each code has 2 to 256 categories, not {size}")
+        return value
+
+    @model_validator(mode="after")
+    def _info_options(self) -> DCGANOptions:
+        if self.info_weight != 1.0 and not self.latent_codes:
+            raise ValueError("info_weight only applies with latent_codes")
+        if self.latent_codes and self.virtual_batch_norm:
+            # The reference batch of virtual batch norm is plain Gaussian z, with no codes.
+            raise ValueError("latent_codes cannot be combined with virtual_batch_norm")
+        return self
 
 
 def _conv_image_size(model: str, value: int) -> int:

@@ -105,8 +105,13 @@ def _final_state(rec: Recorder) -> dict[str, Any]:
     return load_checkpoint(rec.checkpoints[-1][1])
 
 
-# Spectral norm keeps state of its own (the power iteration's vectors): a resume must restore it.
-@pytest.mark.parametrize("options", [{}, {"d_norm": "spectral"}], ids=["default", "spectral-norm D"])
+# Spectral norm keeps state of its own (the power iteration's vectors), and InfoGAN's code head is
+# a part of D with its own optimizer state: a resume must restore both.
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"d_norm": "spectral"}, {"latent_codes": (4, 3)}],
+    ids=["default", "spectral-norm D", "latent codes"],
+)
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(options: dict[str, Any]) -> None:
     spec = tiny_spec(options, steps=6, sample_every=6)
     straight = Recorder()

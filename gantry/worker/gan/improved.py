@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gantry.worker.gan.infogan import InfoHead
 from gantry.worker.gan.losses import Minibatch, Phase
 
 REFERENCE_BATCH = 64  # latents in virtual batch norm's reference batch
@@ -130,6 +131,8 @@ class ImprovedLoss:
       log D(G(z)) (non-saturating).
     - `historical_averaging`: weight λ of λ ||θ - (1/t) Σ θ[i]||² in each player's loss (§3.3);
       `history_G` / `history_D` hold the means.
+    - `info`: InfoGAN's code head Q (`gantry.worker.gan.infogan`, arXiv 1606.03657): both players
+      also minimise its code-reconstruction loss on the fakes (D through its features and Q).
 
     As `losses.NonSaturatingLoss`, phase "G" reuses the fakes phase "D" made from the same batch.
     """
@@ -145,6 +148,7 @@ class ImprovedLoss:
         historical_averaging: float = 0.0,
         history_G: HistoricalAverage | None = None,
         history_D: HistoricalAverage | None = None,
+        info: InfoHead | None = None,
     ) -> None:
         if feature_matching and minimax:
             raise ValueError("feature matching replaces G's loss; it cannot be minimax too")
@@ -156,6 +160,7 @@ class ImprovedLoss:
         self.minimax = minimax
         self.historical_averaging = historical_averaging
         self.history = {"G": history_G, "D": history_D}
+        self.info = info
         self._fake: tuple[Minibatch, torch.Tensor] | None = None
 
     def _historical_penalty(self, phase: Phase) -> torch.Tensor | None:
@@ -165,13 +170,21 @@ class ImprovedLoss:
         net = self.G if phase == "G" else self.D
         return self.historical_averaging * history.penalty(list(net.parameters()))
 
+    def _score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """D(x) as logits (N,), and D's last hidden features when the code head needs them (one pass
+        through D either way)."""
+        if self.info is None:
+            return self.D(x), None
+        features = self.D.features(x)  # type: ignore[operator]
+        return self.D.from_features(features), features  # type: ignore[operator]
+
     def accumulate_gradients(self, phase: Phase, batch: Minibatch) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
         if phase == "D":
             fake = self.G(batch.z)
             self._fake = (batch, fake)
             logits_real = self.D(batch.real)  # (N,)
-            logits_fake = self.D(fake.detach())  # (N,)
+            logits_fake, features_fake = self._score(fake.detach())  # (N,)
             target_real = torch.full_like(logits_real, self.real_label)
             loss = F.binary_cross_entropy_with_logits(logits_real, target_real)
             loss = loss + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
@@ -180,6 +193,11 @@ class ImprovedLoss:
                 "D_x": torch.sigmoid(logits_real.detach()).mean(),
                 "D_G_z": torch.sigmoid(logits_fake.detach()).mean(),
             }
+            if self.info is not None:
+                assert features_fake is not None
+                loss_info = self.info.loss(features_fake, batch.z)
+                loss = loss + loss_info
+                stats["loss_info"] = loss_info.detach()
         elif phase == "G":
             if self._fake is not None and self._fake[0] is batch and self._fake[1].requires_grad:
                 fake = self._fake[1]
@@ -187,17 +205,21 @@ class ImprovedLoss:
                 fake = self.G(batch.z)
             self._fake = None
             if self.feature_matching:
+                features_fake = self.D.features(fake)  # type: ignore[operator]
                 with torch.no_grad():
                     f_real = self.D.features(batch.real).flatten(1).mean(0)  # type: ignore[operator]
-                f_fake = self.D.features(fake).flatten(1).mean(0)  # type: ignore[operator]
+                f_fake = features_fake.flatten(1).mean(0)
                 loss = ((f_real - f_fake) ** 2).sum()
             else:
-                logits_fake = self.D(fake)
+                logits_fake, features_fake = self._score(fake)
                 if self.minimax:  # minimise log(1 - D(G(z))) = -BCE(logits, 0)
                     loss = -F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
                 else:  # maximise log D(G(z)) = minimise BCE(logits, 1)
                     loss = F.binary_cross_entropy_with_logits(logits_fake, torch.ones_like(logits_fake))
             stats = {"loss_G": loss.detach()}
+            if self.info is not None:
+                assert features_fake is not None
+                loss = loss + self.info.loss(features_fake, batch.z)
         else:
             raise ValueError(f"unknown phase {phase!r}; expected 'D' or 'G'")
         penalty = self._historical_penalty(phase)
@@ -215,11 +237,14 @@ def uses_improved_loss(options: object) -> bool:
         or getattr(options, "label_smoothing", 1.0) < 1.0
         or getattr(options, "historical_averaging", 0.0) > 0
         or getattr(options, "loss", "non_saturating") == "minimax"
+        or bool(getattr(options, "latent_codes", ()))
     )
 
 
-def build_loss(G: nn.Module, D: nn.Module, options: object) -> ImprovedLoss:
-    """The loss for a model's options; attaches the historical means to G and D (so they are saved)."""
+def build_loss(G: nn.Module, D: nn.Module, options: object, *, feature_size: int = 0) -> ImprovedLoss:
+    """The loss for a model's options; attaches the historical means to G and D, and InfoGAN's code
+    head to D (so they are saved, and the head trains with D's optimizer). `feature_size`: the
+    number of values in `D.features(x)` for one image, which the code head reads."""
     weight = float(getattr(options, "historical_averaging", 0.0))
     history_G = history_D = None
     if weight > 0:
@@ -228,6 +253,18 @@ def build_loss(G: nn.Module, D: nn.Module, options: object) -> ImprovedLoss:
         param = next(G.parameters())
         G.historical_average = history_G.to(param.device)  # type: ignore[assignment]
         D.historical_average = history_D.to(next(D.parameters()).device)  # type: ignore[assignment]
+    codes = tuple(getattr(options, "latent_codes", ()))
+    info = None
+    if codes:
+        if feature_size <= 0:
+            raise ValueError("latent_codes needs the size of D's features")
+        info = InfoHead(
+            feature_size,
+            nz=int(getattr(options, "nz")),  # noqa: B009
+            codes=codes,
+            weight=float(getattr(options, "info_weight", 1.0)),
+        )
+        D.info_head = info.to(next(D.parameters()).device)  # type: ignore[assignment]
     return ImprovedLoss(
         G,
         D,
@@ -237,6 +274,7 @@ def build_loss(G: nn.Module, D: nn.Module, options: object) -> ImprovedLoss:
         historical_averaging=weight,
         history_G=history_G,
         history_D=history_D,
+        info=info,
     )
 
 

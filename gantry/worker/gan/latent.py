@@ -16,7 +16,7 @@ the first caption the model trained on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -80,10 +80,15 @@ class LatentDecoder:
     latent_shape: tuple[int, ...]
     device: torch.device
     text: object | None = None  # text2img: a models.text2img.TextGenerator
+    # How the model draws latents (InfoGAN's codes after z); None: z ~ N(0, I).
+    sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None
 
     def latent(self, seed: int) -> torch.Tensor:
         """The z of `gantry sample --seed SEED --count 1` (*latent_shape)."""
-        return torch.randn((1, *self.latent_shape), generator=torch.Generator().manual_seed(seed))[0]
+        generator = torch.Generator().manual_seed(seed)
+        if self.sampler is not None:
+            return self.sampler(1, generator)[0]
+        return torch.randn((1, *self.latent_shape), generator=generator)[0]
 
     def latents(self, seeds: Sequence[int]) -> torch.Tensor:
         return torch.stack([self.latent(seed) for seed in seeds])
@@ -114,7 +119,7 @@ def load_decoder(checkpoint: bytes, *, device: torch.device | str | None = None)
     with torch.random.fork_rng(devices=[]):  # building draws init weights; keep the caller's RNG
         built = build_model(load_train_spec(state["spec"]), channels=state["channels"], device=device)
     built.G.load_state_dict(generator_weights(state))
-    return LatentDecoder(model, built.G, built.latent_shape, device)
+    return LatentDecoder(model, built.G, built.latent_shape, device, sampler=built.latent_sampler)
 
 
 def interpolate(

@@ -62,13 +62,19 @@ class GANModel:
     # G(z) as a float CPU tensor (N, ...) -> a sample job's files, whose `grid` is also the
     # training loop's sample PNG; None: images (uint8 PNGs and a grid).
     render: Callable[[torch.Tensor], SampleResult] | None = None
+    # ... and how latents are drawn, (n, generator) -> (n, *latent_shape), when they are not
+    # z ~ N(0, I) (InfoGAN's one-hot codes after z); None: Gaussian.
+    latent_sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None
 
     @property
     def nz(self) -> int:
         return self.latent_shape[0]
 
     def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """z ~ N(0, I), (n, *latent_shape), drawn on the CPU so a seed means the same z on any device."""
+        """z ~ N(0, I) (or the model's `latent_sampler`), (n, *latent_shape), drawn on the CPU so a
+        seed means the same z on any device."""
+        if self.latent_sampler is not None:
+            return self.latent_sampler(n, generator)
         return torch.randn((n, *self.latent_shape), generator=generator)
 
 

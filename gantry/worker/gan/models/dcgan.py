@@ -26,6 +26,7 @@ from torch import nn
 
 from gantry.jobs.specs import DCGANTrainSpec
 from gantry.worker.gan import improved
+from gantry.worker.gan.infogan import CodedLatents
 from gantry.worker.gan.losses import NonSaturatingLoss
 from gantry.worker.gan.registry import GANModel, adam_pair
 
@@ -118,6 +119,10 @@ class Discriminator(nn.Module):
         """The last hidden layer, (N, ndf * 2^(n-1), 4, 4): what feature matching matches."""
         return self.main[:-1](x)
 
+    def from_features(self, h: torch.Tensor) -> torch.Tensor:
+        """D(x) from `features(x)`: the last layer alone, so a loss that needs both runs D once."""
+        return self.main[-1](h).view(-1)
+
 
 def init_weights(module: nn.Module) -> None:
     """Conv weights ~ N(0, 0.02); batch-norm gamma ~ N(1, 0.02), beta = 0 (paper §4)."""
@@ -140,8 +145,14 @@ def spectral_norm_convs(D: nn.Module) -> None:
 def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANModel:
     """Networks, Adam optimizers (paper §4: lr 2e-4, beta1 0.5) and the non-saturating loss."""
     opts = spec.options
+    # InfoGAN (gantry.worker.gan.infogan): one-hot codes join z, so G's input is nz + Σ codes wide.
+    latents = CodedLatents(opts.nz, opts.latent_codes)
     G = Generator(
-        nz=opts.nz, ngf=opts.ngf, channels=channels, image_size=spec.image_size, upsample=opts.upsample
+        nz=latents.latent_shape[0],
+        ngf=opts.ngf,
+        channels=channels,
+        image_size=spec.image_size,
+        upsample=opts.upsample,
     )
     D = Discriminator(
         ndf=opts.ndf, channels=channels, image_size=spec.image_size, batch_norm=opts.d_norm == "batch"
@@ -151,10 +162,14 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
     G.apply(init_weights)
     D.apply(init_weights)
     # Improved Techniques (arXiv 1606.03498), each off by default: see gantry.worker.gan.improved.
-    G = improved.apply_to_sequential(G, D, opts, latent_shape=(opts.nz, 1, 1))
+    feature_size = D.main[-1].in_channels * 4 * 4  # D.features(x): (width, 4, 4) for one image
+    G = improved.apply_to_sequential(G, D, opts, latent_shape=latents.latent_shape)
     if opts.d_norm == "spectral":
         spectral_norm_convs(D)
-    loss = improved.build_loss(G, D, opts) if improved.uses_improved_loss(opts) else NonSaturatingLoss(G, D)
+    if improved.uses_improved_loss(opts):
+        loss = improved.build_loss(G, D, opts, feature_size=feature_size)
+    else:
+        loss = NonSaturatingLoss(G, D)
     G, D = G.to(device), D.to(device)
     opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
     return GANModel(
@@ -163,5 +178,6 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
         opt_G=opt_G,
         opt_D=opt_D,
         loss=loss,
-        latent_shape=(opts.nz, 1, 1),
+        latent_shape=latents.latent_shape,
+        latent_sampler=latents if opts.latent_codes else None,
     )
