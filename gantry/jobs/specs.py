@@ -49,6 +49,7 @@ __all__ = [
     "ImprovedTechniques",
     "JobKind",
     "LRSchedule",
+    "LatentCodes",
     "MetricInfo",
     "SRGANOptions",
     "SRGANTrainSpec",
@@ -83,14 +84,9 @@ class ConvGANOptions(LRSchedule):
     )
 
 
-class DCGANOptions(ConvGANOptions, ImprovedTechniques):
-    """DCGAN's options plus the Improved Techniques (`ImprovedTechniques`, arXiv 1606.03498)."""
+class LatentCodes(BaseModel):
+    """InfoGAN's categorical codes (Chen et al. 2016, arXiv 1606.03657), for dcgan and text2img."""
 
-    d_norm: Literal["batch", "spectral"] = Field(
-        "batch",
-        description="D's normalisation: the paper's batch norm, or spectral norm on each conv instead "
-        "(Miyato et al. 2018, arXiv 1802.05957), which cannot hide a shift that every fake in a batch shares",
-    )
     latent_codes: tuple[int, ...] = Field(
         (),
         max_length=8,
@@ -126,9 +122,23 @@ class DCGANOptions(ConvGANOptions, ImprovedTechniques):
         return value
 
     @model_validator(mode="after")
-    def _info_options(self) -> DCGANOptions:
+    def _weight_needs_codes(self) -> LatentCodes:
         if self.info_weight != 1.0 and not self.latent_codes:
             raise ValueError("info_weight only applies with latent_codes")
+        return self
+
+
+class DCGANOptions(ConvGANOptions, ImprovedTechniques, LatentCodes):
+    """DCGAN's options plus the Improved Techniques (`ImprovedTechniques`, arXiv 1606.03498)."""
+
+    d_norm: Literal["batch", "spectral"] = Field(
+        "batch",
+        description="D's normalisation: the paper's batch norm, or spectral norm on each conv instead "
+        "(Miyato et al. 2018, arXiv 1802.05957), which cannot hide a shift that every fake in a batch shares",
+    )
+
+    @model_validator(mode="after")
+    def _codes_without_virtual_batch_norm(self) -> DCGANOptions:
         if self.latent_codes and self.virtual_batch_norm:
             # The reference batch of virtual batch norm is plain Gaussian z, with no codes.
             raise ValueError("latent_codes cannot be combined with virtual_batch_norm")
@@ -205,7 +215,7 @@ class GANTrainSpec(TrainSpecBase):
 CAPTIONED_DATASETS: tuple[str, ...] = ("shapes",)
 
 
-class Text2ImgOptions(ConvGANOptions):
+class Text2ImgOptions(ConvGANOptions, LatentCodes):
     """GAN-CLS (Reed et al. 2016, arXiv 1605.05396): a DCGAN whose G and D see a text embedding
     (the paper's Adam settings are DCGAN's: lr 2e-4, beta1 0.5)."""
 
@@ -325,4 +335,8 @@ def option_help(model: str) -> list[tuple[str, Any, str]]:
     """(name, default, description) for each `--set` option of a model."""
     options_cls = TRAIN_SPECS[model].model_fields["options"].annotation
     assert isinstance(options_cls, type) and issubclass(options_cls, BaseModel)
-    return [(n, f.default, f.description or "") for n, f in options_cls.model_fields.items()]
+    # An empty tuple (no latent codes) is what `--set latent_codes=none` gives: show it that way.
+    return [
+        (n, "none" if f.default == () else f.default, f.description or "")
+        for n, f in options_cls.model_fields.items()
+    ]

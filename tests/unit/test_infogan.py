@@ -14,12 +14,14 @@ from PIL import Image
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import load_train_spec, parse_train_spec
+from gantry.worker.data import shapes
 from gantry.worker.data.digits import load as load_digits
 from gantry.worker.gan.checkpoint import load_checkpoint, save_checkpoint
 from gantry.worker.gan.latent import load_decoder
 from gantry.worker.gan.loop import Callbacks, train
 from gantry.worker.gan.registry import GANModel, build_model
 from gantry.worker.gan.sampler import sample
+from gantry.worker.gan.text_sampler import sample_prompts
 
 CPU = torch.device("cpu")
 NZ = 8
@@ -132,3 +134,34 @@ def test_a_sample_seed_and_a_latent_walk_seed_are_the_same_coded_latent() -> Non
             Image.open(io.BytesIO(sample(payload, count=1, seed=seed, device=CPU).images[0]))
         )
         assert np.array_equal(sampled.reshape(16, 16, 1), decoder.decode(z[None])[0])
+
+
+def test_text2img_prompts_and_walks_draw_the_same_coded_latents() -> None:
+    """text2img takes the codes too: a training step reports the code loss, and a prompt's sample
+    for seed S is G(latent S, prompt), the latent that `--interpolate S:T` starts from."""
+    s = parse_train_spec(
+        "text2img",
+        {"dataset": "shapes", "image_size": 16, "batch_size": 8, "steps": 2, "checkpoint_every": 2},
+        {"nz": NZ, "ngf": 8, "ndf": 8, "embed_dim": 8, "vocab_size": 64, "latent_codes": "5"},
+    )
+    checkpoints: list[bytes] = []
+    progress: list[dict[str, float]] = []
+    train(
+        s,
+        shapes.generate(16, seed=0, count=64),
+        callbacks=Callbacks(
+            progress=lambda step, metrics: progress.append(metrics),
+            should_stop=lambda: False,
+            checkpoint=lambda step, payload: checkpoints.append(payload),
+            samples=lambda step, png: None,
+        ),
+        device=CPU,
+        log_every=1,
+    )
+    assert all(m["loss_info"] > 0 for m in progress)
+    decoder = load_decoder(checkpoints[-1], device=CPU)
+    z = decoder.latent(5)
+    assert z.shape == (NZ + 5, 1, 1) and z[NZ:].sum().item() == 1.0
+    prompt = "a red circle"
+    sampled = sample_prompts(checkpoints[-1], prompts=[prompt], count=1, seed=5, device=CPU).images[0]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(sampled))), decoder.decode(z[None], prompt)[0])

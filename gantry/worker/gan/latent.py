@@ -83,12 +83,15 @@ class LatentDecoder:
     # How the model draws latents (InfoGAN's codes after z); None: z ~ N(0, I).
     sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None
 
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n latents (n, *latent_shape) drawn as the model draws them."""
+        if self.sampler is not None:
+            return self.sampler(n, generator)
+        return torch.randn((n, *self.latent_shape), generator=generator)
+
     def latent(self, seed: int) -> torch.Tensor:
         """The z of `gantry sample --seed SEED --count 1` (*latent_shape)."""
-        generator = torch.Generator().manual_seed(seed)
-        if self.sampler is not None:
-            return self.sampler(1, generator)[0]
-        return torch.randn((1, *self.latent_shape), generator=generator)[0]
+        return self.sample(1, torch.Generator().manual_seed(seed))[0]
 
     def latents(self, seeds: Sequence[int]) -> torch.Tensor:
         return torch.stack([self.latent(seed) for seed in seeds])
@@ -115,7 +118,7 @@ def load_decoder(checkpoint: bytes, *, device: torch.device | str | None = None)
         from gantry.worker.gan.models.text2img import TextGenerator
 
         text = TextGenerator(state, device)
-        return LatentDecoder(model, text.G, (text.spec.options.nz, 1, 1), device, text)
+        return LatentDecoder(model, text.G, text.latents.latent_shape, device, text, sampler=text.latents)
     with torch.random.fork_rng(devices=[]):  # building draws init weights; keep the caller's RNG
         built = build_model(load_train_spec(state["spec"]), channels=state["channels"], device=device)
     built.G.load_state_dict(generator_weights(state))

@@ -82,9 +82,7 @@ def _decode_prompts(decoder: LatentDecoder, prompts: list[str], per_prompt: int,
     """per_prompt images for each prompt, prompt-major (P * per_prompt, H, W, C)."""
     assert decoder.text is not None
     phi = decoder.text.embed(prompts)  # type: ignore[attr-defined]  # (P, E)
-    z = torch.randn(
-        (len(prompts) * per_prompt, *decoder.latent_shape), generator=torch.Generator().manual_seed(seed)
-    )
+    z = decoder.sample(len(prompts) * per_prompt, torch.Generator().manual_seed(seed))
     from gantry.worker.gan.sampler import generate
 
     return generate(decoder.G, z, cond=phi.repeat_interleave(per_prompt, 0), device=decoder.device)

@@ -46,7 +46,7 @@ def sample_prompts(
         raise InvalidInput("prompts", f"prompts need a text2img job, not {state['spec']['model']}")
     text = TextGenerator(state, device)
     phi = text.embed(list(prompts))  # (P, E)
-    z = torch.randn((count, text.spec.options.nz, 1, 1), generator=torch.Generator().manual_seed(seed))
+    z = text.latents(count, torch.Generator().manual_seed(seed))
     rows, images, index = [], [], []
     for i, prompt in enumerate(prompts):
         row = generate(text.G, z, cond=phi[i : i + 1].expand(count, -1), device=device)  # (count, H, W, C)

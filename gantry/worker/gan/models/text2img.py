@@ -42,6 +42,7 @@ from torch import nn
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import Text2ImgTrainSpec, load_train_spec
 from gantry.worker.gan.checkpoint import generator_weights
+from gantry.worker.gan.infogan import CodedLatents, InfoHead
 from gantry.worker.gan.losses import Minibatch, Phase
 from gantry.worker.gan.models.dcgan import Discriminator as DCGANDiscriminator
 from gantry.worker.gan.models.dcgan import Generator as DCGANGenerator
@@ -119,7 +120,10 @@ class Discriminator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        f = self.features(x)  # (N, width, 4, 4)
+        return self.judge(self.features(x), phi)
+
+    def judge(self, f: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        """D(x, φ(t)) from the image features f = features(x) (N, width, 4, 4): the text joins here."""
         h = self.project(phi)[:, :, None, None].expand(-1, -1, f.shape[2], f.shape[3])  # (N, embed_dim, 4, 4)
         return self.joint(torch.cat([f, h], dim=1)).view(-1)
 
@@ -136,13 +140,27 @@ class GANCLSLoss:
     `mode_seeking` > 0."""
 
     def __init__(
-        self, G: Generator, D: Discriminator, *, gan_int: bool = False, mode_seeking: float = 0.0
+        self,
+        G: Generator,
+        D: Discriminator,
+        *,
+        gan_int: bool = False,
+        mode_seeking: float = 0.0,
+        info: InfoHead | None = None,
     ) -> None:
         self.G = G
         self.D = D
         self.gan_int = gan_int
         self.mode_seeking = mode_seeking
+        self.info = info  # InfoGAN's code head (`latent_codes`): read from the image features alone
         self._fake: tuple[Minibatch, torch.Tensor] | None = None  # (batch, G(z, h)) from the last phase D
+
+    def _score(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """D(x, h) as logits (N,), and x's image features when the code head needs them (one D pass)."""
+        if self.info is None:
+            return self.D(x, h), None
+        f = self.D.features(x)
+        return self.D.judge(f, h), f
 
     def accumulate_gradients(self, phase: Phase, batch: Minibatch) -> dict[str, torch.Tensor]:
         h = batch.cond  # φ(t) of each real image's caption, (N, E)
@@ -154,13 +172,21 @@ class GANCLSLoss:
             # Three passes, so batch norm never mixes real and fake (DCGAN reference).
             s_r = self.D(batch.real, h)  # real image, right text: "real"
             s_w = self.D(batch.real, mismatched(h))  # real image, wrong text: "fake" (the CLS term)
-            s_f = self.D(fake.detach(), h)  # fake image, right text: "fake"
+            s_f, f_fake = self._score(fake.detach(), h)  # fake image, right text: "fake"
             loss_real = F.binary_cross_entropy_with_logits(s_r, torch.ones_like(s_r))
             loss_wrong = F.binary_cross_entropy_with_logits(s_w, torch.zeros_like(s_w))
             loss_fake = F.binary_cross_entropy_with_logits(s_f, torch.zeros_like(s_f))
             loss_D = loss_real + 0.5 * (loss_wrong + loss_fake)  # Algorithm 1, line 9
-            loss_D.backward()
+            stats = {}
+            if self.info is not None:
+                assert f_fake is not None
+                loss_info = self.info.loss(f_fake, batch.z)
+                stats["loss_info"] = loss_info.detach()
+                (loss_D + loss_info).backward()
+            else:
+                loss_D.backward()
             return {
+                **stats,
                 "loss_D": loss_D.detach(),
                 "D_x": torch.sigmoid(s_r.detach()).mean(),  # mean D(x, h)
                 "D_x_wrong_text": torch.sigmoid(s_w.detach()).mean(),  # mean D(x, ĥ): low once D reads text
@@ -172,9 +198,12 @@ class GANCLSLoss:
             else:
                 fake = self.G(batch.z, h)
             self._fake = None
-            s_f = self.D(fake, h)
+            s_f, f_fake = self._score(fake, h)
             loss_G = F.binary_cross_entropy_with_logits(s_f, torch.ones_like(s_f))
             stats = {}
+            if self.info is not None:
+                assert f_fake is not None
+                loss_G = loss_G + self.info.loss(f_fake, batch.z)
             if self.gan_int:
                 # GAN-INT (§4.3): embeddings between two captions have no real image, but D still
                 # tells whether G's image matches them; G learns to fill the text manifold.
@@ -206,6 +235,7 @@ class CaptionBatches:
 
     def __init__(self, spec: Text2ImgTrainSpec) -> None:
         self.spec = spec
+        self.latents = CodedLatents(spec.options.nz, spec.options.latent_codes)
         self.encoder: TextEncoder | None = None
         self.examples: list[str] = []
         self._x: torch.Tensor | None = None  # (N, C, H, W) in [-1, 1]
@@ -247,7 +277,7 @@ class CaptionBatches:
         assert self._x is not None and self._phi is not None
         # With replacement, as the default minibatches: a step's batch depends on the stream alone.
         index = torch.randint(len(self._x), (batch_size,), generator=generator).to(device)
-        z = torch.randn((batch_size, self.spec.options.nz, 1, 1), generator=generator)
+        z = self.latents(batch_size, generator)
         return Minibatch(real=self._x[index], z=z.to(device), cond=self._phi[index])
 
     def state(self) -> dict[str, Any]:
@@ -265,7 +295,7 @@ def _networks(spec: Text2ImgTrainSpec, channels: int) -> tuple[Generator, Discri
         "embed_dim": opts.embed_dim,
     }
     return (
-        Generator(nz=opts.nz, ngf=opts.ngf, upsample=opts.upsample, **sizes),
+        Generator(nz=opts.nz + sum(opts.latent_codes), ngf=opts.ngf, upsample=opts.upsample, **sizes),
         Discriminator(ndf=opts.ndf, **sizes),
     )
 
@@ -276,6 +306,12 @@ def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GA
     G, D = _networks(spec, channels)
     G.apply(init_weights)  # on the CPU from the global RNG, then moved: the same weights on any device
     D.apply(init_weights)
+    info = None
+    if opts.latent_codes:  # InfoGAN's code head, a part of D: saved and optimised with it
+        width = D.joint[0].out_channels  # the image features are (width, 4, 4)
+        info = D.info_head = InfoHead(
+            width * 16, nz=opts.nz, codes=opts.latent_codes, weight=opts.info_weight
+        )
     G, D = G.to(device), D.to(device)
     opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
     batches = CaptionBatches(spec)
@@ -284,8 +320,9 @@ def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GA
         D=D,
         opt_G=opt_G,
         opt_D=opt_D,
-        loss=GANCLSLoss(G, D, gan_int=opts.gan_int, mode_seeking=opts.mode_seeking),
-        latent_shape=(opts.nz, 1, 1),
+        loss=GANCLSLoss(G, D, gan_int=opts.gan_int, mode_seeking=opts.mode_seeking, info=info),
+        latent_shape=batches.latents.latent_shape,
+        latent_sampler=batches.latents,
         make_batch=batches,
         extra_state=batches.state,
     )
@@ -301,6 +338,7 @@ class TextGenerator:
         if "text_encoder" not in extra:
             raise ValueError("this text2img checkpoint has no text encoder")
         self.spec = spec
+        self.latents = CodedLatents(spec.options.nz, spec.options.latent_codes)  # z, and codes if any
         self.encoder = encoder_from_state(extra["text_encoder"])
         self.example_captions: list[str] = list(extra.get("example_captions", []))
         G, _ = _networks(spec, state["channels"])  # weights overwritten at once: no init needed
