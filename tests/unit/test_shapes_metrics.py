@@ -68,7 +68,8 @@ def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between(
     monkeypatch.setenv("GANTRY_HOME", str(classifier_home))  # the classifier's cache, shared
     real = shapes.generate(16, seed=7, split="train", count=64).images
     shape = next(image for image in real if validity(image[None], classifier)["sample_validity"] == 1.0)
-    decoder = LatentDecoder("dcgan", _BlankEnds(shape), (4, 1, 1), torch.device("cpu"))
+    gaussian = lambda n, generator: torch.randn((n, 4, 1, 1), generator=generator)  # noqa: E731
+    decoder = LatentDecoder("dcgan", _BlankEnds(shape), (4, 1, 1), torch.device("cpu"), gaussian)
     monkeypatch.setattr(shapes_metrics, "load_decoder", lambda checkpoint, device: decoder)
     ctx = EvalContext.local(b"", DCGANTrainSpec(image_size=16), step=0)
     values = evaluate("interpolation_validity", ctx)

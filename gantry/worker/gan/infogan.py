@@ -9,8 +9,8 @@ images from which the code can be read, so each code value becomes a distinct ki
 Why gantry has it: data made of separate pieces (`shapes`: one shape, colour, size and place per
 image) is what a G that is continuous in z draws badly, since it must also draw the images between
 the pieces (blobs, half-drawn pairs). A discrete code lets G jump between pieces instead. On
-`shapes`, `latent_codes=32` raised the share of confidently recognisable demo samples from about
-0.28 to about 0.39 (bench/RESULTS.md).
+`shapes`, `latent_codes=64` raised the share of confidently recognisable demo samples from 0.25 to
+0.42 (4 seeds; bench/RESULTS.md), and `gantry demo` trains with it.
 
 Latents stay one tensor (N, nz + Σ k_i, 1, 1), so checkpoints, sample seeds, interpolation and
 latent arithmetic work on them unchanged: the codes are its last Σ k_i entries, and the averaged

@@ -79,15 +79,10 @@ class LatentDecoder:
     G: torch.nn.Module
     latent_shape: tuple[int, ...]
     device: torch.device
+    # (n, generator) -> n latents (n, *latent_shape), drawn as the model draws them in training and
+    # in sample jobs (z ~ N(0, I), with InfoGAN's one-hot codes after it where the model has them).
+    sample: Callable[[int, torch.Generator], torch.Tensor]
     text: object | None = None  # text2img: a models.text2img.TextGenerator
-    # How the model draws latents (InfoGAN's codes after z); None: z ~ N(0, I).
-    sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None
-
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n latents (n, *latent_shape) drawn as the model draws them."""
-        if self.sampler is not None:
-            return self.sampler(n, generator)
-        return torch.randn((n, *self.latent_shape), generator=generator)
 
     def latent(self, seed: int) -> torch.Tensor:
         """The z of `gantry sample --seed SEED --count 1` (*latent_shape)."""
@@ -118,11 +113,11 @@ def load_decoder(checkpoint: bytes, *, device: torch.device | str | None = None)
         from gantry.worker.gan.models.text2img import TextGenerator
 
         text = TextGenerator(state, device)
-        return LatentDecoder(model, text.G, text.latents.latent_shape, device, text, sampler=text.latents)
+        return LatentDecoder(model, text.G, text.latents.latent_shape, device, text.latents, text)
     with torch.random.fork_rng(devices=[]):  # building draws init weights; keep the caller's RNG
         built = build_model(load_train_spec(state["spec"]), channels=state["channels"], device=device)
     built.G.load_state_dict(generator_weights(state))
-    return LatentDecoder(model, built.G, built.latent_shape, device, sampler=built.latent_sampler)
+    return LatentDecoder(model, built.G, built.latent_shape, device, built.sample_latents)
 
 
 def interpolate(
