@@ -127,8 +127,13 @@ def train(
     # job at a time, and a variant that draws from it (dropout, say) stays reproducible.
     torch.manual_seed(spec.seed)
     model = build_model(spec, channels=channels, device=device)
+    channels_last = model.channels_last_on_cpu and device.type == "cpu" and model.make_batch is None
+    if channels_last:  # values unchanged; only the layout of the 4-D weights (and, below, the images)
+        for net in (model.G, model.D):
+            if net is not None:
+                net.to(memory_format=torch.channels_last)
     batches = torch.Generator().manual_seed(spec.seed)  # minibatch indices and latents
-    make_batch = model.make_batch or _image_batches(spec, data, model, device)
+    make_batch = model.make_batch or _image_batches(spec, data, model, device, channels_last=channels_last)
     fixed_cond: torch.Tensor | None = None  # the grid's conditioning (e.g. captions), if any
     if model.make_batch is None:
         fixed_z = model.sample_latents(GRID_SIDE * GRID_SIDE, batches)  # the sample grid's latents
@@ -268,12 +273,21 @@ def set_lr_factor(optimizers: list[torch.optim.Optimizer], factor: float) -> Non
             group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
 
 
-def _image_batches(spec: TrainSpecBase, data: ImageData, model: GANModel, device: torch.device) -> BatchMaker:
+def _image_batches(
+    spec: TrainSpecBase,
+    data: ImageData,
+    model: GANModel,
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+) -> BatchMaker:
     """The default minibatches: images of `data` (all spec.image_size square) and z ~ N(0, I)."""
     n, h, w, _ = data.images.shape
     if (h, w) != (spec.image_size, spec.image_size):
         raise ValueError(f"data images are {h}x{w}, the spec asks for {spec.image_size}x{spec.image_size}")
     x_all = images_to_tensor(data.images, device)  # (N, C, H, W) in [-1, 1], converted once
+    if channels_last:  # indexing keeps the layout, so every batch is channels-last too
+        x_all = x_all.contiguous(memory_format=torch.channels_last)
 
     def make_batch(
         data: ImageData, batch_size: int, generator: torch.Generator, device: torch.device

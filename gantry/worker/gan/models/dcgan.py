@@ -180,4 +180,5 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
         loss=loss,
         latent_shape=latents.latent_shape,
         latent_sampler=latents if opts.latent_codes else None,
+        channels_last_on_cpu=True,
     )
