@@ -59,6 +59,11 @@ INT_BETA = (
 EXAMPLE_CAPTIONS = 8  # training captions kept in the checkpoint: the default text of latent walks
 
 
+def coded_latents(spec: Text2ImgTrainSpec) -> CodedLatents:
+    """How G's latents are drawn: z ~ N(0, I), then InfoGAN's one-hot codes where `latent_codes` asks."""
+    return CodedLatents(spec.options.nz, spec.options.latent_codes)
+
+
 def text_dim(spec: Text2ImgTrainSpec) -> int:
     """E, the size of the encoder's embeddings φ(t)."""
     return MINILM_DIM if spec.options.text_encoder == "minilm" else spec.options.vocab_size
@@ -235,7 +240,7 @@ class CaptionBatches:
 
     def __init__(self, spec: Text2ImgTrainSpec) -> None:
         self.spec = spec
-        self.latents = CodedLatents(spec.options.nz, spec.options.latent_codes)
+        self.latents = coded_latents(spec)
         self.encoder: TextEncoder | None = None
         self.examples: list[str] = []
         self._x: torch.Tensor | None = None  # (N, C, H, W) in [-1, 1]
@@ -295,7 +300,7 @@ def _networks(spec: Text2ImgTrainSpec, channels: int) -> tuple[Generator, Discri
         "embed_dim": opts.embed_dim,
     }
     return (
-        Generator(nz=opts.nz + sum(opts.latent_codes), ngf=opts.ngf, upsample=opts.upsample, **sizes),
+        Generator(nz=coded_latents(spec).latent_shape[0], ngf=opts.ngf, upsample=opts.upsample, **sizes),
         Discriminator(ndf=opts.ndf, **sizes),
     )
 
@@ -338,7 +343,7 @@ class TextGenerator:
         if "text_encoder" not in extra:
             raise ValueError("this text2img checkpoint has no text encoder")
         self.spec = spec
-        self.latents = CodedLatents(spec.options.nz, spec.options.latent_codes)  # z, and codes if any
+        self.latents = coded_latents(spec)
         self.encoder = encoder_from_state(extra["text_encoder"])
         self.example_captions: list[str] = list(extra.get("example_captions", []))
         G, _ = _networks(spec, state["channels"])  # weights overwritten at once: no init needed
