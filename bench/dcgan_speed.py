@@ -7,6 +7,7 @@ by no-ops (checkpoints and grids off). Same architecture: 64x64x3, nz=100, ngf=n
 
     python bench/dcgan_speed.py                 # batch 64, a few steps (CPU) or more (GPU)
     python bench/dcgan_speed.py --batch 64 --batch 128 --steps 200
+    python bench/dcgan_speed.py --precision bf16    # gantry's bfloat16 autocast (the reference stays fp32)
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def load_reference(path: Path):
     return module
 
 
-def time_gantry(batch: int, steps: int, device: torch.device) -> float:
+def time_gantry(batch: int, steps: int, device: torch.device, precision: str = "fp32") -> float:
     """Median images/s over the progress reports after the first (warm-up) one."""
     spec = parse_train_spec(
         "dcgan",
@@ -47,7 +48,7 @@ def time_gantry(batch: int, steps: int, device: torch.device) -> float:
             "checkpoint_every": 10**7,
             "sample_every": 10**7,
         },
-        {},
+        {"precision": precision},
     )
     rng = np.random.default_rng(0)
     data = ImageData(images=rng.integers(0, 256, size=(max(batch * 4, 256), 64, 64, 3), dtype=np.uint8))
@@ -68,13 +69,25 @@ def main() -> None:
     ap.add_argument("--batch", type=int, action="append")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
+    ap.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="gantry's `precision` option"
+    )
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     steps = args.steps or (300 if gpu else 15)
     ref = load_reference(args.reference)
     name = torch.cuda.get_device_name() if gpu else f"cpu x{torch.get_num_threads()} threads"
-    print(json.dumps({"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}))
+    print(
+        json.dumps(
+            {
+                "device": name,
+                "torch": torch.__version__,
+                "date": time.strftime("%Y-%m-%d"),
+                "gantry": args.precision,
+            }
+        )
+    )
     print(
         f"{'batch':>5} {'cudnn.benchmark':>15} {'reference img/s':>16} {'gantry img/s':>13} {'gantry/ref':>10}"
     )
@@ -86,7 +99,7 @@ def main() -> None:
             step = ref.make_step("canonical", batch, device)
             t = ref.time_step(step, device, iters=steps // 3 or 1, warmup=2)
             ref_rate = batch / t
-            ours = time_gantry(batch, steps, device)
+            ours = time_gantry(batch, steps, device, args.precision)
             print(
                 f"{batch:>5} {benchmark!s:>15} {ref_rate:>16.1f} {ours:>13.1f} {ours / ref_rate:>10.2f}",
                 flush=True,

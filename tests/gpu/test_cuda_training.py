@@ -19,8 +19,11 @@ pytestmark = [
 ]
 
 
-def test_dcgan_trains_on_cuda_and_samples_anywhere() -> None:
-    spec = parse_train_spec("dcgan", {"image_size": 32, "steps": 20, "checkpoint_every": 20}, {})
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_dcgan_trains_on_cuda_and_samples_anywhere(precision: str) -> None:
+    spec = parse_train_spec(
+        "dcgan", {"image_size": 32, "steps": 20, "checkpoint_every": 20}, {"precision": precision}
+    )
     images = np.random.default_rng(0).integers(0, 256, size=(256, 32, 32, 3), dtype=np.uint8)
     seen: dict[str, float] = {}
     checkpoints: list[bytes] = []

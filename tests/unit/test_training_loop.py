@@ -109,8 +109,8 @@ def _final_state(rec: Recorder) -> dict[str, Any]:
 # a part of D with its own optimizer state: a resume must restore both.
 @pytest.mark.parametrize(
     "options",
-    [{}, {"d_norm": "spectral"}, {"latent_codes": (4, 3)}],
-    ids=["default", "spectral-norm D", "latent codes"],
+    [{}, {"d_norm": "spectral"}, {"latent_codes": (4, 3)}, {"precision": "bf16"}],
+    ids=["default", "spectral-norm D", "latent codes", "bf16"],
 )
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(options: dict[str, Any]) -> None:
     spec = tiny_spec(options, steps=6, sample_every=6)
@@ -133,6 +133,36 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(options: dict[str
             for name, tensor in moments.items():
                 assert torch.equal(tensor, b[opt]["state"][index][name]), f"{opt} {index} {name} differs"
     assert straight.samples[-1] == second.samples[-1]  # the same grid PNG, byte for byte
+
+
+# auto: bf16 on a CPU with native bfloat16 (this machine's AVX512-BF16), fp32 on one without.
+AUTO = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16), ("auto", AUTO)]
+)
+def test_precision_sets_the_dtype_of_the_convolutions_and_weights_stay_fp32(
+    precision: str, dtype: torch.dtype
+) -> None:
+    conv_outputs: set[torch.dtype] = set()
+
+    def record(module: torch.nn.Module, _: Any, output: Any) -> None:
+        if isinstance(module, torch.nn.modules.conv._ConvNd) and module.training:  # not the grid's G
+            conv_outputs.add(output.dtype)
+
+    rec = Recorder()
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        train(tiny_spec({"precision": precision}, steps=3), tiny_data(), callbacks=rec.callbacks())
+    finally:
+        handle.remove()
+    assert conv_outputs == {dtype}
+    assert all(math.isfinite(rec.progress[-1][1][name]) for name in ("loss_D", "loss_G"))
+    state = _final_state(rec)
+    assert {tensor.dtype for tensor in state["G"].values() if tensor.is_floating_point()} == {torch.float32}
+    grid = Image.open(io.BytesIO(rec.samples[-1][1]))
+    assert grid.mode == "RGB" and len(set(grid.getdata())) > 1  # a picture, not one colour
 
 
 def test_resuming_a_finished_run_trains_no_further() -> None:
