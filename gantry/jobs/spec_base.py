@@ -32,7 +32,8 @@ def power_of_two(value: int) -> bool:
 
 
 class LRSchedule(Strict):
-    """The learning-rate schedule, the average of G's weights and the arithmetic: options of every model."""
+    """The learning-rate schedule, the average of G's weights and the numeric precision: options of every
+    model."""
 
     lr_decay: Literal["none", "linear"] = Field(
         "none",
@@ -49,8 +50,9 @@ class LRSchedule(Strict):
     precision: Literal["fp32", "bf16", "auto"] = Field(
         "fp32",
         description="bf16: train under bfloat16 autocast (convolutions and matrix products in bf16; weights, "
-        "batch norm and losses in fp32); auto: bf16 on a CPU with native bfloat16 (AVX512-BF16 or AMX), "
-        "where it is about 20% faster, else fp32 (gantry's small networks gain nothing from it on a GPU)",
+        "optimizer state, batch-norm statistics and losses in fp32); auto: bf16 on a CPU with native bfloat16 "
+        "(AVX512-BF16 or AMX), where steps took 0.6-0.8x the time, else fp32 (on a GPU gantry's small "
+        "networks gained nothing from it)",
     )
 
 

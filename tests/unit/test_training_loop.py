@@ -14,7 +14,7 @@ from PIL import Image
 from gantry.jobs.specs import DCGANOptions, DCGANTrainSpec
 from gantry.worker.data import ImageData
 from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
-from gantry.worker.gan.loop import Callbacks, train, update_average
+from gantry.worker.gan.loop import Callbacks, cpu_has_bf16, train, update_average
 
 METRICS = {"loss_D", "loss_G", "D_x", "D_G_z", "images_per_sec"}
 
@@ -136,7 +136,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(options: dict[str
 
 
 # auto: bf16 on a CPU with native bfloat16 (this machine's AVX512-BF16), fp32 on one without.
-AUTO = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+AUTO = torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
 @pytest.mark.parametrize(
