@@ -20,6 +20,24 @@ BUILTIN_DATASETS: dict[str, str] = {
     "(14 train, 4 validation)",
 }
 
+# The label attributes of the built-in data sets that have them, in the column order of their
+# labels, with the names of their values (what `--set labels=...` may name; the worker's loaders
+# give the same columns and values, and a unit test keeps the two in sync).
+_DIGITS = [str(d) for d in range(10)]
+BUILTIN_LABELS: dict[str, dict[str, list[str]]] = {
+    "shapes": {
+        "shape": ["circle", "square", "triangle", "cross"],
+        "colour": ["red", "green", "blue", "yellow", "magenta", "cyan", "white", "orange"],
+        "size": ["small", "large"],
+        "position": [
+            "top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right"
+        ],
+        "background": ["black", "grey", "navy"],
+    },
+    "digits": {"digit": _DIGITS},
+    "stacked-digits": {"red": _DIGITS, "green": _DIGITS, "blue": _DIGITS},
+}  # fmt: skip
+
 MAX_SEED = 2**31 - 1
 
 

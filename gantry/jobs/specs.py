@@ -27,11 +27,19 @@ from gantry.jobs.sample_specs import (
     SampleSpec,
     parse_arithmetic,
 )
-from gantry.jobs.spec_base import BUILTIN_DATASETS, MAX_SEED, JobKind, LRSchedule, TrainSpecBase
+from gantry.jobs.spec_base import (
+    BUILTIN_DATASETS,
+    BUILTIN_LABELS,
+    MAX_SEED,
+    JobKind,
+    LRSchedule,
+    TrainSpecBase,
+)
 from gantry.jobs.sr_specs import SRGANOptions, SRGANTrainSpec, SRResNetOptions, SRResNetTrainSpec
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "BUILTIN_LABELS",
     "CAPTIONED_DATASETS",
     "INPUT_MODELS",
     "MAX_SEED",
@@ -94,7 +102,11 @@ class LatentCodes(BaseModel):
         "one-hot codes of these sizes join z, and D learns to read them back from G's images",
     )
     info_weight: float = Field(
-        1.0, gt=0, le=100, description="InfoGAN: weight λ of the code-reconstruction term (the paper's 1)"
+        1.0,
+        gt=0,
+        le=100,
+        description="InfoGAN: weight λ of the code-reconstruction term (the paper's 1); with `labels`, "
+        "of the class term too",
     )
 
     @field_validator("latent_codes", mode="before")
@@ -123,13 +135,39 @@ class LatentCodes(BaseModel):
 
     @model_validator(mode="after")
     def _weight_needs_codes(self) -> LatentCodes:
-        if self.info_weight != 1.0 and not self.latent_codes:
-            raise ValueError("info_weight only applies with latent_codes")
+        if self.info_weight != 1.0 and not (self.latent_codes or getattr(self, "labels", ())):
+            raise ValueError("info_weight only applies with latent_codes or labels")
         return self
 
 
 class DCGANOptions(ConvGANOptions, ImprovedTechniques, LatentCodes):
     """DCGAN's options plus the Improved Techniques (`ImprovedTechniques`, arXiv 1606.03498)."""
+
+    labels: tuple[str, ...] = Field(
+        (),
+        max_length=5,
+        description="AC-GAN (Odena et al. 2016, arXiv 1610.09585): condition G on these label attributes "
+        "of a built-in data set, e.g. shape,colour on shapes or digit on digits; their one-hot codes join z "
+        "after any latent_codes, and D's head learns them from the real images",
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_names(cls, value: Any) -> Any:
+        """`--set labels=shape,colour` arrives as the string "shape,colour"; "" or "none": no labels."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.lower() in ("", "none"):
+                return ()
+            return tuple(part.strip() for part in text.split(","))
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each label attribute once, not {','.join(value)}")
+        return value
 
     d_norm: Literal["batch", "spectral"] = Field(
         "batch",
@@ -139,9 +177,9 @@ class DCGANOptions(ConvGANOptions, ImprovedTechniques, LatentCodes):
 
     @model_validator(mode="after")
     def _codes_without_virtual_batch_norm(self) -> DCGANOptions:
-        if self.latent_codes and self.virtual_batch_norm:
+        if (self.latent_codes or self.labels) and self.virtual_batch_norm:
             # The reference batch of virtual batch norm is plain Gaussian z, with no codes.
-            raise ValueError("latent_codes cannot be combined with virtual_batch_norm")
+            raise ValueError("latent_codes and labels cannot be combined with virtual_batch_norm")
         return self
 
 
@@ -307,9 +345,31 @@ def parse_train_spec(model: str, fields: dict[str, Any], options: dict[str, Any]
     except ValidationError as exc:
         raise _first_error(exc, prefix="set.") from None
     try:
-        return spec_cls.model_validate({**fields, "model": model, "options": opts})
+        spec = spec_cls.model_validate({**fields, "model": model, "options": opts})
     except ValidationError as exc:
         raise _first_error(exc) from None
+    _check_labels(spec)
+    return spec
+
+
+def _check_labels(spec: TrainSpecBase) -> None:
+    """`labels` must name attributes the data set has (its options cannot see the data set)."""
+    wanted = tuple(getattr(getattr(spec, "options", None), "labels", ()))
+    if not wanted:
+        return
+    dataset = str(getattr(spec, "dataset", ""))
+    known = BUILTIN_LABELS.get(dataset)
+    if known is None:
+        with_labels = ", ".join(f"{name} ({', '.join(attrs)})" for name, attrs in BUILTIN_LABELS.items())
+        raise InvalidInput(
+            "set.labels",
+            f"{dataset} has no label attributes gantry knows; built-in data sets with labels: {with_labels}",
+        )
+    for name in wanted:
+        if name not in known:
+            raise InvalidInput(
+                "set.labels", f"{dataset} has no label {name!r}; its labels are {', '.join(known)}"
+            )
 
 
 def load_train_spec(data: dict[str, Any]) -> TrainSpecBase:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gantry.jobs.errors import InvalidInput
+from gantry.jobs.spec_base import BUILTIN_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +104,14 @@ BUILTIN: dict[str, Callable[[int, int, str], ImageData | PhotoData | PointData]]
     "grid25": lambda image_size, seed, split: points.generate("grid25", seed=seed, split=split),
     "stacked-digits": lambda image_size, seed, split: stacked.generate(image_size, seed=seed, split=split),
 }
+
+
+def label_space(dataset: str, names: Sequence[str]) -> np.ndarray:
+    """The combinations of label attributes `names` that a built-in data set's train split has,
+    (M, len(names)) int64 rows of value indices: what AC-GAN's label codes are drawn from."""
+    if dataset == "shapes":  # the one built-in set whose train split lacks some combinations
+        return shapes.label_space(names)
+    sizes = BUILTIN_LABELS.get(dataset)
+    if sizes is None or any(name not in sizes for name in names):
+        raise ValueError(f"no label attributes {', '.join(names)} in built-in data set {dataset!r}")
+    return np.array(list(itertools.product(*(range(len(sizes[n])) for n in names))), dtype=np.int64)

@@ -16,7 +16,9 @@ vectorised over the whole batch (20,000 images at 32x32 in well under a second).
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
@@ -231,6 +233,20 @@ def _sample_labels(rng: np.random.Generator, n: int, split: str) -> np.ndarray:
     labels[:, 3] = rng.integers(0, len(POSITIONS), n)
     labels[:, 4] = rng.integers(0, len(BACKGROUNDS), n)
     return labels
+
+
+def label_space(names: Sequence[str], split: str = "train") -> np.ndarray:
+    """Every combination of the attributes `names` (in that order) that the split contains, (M, K)
+    int64: all of them, except on the train split the held-out (colour, shape) pairs when both are named."""
+    columns = [list(ATTRIBUTES).index(name) for name in names]  # ValueError for an unknown name
+    rows = np.array(list(itertools.product(*(range(len(ATTRIBUTES[n])) for n in names))), dtype=np.int64)
+    if split == "train" and "colour" in names and "shape" in names:
+        held_out = {(_index("colour", c), _index("shape", s)) for c, s in HELD_OUT_COMBINATIONS}
+        colour, shape = rows[:, list(names).index("colour")], rows[:, list(names).index("shape")]
+        keep = [(c, s) not in held_out for c, s in zip(colour.tolist(), shape.tolist(), strict=True)]
+        rows = rows[np.asarray(keep)]
+    assert len(columns) == rows.shape[1]
+    return rows
 
 
 def generate(image_size: int, *, seed: int = 0, split: str = "train", count: int | None = None) -> ImageData:

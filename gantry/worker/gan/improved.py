@@ -132,7 +132,9 @@ class ImprovedLoss:
     - `historical_averaging`: weight λ of λ ||θ - (1/t) Σ θ[i]||² in each player's loss (§3.3);
       `history_G` / `history_D` hold the means.
     - `info`: InfoGAN's code head Q (`gantry.worker.gan.infogan`, arXiv 1606.03657): both players
-      also minimise its code-reconstruction loss on the fakes (D through its features and Q).
+      also minimise its code-reconstruction loss on the fakes (D through its features and Q). Its
+      labelled codes (AC-GAN, arXiv 1610.09585) D's side learns from the real images' labels
+      instead, and G minimises their loss on the fakes as on the free codes'.
 
     As `losses.NonSaturatingLoss`, phase "G" reuses the fakes phase "D" made from the same batch.
     """
@@ -183,7 +185,12 @@ class ImprovedLoss:
         if phase == "D":
             fake = self.G(batch.z)
             self._fake = (batch, fake)
-            logits_real = self.D(batch.real)  # (N,)
+            learn_labels = self.info is not None and self.info.labelled > 0
+            if learn_labels:  # AC-GAN: D's head also learns the real images' labels
+                features_real = self.D.features(batch.real)  # type: ignore[operator]
+                logits_real = self.D.from_features(features_real)  # type: ignore[operator]
+            else:
+                logits_real = self.D(batch.real)  # (N,)
             logits_fake, features_fake = self._score(fake.detach())  # (N,)
             target_real = torch.full_like(logits_real, self.real_label)
             loss = F.binary_cross_entropy_with_logits(logits_real, target_real)
@@ -195,9 +202,16 @@ class ImprovedLoss:
             }
             if self.info is not None:
                 assert features_fake is not None
-                loss_info = self.info.loss(features_fake, batch.z)
-                loss = loss + loss_info
-                stats["loss_info"] = loss_info.detach()
+                if self.info.labelled < len(self.info.codes):  # free (unlabelled) codes: InfoGAN's term
+                    loss_info = self.info.loss(features_fake, batch.z, labelled=False)
+                    loss = loss + loss_info
+                    stats["loss_info"] = loss_info.detach()
+                if learn_labels:
+                    if batch.labels is None:
+                        raise ValueError("labels: the minibatch carries no labels of the real images")
+                    loss_labels = self.info.label_loss(features_real, batch.labels)
+                    loss = loss + loss_labels
+                    stats["loss_labels"] = loss_labels.detach()
         elif phase == "G":
             if self._fake is not None and self._fake[0] is batch and self._fake[1].requires_grad:
                 fake = self._fake[1]
@@ -238,13 +252,22 @@ def uses_improved_loss(options: object) -> bool:
         or getattr(options, "historical_averaging", 0.0) > 0
         or getattr(options, "loss", "non_saturating") == "minimax"
         or bool(getattr(options, "latent_codes", ()))
+        or bool(getattr(options, "labels", ()))
     )
 
 
-def build_loss(G: nn.Module, D: nn.Module, options: object, *, feature_size: int = 0) -> ImprovedLoss:
+def build_loss(
+    G: nn.Module,
+    D: nn.Module,
+    options: object,
+    *,
+    feature_size: int = 0,
+    label_codes: tuple[int, ...] | None = None,
+) -> ImprovedLoss:
     """The loss for a model's options; attaches the historical means to G and D, and InfoGAN's code
     head to D (so they are saved, and the head trains with D's optimizer). `feature_size`: the
-    number of values in `D.features(x)` for one image, which the code head reads."""
+    number of values in `D.features(x)` for one image, which the code head reads; `label_codes`: the
+    sizes of the label attributes G is conditioned on (AC-GAN), the last codes of its latents."""
     weight = float(getattr(options, "historical_averaging", 0.0))
     history_G = history_D = None
     if weight > 0:
@@ -253,16 +276,18 @@ def build_loss(G: nn.Module, D: nn.Module, options: object, *, feature_size: int
         param = next(G.parameters())
         G.historical_average = history_G.to(param.device)  # type: ignore[assignment]
         D.historical_average = history_D.to(next(D.parameters()).device)  # type: ignore[assignment]
-    codes = tuple(getattr(options, "latent_codes", ()))
+    label_sizes = tuple(label_codes or ())
+    codes = tuple(getattr(options, "latent_codes", ())) + label_sizes
     info = None
     if codes:
         if feature_size <= 0:
-            raise ValueError("latent_codes needs the size of D's features")
+            raise ValueError("latent_codes and labels need the size of D's features")
         info = InfoHead(
             feature_size,
             nz=int(getattr(options, "nz")),  # noqa: B009
             codes=codes,
             weight=float(getattr(options, "info_weight", 1.0)),
+            labelled=len(label_sizes),
         )
         D.info_head = info.to(next(D.parameters()).device)  # type: ignore[assignment]
     return ImprovedLoss(

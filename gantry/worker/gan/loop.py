@@ -323,6 +323,7 @@ def _image_batches(
     x_all = images_to_tensor(data.images, device)  # (N, C, H, W) in [-1, 1], converted once
     if channels_last:  # indexing keeps the layout, so every batch is channels-last too
         x_all = x_all.contiguous(memory_format=torch.channels_last)
+    labels_all = label_columns(data, model.labels).to(device) if model.labels else None
 
     def make_batch(
         data: ImageData, batch_size: int, generator: torch.Generator, device: torch.device
@@ -330,6 +331,26 @@ def _image_batches(
         # With replacement: no epoch bookkeeping, and a step's batch depends on the stream alone.
         index = torch.randint(n, (batch_size,), generator=generator)
         z = model.sample_latents(batch_size, generator)
-        return Minibatch(real=x_all[index.to(device)], z=z.to(device))
+        index = index.to(device)
+        labels = labels_all[index] if labels_all is not None else None
+        return Minibatch(real=x_all[index], z=z.to(device), labels=labels)
 
     return make_batch
+
+
+def label_columns(data: ImageData, names: tuple[str, ...]) -> torch.Tensor:
+    """The columns of `data.labels` for the attributes `names`, (N, len(names)) int64; a data set
+    with one label per image (digits) has one attribute."""
+    if data.labels is None:
+        raise ValueError("labels: this data set has no labels")
+    if data.labels.ndim == 1:
+        if len(names) != 1:
+            raise ValueError(f"labels: this data set has one label per image, not {len(names)}")
+        return torch.from_numpy(data.labels[:, None].copy())
+    columns = list(data.attributes or {})
+    missing = [name for name in names if name not in columns]
+    if missing:
+        raise ValueError(
+            f"labels: the data set has no attribute {missing[0]!r} (it has {', '.join(columns)})"
+        )
+    return torch.from_numpy(data.labels[:, [columns.index(name) for name in names]].copy())

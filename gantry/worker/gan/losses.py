@@ -26,6 +26,8 @@ class Minibatch:
     # What G and D are conditioned on, one row per real image (e.g. text embeddings φ(t), (N, E));
     # None: unconditional. The loop hands it to `generate` for the sample grid too.
     cond: torch.Tensor | None = None
+    # The real images' class labels (N, K) int64, where a model learns them (AC-GAN's `labels`).
+    labels: torch.Tensor | None = None
 
 
 class GANLoss(Protocol):

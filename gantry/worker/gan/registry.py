@@ -69,6 +69,9 @@ class GANModel:
     # memory format (oneDNN's convolutions are about 20% faster so; bench/RESULTS.md). For
     # convolutional networks whose layers all accept it.
     channels_last_on_cpu: bool = False
+    # ... and the data's label attributes whose values each default minibatch carries as
+    # `Minibatch.labels` (N, K), in this order (AC-GAN's classes); (): none.
+    labels: tuple[str, ...] = ()
 
     @property
     def nz(self) -> int:

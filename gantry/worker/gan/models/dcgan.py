@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gantry.jobs.specs import DCGANTrainSpec
+from gantry.jobs.specs import BUILTIN_LABELS, DCGANTrainSpec
+from gantry.worker.data import label_space
 from gantry.worker.gan import improved
 from gantry.worker.gan.infogan import CodedLatents
 from gantry.worker.gan.losses import NonSaturatingLoss
@@ -145,8 +146,17 @@ def spectral_norm_convs(D: nn.Module) -> None:
 def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANModel:
     """Networks, Adam optimizers (paper §4: lr 2e-4, beta1 0.5) and the non-saturating loss."""
     opts = spec.options
-    # InfoGAN (gantry.worker.gan.infogan): one-hot codes join z, so G's input is nz + Σ codes wide.
-    latents = CodedLatents(opts.nz, opts.latent_codes)
+    # InfoGAN (gantry.worker.gan.infogan): one-hot codes join z, so G's input is nz + Σ codes wide;
+    # AC-GAN's label codes (`labels`, one per attribute, sized by the data set's values) come last.
+    label_codes = (
+        tuple(len(BUILTIN_LABELS[spec.dataset][name]) for name in opts.labels) if opts.labels else ()
+    )
+    latents = CodedLatents(
+        opts.nz,
+        opts.latent_codes,
+        label_sizes=label_codes,
+        label_rows=torch.from_numpy(label_space(spec.dataset, opts.labels)) if opts.labels else None,
+    )
     G = Generator(
         nz=latents.latent_shape[0],
         ngf=opts.ngf,
@@ -167,7 +177,7 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
     if opts.d_norm == "spectral":
         spectral_norm_convs(D)
     if improved.uses_improved_loss(opts):
-        loss = improved.build_loss(G, D, opts, feature_size=feature_size)
+        loss = improved.build_loss(G, D, opts, feature_size=feature_size, label_codes=label_codes)
     else:
         loss = NonSaturatingLoss(G, D)
     G, D = G.to(device), D.to(device)
@@ -179,6 +189,7 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
         opt_D=opt_D,
         loss=loss,
         latent_shape=latents.latent_shape,
-        latent_sampler=latents if opts.latent_codes else None,
+        latent_sampler=latents if latents.all_codes else None,
+        labels=opts.labels,
         channels_last_on_cpu=True,
     )

@@ -1,0 +1,155 @@
+"""AC-GAN's label codes (`--set labels=...`, arXiv 1610.09585) on dcgan: G is conditioned on the data
+set's own labels, D's head learns them from real images only, and samples draw the label combinations
+the data has."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from gantry.jobs.errors import InvalidInput
+from gantry.jobs.specs import BUILTIN_LABELS, load_train_spec, parse_train_spec
+from gantry.worker.data import label_space, load_dataset, shapes
+from gantry.worker.data.digits import load as load_digits
+from gantry.worker.gan.checkpoint import load_checkpoint
+from gantry.worker.gan.latent import load_decoder
+from gantry.worker.gan.loop import Callbacks, train
+from gantry.worker.gan.losses import Minibatch
+from gantry.worker.gan.registry import build_model
+
+CPU = torch.device("cpu")
+NZ = 8
+
+
+def spec(dataset: str = "digits", **options: Any) -> Any:
+    return parse_train_spec(
+        "dcgan",
+        {"dataset": dataset, "image_size": 16, "batch_size": 32, "steps": 200, "checkpoint_every": 200},
+        {"nz": NZ, "ngf": 16, "ndf": 16, "lr": "1e-3", **options},
+    )
+
+
+@pytest.mark.parametrize(
+    ("dataset", "labels", "message"),
+    [
+        ("shapes", "shape,hue", "shapes has no label 'hue'; its labels are shape, colour, size"),
+        ("digits", "colour", "digits has no label 'colour'; its labels are digit"),
+        ("shapes", "shape,shape", "each label attribute once"),
+        ("/tmp/mine.npz", "digit", "has no label attributes gantry knows; built-in data sets with labels"),
+    ],
+)
+def test_labels_the_data_set_lacks_are_rejected_at_submit(dataset: str, labels: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message) as caught:
+        spec(dataset, labels=labels)
+    assert caught.value.field == "set.labels"
+
+
+def test_labels_read_from_the_command_line_and_back_from_the_store() -> None:
+    labelled = spec("shapes", labels="shape, colour", latent_codes="none", info_weight="2")
+    assert labelled.options.labels == ("shape", "colour")
+    assert load_train_spec(labelled.model_dump(mode="json")) == labelled
+    assert spec("shapes", labels="none").options.labels == ()
+
+
+def test_the_label_table_matches_the_loaders() -> None:
+    """`--set labels` is checked against BUILTIN_LABELS without loading data: it must say what the
+    loaders give, column for column, and the label space must be exactly what the train split holds."""
+    for name, attributes in BUILTIN_LABELS.items():
+        data = load_dataset(name, image_size=16)
+        assert data.labels is not None
+        if data.labels.ndim == 1:
+            assert list(attributes.values()) == [[str(d) for d in range(int(data.labels.max()) + 1)]]
+        else:
+            assert attributes == data.attributes
+    data = shapes.generate(16, seed=3)
+    assert data.labels is not None
+    names = ["colour", "shape"]
+    seen = {tuple(row) for row in data.labels[:, [1, 0]].tolist()}
+    assert {tuple(row) for row in label_space("shapes", names).tolist()} == seen  # 28 pairs, not 32
+    assert len(seen) == 8 * 4 - len(shapes.HELD_OUT_COMBINATIONS)
+    assert label_space("shapes", ["size", "background"]).shape == (6, 2)
+    assert label_space("stacked-digits", ["red", "blue"]).shape == (100, 2)
+
+
+def test_latents_carry_the_label_combinations_the_data_has() -> None:
+    torch.manual_seed(0)
+    m = build_model(spec("shapes", labels="colour,shape", latent_codes="3"), channels=3, device=CPU)
+    z = m.sample_latents(4000, torch.Generator().manual_seed(0))
+    assert z.shape == (4000, NZ + 3 + 8 + 4, 1, 1)
+    colour, shape = z[:, NZ + 3 : NZ + 11, 0, 0], z[:, NZ + 11 :, 0, 0]
+    assert torch.equal(colour.sum(1), torch.ones(4000)) and torch.equal(shape.sum(1), torch.ones(4000))
+    drawn = set(zip(colour.argmax(1).tolist(), shape.argmax(1).tolist(), strict=True))
+    assert drawn == {tuple(row) for row in label_space("shapes", ["colour", "shape"]).tolist()}
+
+
+def _train(s: Any, data: Any) -> tuple[bytes, list[dict[str, float]]]:
+    checkpoints: list[bytes] = []
+    progress: list[dict[str, float]] = []
+    train(
+        s,
+        data,
+        callbacks=Callbacks(
+            progress=lambda step, metrics: progress.append(metrics),
+            should_stop=lambda: False,
+            checkpoint=lambda step, payload: checkpoints.append(payload),
+            samples=lambda step, png: None,
+        ),
+        device=CPU,
+        log_every=50,
+    )
+    return checkpoints[-1], progress
+
+
+def test_a_head_trained_on_real_digits_sees_the_digit_g_was_asked_for() -> None:
+    """After 200 steps on digits with labels=digit, a classifier that never saw G's images (a nearest
+    class mean of the real training digits) reads most samples as the digit in their label code; the
+    same G without the class term draws codes it ignores (chance, 1/10)."""
+    data = load_digits(16)
+    assert data.labels is not None
+    real = data.images.reshape(len(data.images), -1).astype(np.float32)
+    means = np.stack([real[data.labels == d].mean(0) for d in range(10)])  # (10, 256)
+
+    def agreement(checkpoint: bytes) -> float:
+        decoder = load_decoder(checkpoint, device=CPU)
+        z = decoder.sample(500, torch.Generator().manual_seed(1))
+        asked = z.flatten(1)[:, NZ:].argmax(1).numpy()
+        images = decoder.decode(z).reshape(500, -1).astype(np.float32)
+        drawn = ((images[:, None, :] - means[None]) ** 2).sum(2).argmin(1)
+        return float((drawn == asked).mean())
+
+    checkpoint, progress = _train(spec(labels="digit"), data)
+    assert all(np.isfinite(list(m.values())).all() for m in progress)
+    assert progress[-1]["loss_labels"] < 1.0  # D's head learns the real digits (chance: ln 10 = 2.3)
+    state = load_checkpoint(checkpoint)
+    assert state["spec"]["options"]["labels"] == ["digit"]
+    faint = spec(labels="digit", info_weight="1e-4")
+    assert agreement(checkpoint) > 0.6
+    assert agreement(_train(faint, data)[0]) < 0.3
+
+
+def test_d_learns_the_labels_from_real_images_only() -> None:
+    """Phase D's gradient on the head's label rows comes from the real images' labels alone: two
+    batches that differ only in the label codes asked of G give the same gradient there (a head that
+    also learnt from fakes would learn G's private marks; see gantry.worker.gan.infogan). The
+    free InfoGAN code's rows do learn from the fakes."""
+    s = spec("shapes", labels="colour", latent_codes="3")
+    data = shapes.generate(16, seed=0, count=32)
+    assert data.labels is not None
+    grads = []
+    for flip in (False, True):
+        torch.manual_seed(0)
+        m = build_model(s, channels=3, device=CPU)
+        z = m.sample_latents(32, torch.Generator().manual_seed(0))
+        if flip:  # ask G for other colours, same noise and free codes
+            colour = z[:, NZ + 3 :].roll(1, dims=1)
+            z = torch.cat([z[:, : NZ + 3], colour], dim=1)
+        real = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        batch = Minibatch(real=real, z=z, labels=torch.from_numpy(data.labels[:, [1]].copy()))
+        m.D.zero_grad()
+        m.loss.accumulate_gradients("D", batch)
+        grads.append(m.D.info_head.fc.weight.grad.clone())
+    assert torch.equal(grads[0][3:], grads[1][3:])  # the 8 colour rows: reals only
+    assert not torch.equal(grads[0][:3], grads[1][:3])  # the free code's rows see the (changed) fakes
