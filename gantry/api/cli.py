@@ -170,7 +170,13 @@ def train(
 @click.option(
     "--arithmetic", metavar="EXPR", help='Latent arithmetic on averaged seeds: "3,17,42 - 5,8 + 11,12".'
 )
-@click.option("--prompt", "prompts", multiple=True, help="A caption to draw (text2img); repeat for several.")
+@click.option(
+    "--prompt",
+    "prompts",
+    multiple=True,
+    help='A caption to draw (text2img), or label values (a dcgan trained with labels: "large red circle"); '
+    "repeat for several.",
+)
 @click.option(
     "--input",
     "input",

@@ -15,9 +15,12 @@ from gantry.jobs.spec_base import MAX_SEED, Strict
 
 # Which sampling modes each model takes (beyond plain `--count` images). One line per model.
 SAMPLE_MODES: dict[str, set[str]] = {
-    "dcgan": {"interpolate", "arithmetic"},
+    "dcgan": {"interpolate", "arithmetic", "prompts"},  # prompts: with `labels` only, plain sampling
     "text2img": {"prompts", "interpolate", "arithmetic"},
 }
+# Models whose prompts name label values (`gantry.jobs.label_prompts`) rather than captions: a dcgan
+# trained with `labels` (AC-GAN).
+LABEL_PROMPT_MODELS: set[str] = {"dcgan"}
 # Models whose sample jobs need an `--input` (super-resolution) instead of latents.
 INPUT_MODELS: set[str] = {"srresnet", "srgan"}
 # Models whose plain sample jobs need a `--prompt` (text to image); their latent walks take one too.
@@ -181,8 +184,21 @@ class SampleSpec(Strict):
         asked = {"interpolate": self.interpolate, "arithmetic": self.arithmetic, "prompts": self.prompts}
         return {mode for mode, value in asked.items() if value} | ({"input"} if self.input else set())
 
-    def check_model(self, model: str) -> None:
-        """Raise InvalidInput when the model cannot sample this way."""
+    def check_model(self, model: str, *, labelled: bool = False) -> None:
+        """Raise InvalidInput when the model cannot sample this way (`labelled`: the train job was
+        conditioned on labels, whose values a dcgan's prompts name)."""
+        if model in LABEL_PROMPT_MODELS and self.prompts:
+            if not labelled:
+                raise InvalidInput(
+                    "prompts",
+                    f"{model} takes --prompt only when trained with --set labels=... (it then names label "
+                    'values, e.g. --prompt "large red circle"); this job has no labels',
+                )
+            if self.interpolate or self.arithmetic:
+                mode = "interpolate" if self.interpolate else "arithmetic"
+                raise InvalidInput(
+                    "prompts", f"{model} prompts draw plain samples; --{mode} walks the latents as they are"
+                )
         if model in INPUT_MODELS and not self.input:
             raise InvalidInput("input", f"{model} jobs super-resolve images: pass --input PATH_OR_URI")
         allowed = SAMPLE_MODES.get(model, set()) | ({"input"} if model in INPUT_MODELS else set())

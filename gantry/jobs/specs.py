@@ -19,6 +19,7 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.improved_specs import POINT_DATASETS, ImprovedTechniques
 from gantry.jobs.sample_specs import (
     INPUT_MODELS,
+    LABEL_PROMPT_MODELS,
     METRICS,
     PROMPT_MODELS,
     SAMPLE_MODES,
@@ -42,6 +43,7 @@ __all__ = [
     "BUILTIN_LABELS",
     "CAPTIONED_DATASETS",
     "INPUT_MODELS",
+    "LABEL_PROMPT_MODELS",
     "MAX_SEED",
     "METRICS",
     "POINT_DATASETS",

@@ -1,5 +1,5 @@
-"""Sampling by prompt from a text2img checkpoint: N images per prompt, and a grid with the prompts as
-row labels.
+"""Sampling by prompt from a text2img checkpoint (or a dcgan trained with `labels`): N images per
+prompt, and a grid with the prompts as row labels.
 
 Every prompt gets the same N latents (z drawn from `seed`), so a column shows one z under each text:
 what the text changes (colour, shape) and what z keeps (in Reed et al. 2016, arXiv 1605.05396, §5.2,
@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
 from gantry.jobs.errors import InvalidInput
+from gantry.jobs.label_prompts import parse_label_prompt
+from gantry.jobs.specs import BUILTIN_LABELS, LABEL_PROMPT_MODELS
 from gantry.worker.gan.checkpoint import load_checkpoint
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.images import png_bytes
@@ -35,21 +39,46 @@ def sample_prompts(
     device: torch.device | str | None = None,
 ) -> SampleResult:
     """`count` images for each prompt, prompt-major: images[i * count + j] is prompt i, latent j.
-    `prompts.json` (in `extra`) maps the file names to their prompts."""
-    from gantry.worker.gan.models.text2img import TextGenerator
+    `prompts.json` (in `extra`) maps the file names to their prompts.
 
+    text2img draws G(z, φ(prompt)); a dcgan trained with `labels` reads the prompt's label values
+    (`gantry.jobs.label_prompts`) and sets those one-hot codes in each latent, leaving the rest of the
+    latent (z, and the labels the prompt does not name) as the seed drew it."""
     if not prompts or count < 1:
         raise ValueError("need at least one prompt and a count of at least 1")
     device = torch.device(device) if device is not None else default_device()
     state = load_checkpoint(checkpoint, map_location="cpu")
-    if state["spec"]["model"] != "text2img":
-        raise InvalidInput("prompts", f"prompts need a text2img job, not {state['spec']['model']}")
-    text = TextGenerator(state, device)
-    phi = text.embed(list(prompts))  # (P, E)
-    z = text.latents(count, torch.Generator().manual_seed(seed))
+    model = state["spec"]["model"]
+    draw: Callable[[int, str], np.ndarray]  # (prompt index, prompt) -> (count, H, W, C) uint8
+    if model == "text2img":
+        from gantry.worker.gan.models.text2img import TextGenerator
+
+        text = TextGenerator(state, device)
+        phi = text.embed(list(prompts))  # (P, E)
+        z = text.latents(count, torch.Generator().manual_seed(seed))
+
+        def draw(i: int, prompt: str) -> np.ndarray:
+            return generate(text.G, z, cond=phi[i : i + 1].expand(count, -1), device=device)
+
+    elif model in LABEL_PROMPT_MODELS and state["spec"]["options"].get("labels"):
+        from gantry.worker.gan.latent import load_decoder
+
+        decoder = load_decoder(checkpoint, device=device)
+        z = decoder.sample(count, torch.Generator().manual_seed(seed))
+        spec = state["spec"]
+
+        def draw(i: int, prompt: str) -> np.ndarray:
+            return decoder.decode(
+                with_labels(z, spec, parse_label_prompt(prompt, spec["dataset"], spec["options"]["labels"]))
+            )
+
+    else:
+        raise InvalidInput(
+            "prompts", f"prompts need a text2img job or a dcgan trained with labels, not {model}"
+        )
     rows, images, index = [], [], []
     for i, prompt in enumerate(prompts):
-        row = generate(text.G, z, cond=phi[i : i + 1].expand(count, -1), device=device)  # (count, H, W, C)
+        row = draw(i, prompt)
         rows.append((prompt, list(row)))
         for j, image in enumerate(row):
             images.append(png_bytes(image))
@@ -66,3 +95,20 @@ def sample_prompts(
         grid=labelled_rows(rows, columns=min(count, GRID_COLUMNS)),
         extra={"prompts.json": json.dumps(index, indent=1).encode()},
     )
+
+
+def with_labels(z: torch.Tensor, spec: dict[str, Any], chosen: dict[str, int]) -> torch.Tensor:
+    """Latents z (N, nz + Σ codes, ...) of a dcgan trained with `labels`, with the label codes that
+    `chosen` ({attribute: value index}) names set to those values; the rest unchanged."""
+    options = spec["options"]
+    labels = list(options["labels"])
+    sizes = [len(BUILTIN_LABELS[spec["dataset"]][name]) for name in labels]
+    start = int(options["nz"]) + sum(options.get("latent_codes") or ())
+    z = z.clone()
+    flat = z.view(len(z), -1)  # the codes of a (N, C, 1, 1) latent, in place
+    for name, size in zip(labels, sizes, strict=True):
+        if name in chosen:
+            flat[:, start : start + size] = 0.0
+            flat[:, start + chosen[name]] = 1.0
+        start += size
+    return z
