@@ -59,6 +59,7 @@ __all__ = [
     "ImprovedTechniques",
     "JobKind",
     "LRSchedule",
+    "LabelConditioning",
     "LatentCodes",
     "MetricInfo",
     "SRGANOptions",
@@ -142,15 +143,17 @@ class LatentCodes(BaseModel):
         return self
 
 
-class DCGANOptions(ConvGANOptions, ImprovedTechniques, LatentCodes):
-    """DCGAN's options plus the Improved Techniques (`ImprovedTechniques`, arXiv 1606.03498)."""
+class LabelConditioning(BaseModel):
+    """Label attributes of a built-in data set that a model learns to draw (dcgan: AC-GAN; text2img:
+    TAC-GAN's auxiliary classifier)."""
 
     labels: tuple[str, ...] = Field(
         (),
         max_length=5,
-        description="AC-GAN (Odena et al. 2016, arXiv 1610.09585): condition G on these label attributes "
-        "of a built-in data set, e.g. shape,colour on shapes or digit on digits; their one-hot codes join z "
-        "after any latent_codes, and D's head learns them from the real images",
+        description="learn these label attributes of a built-in data set, e.g. shape,colour on shapes or digit on "
+        "digits: dcgan is conditioned on them (AC-GAN, Odena et al. 2016, arXiv 1610.09585; one-hot codes join z "
+        "after any latent_codes, and prompts name their values); text2img's D gets an auxiliary classifier for them "
+        "(TAC-GAN, Dash et al. 2017, arXiv 1703.06412). D's head learns them from real images only",
     )
 
     @field_validator("labels", mode="before")
@@ -170,6 +173,10 @@ class DCGANOptions(ConvGANOptions, ImprovedTechniques, LatentCodes):
         if len(set(value)) != len(value):
             raise ValueError(f"each label attribute once, not {','.join(value)}")
         return value
+
+
+class DCGANOptions(ConvGANOptions, ImprovedTechniques, LatentCodes, LabelConditioning):
+    """DCGAN's options plus the Improved Techniques (`ImprovedTechniques`, arXiv 1606.03498)."""
 
     d_norm: Literal["batch", "spectral"] = Field(
         "batch",
@@ -255,7 +262,7 @@ class GANTrainSpec(TrainSpecBase):
 CAPTIONED_DATASETS: tuple[str, ...] = ("shapes",)
 
 
-class Text2ImgOptions(ConvGANOptions, LatentCodes):
+class Text2ImgOptions(ConvGANOptions, LatentCodes, LabelConditioning):
     """GAN-CLS (Reed et al. 2016, arXiv 1605.05396): a DCGAN whose G and D see a text embedding
     (the paper's Adam settings are DCGAN's: lr 2e-4, beta1 0.5)."""
 

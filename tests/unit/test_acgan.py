@@ -266,3 +266,31 @@ def test_d_learns_the_labels_from_real_images_only() -> None:
         grads.append(m.D.info_head.fc.weight.grad.clone())
     assert torch.equal(grads[0][3:], grads[1][3:])  # the 8 colour rows: reals only
     assert not torch.equal(grads[0][:3], grads[1][:3])  # the free code's rows see the (changed) fakes
+
+
+def test_text2img_learns_the_labels_with_an_auxiliary_classifier() -> None:
+    """text2img's `labels` (TAC-GAN): D's classifier learns the real images' labels (phase D, reals
+    only: the fakes, drawn from other z, leave its gradient unchanged), and G pays the classifier's loss
+    on its images for the labels of the captions it drew (phase G)."""
+    s = parse_train_spec(
+        "text2img",
+        {"dataset": "shapes", "image_size": 16, "batch_size": 8, "steps": 2, "checkpoint_every": 2},
+        {"nz": NZ, "ngf": 8, "ndf": 8, "embed_dim": 8, "vocab_size": 64, "labels": "shape,colour"},
+    )
+    data = shapes.generate(16, seed=0, count=64)
+    grads, stats = [], []
+    for z_seed in (0, 1):
+        torch.manual_seed(0)
+        m = build_model(s, channels=3, device=CPU)
+        assert m.make_batch is not None
+        batch = m.make_batch(data, 8, torch.Generator().manual_seed(0), CPU)
+        assert batch.labels is not None and batch.labels.shape == (8, 2)
+        batch.z = m.sample_latents(8, torch.Generator().manual_seed(z_seed))  # other fakes, same reals
+        m.D.zero_grad()
+        stats.append(m.loss.accumulate_gradients("D", batch))
+        grads.append(m.D.label_head.fc.weight.grad.clone())
+        m.D.requires_grad_(False)
+        stats[-1].update(m.loss.accumulate_gradients("G", batch))
+    assert torch.equal(grads[0], grads[1])
+    assert all(st["loss_labels"] > 0 and st["loss_labels_G"] > 0 for st in stats)
+    assert stats[0]["loss_labels_G"] != stats[1]["loss_labels_G"]  # G's term reads its own images

@@ -119,3 +119,20 @@ class InfoHead(nn.Module):
         logits = self.fc(features.flatten(1)).split(self.codes, dim=1)[len(self.codes) - self.labelled :]
         total = sum(F.cross_entropy(lg, labels[:, j]) for j, lg in enumerate(logits))
         return self.weight * total  # type: ignore[return-value]
+
+
+class LabelHead(nn.Module):
+    """An auxiliary classifier on D's image features (TAC-GAN, Dash et al. 2017, arXiv 1703.06412, for
+    text2img's `labels`): one linear layer to a row of logits per label attribute. D's side learns
+    the real images' labels; G's images must show the labels of the caption they were drawn from."""
+
+    def __init__(self, in_features: int, *, sizes: Sequence[int], weight: float = 1.0) -> None:
+        super().__init__()
+        self.sizes, self.weight = tuple(sizes), weight
+        self.fc = nn.Linear(in_features, sum(self.sizes))
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """λ Σ_j CE(head_j(features), labels[:, j]), labels (N, K) int64, averaged over the batch."""
+        logits = self.fc(features.flatten(1)).split(self.sizes, dim=1)
+        total = sum(F.cross_entropy(lg, labels[:, j]) for j, lg in enumerate(logits))
+        return self.weight * total  # type: ignore[return-value]

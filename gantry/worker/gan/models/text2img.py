@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs import Text2ImgTrainSpec, load_train_spec
+from gantry.jobs.specs import BUILTIN_LABELS, Text2ImgTrainSpec, load_train_spec
 from gantry.worker.gan.checkpoint import generator_weights
-from gantry.worker.gan.infogan import CodedLatents, InfoHead
+from gantry.worker.gan.infogan import CodedLatents, InfoHead, LabelHead
 from gantry.worker.gan.losses import Minibatch, Phase
 from gantry.worker.gan.models.dcgan import Discriminator as DCGANDiscriminator
 from gantry.worker.gan.models.dcgan import Generator as DCGANGenerator
@@ -152,17 +152,19 @@ class GANCLSLoss:
         gan_int: bool = False,
         mode_seeking: float = 0.0,
         info: InfoHead | None = None,
+        label_head: LabelHead | None = None,
     ) -> None:
         self.G = G
         self.D = D
         self.gan_int = gan_int
         self.mode_seeking = mode_seeking
         self.info = info  # InfoGAN's code head (`latent_codes`): read from the image features alone
+        self.label_head = label_head  # TAC-GAN's classifier (`labels`): from the image features too
         self._fake: tuple[Minibatch, torch.Tensor] | None = None  # (batch, G(z, h)) from the last phase D
 
     def _score(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """D(x, h) as logits (N,), and x's image features when the code head needs them (one D pass)."""
-        if self.info is None:
+        if self.info is None and self.label_head is None:
             return self.D(x, h), None
         f = self.D.features(x)
         return self.D.judge(f, h), f
@@ -175,7 +177,7 @@ class GANCLSLoss:
             fake = self.G(batch.z, h)  # (N, C, H, W); G's graph kept for phase G, as NonSaturatingLoss
             self._fake = (batch, fake)
             # Three passes, so batch norm never mixes real and fake (DCGAN reference).
-            s_r = self.D(batch.real, h)  # real image, right text: "real"
+            s_r, f_real = self._score(batch.real, h)  # real image, right text: "real"
             s_w = self.D(batch.real, mismatched(h))  # real image, wrong text: "fake" (the CLS term)
             s_f, f_fake = self._score(fake.detach(), h)  # fake image, right text: "fake"
             loss_real = F.binary_cross_entropy_with_logits(s_r, torch.ones_like(s_r))
@@ -183,13 +185,20 @@ class GANCLSLoss:
             loss_fake = F.binary_cross_entropy_with_logits(s_f, torch.zeros_like(s_f))
             loss_D = loss_real + 0.5 * (loss_wrong + loss_fake)  # Algorithm 1, line 9
             stats = {}
+            extra = torch.zeros((), device=loss_D.device)
             if self.info is not None:
                 assert f_fake is not None
                 loss_info = self.info.loss(f_fake, batch.z)
                 stats["loss_info"] = loss_info.detach()
-                (loss_D + loss_info).backward()
-            else:
-                loss_D.backward()
+                extra = extra + loss_info
+            if self.label_head is not None:  # D's classifier learns the real images' labels, only theirs
+                assert f_real is not None
+                if batch.labels is None:
+                    raise ValueError("labels: the minibatch carries no labels of the real images")
+                loss_labels = self.label_head.loss(f_real, batch.labels)
+                stats["loss_labels"] = loss_labels.detach()
+                extra = extra + loss_labels
+            (loss_D + extra).backward()
             return {
                 **stats,
                 "loss_D": loss_D.detach(),
@@ -209,6 +218,11 @@ class GANCLSLoss:
             if self.info is not None:
                 assert f_fake is not None
                 loss_G = loss_G + self.info.loss(f_fake, batch.z)
+            if self.label_head is not None:  # G's image must show the labels of its caption's image
+                assert f_fake is not None and batch.labels is not None
+                loss_labels_G = self.label_head.loss(f_fake, batch.labels)
+                loss_G = loss_G + loss_labels_G
+                stats["loss_labels_G"] = loss_labels_G.detach()
             if self.gan_int:
                 # GAN-INT (§4.3): embeddings between two captions have no real image, but D still
                 # tells whether G's image matches them; G learns to fill the text manifold.
@@ -245,9 +259,10 @@ class CaptionBatches:
         self.examples: list[str] = []
         self._x: torch.Tensor | None = None  # (N, C, H, W) in [-1, 1]
         self._phi: torch.Tensor | None = None  # (N, E)
+        self._labels: torch.Tensor | None = None  # (N, K): the label attributes TAC-GAN's head learns
 
     def _prepare(self, data: Any, device: torch.device) -> None:
-        from gantry.worker.gan.loop import images_to_tensor
+        from gantry.worker.gan.loop import images_to_tensor, label_columns
 
         if not data.captions:
             raise InvalidInput(
@@ -265,6 +280,8 @@ class CaptionBatches:
         phi = self.encoder.encode(distinct)  # (distinct captions, E)
         self._phi = phi[torch.tensor([row[text] for text in data.captions])].to(device)
         self._x = images_to_tensor(data.images, device)
+        if opts.labels:
+            self._labels = label_columns(data, opts.labels).to(device)
         self.examples = list(data.captions[:EXAMPLE_CAPTIONS])
         log.info(
             "text2img: %d images, %d distinct captions, %s encoder (E=%d)",
@@ -283,7 +300,8 @@ class CaptionBatches:
         # With replacement, as the default minibatches: a step's batch depends on the stream alone.
         index = torch.randint(len(self._x), (batch_size,), generator=generator).to(device)
         z = self.latents(batch_size, generator)
-        return Minibatch(real=self._x[index], z=z.to(device), cond=self._phi[index])
+        labels = self._labels[index] if self._labels is not None else None
+        return Minibatch(real=self._x[index], z=z.to(device), cond=self._phi[index], labels=labels)
 
     def state(self) -> dict[str, Any]:
         if self.encoder is None:
@@ -311,12 +329,15 @@ def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GA
     G, D = _networks(spec, channels)
     G.apply(init_weights)  # on the CPU from the global RNG, then moved: the same weights on any device
     D.apply(init_weights)
-    info = None
+    info = label_head = None
+    width = D.joint[0].out_channels  # the image features are (width, 4, 4)
     if opts.latent_codes:  # InfoGAN's code head, a part of D: saved and optimised with it
-        width = D.joint[0].out_channels  # the image features are (width, 4, 4)
         info = D.info_head = InfoHead(
             width * 16, nz=opts.nz, codes=opts.latent_codes, weight=opts.info_weight
         )
+    if opts.labels:  # TAC-GAN's auxiliary classifier, a part of D too
+        sizes = [len(BUILTIN_LABELS[spec.dataset][name]) for name in opts.labels]
+        label_head = D.label_head = LabelHead(width * 16, sizes=sizes, weight=opts.info_weight)
     G, D = G.to(device), D.to(device)
     opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
     batches = CaptionBatches(spec)
@@ -325,7 +346,9 @@ def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GA
         D=D,
         opt_G=opt_G,
         opt_D=opt_D,
-        loss=GANCLSLoss(G, D, gan_int=opts.gan_int, mode_seeking=opts.mode_seeking, info=info),
+        loss=GANCLSLoss(
+            G, D, gan_int=opts.gan_int, mode_seeking=opts.mode_seeking, info=info, label_head=label_head
+        ),
         latent_shape=batches.latents.latent_shape,
         latent_sampler=batches.latents,
         make_batch=batches,
