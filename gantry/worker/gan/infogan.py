@@ -117,8 +117,7 @@ class InfoHead(nn.Module):
         """AC-GAN's class term on real images: λ Σ_j CE(Q_j(features), labels[:, j]) over the labelled
         codes (the last `labelled`), labels (N, labelled) int64; minimised by D's side only."""
         logits = self.fc(features.flatten(1)).split(self.codes, dim=1)[len(self.codes) - self.labelled :]
-        total = sum(F.cross_entropy(lg, labels[:, j]) for j, lg in enumerate(logits))
-        return self.weight * total  # type: ignore[return-value]
+        return self.weight * label_cross_entropy(logits, labels)
 
 
 class LabelHead(nn.Module):
@@ -134,5 +133,10 @@ class LabelHead(nn.Module):
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """λ Σ_j CE(head_j(features), labels[:, j]), labels (N, K) int64, averaged over the batch."""
         logits = self.fc(features.flatten(1)).split(self.sizes, dim=1)
-        total = sum(F.cross_entropy(lg, labels[:, j]) for j, lg in enumerate(logits))
-        return self.weight * total  # type: ignore[return-value]
+        return self.weight * label_cross_entropy(logits, labels)
+
+
+def label_cross_entropy(logits: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Σ_j CE(logits[j], labels[:, j]): one row of logits (N, size_j) per label attribute, labels
+    (N, K) int64, each term averaged over the batch."""
+    return sum(F.cross_entropy(lg, labels[:, j]) for j, lg in enumerate(logits))  # type: ignore[return-value]
