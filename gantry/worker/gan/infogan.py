@@ -76,6 +76,19 @@ class CodedLatents:
                 parts.append(F.one_hot(rows[:, j], size).to(z.dtype))
         return torch.cat(parts, dim=1).view(n, *self.latent_shape)
 
+    def with_labels(self, z: torch.Tensor, values: dict[int, int]) -> torch.Tensor:
+        """A copy of latents z (n, *latent_shape) whose label codes are set where `values` says:
+        {position among the label attributes: value index}; everything else as drawn."""
+        z = z.clone()
+        flat = z.view(len(z), -1)  # a view: writing the codes writes z
+        start = self.nz + sum(self.codes)
+        for j, size in enumerate(self.label_sizes):
+            if j in values:
+                flat[:, start : start + size] = 0.0
+                flat[:, start + values[j]] = 1.0
+            start += size
+        return z
+
 
 class InfoHead(nn.Module):
     """Q: D's last hidden features (N, ...) -> one row of logits per code, and the InfoGAN loss.

@@ -117,7 +117,10 @@ def load_decoder(checkpoint: bytes, *, device: torch.device | str | None = None)
     with torch.random.fork_rng(devices=[]):  # building draws init weights; keep the caller's RNG
         built = build_model(load_train_spec(state["spec"]), channels=state["channels"], device=device)
     built.G.load_state_dict(generator_weights(state))
-    return LatentDecoder(model, built.G, built.latent_shape, device, built.sample_latents)
+    # InfoGAN's and AC-GAN's coded latents where the model has them (they know where each code sits).
+    return LatentDecoder(
+        model, built.G, built.latent_shape, device, built.latent_sampler or built.sample_latents
+    )
 
 
 def interpolate(

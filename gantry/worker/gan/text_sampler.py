@@ -12,17 +12,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.label_prompts import parse_label_prompt
-from gantry.jobs.specs import BUILTIN_LABELS, LABEL_PROMPT_MODELS
+from gantry.jobs.specs import LABEL_PROMPT_MODELS
 from gantry.worker.gan.checkpoint import load_checkpoint
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.images import png_bytes
+from gantry.worker.gan.infogan import CodedLatents
 from gantry.worker.gan.sampler import SampleResult, default_device, generate
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,14 @@ def sample_prompts(
         from gantry.worker.gan.latent import load_decoder
 
         decoder = load_decoder(checkpoint, device=device)
-        z = decoder.sample(count, torch.Generator().manual_seed(seed))
-        spec = state["spec"]
+        latents = decoder.sample
+        assert isinstance(latents, CodedLatents), "a dcgan with labels draws coded latents"
+        z = latents(count, torch.Generator().manual_seed(seed))
+        dataset, labels = state["spec"]["dataset"], list(state["spec"]["options"]["labels"])
 
         def draw(i: int, prompt: str) -> np.ndarray:
-            return decoder.decode(
-                with_labels(z, spec, parse_label_prompt(prompt, spec["dataset"], spec["options"]["labels"]))
-            )
+            chosen = parse_label_prompt(prompt, dataset, labels)
+            return decoder.decode(latents.with_labels(z, {labels.index(n): v for n, v in chosen.items()}))
 
     else:
         raise InvalidInput(
@@ -95,20 +96,3 @@ def sample_prompts(
         grid=labelled_rows(rows, columns=min(count, GRID_COLUMNS)),
         extra={"prompts.json": json.dumps(index, indent=1).encode()},
     )
-
-
-def with_labels(z: torch.Tensor, spec: dict[str, Any], chosen: dict[str, int]) -> torch.Tensor:
-    """Latents z (N, nz + Σ codes, ...) of a dcgan trained with `labels`, with the label codes that
-    `chosen` ({attribute: value index}) names set to those values; the rest unchanged."""
-    options = spec["options"]
-    labels = list(options["labels"])
-    sizes = [len(BUILTIN_LABELS[spec["dataset"]][name]) for name in labels]
-    start = int(options["nz"]) + sum(options.get("latent_codes") or ())
-    z = z.clone()
-    flat = z.view(len(z), -1)  # the codes of a (N, C, 1, 1) latent, in place
-    for name, size in zip(labels, sizes, strict=True):
-        if name in chosen:
-            flat[:, start : start + size] = 0.0
-            flat[:, start + chosen[name]] = 1.0
-        start += size
-    return z
