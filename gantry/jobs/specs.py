@@ -287,6 +287,14 @@ class Text2ImgOptions(ConvGANOptions, LatentCodes, LabelConditioning):
         description="weight of the mode-seeking term (Mao et al. 2019): G makes two images per caption "
         "and is penalised when they differ less than their z do (0: off; the paper uses 1)",
     )
+    cond_aug: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="conditioning augmentation (StackGAN, Zhang et al. 2017): G sees its text as a "
+        "Gaussian around the caption's embedding, its noise drawn from z, and pays this weight times "
+        "the Gaussian's KL divergence from N(0, I) (0: off; the paper uses 1-2)",
+    )
 
 
 class Text2ImgTrainSpec(TrainSpecBase):

@@ -87,9 +87,9 @@ class _TinyG(torch.nn.Module):
 class _TinyD(torch.nn.Module):
     """Scores an image with a text: can learn whether the image's mean colour agrees with phi."""
 
-    def __init__(self) -> None:
+    def __init__(self, text_dim: int = 2) -> None:
         super().__init__()
-        self.bilinear = torch.nn.Bilinear(3, 2, 1)
+        self.bilinear = torch.nn.Bilinear(3, text_dim, 1)
 
     def forward(self, x: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
         return self.bilinear(x.mean((2, 3)), phi).view(-1)
@@ -153,6 +153,32 @@ def _spread_over_z_after_training(mode_seeking: float) -> float:
 def test_mode_seeking_makes_g_vary_its_images_with_z_for_the_same_caption() -> None:
     plain, seeking = _spread_over_z_after_training(0.0), _spread_over_z_after_training(1.0)
     assert seeking > 3 * plain
+
+
+def test_conditioning_augmentation_draws_the_text_around_its_embedding_from_z() -> None:
+    torch.manual_seed(0)
+    sizes = {"nz": 8, "ngf": 8, "channels": 3, "image_size": 16, "text_dim": 12, "embed_dim": 4}
+    G = Generator(**sizes, cond_aug=True)
+    assert G.augment is not None
+    phi, z = torch.rand(1, 12).expand(64, -1), torch.randn(64, 8, 1, 1)
+    with torch.no_grad():
+        c = G.augment(phi, z)
+        mu, logvar = G.augment.moments(phi[:1])
+    # One caption, 64 z: draws spread around μ by about σ, and the same z gives the same draw.
+    assert torch.allclose(c.mean(0), mu[0], atol=4 * float(logvar.exp().sqrt().max()) / 8)
+    assert torch.allclose(c.std(0), (0.5 * logvar[0]).exp(), rtol=0.35)
+    assert torch.equal(G.augment(phi, z), c)
+    # Its KL term, in G's loss, pulls the caption's Gaussian toward N(0, I).
+    loss = GANCLSLoss(G, _TinyD(text_dim=12), cond_aug=100.0)  # type: ignore[arg-type]
+    opt = torch.optim.Adam(G.augment.parameters(), lr=0.01)
+    batch = Minibatch(real=torch.zeros(4, 3, 2, 2), z=torch.randn(4, 8, 1, 1), cond=torch.rand(4, 12))
+    first = None
+    for _ in range(50):
+        opt.zero_grad()
+        stats = loss.accumulate_gradients("G", batch)
+        opt.step()
+        first = first if first is not None else float(stats["loss_G_kl"])
+    assert float(stats["loss_G_kl"]) < first / 4
 
 
 # --- the spec ------------------------------------------------------------------------------------
@@ -246,6 +272,14 @@ def test_sample_prompts_makes_count_images_per_prompt_and_a_labelled_grid(text2i
     again = sample_prompts(text2img_checkpoint, prompts=prompts, count=3, seed=5, device="cpu")
     assert again.images == result.images
     assert result.images[0] != result.images[3]
+
+
+def test_a_conditioning_augmented_generator_samples_the_same_images_for_the_same_seed() -> None:
+    _, checkpoint = _tiny_text2img(cond_aug=1.0)
+    assert "G.augment.noise_map" in "".join(f"G.{k}" for k in load_checkpoint(checkpoint)["G"])
+    first = sample_prompts(checkpoint, prompts=["a red circle"], count=4, seed=3, device="cpu")
+    again = sample_prompts(checkpoint, prompts=["a red circle"], count=4, seed=3, device="cpu")
+    assert first.images == again.images and len(set(first.images)) == 4
 
 
 def test_a_prompt_with_no_known_word_is_an_input_error(text2img_checkpoint: bytes) -> None:

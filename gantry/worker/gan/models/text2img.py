@@ -24,7 +24,11 @@ A conditional G tends to ignore z and draw one image per caption: "a red circle"
 size, in the same place. `mode_seeking=λ` adds the mode-seeking term of MSGAN (Mao et al. 2019, arXiv
 1903.05628, eq. 3): G draws a second image for each caption from another z and pays λ / (d_I / d_z),
 where d_I and d_z are the mean absolute differences of the two images and of the two z. It costs one
-more G pass a step and leaves D alone.
+more G pass a step and leaves D alone. `cond_aug=λ` (StackGAN's conditioning augmentation, Zhang et
+al. 2017, arXiv 1612.03242) attacks the same collapse from the text's side: G sees a draw around the
+caption's embedding, with its noise taken from z, so nearby captions ("a red circle", "a large red
+circle at the top") overlap and z must choose among what they name; λ weighs the KL term that keeps
+the draws wide.
 
 Captions, encoder fitting and the mismatched text all happen in the model's minibatch maker; the
 fitted encoder travels in the checkpoint (`extra_state`), so sampling needs nothing else.
@@ -81,6 +85,38 @@ class TextProjection(nn.Module):
         return self.act(self.fc(phi))
 
 
+class ConditioningAugmentation(nn.Module):
+    """StackGAN's conditioning augmentation (Zhang et al. 2017, arXiv 1612.03242, §3.1): φ(t) (N, E) ->
+    c = μ(φ) + σ(φ) ε (N, embed_dim), a draw from a Gaussian around the caption's embedding, so that
+    G sees a neighbourhood of each caption rather than one point.
+
+    The paper draws ε afresh; here ε is a fixed random linear map of z (each component ~ N(0, 1) for
+    z ~ N(0, I)), so that the same seed still gives the same image and latent walks move ε with z."""
+
+    def __init__(self, text_dim: int, embed_dim: int, nz: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(text_dim, 2 * embed_dim)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+        # (nz, embed_dim), N(0, 1/nz): a buffer, so checkpoints carry it; the same for every run.
+        mix = torch.randn(nz, embed_dim, generator=torch.Generator().manual_seed(0)) / nz**0.5
+        self.register_buffer("noise_map", mix)
+
+    def moments(self, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log σ²), each (N, embed_dim)."""
+        mu, logvar = self.act(self.fc(phi)).chunk(2, dim=1)
+        return mu, logvar
+
+    def forward(self, phi: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        mu, logvar = self.moments(phi)
+        eps = z.flatten(1) @ self.noise_map.to(z.dtype)  # type: ignore[operator]
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def kl(self, phi: torch.Tensor) -> torch.Tensor:
+        """KL(N(μ, σ²) || N(0, I)), averaged over the batch and the dimensions (as StackGAN's code)."""
+        mu, logvar = self.moments(phi)
+        return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
+
+
 class Generator(nn.Module):
     """G(z, φ(t)): z (N, nz, 1, 1) and φ(t) (N, E) -> images (N, channels, S, S) in [-1, 1]."""
 
@@ -94,15 +130,18 @@ class Generator(nn.Module):
         text_dim: int,
         embed_dim: int,
         upsample: str = "transposed",
+        cond_aug: bool = False,
     ) -> None:
         super().__init__()
-        self.project = TextProjection(text_dim, embed_dim)
+        self.project: TextProjection | None = None if cond_aug else TextProjection(text_dim, embed_dim)
+        self.augment = ConditioningAugmentation(text_dim, embed_dim, nz) if cond_aug else None
         self.body = DCGANGenerator(
             nz=nz + embed_dim, ngf=ngf, channels=channels, image_size=image_size, upsample=upsample
         )
 
     def forward(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        h = self.project(phi)  # (N, embed_dim)
+        # (N, embed_dim): the paper's projection, or a draw around it (`cond_aug`)
+        h = self.augment(phi, z) if self.augment is not None else self.project(phi)  # type: ignore[misc]
         return self.body(torch.cat([z, h[:, :, None, None]], dim=1))  # input (N, nz + embed_dim, 1, 1)
 
 
@@ -151,6 +190,7 @@ class GANCLSLoss:
         *,
         gan_int: bool = False,
         mode_seeking: float = 0.0,
+        cond_aug: float = 0.0,
         info: InfoHead | None = None,
         label_head: LabelHead | None = None,
     ) -> None:
@@ -158,6 +198,7 @@ class GANCLSLoss:
         self.D = D
         self.gan_int = gan_int
         self.mode_seeking = mode_seeking
+        self.cond_aug = cond_aug
         self.info = info  # InfoGAN's code head (`latent_codes`): read from the image features alone
         self.label_head = label_head  # TAC-GAN's classifier (`labels`): from the image features too
         self._fake: tuple[Minibatch, torch.Tensor] | None = None  # (batch, G(z, h)) from the last phase D
@@ -240,6 +281,11 @@ class GANCLSLoss:
                 loss_ms = self.mode_seeking / (d_image / d_z + MODE_SEEKING_EPS)
                 loss_G = loss_G + loss_ms
                 stats["loss_G_mode_seeking"] = loss_ms.detach()
+            if self.cond_aug:  # StackGAN: keep the text's Gaussians near N(0, I)
+                assert self.G.augment is not None, "cond_aug needs a G built with it"
+                loss_kl = self.G.augment.kl(h)
+                loss_G = loss_G + self.cond_aug * loss_kl
+                stats["loss_G_kl"] = loss_kl.detach()
             loss_G.backward()
             return {"loss_G": loss_G.detach(), **stats}
         raise ValueError(f"unknown phase {phase!r}; expected 'D' or 'G'")
@@ -318,7 +364,13 @@ def _networks(spec: Text2ImgTrainSpec, channels: int) -> tuple[Generator, Discri
         "embed_dim": opts.embed_dim,
     }
     return (
-        Generator(nz=coded_latents(spec).latent_shape[0], ngf=opts.ngf, upsample=opts.upsample, **sizes),
+        Generator(
+            nz=coded_latents(spec).latent_shape[0],
+            ngf=opts.ngf,
+            upsample=opts.upsample,
+            cond_aug=opts.cond_aug > 0,
+            **sizes,
+        ),
         Discriminator(ndf=opts.ndf, **sizes),
     )
 
@@ -347,7 +399,13 @@ def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GA
         opt_G=opt_G,
         opt_D=opt_D,
         loss=GANCLSLoss(
-            G, D, gan_int=opts.gan_int, mode_seeking=opts.mode_seeking, info=info, label_head=label_head
+            G,
+            D,
+            gan_int=opts.gan_int,
+            mode_seeking=opts.mode_seeking,
+            cond_aug=opts.cond_aug,
+            info=info,
+            label_head=label_head,
         ),
         latent_shape=batches.latents.latent_shape,
         latent_sampler=batches.latents,
