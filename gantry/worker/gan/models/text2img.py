@@ -140,8 +140,11 @@ class Generator(nn.Module):
         )
 
     def forward(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        # (N, embed_dim): the paper's projection, or a draw around it (`cond_aug`)
-        h = self.augment(phi, z) if self.augment is not None else self.project(phi)  # type: ignore[misc]
+        if self.augment is not None:  # (N, embed_dim): a draw around the paper's projection (`cond_aug`)
+            h = self.augment(phi, z)
+        else:
+            assert self.project is not None
+            h = self.project(phi)  # (N, embed_dim): the paper's projection
         return self.body(torch.cat([z, h[:, :, None, None]], dim=1))  # input (N, nz + embed_dim, 1, 1)
 
 
