@@ -28,7 +28,7 @@ more G pass a step and leaves D alone. `cond_aug=λ` (StackGAN's conditioning au
 al. 2017, arXiv 1612.03242) attacks the same collapse from the text's side: G sees a draw around the
 caption's embedding, with its noise taken from z, so nearby captions ("a red circle", "a large red
 circle at the top") overlap and z must choose among what they name; λ weighs the KL term that keeps
-the draws wide.
+the draws wide (on `shapes` at λ = 1, for the first 10,000 steps or so: bench/RESULTS.md).
 
 Captions, encoder fitting and the mismatched text all happen in the model's minibatch maker; the
 fitted encoder travels in the checkpoint (`extra_state`), so sampling needs nothing else.
