@@ -19,7 +19,9 @@ from gantry.jobs.settings import Settings
 # from about 0.14 to 0.25 at the same steps; many small steps (batch 16) at lr 1e-3, far above
 # the paper's 2e-4; one-sided label smoothing 0.9, kept from the earlier demo (within noise); and
 # G conditioned on the data set's five labels (AC-GAN, `labels`; D's head learns them from the
-# real images), which took validity from about 0.41 (unsupervised InfoGAN codes) to about 0.8.
+# real images), which took validity from about 0.41 (unsupervised InfoGAN codes) to about 0.8;
+# and samples drawn from an average of G's weights (`ema`), which took it from 0.79 to 0.88
+# (the same four runs with and without the average).
 DEMO_TRAIN = {
     "dataset": "shapes",
     "image_size": 32,
@@ -38,6 +40,7 @@ DEMO_OPTIONS = {
     "upsample": "nearest",
     "labels": "shape,colour,size,position,background",
     "precision": "auto",  # bf16 on a CPU with native bfloat16: about 20% less time, same quality
+    "ema": "0.999",
 }
 
 
