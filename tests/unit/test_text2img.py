@@ -276,7 +276,7 @@ def test_sample_prompts_makes_count_images_per_prompt_and_a_labelled_grid(text2i
 
 def test_a_conditioning_augmented_generator_samples_the_same_images_for_the_same_seed() -> None:
     _, checkpoint = _tiny_text2img(cond_aug=1.0)
-    assert "G.augment.noise_map" in "".join(f"G.{k}" for k in load_checkpoint(checkpoint)["G"])
+    assert "augment.noise_map" in load_checkpoint(checkpoint)["G"]  # the checkpoint carries ε's map
     first = sample_prompts(checkpoint, prompts=["a red circle"], count=4, seed=3, device="cpu")
     again = sample_prompts(checkpoint, prompts=["a red circle"], count=4, seed=3, device="cpu")
     assert first.images == again.images and len(set(first.images)) == 4
