@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.improved_specs import POINT_DATASETS, ImprovedTechniques
@@ -295,6 +295,21 @@ class Text2ImgOptions(ConvGANOptions, LatentCodes, LabelConditioning):
         "Gaussian around the caption's embedding, its noise drawn from z, and pays this weight times "
         "the Gaussian's KL divergence from N(0, I) (0: off; the paper uses 1-2)",
     )
+    free_label_codes: bool = Field(
+        False,
+        description="with labels: z carries a one-hot code for each labelled attribute a caption may leave free "
+        "(size, position, background on shapes); where the caption leaves it free, G's classifier term asks for "
+        "the code's value (as AC-GAN's labels), so z picks it",
+    )
+
+    @field_validator("free_label_codes")
+    @classmethod
+    def _codes_need_labels(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("labels"):
+            raise ValueError("free_label_codes needs labels, e.g. labels=shape,colour,size,position")
+        if value and info.data.get("latent_codes"):
+            raise ValueError("free_label_codes cannot be combined with latent_codes")
+        return value
 
 
 class Text2ImgTrainSpec(TrainSpecBase):

@@ -294,3 +294,68 @@ def test_text2img_learns_the_labels_with_an_auxiliary_classifier() -> None:
     assert torch.equal(grads[0], grads[1])
     assert all(st["loss_labels"] > 0 and st["loss_labels_G"] > 0 for st in stats)
     assert stats[0]["loss_labels_G"] != stats[1]["loss_labels_G"]  # G's term reads its own images
+
+
+def _text2img_spec(**options: Any) -> Any:
+    return parse_train_spec(
+        "text2img",
+        {"dataset": "shapes", "image_size": 16, "batch_size": 32, "steps": 2, "checkpoint_every": 2},
+        {"nz": NZ, "ngf": 8, "ndf": 8, "embed_dim": 8, "vocab_size": 64, **options},
+    )
+
+
+def test_text2img_holds_g_to_the_labels_its_caption_names_only() -> None:
+    """With labels a caption can leave free (size, position), G's classifier term covers only what
+    its caption names: "a red circle" asks for no size, so which size its real image had is no
+    business of G's image."""
+    s = _text2img_spec(labels="shape,colour,size,position")
+    data = shapes.generate(16, seed=0, count=256)
+    torch.manual_seed(0)
+    m = build_model(s, channels=3, device=CPU)
+    assert m.make_batch is not None
+    batch = m.make_batch(data, 32, torch.Generator().manual_seed(0), CPU)
+    assert batch.named is not None and batch.labels is not None
+    short = ~batch.named[:, 2]  # captions naming no size: the short ones, which name no position either
+    assert 0 < int(short.sum()) < 32 and torch.equal(short, ~batch.named[:, 3])
+    assert batch.named[:, :2].all()
+    m.D.requires_grad_(False)
+    first = m.loss.accumulate_gradients("G", batch)["loss_labels_G"]
+    other = batch.labels.clone()
+    other[short, 2:] = (other[short, 2:] + 1) % torch.tensor([2, 9])  # other sizes and places, free rows
+    batch.labels = other
+    assert m.loss.accumulate_gradients("G", batch)["loss_labels_G"] == first
+    other[~short, 3] = (other[~short, 3] + 1) % 9  # a named place changed: G's term sees it
+    assert m.loss.accumulate_gradients("G", batch)["loss_labels_G"] != first
+
+
+def test_free_label_codes_ask_g_for_the_code_where_the_caption_is_silent() -> None:
+    """`free_label_codes`: z carries one-hot size and position codes; G is asked for the caption's
+    size and position where it names them, and for the codes' where it leaves them free."""
+    s = _text2img_spec(labels="shape,colour,size,position", free_label_codes=True)
+    data = shapes.generate(16, seed=0, count=256)
+    m = build_model(s, channels=3, device=CPU)
+    assert m.make_batch is not None and m.latent_shape[0] == NZ + 2 + 9
+    batch = m.make_batch(data, 32, torch.Generator().manual_seed(0), CPU)
+    assert batch.named is not None and batch.labels is not None
+    codes = batch.z.flatten(1)[:, NZ:]
+    size_code, place_code = codes[:, :2].argmax(1), codes[:, 2:].argmax(1)
+    assert torch.equal(codes.sum(1), torch.full((32,), 2.0))  # one-hot, one per attribute
+    targets, counted = m.loss._g_targets(batch)
+    short = ~batch.named[:, 2]
+    assert counted is None and 0 < int(short.sum()) < 32
+    assert torch.equal(targets[short, 2], size_code[short]) and torch.equal(
+        targets[short, 3], place_code[short]
+    )
+    assert torch.equal(targets[~short], batch.labels[~short])
+
+
+def test_free_label_codes_need_labels_a_caption_can_leave_free() -> None:
+    with pytest.raises(InvalidInput, match="needs labels") as info:
+        _text2img_spec(free_label_codes=True)
+    assert info.value.field == "set.free_label_codes"
+    with pytest.raises(InvalidInput, match="cannot be combined with latent_codes"):
+        _text2img_spec(labels="size", latent_codes="3", free_label_codes=True)
+    m = build_model(_text2img_spec(labels="shape,colour", free_label_codes=True), channels=3, device=CPU)
+    assert m.make_batch is not None
+    with pytest.raises(InvalidInput, match="none of shape,colour is left free by a caption"):
+        m.make_batch(shapes.generate(16, seed=0, count=64), 8, torch.Generator().manual_seed(0), CPU)

@@ -120,6 +120,37 @@ def test_shapes_captions_name_colour_shape_and_size(sample64: ImageData) -> None
     )
 
 
+def test_shapes_knows_which_attributes_a_caption_names() -> None:
+    names = list(shapes.ATTRIBUTES)  # shape, colour, size, position, background
+    named = shapes.named_attributes(
+        [
+            "a red circle",
+            "a small red circle in the top left",
+            "top-left: little red disc",
+            "large magenta square, middle right, grey background",
+            "there is a big blue plus sign at the bottom centre",
+        ],
+        names,
+    )
+    assert named.tolist() == [
+        [True, True, False, False, False],
+        [True, True, True, True, False],
+        [True, True, True, True, False],
+        [True, True, True, True, True],
+        [True, True, True, True, False],
+    ]
+    # Over a whole split: every caption names shape and colour; the short phrasing (one in seven)
+    # leaves size and position out together.
+    data = shapes.generate(8, seed=0, count=700)
+    assert data.captions is not None
+    every = shapes.named_attributes(data.captions, names)
+    assert every[:, :2].all() and (every[:, 2] == every[:, 3]).all()
+    assert 0.1 < 1 - every[:, 2].mean() < 0.2
+    assert set(shapes.LEFT_FREE) == {
+        name for name, column in zip(names, every.T, strict=True) if not column.all()
+    }
+
+
 def test_held_out_combinations_are_only_in_test() -> None:
     train = shapes.generate(8, seed=3)
     test = shapes.generate(8, seed=3, split="test")

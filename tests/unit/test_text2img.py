@@ -16,6 +16,7 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import Text2ImgOptions, Text2ImgTrainSpec, parse_sample_spec, parse_train_spec
 from gantry.worker.data import ImageData, shapes
 from gantry.worker.gan.checkpoint import load_checkpoint
+from gantry.worker.gan.latent import interpolate
 from gantry.worker.gan.loop import Callbacks, train
 from gantry.worker.gan.losses import Minibatch
 from gantry.worker.gan.models.text2img import GANCLSLoss, Generator, mismatched
@@ -286,3 +287,13 @@ def test_a_prompt_with_no_known_word_is_an_input_error(text2img_checkpoint: byte
     with pytest.raises(InvalidInput) as info:
         sample_prompts(text2img_checkpoint, prompts=["zebra quokka"], count=1, seed=0, device="cpu")
     assert info.value.field == "prompts" and "zebra quokka" in info.value.message
+
+
+def test_a_generator_with_free_label_codes_samples_prompts_and_walks() -> None:
+    """The codes travel with the checkpoint: prompt samples and walks draw latents of z and codes."""
+    _, checkpoint = _tiny_text2img(labels=("shape", "colour", "size", "position"), free_label_codes=True)
+    result = sample_prompts(checkpoint, prompts=["a red circle"], count=4, seed=5, device="cpu")
+    again = sample_prompts(checkpoint, prompts=["a red circle"], count=4, seed=5, device="cpu")
+    assert len(result.images) == 4 and result.images == again.images
+    walk = interpolate(checkpoint, seed_a=1, seed_b=2, frames=4, prompts=["a red circle"], device="cpu")
+    assert len(walk.images) == 4

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import Sequence
 from typing import Final
 
@@ -119,6 +120,22 @@ _TEMPLATES: Final = (
     "{article} {colour} {shape}",
 )
 CAPTION_VARIANTS: Final = len(_TEMPLATES) * 3 * 2 * 3  # templates x size x shape x position words
+# The attributes some phrasings leave out ("a red circle"); every caption names shape and colour.
+LEFT_FREE: Final = ("size", "position", "background")
+# attribute -> the caption words that name a value of it (`named_attributes`).
+_NAMING_WORDS: Final = {
+    "shape": {w for words in SHAPE_WORDS.values() for phrase in words for w in phrase.split()} - {"sign"},
+    "colour": set(COLOURS),
+    "size": {w for words in SIZE_WORDS.values() for w in words},
+    "position": {
+        w
+        for phrases in (*_WHERE.values(), *_PLACE.values())
+        for phrase in phrases
+        for w in re.findall(r"[a-z]+", phrase)
+    }
+    - {"in", "the", "at", "on", "corner", "edge"},
+    "background": set(BACKGROUNDS),
+}
 
 
 def caption(shape: str, colour: str, size: str, position: str, background: str, *, variant: int = 0) -> str:
@@ -136,6 +153,18 @@ def caption(shape: str, colour: str, size: str, position: str, background: str, 
         place=place[k // 6 % 3 % len(place)],
         background=background,
         article="an" if colour[:1] in "aeiou" else "a",
+    )
+
+
+def named_attributes(captions: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """bool (N, K): whether each caption names a value of each attribute in `names` ("a red circle"
+    names shape and colour and leaves size, position and background free)."""
+    words = [set(re.findall(r"[a-z]+", text.lower())) for text in captions]
+    for name in names:
+        if name not in _NAMING_WORDS:
+            raise ValueError(f"unknown attribute {name!r}; choose one of {', '.join(_NAMING_WORDS)}")
+    return np.array([[bool(w & _NAMING_WORDS[name]) for name in names] for w in words], dtype=bool).reshape(
+        len(words), len(names)
     )
 
 

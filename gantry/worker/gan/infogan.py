@@ -143,10 +143,24 @@ class LabelHead(nn.Module):
         self.sizes, self.weight = tuple(sizes), weight
         self.fc = nn.Linear(in_features, sum(self.sizes))
 
-    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """λ Σ_j CE(head_j(features), labels[:, j]), labels (N, K) int64, averaged over the batch."""
-        logits = self.fc(features.flatten(1)).split(self.sizes, dim=1)
-        return self.weight * label_cross_entropy(logits, labels)
+    def logits(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One row of logits (N, size_j) per label attribute."""
+        return self.fc(features.flatten(1)).split(self.sizes, dim=1)
+
+    def loss(
+        self, features: torch.Tensor, labels: torch.Tensor, named: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """λ Σ_j CE(head_j(features), labels[:, j]), labels (N, K) int64, averaged over the batch;
+        with `named` (N, K) bool, each attribute's term over the rows that name it only."""
+        logits = self.logits(features)
+        if named is None:
+            return self.weight * label_cross_entropy(logits, labels)
+        total = torch.zeros((), device=features.device)
+        for j, lg in enumerate(logits):
+            rows = named[:, j]
+            if rows.any():
+                total = total + F.cross_entropy(lg[rows], labels[rows, j])
+        return self.weight * total
 
 
 def label_cross_entropy(logits: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,9 @@ class Minibatch:
     cond: torch.Tensor | None = None
     # The real images' class labels (N, K) int64, where a model learns them (AC-GAN's `labels`).
     labels: torch.Tensor | None = None
+    # Which of those label attributes each real image's caption names (N, K) bool (text2img on
+    # `shapes`); None: all of them. G is held to the named ones only.
+    named: torch.Tensor | None = None
 
 
 class GANLoss(Protocol):

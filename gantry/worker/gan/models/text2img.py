@@ -30,6 +30,12 @@ caption's embedding, with its noise taken from z, so nearby captions ("a red cir
 circle at the top") overlap and z must choose among what they name; λ weighs the KL term that keeps
 the draws wide (on `shapes` at λ = 1, for the first 10,000 steps or so: bench/RESULTS.md).
 
+With `labels` (TAC-GAN's classifier on D), G is held to the labels its caption names: "a red circle"
+asks for no size, so the size of the image the caption came from does not count. `free_label_codes`
+gives z a one-hot code for each labelled attribute a caption may leave free (size, position and
+background on `shapes`), and asks G for the code's value where the caption is silent: z then
+decides a short prompt's layout, as AC-GAN's label codes decide a labelled dcgan's.
+
 Captions, encoder fitting and the mismatched text all happen in the model's minibatch maker; the
 fitted encoder travels in the checkpoint (`extra_state`), so sampling needs nothing else.
 """
@@ -45,6 +51,7 @@ from torch import nn
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import BUILTIN_LABELS, Text2ImgTrainSpec, load_train_spec
+from gantry.worker.data import label_space, shapes
 from gantry.worker.gan.checkpoint import generator_weights
 from gantry.worker.gan.infogan import CodedLatents, InfoHead, LabelHead
 from gantry.worker.gan.losses import Minibatch, Phase
@@ -63,9 +70,26 @@ INT_BETA = (
 EXAMPLE_CAPTIONS = 8  # training captions kept in the checkpoint: the default text of latent walks
 
 
+def free_code_labels(spec: Text2ImgTrainSpec) -> tuple[str, ...]:
+    """`free_label_codes`: the label attributes that z carries a code for (those captions may leave free)."""
+    opts = spec.options
+    if not opts.free_label_codes:
+        return ()
+    return tuple(name for name in opts.labels if name in shapes.LEFT_FREE)
+
+
 def coded_latents(spec: Text2ImgTrainSpec) -> CodedLatents:
-    """How G's latents are drawn: z ~ N(0, I), then InfoGAN's one-hot codes where `latent_codes` asks."""
-    return CodedLatents(spec.options.nz, spec.options.latent_codes)
+    """How G's latents are drawn: z ~ N(0, I), then InfoGAN's one-hot codes where `latent_codes` asks,
+    then a code per attribute of `free_code_labels`, drawn over the combinations the data has."""
+    names = free_code_labels(spec)
+    if not names:
+        return CodedLatents(spec.options.nz, spec.options.latent_codes)
+    return CodedLatents(
+        spec.options.nz,
+        spec.options.latent_codes,
+        label_sizes=[len(BUILTIN_LABELS[spec.dataset][name]) for name in names],
+        label_rows=torch.from_numpy(label_space(spec.dataset, names)),
+    )
 
 
 def text_dim(spec: Text2ImgTrainSpec) -> int:
@@ -194,6 +218,7 @@ class GANCLSLoss:
         gan_int: bool = False,
         mode_seeking: float = 0.0,
         cond_aug: float = 0.0,
+        free_codes: tuple[CodedLatents, tuple[int, ...]] | None = None,
         info: InfoHead | None = None,
         label_head: LabelHead | None = None,
     ) -> None:
@@ -202,6 +227,8 @@ class GANCLSLoss:
         self.gan_int = gan_int
         self.mode_seeking = mode_seeking
         self.cond_aug = cond_aug
+        # free_label_codes: how latents are laid out, and which label columns their label codes stand for
+        self.free_codes = free_codes
         self.info = info  # InfoGAN's code head (`latent_codes`): read from the image features alone
         self.label_head = label_head  # TAC-GAN's classifier (`labels`): from the image features too
         self._fake: tuple[Minibatch, torch.Tensor] | None = None  # (batch, G(z, h)) from the last phase D
@@ -212,6 +239,20 @@ class GANCLSLoss:
             return self.D(x, h), None
         f = self.D.features(x)
         return self.D.judge(f, h), f
+
+    def _g_targets(self, batch: Minibatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The labels G's images must show, and which of them count: the caption's where it names them;
+        with free_label_codes, z's codes where it leaves them free (every row counts then)."""
+        assert batch.labels is not None
+        if self.free_codes is None or batch.named is None:
+            return batch.labels, batch.named
+        latents, columns = self.free_codes
+        flat = batch.z.flatten(1)[:, latents.nz + sum(latents.codes) :]
+        targets = batch.labels.clone()
+        for column, code in zip(columns, flat.split(latents.label_sizes, dim=1), strict=True):
+            named = batch.named[:, column]
+            targets[:, column] = torch.where(named, targets[:, column], code.argmax(1))
+        return targets, None
 
     def accumulate_gradients(self, phase: Phase, batch: Minibatch) -> dict[str, torch.Tensor]:
         h = batch.cond  # φ(t) of each real image's caption, (N, E)
@@ -262,9 +303,9 @@ class GANCLSLoss:
             if self.info is not None:
                 assert f_fake is not None
                 loss_G = loss_G + self.info.loss(f_fake, batch.z)
-            if self.label_head is not None:  # G's image must show the labels of its caption's image
+            if self.label_head is not None:  # G draws the labels its caption names (and the codes, the rest)
                 assert f_fake is not None and batch.labels is not None
-                loss_labels_G = self.label_head.loss(f_fake, batch.labels)
+                loss_labels_G = self.label_head.loss(f_fake, *self._g_targets(batch))
                 loss_G = loss_G + loss_labels_G
                 stats["loss_labels_G"] = loss_labels_G.detach()
             if self.gan_int:
@@ -309,6 +350,7 @@ class CaptionBatches:
         self._x: torch.Tensor | None = None  # (N, C, H, W) in [-1, 1]
         self._phi: torch.Tensor | None = None  # (N, E)
         self._labels: torch.Tensor | None = None  # (N, K): the label attributes TAC-GAN's head learns
+        self._named: torch.Tensor | None = None  # (N, K) bool: which of them each caption names
 
     def _prepare(self, data: Any, device: torch.device) -> None:
         from gantry.worker.gan.loop import images_to_tensor, label_columns
@@ -331,6 +373,15 @@ class CaptionBatches:
         self._x = images_to_tensor(data.images, device)
         if opts.labels:
             self._labels = label_columns(data, opts.labels).to(device)
+            if self.spec.dataset == "shapes":
+                named = shapes.named_attributes(data.captions, opts.labels)
+                self._named = torch.from_numpy(named).to(device)
+            if opts.free_label_codes and not free_code_labels(self.spec):
+                raise InvalidInput(
+                    "set.free_label_codes",
+                    f"none of {','.join(opts.labels)} is left free by a caption; "
+                    f"add one of {', '.join(shapes.LEFT_FREE)} to labels",
+                )
         self.examples = list(data.captions[:EXAMPLE_CAPTIONS])
         log.info(
             "text2img: %d images, %d distinct captions, %s encoder (E=%d)",
@@ -350,7 +401,10 @@ class CaptionBatches:
         index = torch.randint(len(self._x), (batch_size,), generator=generator).to(device)
         z = self.latents(batch_size, generator)
         labels = self._labels[index] if self._labels is not None else None
-        return Minibatch(real=self._x[index], z=z.to(device), cond=self._phi[index], labels=labels)
+        named = self._named[index] if self._named is not None else None
+        return Minibatch(
+            real=self._x[index], z=z.to(device), cond=self._phi[index], labels=labels, named=named
+        )
 
     def state(self) -> dict[str, Any]:
         if self.encoder is None:
@@ -407,6 +461,11 @@ def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GA
             gan_int=opts.gan_int,
             mode_seeking=opts.mode_seeking,
             cond_aug=opts.cond_aug,
+            free_codes=(
+                (batches.latents, tuple(opts.labels.index(name) for name in free_code_labels(spec)))
+                if opts.free_label_codes
+                else None
+            ),
             info=info,
             label_head=label_head,
         ),
