@@ -143,27 +143,26 @@ class LabelHead(nn.Module):
         self.sizes, self.weight = tuple(sizes), weight
         self.fc = nn.Linear(in_features, sum(self.sizes))
 
-    def logits(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """One row of logits (N, size_j) per label attribute."""
-        return self.fc(features.flatten(1)).split(self.sizes, dim=1)
-
     def loss(
         self, features: torch.Tensor, labels: torch.Tensor, named: torch.Tensor | None = None
     ) -> torch.Tensor:
         """λ Σ_j CE(head_j(features), labels[:, j]), labels (N, K) int64, averaged over the batch;
         with `named` (N, K) bool, each attribute's term over the rows that name it only."""
-        logits = self.logits(features)
-        if named is None:
-            return self.weight * label_cross_entropy(logits, labels)
-        total = torch.zeros((), device=features.device)
-        for j, lg in enumerate(logits):
-            rows = named[:, j]
-            if rows.any():
-                total = total + F.cross_entropy(lg[rows], labels[rows, j])
-        return self.weight * total
+        logits = self.fc(features.flatten(1)).split(self.sizes, dim=1)
+        return self.weight * label_cross_entropy(logits, labels, named)
 
 
-def label_cross_entropy(logits: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+def label_cross_entropy(
+    logits: Sequence[torch.Tensor], labels: torch.Tensor, named: torch.Tensor | None = None
+) -> torch.Tensor:
     """Σ_j CE(logits[j], labels[:, j]): one row of logits (N, size_j) per label attribute, labels
-    (N, K) int64, each term averaged over the batch."""
-    return sum(F.cross_entropy(lg, labels[:, j]) for j, lg in enumerate(logits))  # type: ignore[return-value]
+    (N, K) int64, each term averaged over the batch; with `named` (N, K) bool, over the rows where
+    named[:, j] only (no term where no row names attribute j)."""
+    if named is None:
+        return sum(F.cross_entropy(lg, labels[:, j]) for j, lg in enumerate(logits))  # type: ignore[return-value]
+    terms = [
+        F.cross_entropy(lg[named[:, j]], labels[named[:, j], j])
+        for j, lg in enumerate(logits)
+        if named[:, j].any()
+    ]
+    return sum(terms, logits[0].new_zeros(()))
