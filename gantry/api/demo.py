@@ -61,7 +61,7 @@ def run_demo(settings: Settings, out: Console) -> None:
     svc = Service(settings)
 
     out.print(
-        f"[bold]1/2[/bold] training dcgan on shapes at 32x32 for {DEMO_TRAIN['steps']} steps (CPU, 1 to 4 minutes)"
+        f"[bold]1/2[/bold] training dcgan on shapes at 32x32 for {DEMO_TRAIN['steps']} steps (CPU, 1 to 5 minutes)"
     )
     train = _run_embedded(svc, svc.submit_train("dcgan", options=DEMO_OPTIONS, **DEMO_TRAIN), show=True)
     if train.state != "succeeded":
