@@ -76,6 +76,11 @@ class CodedLatents:
                 parts.append(F.one_hot(rows[:, j], size).to(z.dtype))
         return torch.cat(parts, dim=1).view(n, *self.latent_shape)
 
+    def label_values(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """The value index of each label code in latents z (n, *latent_shape): one (n,) tensor each."""
+        flat = z.flatten(1)[:, self.nz + sum(self.codes) :]
+        return [part.argmax(1) for part in flat.split(self.label_sizes, dim=1)]
+
     def with_labels(self, z: torch.Tensor, values: dict[int, int]) -> torch.Tensor:
         """A copy of latents z (n, *latent_shape) whose label codes are set where `values` says:
         {position among the label attributes: value index}; everything else as drawn."""

@@ -247,11 +247,9 @@ class GANCLSLoss:
         if self.free_codes is None or batch.named is None:
             return batch.labels, batch.named
         latents, columns = self.free_codes
-        flat = batch.z.flatten(1)[:, latents.nz + sum(latents.codes) :]
         targets = batch.labels.clone()
-        for column, code in zip(columns, flat.split(latents.label_sizes, dim=1), strict=True):
-            named = batch.named[:, column]
-            targets[:, column] = torch.where(named, targets[:, column], code.argmax(1))
+        for column, value in zip(columns, latents.label_values(batch.z), strict=True):
+            targets[:, column] = torch.where(batch.named[:, column], targets[:, column], value)
         return targets, None
 
     def accumulate_gradients(self, phase: Phase, batch: Minibatch) -> dict[str, torch.Tensor]:
