@@ -277,6 +277,12 @@ class Text2ImgOptions(ConvGANOptions, LatentCodes, LabelConditioning):
     embed_dim: int = Field(
         128, ge=4, le=1024, description="φ(t) projected to this size in G and D (the paper: 128)"
     )
+    generator: Literal["dcgan", "layered"] = Field(
+        "dcgan",
+        description="G's form: dcgan, the paper's; layered (LR-GAN, Yang et al. 2017): a smooth background "
+        "and one object that z and the text scale and place, so latent walks move the object rather than "
+        "fade it (for data of one object on a plain background, as shapes)",
+    )
     gan_int: bool = Field(
         False, description="GAN-INT: G also learns on interpolated text embeddings (paper §4.3)"
     )
@@ -301,6 +307,29 @@ class Text2ImgOptions(ConvGANOptions, LatentCodes, LabelConditioning):
         "(size, position, background on shapes); where the caption leaves it free, G's classifier term asks for "
         "the code's value (as AC-GAN's labels), so z picks it",
     )
+
+    code_words: bool = Field(
+        False,
+        description="with free_label_codes: z's codes also join G's text as the words of their values "
+        '("large", "in the top left") where the caption leaves them free, so they take the path named '
+        "captions teach G, and latent walks cross the text between two codes' words",
+    )
+
+    @field_validator("code_words")
+    @classmethod
+    def _words_need_codes(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("free_label_codes"):
+            raise ValueError("code_words needs free_label_codes=true (and labels with size or position)")
+        return value
+
+    @model_validator(mode="after")
+    def _layered_reads_codes_as_words(self) -> Text2ImgOptions:
+        if self.generator == "layered" and self.free_label_codes and not self.code_words:
+            raise ValueError(
+                "generator=layered with free_label_codes needs code_words=true: the layered G reads the "
+                "codes only as words"
+            )
+        return self
 
     @field_validator("free_label_codes")
     @classmethod

@@ -151,6 +151,19 @@ def test_shapes_knows_which_attributes_a_caption_names() -> None:
     }
 
 
+def test_value_phrases_name_their_attribute_and_only_it() -> None:
+    """code_words reads a code as these words: each must name its own attribute and no other."""
+    names = list(shapes.LEFT_FREE)
+    for k, name in enumerate(names):
+        phrases = [shapes.value_phrase(name, value) for value in shapes.ATTRIBUTES[name]]
+        named = shapes.named_attributes(phrases, names)
+        assert named[:, k].all() and not np.delete(named, k, axis=1).any(), phrases
+        assert len(set(phrases)) == len(phrases)
+    assert shapes.value_phrase("position", "top left") == "in the top left"
+    with pytest.raises(ValueError, match="colour"):
+        shapes.value_phrase("colour", "red")
+
+
 def test_held_out_combinations_are_only_in_test() -> None:
     train = shapes.generate(8, seed=3)
     test = shapes.generate(8, seed=3, split="test")

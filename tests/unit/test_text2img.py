@@ -19,7 +19,15 @@ from gantry.worker.gan.checkpoint import load_checkpoint
 from gantry.worker.gan.latent import interpolate
 from gantry.worker.gan.loop import Callbacks, train
 from gantry.worker.gan.losses import Minibatch
-from gantry.worker.gan.models.text2img import GANCLSLoss, Generator, mismatched
+from gantry.worker.gan.models.text2img import (
+    OBJECT_EXTENT,
+    PLACE_SCALE,
+    CodeWords,
+    GANCLSLoss,
+    Generator,
+    LayeredGenerator,
+    mismatched,
+)
 from gantry.worker.gan.text_sampler import sample_prompts
 from gantry.worker.text.encoders import BagOfWordsEncoder, encoder_from_state, fit_encoder
 
@@ -204,6 +212,70 @@ def test_text2img_generator_takes_the_upsample_option() -> None:
         assert G(torch.randn(2, 8, 1, 1), torch.randn(2, 12)).shape == (2, 3, 16, 16)
 
 
+class _Constant(nn.Module):
+    """Stands in for a part of G: the same output (value, of `shape` per row) whatever the input."""
+
+    def __init__(self, value: float, *shape: int) -> None:
+        super().__init__()
+        self.value, self.shape = value, shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(x), *self.shape), self.value)
+
+
+def test_layered_generator_draws_its_object_where_and_as_large_as_its_placement_says() -> None:
+    G = LayeredGenerator(nz=8, ngf=8, channels=3, image_size=32, text_dim=12, embed_dim=4)
+    G.object = _Constant(1.0, 4, 32, 32)  # a white canvas, opaque everywhere the window lets it be
+    G.background = _Constant(-1.0, 3 * 16)  # black
+    scale, x, y = 0.4, 0.5, -0.5  # canvas half side 0.4 of the image's, centred right of and above the middle
+    low, high = PLACE_SCALE
+    with torch.no_grad():  # the placement head's raw outputs for that: sigmoid and tanh undone
+        G.place[-1].weight.zero_()
+        G.place[-1].bias.copy_(
+            torch.tensor([np.log((scale - low) / (high - scale)), np.arctanh(x), np.arctanh(y)])
+        )
+        image = G(torch.randn(2, 8, 1, 1), torch.randn(2, 12))
+    assert image.shape == (2, 3, 32, 32) and image.min() >= -1 and image.max() <= 1
+    white = (image[0, 0] > 0).numpy()  # (H, W), y down
+    rows, cols = np.nonzero(white)
+    assert abs(cols.mean() + 0.5 - (x + 1) * 16) < 0.5 and abs(rows.mean() + 0.5 - (y + 1) * 16) < 0.5
+    # The object's half width: the canvas's half side times the window's, in pixels (16 per unit).
+    half_width = (cols.max() - cols.min() + 1) / 2
+    assert abs(half_width - scale * 16 * (1 + OBJECT_EXTENT) / 2) <= 1
+    assert image[0, :, 0, 0].tolist() == [-1.0, -1.0, -1.0]  # the background where no object is
+
+
+def test_layered_generator_keeps_the_free_label_codes_from_the_object_canvas() -> None:
+    """With free_label_codes, z's codes (size, position, background) may not redraw the object at the
+    canvas's edge; they reach the background here (and the placement through `code_words`' text)."""
+    G = LayeredGenerator(nz=8, ngf=8, channels=3, image_size=16, text_dim=12, embed_dim=4, object_sees=5)
+    G.eval()
+    z, phi = torch.randn(1, 8, 1, 1), torch.randn(1, 12)
+    other_codes = torch.cat([z[:, :5], torch.randn(1, 3, 1, 1)], dim=1)
+    other_noise = torch.cat([torch.randn(1, 5, 1, 1), z[:, 5:]], dim=1)
+    with torch.no_grad():
+        canvas, _, background = zip(*(G.layers(v, phi) for v in (z, other_codes, other_noise)), strict=True)
+    assert torch.equal(canvas[0], canvas[1]) and not torch.equal(canvas[0], canvas[2])
+    assert not torch.allclose(background[0], background[1])
+
+
+def test_code_words_add_the_words_of_the_codes_a_caption_leaves_free() -> None:
+    words = CodeWords(text_dim=6, start=2, sizes=(2, 3))  # z: 2 noise entries, a size code, a position code
+    table = torch.randn(5, 6)
+    words.fill(table)
+    z = torch.tensor([[0.3, -1.0, 0, 1, 0, 0, 1]]).view(1, 7, 1, 1)  # size 1, position 2
+    phi = torch.randn(1, 6)
+    leaves_both = words(torch.cat([phi, torch.ones(1, 2)], dim=1), z)
+    names_size = words(torch.cat([phi, torch.tensor([[0.0, 1.0]])], dim=1), z)
+    names_both = words(torch.cat([phi, torch.zeros(1, 2)], dim=1), z)
+    assert torch.allclose(leaves_both, phi + table[1] + table[4])
+    assert torch.allclose(names_size, phi + table[4]) and torch.equal(names_both, phi)
+    half = z.clone()
+    half[0, 4:] = torch.tensor([0.5, 0.0, 0.5]).view(3, 1, 1)  # half way between two positions' codes
+    between = words(torch.cat([phi, torch.ones(1, 2)], dim=1), half)
+    assert torch.allclose(between, phi + table[1] + (table[2] + table[4]) / 2)
+
+
 def test_text2img_plain_sampling_asks_for_a_prompt() -> None:
     with pytest.raises(InvalidInput) as info:
         parse_sample_spec({"count": 4}).check_model("text2img")
@@ -289,11 +361,40 @@ def test_a_prompt_with_no_known_word_is_an_input_error(text2img_checkpoint: byte
     assert info.value.field == "prompts" and "zebra quokka" in info.value.message
 
 
+def _assert_samples_prompts_and_walks(checkpoint: bytes, prompts: list[str]) -> None:
+    """The checkpoint samples its prompts (the same seed, the same images) and walks at the first."""
+    result = sample_prompts(checkpoint, prompts=prompts, count=4, seed=5, device="cpu")
+    again = sample_prompts(checkpoint, prompts=prompts, count=4, seed=5, device="cpu")
+    assert len(result.images) == 4 * len(prompts) and result.images == again.images
+    walk = interpolate(checkpoint, seed_a=1, seed_b=2, frames=4, prompts=prompts[:1], device="cpu")
+    assert len(walk.images) == 4
+
+
 def test_a_generator_with_free_label_codes_samples_prompts_and_walks() -> None:
     """The codes travel with the checkpoint: prompt samples and walks draw latents of z and codes."""
     _, checkpoint = _tiny_text2img(labels=("shape", "colour", "size", "position"), free_label_codes=True)
-    result = sample_prompts(checkpoint, prompts=["a red circle"], count=4, seed=5, device="cpu")
-    again = sample_prompts(checkpoint, prompts=["a red circle"], count=4, seed=5, device="cpu")
-    assert len(result.images) == 4 and result.images == again.images
-    walk = interpolate(checkpoint, seed_a=1, seed_b=2, frames=4, prompts=["a red circle"], device="cpu")
-    assert len(walk.images) == 4
+    _assert_samples_prompts_and_walks(checkpoint, ["a red circle"])
+
+
+def test_a_layered_generator_trains_and_samples_prompts_and_walks() -> None:
+    _, checkpoint = _tiny_text2img(generator="layered")
+    assert "place.2.bias" in load_checkpoint(checkpoint)["G"]  # the checkpoint holds the layered G
+    _assert_samples_prompts_and_walks(checkpoint, ["a red circle"])
+
+
+def test_code_words_sample_prompts_and_walks_and_need_the_codes() -> None:
+    labels = ("shape", "colour", "size", "position")
+    _, checkpoint = _tiny_text2img(labels=labels, free_label_codes=True, code_words=True)
+    phrases = load_checkpoint(checkpoint)["G"]["code_words.phrases"]  # the words' embeddings travel in G
+    assert phrases.shape == (2 + 9, 64) and (phrases.norm(dim=1) > 0.99).all()
+    _assert_samples_prompts_and_walks(checkpoint, ["a red circle", "a large red circle at the top"])
+    with pytest.raises(InvalidInput) as info:
+        parse_train_spec("text2img", {"dataset": "shapes"}, {"code_words": "true"})
+    assert info.value.field == "set.code_words" and "free_label_codes" in info.value.message
+    with pytest.raises(InvalidInput) as info:  # the layered G reads the codes only as words
+        parse_train_spec(
+            "text2img",
+            {"dataset": "shapes"},
+            {"generator": "layered", "labels": "shape,colour,size", "free_label_codes": "true"},
+        )
+    assert "code_words=true" in info.value.message

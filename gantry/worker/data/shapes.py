@@ -156,6 +156,18 @@ def caption(shape: str, colour: str, size: str, position: str, background: str, 
     )
 
 
+def value_phrase(attribute: str, value: str) -> str:
+    """The words the plain phrasing uses for a value of an attribute a caption may leave free:
+    "large", "in the top left", "on a grey background"."""
+    if attribute == "size":
+        return SIZE_WORDS[value][0]
+    if attribute == "position":
+        return _WHERE[value][0]
+    if attribute == "background":
+        return f"on a {value} background"
+    raise ValueError(f"{attribute!r} is not left free by any caption; choose one of {', '.join(LEFT_FREE)}")
+
+
 def named_attributes(captions: Sequence[str], names: Sequence[str]) -> np.ndarray:
     """bool (N, K): whether each caption names a value of each attribute in `names` ("a red circle"
     names shape and colour and leaves size, position and background free)."""

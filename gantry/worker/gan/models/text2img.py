@@ -36,6 +36,13 @@ gives z a one-hot code for each labelled attribute a caption may leave free (siz
 background on `shapes`), and asks G for the code's value where the caption is silent: z then
 decides a short prompt's layout, as AC-GAN's label codes decide a labelled dcgan's.
 
+`code_words` lets those codes in through the text too: where a caption leaves an attribute free, G
+reads the words of its code's value beside the caption ("a red circle" + "large" + "in the top
+left"), the path named captions already teach it. `generator=layered` (LR-GAN, Yang et al. 2017)
+draws one object on a smooth background and places it with a spatial transformer whose scale and
+centre follow z and the text, so a latent walk slides the object from one place to another instead
+of fading one layout into the next.
+
 Captions, encoder fitting and the mismatched text all happen in the model's minibatch maker; the
 fitted encoder travels in the checkpoint (`extra_state`), so sampling needs nothing else.
 """
@@ -43,7 +50,7 @@ fitted encoder travels in the checkpoint (`extra_state`), so sampling needs noth
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +97,20 @@ def coded_latents(spec: Text2ImgTrainSpec) -> CodedLatents:
         label_sizes=[len(BUILTIN_LABELS[spec.dataset][name]) for name in names],
         label_rows=torch.from_numpy(label_space(spec.dataset, names)),
     )
+
+
+def code_phrases(encoder: TextEncoder, names: tuple[str, ...]) -> torch.Tensor:
+    """`code_words`: the embeddings of the words for each value of each coded attribute (Σ values, E)."""
+    return encoder.encode(
+        [shapes.value_phrase(name, value) for name in names for value in shapes.ATTRIBUTES[name]]
+    )
+
+
+def with_free_flags(phi: torch.Tensor, prompts: list[str], names: tuple[str, ...]) -> torch.Tensor:
+    """`code_words`: G's conditioning [φ ; f] for prompts (N, E + A), f = 1 where a prompt leaves a
+    coded attribute free."""
+    free = ~torch.from_numpy(shapes.named_attributes(prompts, names))
+    return torch.cat([phi, free.to(phi)], dim=1)
 
 
 def text_dim(spec: Text2ImgTrainSpec) -> int:
@@ -141,8 +162,67 @@ class ConditioningAugmentation(nn.Module):
         return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
 
 
-class Generator(nn.Module):
-    """G(z, φ(t)): z (N, nz, 1, 1) and φ(t) (N, E) -> images (N, channels, S, S) in [-1, 1]."""
+class CodeWords(nn.Module):
+    """`code_words`: z's label codes (`free_label_codes`) join G's text as the words of their values.
+
+    G's conditioning is [φ(t) ; f] (N, E + A): f (N, A) is 1 for each coded attribute the caption
+    leaves free. G reads φ(t) + Σ_a f_a · (c_a @ P_a), where c_a is z's one-hot code for attribute a
+    and P_a (values, E) the embeddings of the plain phrasing's words for its values ("large", "in the
+    top left"): "a red circle" with a code for large and top left is read as "a red circle" and
+    "large in the top left". The codes thus take the path named captions teach G, and a latent walk
+    between two codes crosses the text between their words (GAN-INT's interpolation) rather than a
+    blend of one-hot codes G never saw. The phrases' embeddings come from the text encoder fitted on
+    the data (`fill`), and travel in G's weights."""
+
+    def __init__(self, *, text_dim: int, start: int, sizes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.text_dim, self.start, self.sizes = text_dim, start, sizes
+        self.register_buffer("phrases", torch.zeros(sum(sizes), text_dim))
+
+    def fill(self, phrases: torch.Tensor) -> None:
+        """The phrases' embeddings (Σ sizes, E), in code order."""
+        self.phrases.copy_(phrases)  # type: ignore[operator]
+
+    def forward(self, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """[φ ; f] (N, E + A) and latents z (N, width, 1, 1) -> φ with the free codes' words (N, E)."""
+        phi, free = cond[:, : self.text_dim], cond[:, self.text_dim :]
+        codes = z.flatten(1)[:, self.start : self.start + sum(self.sizes)]
+        words = [
+            (code @ table) * free[:, a : a + 1]
+            for a, (code, table) in enumerate(
+                zip(codes.split(self.sizes, dim=1), self.phrases.split(self.sizes), strict=True)  # type: ignore[operator]
+            )
+        ]
+        return phi + sum(words, torch.zeros_like(phi))
+
+
+class _TextConditioned(nn.Module):
+    """What both of G's forms share: the text's projection (or `cond_aug`'s draw around it) and G's
+    input [z ; h] (N, nz + embed_dim); with `code_words`, the codes' words join the text first."""
+
+    def __init__(
+        self, *, nz: int, text_dim: int, embed_dim: int, cond_aug: bool, code_words: CodeWords | None = None
+    ) -> None:
+        super().__init__()
+        self.project: TextProjection | None = None if cond_aug else TextProjection(text_dim, embed_dim)
+        self.augment = ConditioningAugmentation(text_dim, embed_dim, nz) if cond_aug else None
+        self.code_words = code_words
+
+    def inputs(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        """[z ; h] as (N, nz + embed_dim, 1, 1)."""
+        if self.code_words is not None:
+            phi = self.code_words(phi, z)
+        if self.augment is not None:  # (N, embed_dim): a draw around the paper's projection (`cond_aug`)
+            h = self.augment(phi, z)
+        else:
+            assert self.project is not None
+            h = self.project(phi)  # (N, embed_dim): the paper's projection
+        return torch.cat([z, h[:, :, None, None]], dim=1)
+
+
+class Generator(_TextConditioned):
+    """G(z, φ(t)): z (N, nz, 1, 1) and φ(t) (N, E; with `code_words` [φ ; f], N x (E + A)) -> images
+    (N, channels, S, S) in [-1, 1]."""
 
     def __init__(
         self,
@@ -155,21 +235,120 @@ class Generator(nn.Module):
         embed_dim: int,
         upsample: str = "transposed",
         cond_aug: bool = False,
+        code_words: CodeWords | None = None,
     ) -> None:
-        super().__init__()
-        self.project: TextProjection | None = None if cond_aug else TextProjection(text_dim, embed_dim)
-        self.augment = ConditioningAugmentation(text_dim, embed_dim, nz) if cond_aug else None
+        super().__init__(
+            nz=nz, text_dim=text_dim, embed_dim=embed_dim, cond_aug=cond_aug, code_words=code_words
+        )
         self.body = DCGANGenerator(
             nz=nz + embed_dim, ngf=ngf, channels=channels, image_size=image_size, upsample=upsample
         )
 
     def forward(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        if self.augment is not None:  # (N, embed_dim): a draw around the paper's projection (`cond_aug`)
-            h = self.augment(phi, z)
-        else:
-            assert self.project is not None
-            h = self.project(phi)  # (N, embed_dim): the paper's projection
-        return self.body(torch.cat([z, h[:, :, None, None]], dim=1))  # input (N, nz + embed_dim, 1, 1)
+        return self.body(self.inputs(z, phi))  # input (N, nz + embed_dim, 1, 1)
+
+
+# generator=layered: the object's placement. The canvas's half side on the image (both span [-1, 1])
+# stays within PLACE_SCALE, and the object within a centred square of the canvas (its mask fades from
+# OBJECT_EXTENT to the edge): so the canvas covers at most a little over a quarter of the image, and
+# where the object is comes from the transform, not from the canvas. A large shape of `shapes`
+# (half extent 0.36 of the image's half side) fits at the largest scale.
+PLACE_SCALE: Final = (0.2, 0.55)
+OBJECT_EXTENT: Final = 0.8
+SUPERSAMPLE: Final = 2  # the layer is resampled at this many times the image's side, then averaged
+
+
+class LayeredGenerator(_TextConditioned):
+    """G(z, φ(t)) as a background and one object layer put on it (LR-GAN, Yang et al. 2017, arXiv
+    1703.01560, with one object and scale and translation only):
+
+        [z ; h]  -> MLP -> a 4 x 4 background, bilinearly resized to S x S (smooth, it cannot draw a shape)
+        [z' ; h] -> the DCGAN generator -> an object canvas: colour (channels) and mask in [0, 1]
+        [z' ; h] -> MLP -> the object's scale and centre: an affine map of the canvas onto the image
+        image = mask' · colour' + (1 - mask') · background        (' : after the map)
+
+    z' is z without free_label_codes' codes: those reach the object only through the text
+    (`code_words`), the path named captions teach, so the canvas cannot answer a position code by
+    drawing at its own edge (what it did when it saw them)
+
+    The map is a spatial transformer (Jaderberg et al. 2015, arXiv 1506.02025): its parameters are
+    continuous in z and learnt through bilinear resampling, so a latent walk moves and scales one
+    object instead of fading one layout into another."""
+
+    def __init__(
+        self,
+        *,
+        nz: int,
+        ngf: int,
+        channels: int,
+        image_size: int,
+        text_dim: int,
+        embed_dim: int,
+        upsample: str = "transposed",
+        cond_aug: bool = False,
+        object_sees: int | None = None,
+        code_words: CodeWords | None = None,
+    ) -> None:
+        super().__init__(
+            nz=nz, text_dim=text_dim, embed_dim=embed_dim, cond_aug=cond_aug, code_words=code_words
+        )
+        width = nz + embed_dim
+        self.channels = channels
+        self.image_size = image_size
+        # The canvas and the placement see the first `object_sees` entries of z (all by default): z'.
+        self.object_sees = nz if object_sees is None else object_sees
+        self.object = DCGANGenerator(
+            nz=self.object_sees + embed_dim,
+            ngf=ngf,
+            channels=channels + 1,
+            image_size=image_size,
+            upsample=upsample,
+        )
+        self.background = nn.Sequential(
+            nn.Linear(width, 4 * ngf), nn.ReLU(True), nn.Linear(4 * ngf, channels * 16), nn.Tanh()
+        )
+        self.nz = nz
+        self.place = nn.Sequential(
+            nn.Linear(self.object_sees + embed_dim, 4 * ngf), nn.ReLU(True), nn.Linear(4 * ngf, 3)
+        )
+        # Start every object at the centre, at the middle of the scale range.
+        nn.init.zeros_(self.place[-1].weight)
+        nn.init.zeros_(self.place[-1].bias)
+        pixel = (torch.arange(image_size, dtype=torch.float32) + 0.5) / image_size * 2 - 1
+        extent = torch.maximum(pixel[None, :].abs(), pixel[:, None].abs())
+        window = ((1 - extent) / (1 - OBJECT_EXTENT)).clamp(0, 1)
+        self.register_buffer("window", window[None, None], persistent=False)
+
+    def placement(self, x: torch.Tensor) -> torch.Tensor:
+        """The affine maps (N, 2, 3) from image coordinates to canvas coordinates, from [z ; h] (N, width)."""
+        seen, h = x[:, : self.object_sees], x[:, self.nz :]
+        raw = self.place(torch.cat([seen, h], dim=1)).float()
+        low, high = PLACE_SCALE
+        scale = low + (high - low) * torch.sigmoid(raw[:, 0])  # the canvas's half side on the image
+        centre = torch.tanh(raw[:, 1:])  # (N, 2): x, y on the image
+        theta = torch.zeros(len(x), 2, 3, device=x.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+        theta[:, :, 2] = -centre / scale[:, None]
+        return theta
+
+    def layers(self, z: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """G's parts before they are put together: the object's canvas (N, channels + 1, S, S) with its
+        mask last, in [-1, 1]; the placement (N, 2, 3) as `placement`; the background (N, channels, S, S)."""
+        x = self.inputs(z, phi)  # (N, width, 1, 1)
+        n, c, s = len(x), self.channels, self.image_size
+        seen = torch.cat([z[:, : self.object_sees], x[:, z.shape[1] :]], dim=1)  # [z's first entries ; h]
+        background = self.background(x.flatten(1)).float().view(n, c, 4, 4)
+        background = F.interpolate(background, size=(s, s), mode="bilinear", align_corners=False)
+        return self.object(seen).float(), self.placement(x.flatten(1)), background
+
+    def forward(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        canvas, theta, background = self.layers(z, phi)
+        n, c, s = len(canvas), self.channels, self.image_size
+        mask = (canvas[:, c:] + 1) / 2 * self.window  # type: ignore[operator]
+        layer = torch.cat([canvas[:, :c] * mask, mask], dim=1)  # colour premultiplied by its mask
+        grid = F.affine_grid(theta, [n, c + 1, SUPERSAMPLE * s, SUPERSAMPLE * s], align_corners=False)
+        layer = F.avg_pool2d(F.grid_sample(layer, grid, align_corners=False), SUPERSAMPLE)
+        return layer[:, :c] + (1 - layer[:, c:]) * background
 
 
 class Discriminator(nn.Module):
@@ -212,7 +391,7 @@ class GANCLSLoss:
 
     def __init__(
         self,
-        G: Generator,
+        G: Generator | LayeredGenerator,
         D: Discriminator,
         *,
         gan_int: bool = False,
@@ -253,11 +432,13 @@ class GANCLSLoss:
         return targets, None
 
     def accumulate_gradients(self, phase: Phase, batch: Minibatch) -> dict[str, torch.Tensor]:
-        h = batch.cond  # φ(t) of each real image's caption, (N, E)
-        if h is None:
+        cond = batch.cond  # φ(t) of each real image's caption (N, E); with code_words, G's [φ ; f]
+        if cond is None:
             raise ValueError("text2img needs text embeddings in Minibatch.cond")
+        words: CodeWords | None = getattr(self.G, "code_words", None)
+        h = cond if words is None else cond[:, : words.text_dim]  # what D reads: the caption alone
         if phase == "D":
-            fake = self.G(batch.z, h)  # (N, C, H, W); G's graph kept for phase G, as NonSaturatingLoss
+            fake = self.G(batch.z, cond)  # (N, C, H, W); G's graph kept for phase G, as NonSaturatingLoss
             self._fake = (batch, fake)
             # Three passes, so batch norm never mixes real and fake (DCGAN reference).
             s_r, f_real = self._score(batch.real, h)  # real image, right text: "real"
@@ -293,7 +474,7 @@ class GANCLSLoss:
             if self._fake is not None and self._fake[0] is batch and self._fake[1].requires_grad:
                 fake = self._fake[1]
             else:
-                fake = self.G(batch.z, h)
+                fake = self.G(batch.z, cond)
             self._fake = None
             s_f, f_fake = self._score(fake, h)
             loss_G = F.binary_cross_entropy_with_logits(s_f, torch.ones_like(s_f))
@@ -309,8 +490,9 @@ class GANCLSLoss:
             if self.gan_int:
                 # GAN-INT (§4.3): embeddings between two captions have no real image, but D still
                 # tells whether G's image matches them; G learns to fill the text manifold.
-                h_int = INT_BETA * h + (1 - INT_BETA) * mismatched(h)
-                s_int = self.D(self.G(batch.z, h_int), h_int)
+                cond_int = INT_BETA * cond + (1 - INT_BETA) * mismatched(cond)
+                h_int = cond_int if words is None else cond_int[:, : words.text_dim]
+                s_int = self.D(self.G(batch.z, cond_int), h_int)
                 loss_int = F.binary_cross_entropy_with_logits(s_int, torch.ones_like(s_int))
                 loss_G = loss_G + loss_int
                 stats["loss_G_int"] = loss_int.detach()
@@ -318,14 +500,14 @@ class GANCLSLoss:
                 # MSGAN (eq. 3): the same captions from other z (the neighbour's, an independent draw);
                 # images that barely differ while their z do are what collapse within a caption looks like.
                 z_other = torch.roll(batch.z, shifts=1, dims=0)
-                d_image = (self.G(z_other, h) - fake).abs().mean()
+                d_image = (self.G(z_other, cond) - fake).abs().mean()
                 d_z = (z_other - batch.z).abs().mean()
                 loss_ms = self.mode_seeking / (d_image / d_z + MODE_SEEKING_EPS)
                 loss_G = loss_G + loss_ms
                 stats["loss_G_mode_seeking"] = loss_ms.detach()
             if self.cond_aug:  # StackGAN: keep the text's Gaussians near N(0, I)
                 assert self.G.augment is not None, "cond_aug needs a G built with it"
-                loss_kl = self.G.augment.kl(h)
+                loss_kl = self.G.augment.kl(cond if words is None else words(cond, batch.z))
                 loss_G = loss_G + self.cond_aug * loss_kl
                 stats["loss_G_kl"] = loss_kl.detach()
             loss_G.backward()
@@ -340,9 +522,10 @@ class CaptionBatches:
     (each distinct caption once); its `state()` is what the checkpoint keeps for sampling.
     """
 
-    def __init__(self, spec: Text2ImgTrainSpec) -> None:
+    def __init__(self, spec: Text2ImgTrainSpec, code_words: CodeWords | None = None) -> None:
         self.spec = spec
         self.latents = coded_latents(spec)
+        self.code_words = code_words
         self.encoder: TextEncoder | None = None
         self.examples: list[str] = []
         self._x: torch.Tensor | None = None  # (N, C, H, W) in [-1, 1]
@@ -380,6 +563,11 @@ class CaptionBatches:
                     f"none of {','.join(opts.labels)} is left free by a caption; "
                     f"add one of {', '.join(shapes.LEFT_FREE)} to labels",
                 )
+        if self.code_words is not None:
+            # G's conditioning: [φ ; a flag per coded attribute the caption leaves free]
+            names = free_code_labels(self.spec)
+            self.code_words.fill(code_phrases(self.encoder, names).to(self.code_words.phrases.device))  # type: ignore[union-attr]
+            self._phi = with_free_flags(self._phi, list(data.captions), names)
         self.examples = list(data.captions[:EXAMPLE_CAPTIONS])
         log.info(
             "text2img: %d images, %d distinct captions, %s encoder (E=%d)",
@@ -410,7 +598,7 @@ class CaptionBatches:
         return {"text_encoder": self.encoder.state(), "example_captions": self.examples}
 
 
-def _networks(spec: Text2ImgTrainSpec, channels: int) -> tuple[Generator, Discriminator]:
+def _networks(spec: Text2ImgTrainSpec, channels: int) -> tuple[Generator | LayeredGenerator, Discriminator]:
     opts = spec.options
     sizes = {
         "channels": channels,
@@ -418,14 +606,31 @@ def _networks(spec: Text2ImgTrainSpec, channels: int) -> tuple[Generator, Discri
         "text_dim": text_dim(spec),
         "embed_dim": opts.embed_dim,
     }
-    return (
-        Generator(
-            nz=coded_latents(spec).latent_shape[0],
+    latents = coded_latents(spec)
+    nz = latents.latent_shape[0]
+    words = (
+        CodeWords(text_dim=text_dim(spec), start=latents.nz + sum(latents.codes), sizes=latents.label_sizes)
+        if opts.code_words
+        else None
+    )
+    G: Generator | LayeredGenerator
+    if opts.generator == "layered":
+        object_sees = nz - sum(latents.label_sizes)  # z without free_label_codes' codes
+        G = LayeredGenerator(
+            nz=nz,
             ngf=opts.ngf,
             upsample=opts.upsample,
             cond_aug=opts.cond_aug > 0,
+            object_sees=object_sees,
+            code_words=words,
             **sizes,
-        ),
+        )
+    else:
+        G = Generator(
+            nz=nz, ngf=opts.ngf, upsample=opts.upsample, cond_aug=opts.cond_aug > 0, code_words=words, **sizes
+        )
+    return (
+        G,
         Discriminator(ndf=opts.ndf, **sizes),
     )
 
@@ -447,7 +652,7 @@ def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GA
         label_head = D.label_head = LabelHead(width * 16, sizes=sizes, weight=opts.info_weight)
     G, D = G.to(device), D.to(device)
     opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
-    batches = CaptionBatches(spec)
+    batches = CaptionBatches(spec, G.code_words)
     return GANModel(
         G=G,
         D=D,
@@ -512,4 +717,6 @@ class TextGenerator:
                     "prompts",
                     f"no word of {prompt!r} was in the training captions (some known words: {known})",
                 )
+        if self.spec.options.code_words:
+            return with_free_flags(phi, prompts, free_code_labels(self.spec))
         return phi
