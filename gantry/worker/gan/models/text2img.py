@@ -307,7 +307,6 @@ class LayeredGenerator(_TextConditioned):
         self.background = nn.Sequential(
             nn.Linear(width, 4 * ngf), nn.ReLU(True), nn.Linear(4 * ngf, channels * 16), nn.Tanh()
         )
-        self.nz = nz
         self.place = nn.Sequential(
             nn.Linear(self.object_sees + embed_dim, 4 * ngf), nn.ReLU(True), nn.Linear(4 * ngf, 3)
         )
@@ -319,14 +318,13 @@ class LayeredGenerator(_TextConditioned):
         window = ((1 - extent) / (1 - OBJECT_EXTENT)).clamp(0, 1)
         self.register_buffer("window", window[None, None], persistent=False)
 
-    def placement(self, x: torch.Tensor) -> torch.Tensor:
-        """The affine maps (N, 2, 3) from image coordinates to canvas coordinates, from [z ; h] (N, width)."""
-        seen, h = x[:, : self.object_sees], x[:, self.nz :]
-        raw = self.place(torch.cat([seen, h], dim=1)).float()
+    def placement(self, seen: torch.Tensor) -> torch.Tensor:
+        """The affine maps (N, 2, 3) from image coordinates to canvas coordinates, from [z' ; h] (N, width')."""
+        raw = self.place(seen).float()
         low, high = PLACE_SCALE
         scale = low + (high - low) * torch.sigmoid(raw[:, 0])  # the canvas's half side on the image
         centre = torch.tanh(raw[:, 1:])  # (N, 2): x, y on the image
-        theta = torch.zeros(len(x), 2, 3, device=x.device)
+        theta = torch.zeros(len(seen), 2, 3, device=seen.device)
         theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
         theta[:, :, 2] = -centre / scale[:, None]
         return theta
@@ -336,10 +334,10 @@ class LayeredGenerator(_TextConditioned):
         mask last, in [-1, 1]; the placement (N, 2, 3) as `placement`; the background (N, channels, S, S)."""
         x = self.inputs(z, phi)  # (N, width, 1, 1)
         n, c, s = len(x), self.channels, self.image_size
-        seen = torch.cat([z[:, : self.object_sees], x[:, z.shape[1] :]], dim=1)  # [z's first entries ; h]
+        seen = torch.cat([x[:, : self.object_sees], x[:, z.shape[1] :]], dim=1)  # [z' ; h] (N, width', 1, 1)
         background = self.background(x.flatten(1)).float().view(n, c, 4, 4)
         background = F.interpolate(background, size=(s, s), mode="bilinear", align_corners=False)
-        return self.object(seen).float(), self.placement(x.flatten(1)), background
+        return self.object(seen).float(), self.placement(seen.flatten(1)), background
 
     def forward(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
         canvas, theta, background = self.layers(z, phi)
