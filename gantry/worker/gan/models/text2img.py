@@ -269,7 +269,7 @@ class LayeredGenerator(_TextConditioned):
 
     z' is z without free_label_codes' codes: those reach the object only through the text
     (`code_words`), the path named captions teach, so the canvas cannot answer a position code by
-    drawing at its own edge (what it did when it saw them)
+    drawing at its own edge (what it did when it saw them).
 
     The map is a spatial transformer (Jaderberg et al. 2015, arXiv 1506.02025): its parameters are
     continuous in z and learnt through bilinear resampling, so a latent walk moves and scales one
