@@ -315,6 +315,21 @@ class Text2ImgOptions(ConvGANOptions, LatentCodes, LabelConditioning):
         "captions teach G, and latent walks cross the text between two codes' words",
     )
 
+    code_walk: Literal["blend", "switch"] = Field(
+        "blend",
+        description="with code_words, how G reads z's codes between two values, as a latent walk between "
+        "two seeds crosses them: blend, the words of both, weighted as the codes are; switch, the words "
+        "of the larger (a softmax of 20 times the code), so the walk changes the attribute over about a "
+        "tenth of its length instead of crossing blends no caption names",
+    )
+
+    @field_validator("code_walk")
+    @classmethod
+    def _walks_need_words(cls, value: str, info: ValidationInfo) -> str:
+        if value != "blend" and not info.data.get("code_words"):
+            raise ValueError("code_walk=switch needs code_words=true")
+        return value
+
     @field_validator("code_words")
     @classmethod
     def _words_need_codes(cls, value: bool, info: ValidationInfo) -> bool:

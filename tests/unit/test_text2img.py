@@ -16,7 +16,7 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import Text2ImgOptions, Text2ImgTrainSpec, parse_sample_spec, parse_train_spec
 from gantry.worker.data import ImageData, shapes
 from gantry.worker.gan.checkpoint import load_checkpoint
-from gantry.worker.gan.latent import interpolate
+from gantry.worker.gan.latent import interpolate, slerp
 from gantry.worker.gan.loop import Callbacks, train
 from gantry.worker.gan.losses import Minibatch
 from gantry.worker.gan.models.text2img import (
@@ -276,6 +276,35 @@ def test_code_words_add_the_words_of_the_codes_a_caption_leaves_free() -> None:
     assert torch.allclose(between, phi + table[1] + (table[2] + table[4]) / 2)
 
 
+def test_code_walk_switch_reads_a_blend_of_two_codes_as_the_larger_all_along_a_walk() -> None:
+    sizes = (2, 3)
+    blend = CodeWords(text_dim=5, start=4, sizes=sizes)
+    switch = CodeWords(text_dim=5, start=4, sizes=sizes, switch=True)
+    table = torch.eye(5)  # each value's "words" its own axis: the words read are the codes' weights
+    blend.fill(table)
+    switch.fill(table)
+    cond = torch.cat([torch.zeros(1, 5), torch.ones(1, 2)], dim=1)  # the caption leaves both free
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4 + 5, generator=g), torch.randn(4 + 5, generator=g)
+    a[4:], b[4:] = (
+        torch.tensor([1.0, 0, 1, 0, 0]),
+        torch.tensor([0.0, 1, 0, 0, 1]),
+    )  # size 0 -> 1, position 0 -> 2
+    frames = slerp(a, b, torch.linspace(0, 1, 8)).view(8, 9, 1, 1)
+    read_blend = torch.cat([blend(cond, z[None]) for z in frames])
+    read_switch = torch.cat([switch(cond, z[None]) for z in frames])
+    # The ends read their own codes either way (to 1e-6 with the switch).
+    assert torch.allclose(read_switch[[0, -1]], read_blend[[0, -1]], atol=1e-6)
+    # Between them the blend reads two values' words at once; the switch, one value's at a time.
+    assert read_blend[3:5, :2].min(1).values.min() > 0.5
+    for attribute in (read_switch[:, :2], read_switch[:, 2:]):
+        assert (attribute.max(1).values > 0.9).all() and (attribute.sum(1) - 1).abs().max() < 1e-6
+    assert read_switch[:4, 0].min() > 0.9 and read_switch[4:, 1].min() > 0.9  # it swaps half way
+    with pytest.raises(InvalidInput) as info:
+        parse_train_spec("text2img", {"dataset": "shapes"}, {"code_walk": "switch"})
+    assert info.value.field == "set.code_walk" and "code_words=true" in info.value.message
+
+
 def test_text2img_plain_sampling_asks_for_a_prompt() -> None:
     with pytest.raises(InvalidInput) as info:
         parse_sample_spec({"count": 4}).check_model("text2img")
@@ -388,6 +417,8 @@ def test_code_words_sample_prompts_and_walks_and_need_the_codes() -> None:
     phrases = load_checkpoint(checkpoint)["G"]["code_words.phrases"]  # the words' embeddings travel in G
     assert phrases.shape == (2 + 9, 64) and (phrases.norm(dim=1) > 0.99).all()
     _assert_samples_prompts_and_walks(checkpoint, ["a red circle", "a large red circle at the top"])
+    _, switching = _tiny_text2img(labels=labels, free_label_codes=True, code_words=True, code_walk="switch")
+    _assert_samples_prompts_and_walks(switching, ["a red circle"])
     with pytest.raises(InvalidInput) as info:
         parse_train_spec("text2img", {"dataset": "shapes"}, {"code_words": "true"})
     assert info.value.field == "set.code_words" and "free_label_codes" in info.value.message

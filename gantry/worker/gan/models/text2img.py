@@ -162,6 +162,12 @@ class ConditioningAugmentation(nn.Module):
         return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
 
 
+# code_walk=switch: G reads each code as softmax(SWITCH_SHARPNESS · code). A one-hot code stays
+# one-hot (to 1e-8); half way along a walk between two codes, where slerp weighs them about 0.7 each,
+# the words swap over about a tenth of the walk (weights 0.1 to 0.9 across a difference of 0.22).
+SWITCH_SHARPNESS: Final = 20.0
+
+
 class CodeWords(nn.Module):
     """`code_words`: z's label codes (`free_label_codes`) join G's text as the words of their values.
 
@@ -174,9 +180,9 @@ class CodeWords(nn.Module):
     blend of one-hot codes G never saw. The phrases' embeddings come from the text encoder fitted on
     the data (`fill`), and travel in G's weights."""
 
-    def __init__(self, *, text_dim: int, start: int, sizes: tuple[int, ...]) -> None:
+    def __init__(self, *, text_dim: int, start: int, sizes: tuple[int, ...], switch: bool = False) -> None:
         super().__init__()
-        self.text_dim, self.start, self.sizes = text_dim, start, sizes
+        self.text_dim, self.start, self.sizes, self.switch = text_dim, start, sizes, switch
         self.register_buffer("phrases", torch.zeros(sum(sizes), text_dim))
 
     def fill(self, phrases: torch.Tensor) -> None:
@@ -186,12 +192,12 @@ class CodeWords(nn.Module):
     def forward(self, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """[φ ; f] (N, E + A) and latents z (N, width, 1, 1) -> φ with the free codes' words (N, E)."""
         phi, free = cond[:, : self.text_dim], cond[:, self.text_dim :]
-        codes = z.flatten(1)[:, self.start : self.start + sum(self.sizes)]
+        codes = z.flatten(1)[:, self.start : self.start + sum(self.sizes)].split(self.sizes, dim=1)
+        if self.switch:  # `code_walk=switch`: a one-hot code as itself, a blend of two as the larger
+            codes = tuple(torch.softmax(SWITCH_SHARPNESS * code.float(), dim=1).to(code) for code in codes)
         words = [
             (code @ table) * free[:, a : a + 1]
-            for a, (code, table) in enumerate(
-                zip(codes.split(self.sizes, dim=1), self.phrases.split(self.sizes), strict=True)  # type: ignore[operator]
-            )
+            for a, (code, table) in enumerate(zip(codes, self.phrases.split(self.sizes), strict=True))  # type: ignore[operator]
         ]
         return phi + sum(words, torch.zeros_like(phi))
 
@@ -607,7 +613,12 @@ def _networks(spec: Text2ImgTrainSpec, channels: int) -> tuple[Generator | Layer
     latents = coded_latents(spec)
     nz = latents.latent_shape[0]
     words = (
-        CodeWords(text_dim=text_dim(spec), start=latents.nz + sum(latents.codes), sizes=latents.label_sizes)
+        CodeWords(
+            text_dim=text_dim(spec),
+            start=latents.nz + sum(latents.codes),
+            sizes=latents.label_sizes,
+            switch=opts.code_walk == "switch",
+        )
         if opts.code_words
         else None
     )
