@@ -315,19 +315,24 @@ class Text2ImgOptions(ConvGANOptions, LatentCodes, LabelConditioning):
         "captions teach G, and latent walks cross the text between two codes' words",
     )
 
-    code_walk: Literal["blend", "switch"] = Field(
+    code_walk: Literal["blend", "switch", "slide"] = Field(
         "blend",
         description="with code_words, how G reads z's codes between two values, as a latent walk between "
         "two seeds crosses them: blend, the words of both, weighted as the codes are; switch, the words "
         "of the larger (a softmax of 20 times the code), so the walk changes the attribute over about a "
-        "tenth of its length instead of crossing blends no caption names",
+        "tenth of its length instead of crossing blends no caption names; slide (generator=layered), the "
+        "object drawn from the larger's words and placed from the blend, so it slides and scales",
     )
 
     @field_validator("code_walk")
     @classmethod
     def _walks_need_words(cls, value: str, info: ValidationInfo) -> str:
         if value != "blend" and not info.data.get("code_words"):
-            raise ValueError("code_walk=switch needs code_words=true")
+            raise ValueError(f"code_walk={value} needs code_words=true")
+        if value == "slide" and info.data.get("generator") != "layered":
+            raise ValueError(
+                "code_walk=slide needs generator=layered (it places the object apart from drawing it)"
+            )
         return value
 
     @field_validator("code_words")

@@ -259,6 +259,36 @@ def test_layered_generator_keeps_the_free_label_codes_from_the_object_canvas() -
     assert not torch.allclose(background[0], background[1])
 
 
+def test_code_walk_slide_draws_the_object_from_the_larger_code_and_places_it_from_the_blend() -> None:
+    words = CodeWords(text_dim=12, start=5, sizes=(3,), walk="slide")
+    words.fill(torch.randn(3, 12))
+    G = LayeredGenerator(
+        nz=8, ngf=8, channels=3, image_size=16, text_dim=12, embed_dim=4, object_sees=5, code_words=words
+    )
+    torch.nn.init.normal_(G.place[-1].weight)  # as after training (it starts every object at the centre)
+    G.eval()
+    z, phi = torch.randn(1, 8, 1, 1), torch.cat([torch.randn(1, 12), torch.ones(1, 1)], dim=1)
+    between, larger = z.clone(), z.clone()
+    between[0, 5:, 0, 0] = torch.tensor([0.9, 0.4, 0.0])  # a frame of a walk from one code to another
+    larger[0, 5:, 0, 0] = torch.tensor([1.0, 0.0, 0.0])
+    with torch.no_grad():
+        (canvas_b, place_b, _), (canvas_l, place_l, _) = G.layers(between, phi), G.layers(larger, phi)
+    assert torch.allclose(canvas_b, canvas_l, atol=1e-5)  # drawn as the larger code says
+    assert not torch.allclose(place_b, place_l, atol=1e-3)  # placed from the blend of the two
+    with pytest.raises(InvalidInput) as info:
+        parse_train_spec(
+            "text2img",
+            {"dataset": "shapes"},
+            {
+                "labels": "shape,colour,size",
+                "free_label_codes": "true",
+                "code_words": "true",
+                "code_walk": "slide",
+            },
+        )
+    assert info.value.field == "set.code_walk" and "generator=layered" in info.value.message
+
+
 def test_code_words_add_the_words_of_the_codes_a_caption_leaves_free() -> None:
     words = CodeWords(text_dim=6, start=2, sizes=(2, 3))  # z: 2 noise entries, a size code, a position code
     table = torch.randn(5, 6)
@@ -279,7 +309,7 @@ def test_code_words_add_the_words_of_the_codes_a_caption_leaves_free() -> None:
 def test_code_walk_switch_reads_a_blend_of_two_codes_as_the_larger_all_along_a_walk() -> None:
     sizes = (2, 3)
     blend = CodeWords(text_dim=5, start=4, sizes=sizes)
-    switch = CodeWords(text_dim=5, start=4, sizes=sizes, switch=True)
+    switch = CodeWords(text_dim=5, start=4, sizes=sizes, walk="switch")
     table = torch.eye(5)  # each value's "words" its own axis: the words read are the codes' weights
     blend.fill(table)
     switch.fill(table)
@@ -417,8 +447,11 @@ def test_code_words_sample_prompts_and_walks_and_need_the_codes() -> None:
     phrases = load_checkpoint(checkpoint)["G"]["code_words.phrases"]  # the words' embeddings travel in G
     assert phrases.shape == (2 + 9, 64) and (phrases.norm(dim=1) > 0.99).all()
     _assert_samples_prompts_and_walks(checkpoint, ["a red circle", "a large red circle at the top"])
-    _, switching = _tiny_text2img(labels=labels, free_label_codes=True, code_words=True, code_walk="switch")
-    _assert_samples_prompts_and_walks(switching, ["a red circle"])
+    for walk, generator in (("switch", "dcgan"), ("slide", "layered")):
+        _, walking = _tiny_text2img(
+            labels=labels, free_label_codes=True, code_words=True, code_walk=walk, generator=generator
+        )
+        _assert_samples_prompts_and_walks(walking, ["a red circle"])
     with pytest.raises(InvalidInput) as info:
         parse_train_spec("text2img", {"dataset": "shapes"}, {"code_words": "true"})
     assert info.value.field == "set.code_words" and "free_label_codes" in info.value.message

@@ -180,20 +180,21 @@ class CodeWords(nn.Module):
     blend of one-hot codes G never saw. The phrases' embeddings come from the text encoder fitted on
     the data (`fill`), and travel in G's weights."""
 
-    def __init__(self, *, text_dim: int, start: int, sizes: tuple[int, ...], switch: bool = False) -> None:
+    def __init__(self, *, text_dim: int, start: int, sizes: tuple[int, ...], walk: str = "blend") -> None:
         super().__init__()
-        self.text_dim, self.start, self.sizes, self.switch = text_dim, start, sizes, switch
+        self.text_dim, self.start, self.sizes, self.walk = text_dim, start, sizes, walk  # walk: `code_walk`
         self.register_buffer("phrases", torch.zeros(sum(sizes), text_dim))
 
     def fill(self, phrases: torch.Tensor) -> None:
         """The phrases' embeddings (Σ sizes, E), in code order."""
         self.phrases.copy_(phrases)  # type: ignore[operator]
 
-    def forward(self, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """[φ ; f] (N, E + A) and latents z (N, width, 1, 1) -> φ with the free codes' words (N, E)."""
+    def forward(self, cond: torch.Tensor, z: torch.Tensor, *, switch: bool | None = None) -> torch.Tensor:
+        """[φ ; f] (N, E + A) and latents z (N, width, 1, 1) -> φ with the free codes' words (N, E);
+        `switch` (default: as `code_walk=switch`): a one-hot code as itself, a blend of two as the larger."""
         phi, free = cond[:, : self.text_dim], cond[:, self.text_dim :]
         codes = z.flatten(1)[:, self.start : self.start + sum(self.sizes)].split(self.sizes, dim=1)
-        if self.switch:  # `code_walk=switch`: a one-hot code as itself, a blend of two as the larger
+        if self.walk == "switch" if switch is None else switch:
             codes = tuple(torch.softmax(SWITCH_SHARPNESS * code.float(), dim=1).to(code) for code in codes)
         words = [
             (code @ table) * free[:, a : a + 1]
@@ -214,10 +215,10 @@ class _TextConditioned(nn.Module):
         self.augment = ConditioningAugmentation(text_dim, embed_dim, nz) if cond_aug else None
         self.code_words = code_words
 
-    def inputs(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        """[z ; h] as (N, nz + embed_dim, 1, 1)."""
+    def inputs(self, z: torch.Tensor, phi: torch.Tensor, *, switch: bool | None = None) -> torch.Tensor:
+        """[z ; h] as (N, nz + embed_dim, 1, 1); `switch` as `CodeWords`."""
         if self.code_words is not None:
-            phi = self.code_words(phi, z)
+            phi = self.code_words(phi, z, switch=switch)
         if self.augment is not None:  # (N, embed_dim): a draw around the paper's projection (`cond_aug`)
             h = self.augment(phi, z)
         else:
@@ -343,7 +344,13 @@ class LayeredGenerator(_TextConditioned):
         seen = torch.cat([x[:, : self.object_sees], x[:, z.shape[1] :]], dim=1)  # [z' ; h] (N, width', 1, 1)
         background = self.background(x.flatten(1)).float().view(n, c, 4, 4)
         background = F.interpolate(background, size=(s, s), mode="bilinear", align_corners=False)
-        return self.object(seen).float(), self.placement(seen.flatten(1)), background
+        drawn = seen  # what the canvas reads
+        if self.code_words is not None and self.code_words.walk == "slide":
+            # The object is drawn from the larger code's words and placed from the blend: along a walk
+            # it keeps its drawing while it slides and scales.
+            x = self.inputs(z, phi, switch=True)
+            drawn = torch.cat([x[:, : self.object_sees], x[:, z.shape[1] :]], dim=1)
+        return self.object(drawn).float(), self.placement(seen.flatten(1)), background
 
     def forward(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
         canvas, theta, background = self.layers(z, phi)
@@ -617,7 +624,7 @@ def _networks(spec: Text2ImgTrainSpec, channels: int) -> tuple[Generator | Layer
             text_dim=text_dim(spec),
             start=latents.nz + sum(latents.codes),
             sizes=latents.label_sizes,
-            switch=opts.code_walk == "switch",
+            walk=opts.code_walk,
         )
         if opts.code_words
         else None
