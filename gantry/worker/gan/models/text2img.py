@@ -175,10 +175,11 @@ class CodeWords(nn.Module):
     leaves free. G reads φ(t) + Σ_a f_a · (c_a @ P_a), where c_a is z's one-hot code for attribute a
     and P_a (values, E) the embeddings of the plain phrasing's words for its values ("large", "in the
     top left"): "a red circle" with a code for large and top left is read as "a red circle" and
-    "large in the top left". The codes thus take the path named captions teach G, and a latent walk
-    between two codes crosses the text between their words (GAN-INT's interpolation) rather than a
-    blend of one-hot codes G never saw. The phrases' embeddings come from the text encoder fitted on
-    the data (`fill`), and travel in G's weights."""
+    "large in the top left". The codes thus take the path named captions teach G. A latent walk
+    between two codes crosses the text between their words (GAN-INT's interpolation, `code_walk=blend`)
+    or, with `code_walk=switch`, reads the larger code's words all along and swaps them half way. The
+    phrases' embeddings come from the text encoder fitted on the data (`fill`), and travel in G's
+    weights."""
 
     def __init__(self, *, text_dim: int, start: int, sizes: tuple[int, ...], walk: str = "blend") -> None:
         super().__init__()
@@ -194,7 +195,9 @@ class CodeWords(nn.Module):
         `switch` (default: as `code_walk=switch`): a one-hot code as itself, a blend of two as the larger."""
         phi, free = cond[:, : self.text_dim], cond[:, self.text_dim :]
         codes = z.flatten(1)[:, self.start : self.start + sum(self.sizes)].split(self.sizes, dim=1)
-        if self.walk == "switch" if switch is None else switch:
+        if switch is None:
+            switch = self.walk == "switch"
+        if switch:
             codes = tuple(torch.softmax(SWITCH_SHARPNESS * code.float(), dim=1).to(code) for code in codes)
         words = [
             (code @ table) * free[:, a : a + 1]
