@@ -316,10 +316,8 @@ def test_code_walk_switch_reads_a_blend_of_two_codes_as_the_larger_all_along_a_w
     cond = torch.cat([torch.zeros(1, 5), torch.ones(1, 2)], dim=1)  # the caption leaves both free
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(4 + 5, generator=g), torch.randn(4 + 5, generator=g)
-    a[4:], b[4:] = (
-        torch.tensor([1.0, 0, 1, 0, 0]),
-        torch.tensor([0.0, 1, 0, 0, 1]),
-    )  # size 0 -> 1, position 0 -> 2
+    a[4:] = torch.tensor([1.0, 0, 1, 0, 0])  # size 0, position 0
+    b[4:] = torch.tensor([0.0, 1, 0, 0, 1])  # size 1, position 2
     frames = slerp(a, b, torch.linspace(0, 1, 8)).view(8, 9, 1, 1)
     read_blend = torch.cat([blend(cond, z[None]) for z in frames])
     read_switch = torch.cat([switch(cond, z[None]) for z in frames])
