@@ -344,15 +344,18 @@ class LayeredGenerator(_TextConditioned):
         mask last, in [-1, 1]; the placement (N, 2, 3) as `placement`; the background (N, channels, S, S)."""
         x = self.inputs(z, phi)  # (N, width, 1, 1)
         n, c, s = len(x), self.channels, self.image_size
-        seen = torch.cat([x[:, : self.object_sees], x[:, z.shape[1] :]], dim=1)  # [z' ; h] (N, width', 1, 1)
+
+        def object_view(x: torch.Tensor) -> torch.Tensor:  # [z' ; h] (N, width', 1, 1) of [z ; h]
+            return torch.cat([x[:, : self.object_sees], x[:, z.shape[1] :]], dim=1)
+
+        seen = object_view(x)
         background = self.background(x.flatten(1)).float().view(n, c, 4, 4)
         background = F.interpolate(background, size=(s, s), mode="bilinear", align_corners=False)
         drawn = seen  # what the canvas reads
         if self.code_words is not None and self.code_words.walk == "slide":
             # The object is drawn from the larger code's words and placed from the blend: along a walk
             # it keeps its drawing while it slides and scales.
-            x = self.inputs(z, phi, switch=True)
-            drawn = torch.cat([x[:, : self.object_sees], x[:, z.shape[1] :]], dim=1)
+            drawn = object_view(self.inputs(z, phi, switch=True))
         return self.object(drawn).float(), self.placement(seen.flatten(1)), background
 
     def forward(self, z: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
