@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 from rich.console import Console
@@ -22,7 +22,7 @@ from gantry.api.schemas import JobView
 from gantry.api.service import Service
 from gantry.jobs.errors import GantryError, InvalidInput
 from gantry.jobs.settings import Settings, get_settings
-from gantry.jobs.specs import BUILTIN_DATASETS, TRAIN_SPECS
+from gantry.jobs.specs import BUILTIN_DATASETS, TRAIN_SPECS, CodeWalk
 from gantry.jobs.store import STATES, TERMINAL
 
 out = Console(highlight=False, soft_wrap=True)
@@ -157,6 +157,15 @@ def train(
     _after_submit(ctx, svc, job, wait=wait, as_json=as_json)
 
 
+# text2img with code_words: read z's codes between two values another way than the train job's.
+_CODE_WALK = click.option(
+    "--code-walk",
+    type=click.Choice(get_args(CodeWalk)),
+    help="text2img with code_words: how G reads z's codes between two values on walks and arithmetic "
+    "(default: as trained; see `gantry options text2img`).",
+)
+
+
 @cli.command()
 @click.argument("job_id")
 @click.option("--checkpoint", help="latest (default), best or a step number.")
@@ -183,6 +192,7 @@ def train(
     metavar="PATH|URI",
     help="Image, folder or S3 prefix to super-resolve (srresnet, srgan).",
 )
+@_CODE_WALK
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -198,6 +208,7 @@ def sample(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields:
 @click.option("--checkpoint", help="latest (default), best or a step number.")
 @click.option("--metric", "metrics", multiple=True, help="A metric to compute (default: all that apply).")
 @click.option("--seed", type=int)
+@_CODE_WALK
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context

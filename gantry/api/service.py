@@ -22,6 +22,7 @@ from gantry.jobs.settings import Settings
 from gantry.jobs.specs import (
     BUILTIN_DATASETS,
     LABEL_PROMPT_MODELS,
+    check_code_walk,
     parse_arithmetic,
     parse_evaluate_spec,
     parse_sample_spec,
@@ -88,8 +89,11 @@ class Service:
     def submit_sample(self, job_id: str, **fields: Any) -> JobView:
         """Validate and record a sample job from train job `job_id`'s checkpoint."""
         spec = parse_sample_spec({k: v for k, v in fields.items() if v is not None and v != ()})
-        model, dataset, labels = self._parent(job_id, spec.checkpoint)
+        model, dataset, train_spec = self._parent(job_id, spec.checkpoint)
+        labels = list(train_spec.get("options", {}).get("labels") or [])
         spec.check_model(model, labelled=bool(labels))
+        if spec.code_walk:
+            check_code_walk(model, train_spec, spec.code_walk)
         for prompt in spec.prompts if model in LABEL_PROMPT_MODELS else ():
             parse_label_prompt(prompt, dataset, labels)  # InvalidInput naming the word that is wrong
         if spec.input and not uri_exists(spec.input, endpoint_url=self.settings.s3_endpoint_url):
@@ -106,26 +110,28 @@ class Service:
     def submit_evaluate(self, job_id: str, **fields: Any) -> JobView:
         """Validate and record an evaluation of train job `job_id`'s checkpoint."""
         spec = parse_evaluate_spec({k: v for k, v in fields.items() if v is not None and v != ()})
-        model, dataset, _ = self._parent(job_id, spec.checkpoint)
+        model, dataset, train_spec = self._parent(job_id, spec.checkpoint)
         names = spec.resolve_metrics(model, dataset)
+        if spec.code_walk:
+            check_code_walk(model, train_spec, spec.code_walk)
         return self._submit(
             "evaluate", model=model, spec=spec.model_dump(mode="json"), total_steps=len(names), parent=job_id
         )
 
-    def _parent(self, job_id: str, checkpoint: str) -> tuple[str, str, list[str]]:
-        """(model, dataset, label attributes) of train job `job_id`, after checking it has checkpoint
+    def _parent(self, job_id: str, checkpoint: str) -> tuple[str, str, dict[str, Any]]:
+        """(model, dataset, stored spec) of train job `job_id`, after checking it has checkpoint
         `checkpoint`."""
         with db.session_scope(self.sessions) as s:
             parent = db.get_job(s, job_id)
             if parent.kind != "train":
                 raise InvalidInput("job_id", f"job {job_id} is a {parent.kind} job; use a train job")
             model, dataset, state = parent.model, str(parent.spec.get("dataset", "")), parent.state
-            labels = list((parent.spec.get("options") or {}).get("labels") or [])
+            train_spec = dict(parent.spec)
         if not self._has_checkpoint(job_id, checkpoint):
             raise InvalidInput(
                 "checkpoint", f"job {job_id} has no checkpoint {checkpoint!r} yet (state: {state})"
             )
-        return model, dataset, labels
+        return model, dataset, train_spec
 
     def _has_checkpoint(self, job_id: str, ref: str) -> bool:
         prefix = f"jobs/{job_id}/checkpoints/"

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.improved_specs import POINT_DATASETS
-from gantry.jobs.spec_base import MAX_SEED, Strict
+from gantry.jobs.spec_base import MAX_SEED, CodeWalk, Strict
 
 # Which sampling modes each model takes (beyond plain `--count` images). One line per model.
 SAMPLE_MODES: dict[str, set[str]] = {
@@ -35,6 +35,9 @@ class MetricInfo:
     models: tuple[str, ...]
     datasets: tuple[str, ...] | None = None  # None: any data set
     auto: bool = False  # also computed at the end of training
+    # Its values depend on how G reads codes between two values: with `--code-walk` they are recorded
+    # as name_<reading> (interpolation_validity_slide), beside the train job's own reading's.
+    walks: bool = False
 
     def applies(self, model: str, dataset: str) -> bool:
         return model in self.models and (self.datasets is None or dataset in self.datasets)
@@ -85,12 +88,14 @@ METRICS: dict[str, MetricInfo] = {
         "as A2B1; dcgan: colour and shape, text2img at fixed text: size and position (arXiv 1511.06434)",
         models=("dcgan", "text2img"),
         datasets=("shapes",),
+        walks=True,
     ),
     "interpolation_validity": MetricInfo(
         "share of frames of spherical walks between random seeds that classify confidently as one shape "
         "of one colour (no ghost of two); the same over the end frames (_ends) and the frames between (_inner)",
         models=("dcgan", "text2img"),
         datasets=("shapes",),
+        walks=True,
     ),
     "sample_validity": MetricInfo(
         "share of 1,024 random samples that classify confidently as one shape of one colour, and "
@@ -129,7 +134,18 @@ def parse_arithmetic(expression: str) -> list[tuple[int, list[int]]]:
     return terms
 
 
-class SampleSpec(Strict):
+class _ReadsCodes(Strict):
+    """`--code-walk`: read a text2img checkpoint's codes between two values another way than it was
+    trained to (training does not depend on it: z's codes are one-hot there)."""
+
+    code_walk: CodeWalk | None = Field(
+        None,
+        description="text2img with code_words: how G reads z's codes between two values on latent walks and "
+        "arithmetic (blend, switch or slide, as the train option); default: the train job's",
+    )
+
+
+class SampleSpec(_ReadsCodes):
     kind: Literal["sample"] = "sample"
     checkpoint: str = Field("latest", description="latest, best or a step number")
     count: int = Field(64, ge=1, le=10_000)
@@ -207,6 +223,11 @@ class SampleSpec(Strict):
             raise InvalidInput(mode, f"{model} jobs do not take --{mode.rstrip('s')}; they take {takes}")
         if self.interpolate and self.arithmetic:
             raise InvalidInput("arithmetic", "choose --interpolate or --arithmetic, not both")
+        if self.code_walk and not (self.interpolate or self.arithmetic):
+            raise InvalidInput(
+                "code_walk",
+                "--code-walk reads latents between codes: use it with --interpolate or --arithmetic",
+            )
         if model in PROMPT_MODELS and not self.modes:
             raise InvalidInput(
                 "prompts",
@@ -214,7 +235,7 @@ class SampleSpec(Strict):
             )
 
 
-class EvaluateSpec(Strict):
+class EvaluateSpec(_ReadsCodes):
     kind: Literal["evaluate"] = "evaluate"
     checkpoint: str = Field("latest", description="latest, best or a step number")
     metrics: list[str] = Field(default_factory=list, description="empty: every metric that applies")

@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 JobKind = Literal["train", "sample", "evaluate"]
 
+# How a text2img G with code_words reads z's one-hot codes between two values (a train option, and
+# `--code-walk` of sample and evaluate jobs, which read the same checkpoint another way).
+CodeWalk = Literal["blend", "switch", "slide"]
+
 # Data sets that ship with gantry (nothing is downloaded). Anything else is a path or URI.
 BUILTIN_DATASETS: dict[str, str] = {
     "shapes": "procedural coloured shapes (circle, square, triangle, cross) with attribute labels and captions",

@@ -32,6 +32,7 @@ from gantry.jobs.spec_base import (
     BUILTIN_DATASETS,
     BUILTIN_LABELS,
     MAX_SEED,
+    CodeWalk,
     JobKind,
     LRSchedule,
     TrainSpecBase,
@@ -50,6 +51,7 @@ __all__ = [
     "PROMPT_MODELS",
     "SAMPLE_MODES",
     "TRAIN_SPECS",
+    "CodeWalk",
     "ConvGANOptions",
     "DCGANOptions",
     "DCGANTrainSpec",
@@ -70,6 +72,7 @@ __all__ = [
     "Text2ImgOptions",
     "Text2ImgTrainSpec",
     "TrainSpecBase",
+    "check_code_walk",
     "load_train_spec",
     "option_help",
     "parse_arithmetic",
@@ -315,7 +318,7 @@ class Text2ImgOptions(ConvGANOptions, LatentCodes, LabelConditioning):
         "captions teach G, and latent walks cross the text between two codes' words",
     )
 
-    code_walk: Literal["blend", "switch", "slide"] = Field(
+    code_walk: CodeWalk = Field(
         "blend",
         description="with code_words, how G reads z's codes between two values, as a latent walk between "
         "two seeds crosses them: blend, the words of both, weighted as the codes are; switch, the words "
@@ -456,6 +459,19 @@ def _check_labels(spec: TrainSpecBase) -> None:
 def load_train_spec(data: dict[str, Any]) -> TrainSpecBase:
     """Re-read a stored spec (already validated at submit time)."""
     return TRAIN_SPECS[data["model"]].model_validate(data)
+
+
+def check_code_walk(model: str, train_spec: dict[str, Any], code_walk: str) -> None:
+    """InvalidInput unless a train job (its model and stored spec) can be read with `--code-walk`:
+    a text2img job with code_words; slide, one with the layered G."""
+    if model != "text2img":
+        raise InvalidInput(
+            "code_walk", f"--code-walk reads a text2img job's code words; this is a {model} job"
+        )
+    try:
+        Text2ImgOptions.model_validate({**train_spec.get("options", {}), "code_walk": code_walk})
+    except ValidationError as exc:
+        raise InvalidInput("code_walk", exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
 def parse_sample_spec(fields: dict[str, Any]) -> SampleSpec:

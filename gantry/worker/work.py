@@ -192,12 +192,19 @@ def sample_job(ctx: JobContext, spec: SampleSpec, parent_job_id: str) -> None:
             method=spec.interpolation,
             prompts=spec.prompts,
             device=device,
+            code_walk=spec.code_walk,
         )
     elif spec.arithmetic:
         from gantry.worker.gan.latent import arithmetic
 
         result = arithmetic(
-            checkpoint, spec.arithmetic, count=spec.count, seed=spec.seed, prompts=spec.prompts, device=device
+            checkpoint,
+            spec.arithmetic,
+            count=spec.count,
+            seed=spec.seed,
+            prompts=spec.prompts,
+            device=device,
+            code_walk=spec.code_walk,
         )
     elif spec.prompts:
         from gantry.worker.gan.text_sampler import sample_prompts
@@ -247,7 +254,10 @@ def run_metrics(
     )
     values: dict[str, float] = {}
     for i, name in enumerate(names):
-        values.update(evaluate(name, eval_ctx))
+        got = evaluate(name, eval_ctx)
+        if spec.code_walk and METRICS[name].walks:  # another reading than the train job's: named apart
+            got = {_walk_name(key, name, spec.code_walk): value for key, value in got.items()}
+        values.update(got)
         if ctx.should_stop():
             raise _Stopped
         with db.session_scope(ctx.sessions) as s:
@@ -257,6 +267,13 @@ def run_metrics(
         for job_id in dict.fromkeys([ctx.job_id, train_job_id]):
             db.record_metrics(s, job_id, step=step, values=values)
     return values
+
+
+def _walk_name(key: str, metric: str, code_walk: str) -> str:
+    """A value of a walk metric as read with `--code-walk`: interpolation_validity_ends ->
+    interpolation_validity_ends_slide; values the reading does not touch (the classifier's accuracy,
+    which every shapes metric reports) keep their name."""
+    return f"{key}_{code_walk}" if key.startswith(metric.split("_")[0]) else key
 
 
 def evaluate_job(ctx: JobContext, spec: EvaluateSpec, parent_job_id: str) -> None:

@@ -70,7 +70,7 @@ def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between(
     shape = next(image for image in real if validity(image[None], classifier)["sample_validity"] == 1.0)
     gaussian = lambda n, generator: torch.randn((n, 4, 1, 1), generator=generator)  # noqa: E731
     decoder = LatentDecoder("dcgan", _BlankEnds(shape), (4, 1, 1), torch.device("cpu"), gaussian)
-    monkeypatch.setattr(shapes_metrics, "load_decoder", lambda checkpoint, device: decoder)
+    monkeypatch.setattr(shapes_metrics, "load_decoder", lambda checkpoint, **_: decoder)
     ctx = EvalContext.local(b"", DCGANTrainSpec(image_size=16), step=0)
     values = evaluate("interpolation_validity", ctx)
     assert values["interpolation_validity_ends"] == 0.0

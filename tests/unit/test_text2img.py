@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import Text2ImgOptions, Text2ImgTrainSpec, parse_sample_spec, parse_train_spec
 from gantry.worker.data import ImageData, shapes
 from gantry.worker.gan.checkpoint import load_checkpoint
-from gantry.worker.gan.latent import interpolate, slerp
+from gantry.worker.gan.latent import interpolate, load_decoder, slerp
 from gantry.worker.gan.loop import Callbacks, train
 from gantry.worker.gan.losses import Minibatch
 from gantry.worker.gan.models.text2img import (
@@ -460,3 +463,74 @@ def test_code_words_sample_prompts_and_walks_and_need_the_codes() -> None:
             {"generator": "layered", "labels": "shape,colour,size", "free_label_codes": "true"},
         )
     assert "code_words=true" in info.value.message
+
+
+# --- reading a checkpoint's codes another way (`--code-walk`) ------------------------------------
+
+
+def _run(command: str):  # type: ignore[no-untyped-def]
+    """`gantry COMMAND`, as a shell would split it."""
+    from click.testing import CliRunner
+
+    from gantry.api.cli import cli
+
+    return CliRunner().invoke(cli, shlex.split(command), catch_exceptions=False)
+
+
+def _cli(command: str) -> Any:
+    """`gantry COMMAND --json` that must succeed, its output read."""
+    result = _run(f"{command} --json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_a_checkpoint_read_with_another_code_walk_decodes_through_that_reading() -> None:
+    _, checkpoint = _tiny_text2img(
+        labels=("shape", "colour", "size", "position"), free_label_codes=True, code_words=True
+    )
+    assert load_decoder(checkpoint, device="cpu").G.code_words.walk == "blend"  # as trained
+    for walk in ("switch", "blend"):
+        decoder = load_decoder(checkpoint, device="cpu", code_walk=walk)
+        assert decoder.G.code_words.walk == walk  # the G that decodes the walk's frames reads so
+
+
+@pytest.mark.slow
+def test_code_walk_reads_a_trained_job_another_way_at_sample_and_evaluate_time(
+    classifier_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A job trained to read its codes as blends walks with `--code-walk switch`, and an evaluation so
+    names its walk metrics for the reading, on both jobs; readings the job cannot take exit 2."""
+    from gantry.jobs.settings import Settings
+    from gantry.migrations import upgrade
+
+    for var in ("GANTRY_DATABASE_URL", "GANTRY_STORAGE_URL", "GANTRY_BROKER_URL", "GANTRY_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GANTRY_HOME", str(classifier_home))  # the shapes classifier's cache, shared
+    upgrade(Settings().database)
+    tiny = "--set nz=8 --set ngf=8 --set ndf=8 --set vocab_size=64 --set embed_dim=8"
+    coded = "--set labels=shape,colour,size,position --set free_label_codes=true --set code_words=true"
+    train = f"train text2img --dataset shapes --image-size 16 --steps 3 --batch-size 8 {tiny} --wait"
+    job = _cli(f"{train} {coded}")["id"]
+    walk = '--interpolate 1:2 --prompt "a red circle"'
+    sample = _cli(f"sample {job} {walk} --code-walk switch --wait")
+    assert sample["state"] == "succeeded" and sample["spec"]["code_walk"] == "switch"
+
+    evaluated = _cli(f"evaluate {job} --metric interpolation_validity --code-walk switch --wait")
+    for values in (evaluated["metrics"], _cli(f"status {job}")["metrics"]):
+        assert {"interpolation_validity_switch", "interpolation_validity_ends_switch"} <= set(values)
+        assert "interpolation_validity" not in values and "shapes_classifier_accuracy" in values
+
+    # Readings the job cannot take: exit 2 naming --code-walk, nothing recorded.
+    plain = _cli(train)["id"]
+    jobs = len(_cli("list"))
+    refused = {
+        f'sample {job} --prompt "a red circle" --code-walk switch': "--interpolate",
+        f"sample {job} {walk} --code-walk slide": "generator=layered",
+        f"evaluate {plain} --code-walk switch": "code_words=true",
+    }
+    for command, words in refused.items():
+        result = _run(command)
+        assert result.exit_code == 2 and "code_walk" in result.output and words in result.output, (
+            result.output
+        )
+    assert len(_cli("list")) == jobs

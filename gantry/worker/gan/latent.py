@@ -103,16 +103,21 @@ class LatentDecoder:
         return generate(self.G, z, cond=phi.expand(len(z), -1), device=self.device)
 
 
-def load_decoder(checkpoint: bytes, *, device: torch.device | str | None = None) -> LatentDecoder:
+def load_decoder(
+    checkpoint: bytes, *, device: torch.device | str | None = None, code_walk: str | None = None
+) -> LatentDecoder:
+    """The checkpoint's G as a LatentDecoder; `code_walk` (text2img): read its codes so (`--code-walk`)."""
     device = torch.device(device) if device is not None else default_device()
     state = load_checkpoint(checkpoint, map_location="cpu")
     model = state["spec"]["model"]
     if model not in LATENT_MODELS:
         raise InvalidInput("model", f"latent walks need a {' or '.join(LATENT_MODELS)} job, not {model}")
+    if code_walk is not None and model != "text2img":
+        raise InvalidInput("code_walk", f"--code-walk reads a text2img job's code words, not a {model} job's")
     if model == "text2img":
         from gantry.worker.gan.models.text2img import TextGenerator
 
-        text = TextGenerator(state, device)
+        text = TextGenerator(state, device, code_walk=code_walk)
         return LatentDecoder(model, text.G, text.latents.latent_shape, device, text.latents, text)
     with torch.random.fork_rng(devices=[]):  # building draws init weights; keep the caller's RNG
         built = build_model(load_train_spec(state["spec"]), channels=state["channels"], device=device)
@@ -132,9 +137,10 @@ def interpolate(
     method: Literal["slerp", "linear"] = "slerp",
     prompts: Sequence[str] = (),
     device: torch.device | str | None = None,
+    code_walk: str | None = None,
 ) -> SampleResult:
     """`frames` images from seed_a's z to seed_b's, endpoints included; text2img: one row per prompt."""
-    decoder = load_decoder(checkpoint, device=device)
+    decoder = load_decoder(checkpoint, device=device, code_walk=code_walk)
     z = path(decoder.latent(seed_a), decoder.latent(seed_b), frames, method)
     texts: list[str | None] = list(prompts) or [decoder.default_text()]
     rows, images, names = [], [], []
@@ -174,11 +180,12 @@ def arithmetic(
     seed: int,
     prompts: Sequence[str] = (),
     device: torch.device | str | None = None,
+    code_walk: str | None = None,
 ) -> SampleResult:
     """Decode "3,17,42 - 5,8 + 11,12": each term's exemplars and their average, then the result's z
     and `count - 1` noisy neighbours of it, in a figure like the DCGAN paper's Fig. 7."""
     terms = parse_arithmetic(expression)
-    decoder = load_decoder(checkpoint, device=device)
+    decoder = load_decoder(checkpoint, device=device, code_walk=code_walk)
     text = prompts[0] if prompts else decoder.default_text()
     result_z, means = arithmetic_latent(terms, decoder)
     rows: list[tuple[str, list[np.ndarray | None]]] = []

@@ -63,7 +63,7 @@ def _short_prompt(colour: str, shape: str) -> str:
 
 
 def _context(ctx: EvalContext) -> tuple[LatentDecoder, ShapesClassifier, np.random.Generator]:
-    decoder = load_decoder(ctx.checkpoint, device=ctx.device)
+    decoder = load_decoder(ctx.checkpoint, device=ctx.device, code_walk=ctx.spec.code_walk)
     classifier = attribute_classifier(ctx.train_spec.image_size)
     return decoder, classifier, np.random.default_rng(ctx.spec.seed)
 

@@ -704,9 +704,15 @@ def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GA
 class TextGenerator:
     """A trained G with its text encoder, from a checkpoint: what prompt sampling and latent walks use."""
 
-    def __init__(self, state: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, state: dict[str, Any], device: torch.device, *, code_walk: str | None = None) -> None:
+        """`code_walk`: read z's codes between two values so rather than as the job was trained to (a
+        reading only: the weights are the same; checked at submit against the job's options)."""
         spec = load_train_spec(state["spec"])
         assert isinstance(spec, Text2ImgTrainSpec)
+        if code_walk is not None:
+            spec = spec.model_copy(
+                update={"options": spec.options.model_copy(update={"code_walk": code_walk})}
+            )
         extra = state.get("extra") or {}
         if "text_encoder" not in extra:
             raise ValueError("this text2img checkpoint has no text encoder")
