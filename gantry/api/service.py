@@ -90,7 +90,7 @@ class Service:
         """Validate and record a sample job from train job `job_id`'s checkpoint."""
         spec = parse_sample_spec({k: v for k, v in fields.items() if v is not None and v != ()})
         model, dataset, train_spec = self._parent(job_id, spec.checkpoint)
-        labels = list(train_spec.get("options", {}).get("labels") or [])
+        labels = list((train_spec.get("options") or {}).get("labels") or [])
         spec.check_model(model, labelled=bool(labels))
         if spec.code_walk:
             check_code_walk(model, train_spec, spec.code_walk)

@@ -469,7 +469,7 @@ def check_code_walk(model: str, train_spec: dict[str, Any], code_walk: str) -> N
             "code_walk", f"--code-walk reads a text2img job's code words; this is a {model} job"
         )
     try:
-        Text2ImgOptions.model_validate({**train_spec.get("options", {}), "code_walk": code_walk})
+        Text2ImgOptions.model_validate({**(train_spec.get("options") or {}), "code_walk": code_walk})
     except ValidationError as exc:
         raise InvalidInput("code_walk", exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
