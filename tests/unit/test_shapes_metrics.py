@@ -1,19 +1,22 @@
 """sample_validity on hand-made image sets (real shapes, noise, a collapsed generator), and
-interpolation_validity on a hand-made generator with blank walk ends."""
+interpolation_validity on a hand-made generator with blank walk ends, with the figure of what it
+rejected."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from gantry.jobs.specs import DCGANTrainSpec
 from gantry.worker.data import shapes
 from gantry.worker.evaluate import EvalContext, evaluate
-from gantry.worker.gan import shapes_metrics
+from gantry.worker.gan import figures, shapes_metrics
 from gantry.worker.gan.latent import LatentDecoder
 from gantry.worker.gan.shapes_classifier import ShapesClassifier, attribute_classifier
 from gantry.worker.gan.shapes_metrics import validity
@@ -62,6 +65,11 @@ class _BlankEnds(nn.Module):
         return images
 
 
+def _red(png: bytes) -> np.ndarray:
+    """bool (H, W): the pixels of a figure drawn in its outline colour."""
+    return (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) == figures.MARK).all(-1)
+
+
 def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between(
     classifier: ShapesClassifier, classifier_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,8 +79,36 @@ def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between(
     gaussian = lambda n, generator: torch.randn((n, 4, 1, 1), generator=generator)  # noqa: E731
     decoder = LatentDecoder("dcgan", _BlankEnds(shape), (4, 1, 1), torch.device("cpu"), gaussian)
     monkeypatch.setattr(shapes_metrics, "load_decoder", lambda checkpoint, **_: decoder)
-    ctx = EvalContext.local(b"", DCGANTrainSpec(image_size=16), step=0)
+    saved: dict[str, bytes] = {}
+    ctx = EvalContext.local(b"", DCGANTrainSpec(image_size=16), step=1200)
+    ctx.save = saved.__setitem__
     values = evaluate("interpolation_validity", ctx)
     assert values["interpolation_validity_ends"] == 0.0
     assert values["interpolation_validity_inner"] == 1.0
     assert values["interpolation_validity"] == pytest.approx(1 - 2 / shapes_metrics.FRAMES)
+
+    # The figure of the walks: one row per walk, the blank ends (rejected) outlined, nothing else.
+    assert list(saved) == ["interpolation-step-00001200.png"]
+    red = _red(saved["interpolation-step-00001200.png"])
+    cell = figures.MIN_CELL + figures.PADDING  # 16-pixel frames are scaled up to 48
+    assert red.shape[0] == figures.PADDING + shapes_metrics.WALKS * cell
+    columns = np.flatnonzero(red.any(0))
+    width = red.shape[1]
+    assert columns.min() < width - shapes_metrics.FRAMES * cell  # the first frame's outline
+    assert columns.max() == width - 1  # the last frame's
+    middle = red[:, width - (shapes_metrics.FRAMES - 1) * cell + 4 : width - cell - 4]
+    assert not middle.any()  # the frames between were valid
+    rows_outlined = np.flatnonzero(red.any(1))
+    assert rows_outlined.min() == 0 and rows_outlined.max() == red.shape[0] - 1  # every walk
+
+
+def test_figure_outlines_only_the_marked_images() -> None:
+    image = np.full((16, 16, 3), 128, np.uint8)
+    plain = figures.labelled_rows([("", [image] * 3)])
+    marked = figures.labelled_rows([("", [image] * 3)], marked={(0, 1)})
+    assert not _red(plain).any()
+    red = _red(marked)
+    columns = np.flatnonzero(red.any(0))
+    cell = figures.MIN_CELL + figures.PADDING
+    # Only around the second image: from the padding before it to the padding after it.
+    assert (columns.min(), columns.max()) == (cell, 2 * cell + figures.PADDING - 1)

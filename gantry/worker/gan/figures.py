@@ -26,9 +26,18 @@ def _cut(label: str) -> str:
     return label if len(label) <= MAX_LABEL else label[: MAX_LABEL - 3] + "..."
 
 
-def labelled_rows(rows: list[tuple[str, list[np.ndarray | None]]], *, columns: int | None = None) -> bytes:
+MARK = (220, 0, 0)  # the outline of a marked image (e.g. a frame the classifier rejected)
+
+
+def labelled_rows(
+    rows: list[tuple[str, list[np.ndarray | None]]],
+    *,
+    columns: int | None = None,
+    marked: set[tuple[int, int]] | None = None,
+) -> bytes:
     """PNG of one row per (label, images); images are uint8 (H, W, C), all the same size; None
-    leaves a cell empty (to line up columns). A row longer than `columns` wraps, label on its first line."""
+    leaves a cell empty (to line up columns). A row longer than `columns` wraps, label on its first line.
+    `marked`: (row, image) indices whose images get a red outline, drawn in the padding around them."""
     cells = [image for _, images in rows for image in images if image is not None]
     if not cells:
         raise ValueError("a figure needs at least one image")
@@ -36,9 +45,12 @@ def labelled_rows(rows: list[tuple[str, list[np.ndarray | None]]], *, columns: i
     scale = max(1, math.ceil(MIN_CELL / h))
     ch, cw = h * scale, w * scale
     columns = columns or max(len(images) for _, images in rows)
+    marked = marked or set()
     lines: list[tuple[str, list[np.ndarray | None]]] = []
-    for label, images in rows:
+    outlined: set[tuple[int, int]] = set()  # (line, column)
+    for r, (label, images) in enumerate(rows):
         for start in range(0, max(len(images), 1), columns):
+            outlined |= {(len(lines), k - start) for k in range(start, start + columns) if (r, k) in marked}
             lines.append((label if start == 0 else "", images[start : start + columns]))
     font = _font()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -57,7 +69,11 @@ def labelled_rows(rows: list[tuple[str, list[np.ndarray | None]]], *, columns: i
                 continue
             pixels = image[:, :, 0] if c == 1 else image
             tile = Image.fromarray(pixels).convert("RGB").resize((cw, ch), Image.Resampling.NEAREST)
-            canvas.paste(tile, (left + j * (cw + PADDING), top))
+            x = left + j * (cw + PADDING)
+            canvas.paste(tile, (x, top))
+            if (i, j) in outlined:
+                box = (x - PADDING, top - PADDING, x + cw + PADDING - 1, top + ch + PADDING - 1)
+                draw.rectangle(box, outline=MARK, width=PADDING)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()

@@ -14,7 +14,8 @@
   position ("small top left" - "small right" + "large right" = "large top left").
 - `interpolation_validity` (dcgan, text2img): spherical walks between random seeds; the share of
   frames the classifier reads confidently as one shape of one colour (no ghost of two shapes), and
-  the same share over the walks' end frames (their seeds' own samples) and over the frames between.
+  the same share over the walks' end frames (their seeds' own samples) and over the frames between;
+  saves every walk as a figure (`interpolation-step-N.png`), the frames it rejected outlined in red.
 - `sample_validity` (dcgan): "are the samples recognisable shapes?" as a number: the share of
   random samples the classifier reads confidently as one shape of one colour, and how many of the
   data's (colour, shape) pairs those cover (a collapsed G scores high validity, low coverage).
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from gantry.worker.data import shapes
+from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.latent import LatentDecoder, load_decoder, path
 from gantry.worker.gan.shapes_classifier import Classification, ShapesClassifier, attribute_classifier
 
@@ -227,10 +229,16 @@ def interpolation_validity(ctx: EvalContext) -> dict[str, float]:
     if decoder.text is not None:
         texts = [_short_prompt(*SEEN[k]) for k in rng.choice(len(SEEN), WALKS)]
     valid = []  # (WALKS, FRAMES)
+    rows: list[tuple[str, list[np.ndarray | None]]] = []
     for (seed_a, seed_b), text in zip(pairs.tolist(), texts, strict=True):
         frames = decoder.decode(path(decoder.latent(seed_a), decoder.latent(seed_b), FRAMES, "slerp"), text)
         valid.append(_one_shape_one_colour(classifier.classify(frames)))
+        rows.append((f"{text or f'{seed_a} -> {seed_b}'}: {valid[-1].sum()}/{FRAMES}", list(frames)))
     walks = np.array(valid)
+    # What the classifier rejected, to look at: every walk, its rejected frames outlined in red.
+    rejected = {(w, k) for w, k in zip(*np.nonzero(~walks), strict=True)}
+    reading = f"-{ctx.spec.code_walk}" if ctx.spec.code_walk else ""
+    ctx.save(f"interpolation{reading}-step-{ctx.step:08d}.png", labelled_rows(rows, marked=rejected))
     return {
         "interpolation_validity": float(walks.mean()),
         # The same frames split: the walks' own samples, and what lies between them. Garbage in between
