@@ -254,7 +254,8 @@ def _print_status(job: JobView) -> None:
         out.print("  metrics    " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(job.metrics.items())))
     if job.error:
         out.print(f"  [red]error[/red]      {job.error.splitlines()[0]}")
-    shown = [a for a in job.artifacts if a.kind in ("grid", "checkpoint", "manifest")]
+    # What to look at: an evaluation's figures (the walks it measured, a scatter plot) too.
+    shown = [a for a in job.artifacts if a.kind in ("grid", "checkpoint", "manifest", "evaluation")]
     samples = [a for a in job.artifacts if a.kind == "samples"]
     images = [a for a in job.artifacts if a.kind == "image"]
     if samples:

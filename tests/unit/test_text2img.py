@@ -519,6 +519,10 @@ def test_code_walk_reads_a_trained_job_another_way_at_sample_and_evaluate_time(
     for values in (evaluated["metrics"], _cli(f"status {job}")["metrics"]):
         assert {"interpolation_validity_switch", "interpolation_validity_ends_switch"} <= set(values)
         assert "interpolation_validity" not in values and "shapes_classifier_accuracy" in values
+    # The walks it measured, as a figure on the evaluate job, named for the reading; status shows it.
+    figure = f"jobs/{evaluated['id']}/eval/interpolation-switch-step-00000003.png"
+    assert [a["key"] for a in evaluated["artifacts"] if a["kind"] == "evaluation"] == [figure]
+    assert figure in _run(f"status {evaluated['id']}").output
 
     # Readings the job cannot take: exit 2 naming --code-walk, nothing recorded.
     plain = _cli(train)["id"]
