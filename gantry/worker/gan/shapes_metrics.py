@@ -236,7 +236,7 @@ def interpolation_validity(ctx: EvalContext) -> dict[str, float]:
         rows.append((f"{text or f'{seed_a} -> {seed_b}'}: {valid[-1].sum()}/{FRAMES}", list(frames)))
     walks = np.array(valid)
     # What the classifier rejected, to look at: every walk, its rejected frames outlined in red.
-    rejected = {(w, k) for w, k in zip(*np.nonzero(~walks), strict=True)}
+    rejected = set(zip(*np.nonzero(~walks), strict=True))  # (walk, frame)
     reading = f"-{ctx.spec.code_walk}" if ctx.spec.code_walk else ""
     ctx.save(f"interpolation{reading}-step-{ctx.step:08d}.png", labelled_rows(rows, marked=rejected))
     return {
