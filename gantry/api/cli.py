@@ -157,12 +157,13 @@ def train(
     _after_submit(ctx, svc, job, wait=wait, as_json=as_json)
 
 
-# text2img with code_words: read z's codes between two values another way than the train job's.
+# dcgan with codes or labels, text2img with code_words: read z's codes between two values another way
+# than the train job's.
 _CODE_WALK = click.option(
     "--code-walk",
     type=click.Choice(get_args(CodeWalk)),
-    help="text2img with code_words: how G reads z's codes between two values on walks and arithmetic "
-    "(default: as trained; see `gantry options text2img`).",
+    help="dcgan with latent_codes or labels, text2img with code_words: how G reads z's codes between two "
+    "values on walks and arithmetic (default: as trained; see `gantry options dcgan`, `gantry options text2img`).",
 )
 
 

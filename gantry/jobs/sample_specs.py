@@ -135,13 +135,14 @@ def parse_arithmetic(expression: str) -> list[tuple[int, list[int]]]:
 
 
 class _ReadsCodes(Strict):
-    """`--code-walk`: read a text2img checkpoint's codes between two values another way than it was
-    trained to (training does not depend on it: z's codes are one-hot there)."""
+    """`--code-walk`: read a dcgan or text2img checkpoint's codes between two values another way than
+    it was trained to (training does not depend on it: z's codes are one-hot there)."""
 
     code_walk: CodeWalk | None = Field(
         None,
-        description="text2img with code_words: how G reads z's codes between two values on latent walks and "
-        "arithmetic (blend, switch or slide, as the train option); default: the train job's",
+        description="dcgan with latent_codes or labels, text2img with code_words: how G reads z's codes between "
+        "two values on latent walks and arithmetic (blend, switch or slide, as the train option); default: the "
+        "train job's",
     )
 
 

@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 JobKind = Literal["train", "sample", "evaluate"]
 
-# How a text2img G with code_words reads z's one-hot codes between two values (a train option, and
-# `--code-walk` of sample and evaluate jobs, which read the same checkpoint another way).
+# How G reads z's one-hot codes between two values (a train option of dcgan with codes or labels,
+# blend or switch, and of text2img with code_words; and `--code-walk` of sample and evaluate jobs,
+# which read the same checkpoint another way).
 CodeWalk = Literal["blend", "switch", "slide"]
 
 # Data sets that ship with gantry (nothing is downloaded). Anything else is a path or URI.

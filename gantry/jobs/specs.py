@@ -187,6 +187,22 @@ class DCGANOptions(ConvGANOptions, ImprovedTechniques, LatentCodes, LabelConditi
         "(Miyato et al. 2018, arXiv 1802.05957), which cannot hide a shift that every fake in a batch shares",
     )
 
+    code_walk: Literal["blend", "switch"] = Field(
+        "blend",
+        description="with latent_codes or labels, how G reads z's one-hot codes between two values, as a latent "
+        "walk between two seeds or the arithmetic's averages cross them: blend, as they are (a mix of two "
+        "codes, which G never trained on: it draws a mix of two classes); switch, the larger value (a softmax "
+        "of 20 times the code), so a walk changes class over about a tenth of its length, half way. Training "
+        "is the same for both",
+    )
+
+    @field_validator("code_walk")
+    @classmethod
+    def _switch_needs_codes(cls, value: str, info: ValidationInfo) -> str:
+        if value != "blend" and not (info.data.get("latent_codes") or info.data.get("labels")):
+            raise ValueError(f"code_walk={value} needs latent_codes or labels (the codes it reads)")
+        return value
+
     @model_validator(mode="after")
     def _codes_without_virtual_batch_norm(self) -> DCGANOptions:
         if (self.latent_codes or self.labels) and self.virtual_batch_norm:
@@ -463,13 +479,15 @@ def load_train_spec(data: dict[str, Any]) -> TrainSpecBase:
 
 def check_code_walk(model: str, train_spec: dict[str, Any], code_walk: str) -> None:
     """InvalidInput unless a train job (its model and stored spec) can be read with `--code-walk`:
-    a text2img job with code_words; slide, one with the layered G."""
-    if model != "text2img":
+    a dcgan job with codes or labels, a text2img job with code_words; slide, one with the layered G."""
+    readers: dict[str, type[BaseModel]] = {"dcgan": DCGANOptions, "text2img": Text2ImgOptions}
+    options = readers.get(model)
+    if options is None:
         raise InvalidInput(
-            "code_walk", f"--code-walk reads a text2img job's code words; this is a {model} job"
+            "code_walk", f"--code-walk reads a dcgan or text2img job's codes; this is a {model} job"
         )
     try:
-        Text2ImgOptions.model_validate({**(train_spec.get("options") or {}), "code_walk": code_walk})
+        options.model_validate({**(train_spec.get("options") or {}), "code_walk": code_walk})
     except ValidationError as exc:
         raise InvalidInput("code_walk", exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -12,9 +13,16 @@ from PIL import Image
 
 from gantry.api.cli import cli
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs import DCGANOptions, DCGANTrainSpec, parse_arithmetic
+from gantry.jobs.specs import (
+    DCGANOptions,
+    DCGANTrainSpec,
+    check_code_walk,
+    parse_arithmetic,
+    parse_train_spec,
+)
 from gantry.worker.data import ImageData
-from gantry.worker.gan.latent import arithmetic, interpolate, lerp, load_decoder, noisy_results, slerp
+from gantry.worker.gan.infogan import CodedLatents
+from gantry.worker.gan.latent import arithmetic, interpolate, lerp, load_decoder, noisy_results, path, slerp
 from gantry.worker.gan.loop import Callbacks, train
 
 # --- slerp ----------------------------------------------------------------------------------------
@@ -139,3 +147,101 @@ def test_arithmetic_shows_exemplars_averages_and_noisy_results(dcgan_checkpoint:
     assert torch.equal(noisy[0], z) and (noisy[1:] - z).abs().max() <= 0.25
     grid = Image.open(io.BytesIO(result.grid or b""))
     assert grid.height >= 4 * 48  # three term rows and the result row
+
+
+# --- how a walk reads a coded dcgan's one-hot codes (`code_walk`) --------------------------------
+
+
+def _coded_checkpoint(**options: object) -> bytes:
+    """A tiny dcgan with one InfoGAN code of 3 values (labels' codes are read the same way)."""
+    rng = np.random.default_rng(0)
+    data = ImageData(images=rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8))
+    opts = DCGANOptions.model_validate({"nz": 16, "ngf": 8, "ndf": 8, "latent_codes": "3", **options})
+    spec = DCGANTrainSpec(image_size=16, batch_size=8, steps=3, options=opts)
+    checkpoints: list[bytes] = []
+    callbacks = Callbacks(
+        lambda *a: None, lambda: False, lambda step, b: checkpoints.append(b), lambda *a: None
+    )
+    train(spec, data, callbacks=callbacks, device="cpu")
+    return checkpoints[-1]
+
+
+def test_switch_reads_each_code_as_its_larger_value_and_leaves_z_alone() -> None:
+    rows = torch.tensor([[0, 1], [1, 3], [0, 2]])
+    latents = CodedLatents(4, (3,), label_sizes=(2, 4), label_rows=rows)
+    z = latents(2, torch.Generator().manual_seed(0))  # (2, 4 + 3 + 2 + 4, 1, 1)
+    assert torch.allclose(latents.switch(z), z, atol=1e-6)  # one-hot codes stay as they are
+    blend = 0.75 * z[0] + 0.25 * z[1]  # a walk's frame nearer z[0]: each code leans to z[0]'s value
+    read = latents.switch(blend[None])[0].flatten()
+    assert torch.equal(read[:4], blend.flatten()[:4])  # the Gaussian part untouched
+    nearer = z[0].flatten()
+    for start, size in ((4, 3), (7, 2), (9, 4)):
+        if not torch.equal(nearer[start : start + size], z[1].flatten()[start : start + size]):
+            assert not torch.allclose(blend.flatten()[start : start + size], nearer[start : start + size])
+        assert torch.allclose(read[start : start + size], nearer[start : start + size], atol=1e-4)
+
+
+def test_a_walk_read_with_switch_draws_the_nearer_ends_code_in_every_frame() -> None:
+    checkpoint = _coded_checkpoint()
+    blend = load_decoder(checkpoint, device="cpu")  # as trained: code_walk=blend
+    switch = load_decoder(checkpoint, device="cpu", code_walk="switch")
+    assert blend.read is None and switch.read is not None
+    for G in (blend.G, switch.G):  # three steps leave G grey: make its code and its colours count
+        convs = [m for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d | torch.nn.Conv2d)]
+        with torch.no_grad():
+            convs[0].weight[-3:] *= 100
+            convs[-1].weight *= 50
+    codes = blend.sample  # CodedLatents: z's code is its last 3 entries
+    a, b = next(
+        (blend.latent(s), blend.latent(s + 1))
+        for s in range(100)
+        if blend.latent(s)[-3:].argmax() != blend.latent(s + 1)[-3:].argmax()
+    )
+    walk = path(a, b, 8, "slerp")  # t = 0, 1/7, ..., 1
+    snapped = walk.clone()  # the frames with the nearer end's one-hot code
+    snapped[:4, -3:], snapped[4:, -3:] = a[-3:], b[-3:]
+    drawn = switch.decode(walk).astype(int)
+    # Away from the middle tenth of the walk (t = 3/7, 4/7 swap), each frame is the nearer end's code.
+    outer = [0, 1, 2, 5, 6, 7]
+    assert np.abs(drawn[outer] - blend.decode(snapped[outer])).max() <= 1  # uint8 rounding at most
+    assert np.abs(blend.decode(walk)[1:7] - drawn[1:7]).max() > 1  # blends drew something else
+    assert isinstance(codes, CodedLatents)
+    # Trained with code_walk=switch, its walks read so by default; --code-walk blend reads back.
+    trained = _coded_checkpoint(code_walk="switch")
+    assert load_decoder(trained, device="cpu").read is not None
+    assert load_decoder(trained, device="cpu", code_walk="blend").read is None
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "walk", "words"),
+    [
+        ("dcgan", {}, "switch", "needs latent_codes or labels"),
+        ("dcgan", {"labels": ["shape"]}, "slide", "'blend' or 'switch'"),
+        ("gan", {}, "switch", "a dcgan or text2img job's codes"),
+    ],
+)
+def test_readings_a_job_cannot_take_are_refused(model: str, options: dict, walk: str, words: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        check_code_walk(model, {"options": options}, walk)
+    assert info.value.field == "code_walk" and words in info.value.message, info.value.message
+    check_code_walk("dcgan", {"options": {"labels": ["shape"]}}, "switch")  # a labelled dcgan can
+    with pytest.raises(InvalidInput) as info:  # and the train option asks for the same
+        parse_train_spec("dcgan", {"dataset": "shapes"}, {"code_walk": "switch"})
+    assert info.value.field == "set.code_walk" and "latent_codes or labels" in info.value.message
+
+
+def test_a_coded_dcgan_walks_with_code_walk_switch_from_the_cli(settings) -> None:  # type: ignore[no-untyped-def]
+    def run(command: str) -> tuple[int, str]:
+        result = CliRunner().invoke(cli, command.split(), catch_exceptions=False)
+        return result.exit_code, result.output
+
+    train = "train dcgan --dataset shapes --image-size 16 --steps 2 --batch-size 8 --set nz=8 --set ngf=8"
+    code, out = run(f"{train} --set ndf=8 --set latent_codes=3 --wait --json")
+    assert code == 0, out
+    job = json.loads(out)["id"]
+    code, out = run(f"sample {job} --interpolate 1:2 --frames 4 --code-walk switch --wait --json")
+    assert code == 0 and json.loads(out)["spec"]["code_walk"] == "switch", out
+    code, out = run(f"{train} --set ndf=8 --wait --json")
+    plain = json.loads(out)["id"]
+    code, out = run(f"sample {plain} --interpolate 1:2 --code-walk switch")
+    assert code == 2 and "code_walk" in out and "latent_codes or labels" in out, out

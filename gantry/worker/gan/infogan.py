@@ -23,16 +23,30 @@ against 4 with `latent_codes=64` (bench/RESULTS.md), and `gantry demo` trains so
 
 Latents stay one tensor (N, nz + Σ k_i, 1, 1), so checkpoints, sample seeds, interpolation and
 latent arithmetic work on them unchanged: the codes are its last Σ k_i entries, and the averaged
-exemplars of the DCGAN paper's arithmetic average the one-hot codes too.
+exemplars of the DCGAN paper's arithmetic average the one-hot codes too. A walk between two seeds
+of different codes thus crosses blends of two codes (about 0.7 of each half way), which G never
+trained on and draws as blends of two classes; `code_walk=switch` reads each code as its larger
+value instead (`switched`), so the walk changes class half way and every frame is one class.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# code_walk=switch: a code read as softmax(SWITCH_SHARPNESS · code). A one-hot code stays one-hot
+# (to 1e-8); half way along a walk between two codes, where slerp weighs them about 0.7 each, the
+# reading swaps over about a tenth of the walk (weights 0.1 to 0.9 across a difference of 0.22).
+SWITCH_SHARPNESS: Final = 20.0
+
+
+def switched(code: torch.Tensor) -> torch.Tensor:
+    """One-hot codes (N, k), or blends of them, as `code_walk=switch` reads them: the larger value."""
+    return torch.softmax(SWITCH_SHARPNESS * code.float(), dim=1).to(code)
 
 
 class CodedLatents:
@@ -75,6 +89,13 @@ class CodedLatents:
             for j, size in enumerate(self.label_sizes):
                 parts.append(F.one_hot(rows[:, j], size).to(z.dtype))
         return torch.cat(parts, dim=1).view(n, *self.latent_shape)
+
+    def switch(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents z (n, *latent_shape) with every code (free and label) `switched`, z's Gaussian part
+        as it is: what G reads with `code_walk=switch`."""
+        flat = z.flatten(1)
+        codes = flat[:, self.nz :].split(self.all_codes, dim=1)
+        return torch.cat([flat[:, : self.nz], *map(switched, codes)], dim=1).view_as(z)
 
     def label_values(self, z: torch.Tensor) -> list[torch.Tensor]:
         """The value index of each label code in latents z (n, *latent_shape): one (n,) tensor each."""

@@ -28,6 +28,7 @@ from gantry.jobs.specs import load_train_spec, parse_arithmetic
 from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.images import png_bytes
+from gantry.worker.gan.infogan import CodedLatents
 from gantry.worker.gan.registry import build_model
 from gantry.worker.gan.sampler import SampleResult, default_device, generate
 
@@ -83,6 +84,9 @@ class LatentDecoder:
     # in sample jobs (z ~ N(0, I), with InfoGAN's one-hot codes after it where the model has them).
     sample: Callable[[int, torch.Generator], torch.Tensor]
     text: object | None = None  # text2img: a models.text2img.TextGenerator
+    # dcgan with `code_walk=switch`: latents -> what G reads (z's codes as their larger values);
+    # text2img's G reads its codes itself.
+    read: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def latent(self, seed: int) -> torch.Tensor:
         """The z of `gantry sample --seed SEED --count 1` (*latent_shape)."""
@@ -97,6 +101,8 @@ class LatentDecoder:
 
     def decode(self, z: torch.Tensor, text: str | None = None) -> np.ndarray:
         """G(z) (text2img: G(z, φ(text)) for every z) as uint8 images (N, H, W, C)."""
+        if self.read is not None:
+            z = self.read(z)
         if self.text is None:
             return generate(self.G, z, device=self.device)
         phi = self.text.embed([text or self.default_text() or ""])  # type: ignore[attr-defined]
@@ -106,26 +112,32 @@ class LatentDecoder:
 def load_decoder(
     checkpoint: bytes, *, device: torch.device | str | None = None, code_walk: str | None = None
 ) -> LatentDecoder:
-    """The checkpoint's G as a LatentDecoder; `code_walk` (text2img): read its codes so (`--code-walk`)."""
+    """The checkpoint's G as a LatentDecoder; `code_walk`: read its codes so (`--code-walk`; default:
+    as the train job's options say)."""
     device = torch.device(device) if device is not None else default_device()
     state = load_checkpoint(checkpoint, map_location="cpu")
     model = state["spec"]["model"]
     if model not in LATENT_MODELS:
         raise InvalidInput("model", f"latent walks need a {' or '.join(LATENT_MODELS)} job, not {model}")
-    if code_walk is not None and model != "text2img":
-        raise InvalidInput("code_walk", f"--code-walk reads a text2img job's code words, not a {model} job's")
     if model == "text2img":
         from gantry.worker.gan.models.text2img import TextGenerator
 
         text = TextGenerator(state, device, code_walk=code_walk)
         return LatentDecoder(model, text.G, text.latents.latent_shape, device, text.latents, text)
+    spec = load_train_spec(state["spec"])
     with torch.random.fork_rng(devices=[]):  # building draws init weights; keep the caller's RNG
-        built = build_model(load_train_spec(state["spec"]), channels=state["channels"], device=device)
+        built = build_model(spec, channels=state["channels"], device=device)
     built.G.load_state_dict(generator_weights(state))
     # InfoGAN's and AC-GAN's coded latents where the model has them (they know where each code sits).
-    return LatentDecoder(
-        model, built.G, built.latent_shape, device, built.latent_sampler or built.sample_latents
-    )
+    codes = built.latent_sampler
+    read = None
+    if (code_walk or spec.options.code_walk) == "switch":  # type: ignore[attr-defined]
+        if not isinstance(codes, CodedLatents):
+            raise InvalidInput(
+                "code_walk", "code_walk=switch needs latent_codes or labels (the codes it reads)"
+            )
+        read = codes.switch
+    return LatentDecoder(model, built.G, built.latent_shape, device, codes or built.sample_latents, read=read)
 
 
 def interpolate(

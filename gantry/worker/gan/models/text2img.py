@@ -60,7 +60,7 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import BUILTIN_LABELS, Text2ImgTrainSpec, load_train_spec
 from gantry.worker.data import label_space, shapes
 from gantry.worker.gan.checkpoint import generator_weights
-from gantry.worker.gan.infogan import CodedLatents, InfoHead, LabelHead
+from gantry.worker.gan.infogan import CodedLatents, InfoHead, LabelHead, switched
 from gantry.worker.gan.losses import Minibatch, Phase
 from gantry.worker.gan.models.dcgan import Discriminator as DCGANDiscriminator
 from gantry.worker.gan.models.dcgan import Generator as DCGANGenerator
@@ -162,12 +162,6 @@ class ConditioningAugmentation(nn.Module):
         return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean()
 
 
-# code_walk=switch: G reads each code as softmax(SWITCH_SHARPNESS · code). A one-hot code stays
-# one-hot (to 1e-8); half way along a walk between two codes, where slerp weighs them about 0.7 each,
-# the words swap over about a tenth of the walk (weights 0.1 to 0.9 across a difference of 0.22).
-SWITCH_SHARPNESS: Final = 20.0
-
-
 class CodeWords(nn.Module):
     """`code_words`: z's label codes (`free_label_codes`) join G's text as the words of their values.
 
@@ -198,7 +192,7 @@ class CodeWords(nn.Module):
         if switch is None:
             switch = self.walk == "switch"
         if switch:
-            codes = tuple(torch.softmax(SWITCH_SHARPNESS * code.float(), dim=1).to(code) for code in codes)
+            codes = tuple(map(switched, codes))
         words = [
             (code @ table) * free[:, a : a + 1]
             for a, (code, table) in enumerate(zip(codes, self.phrases.split(self.sizes), strict=True))  # type: ignore[operator]
