@@ -22,8 +22,8 @@ from gantry.jobs.settings import Settings
 # real images), which took validity from about 0.41 (unsupervised InfoGAN codes) to about 0.8;
 # and samples drawn from an average of G's weights (`ema`), which took it from 0.79 to 0.88
 # (the same four runs with and without the average). Latent walks on the demo's job read its label
-# codes as `code_walk=switch`: each frame one class, cutting half way, 0.87 of frames clean against
-# 0.53 crossing blends of two codes (training is the same either way).
+# codes as `code_walk=switch`: each frame one class, cutting half way, 0.84-0.87 of frames clean
+# against 0.45-0.53 crossing blends of two codes (two runs; training is the same either way).
 DEMO_TRAIN = {
     "dataset": "shapes",
     "image_size": 32,
