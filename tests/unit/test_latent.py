@@ -95,17 +95,23 @@ def test_bad_arithmetic_on_the_cli_exits_2_naming_the_problem(settings) -> None:
 # --- outputs on a tiny trained DCGAN --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def dcgan_checkpoint() -> bytes:
+def _tiny_dcgan(**options: object) -> bytes:
+    """The checkpoint of a tiny dcgan trained 3 steps on noise images, with these options."""
     rng = np.random.default_rng(0)
     data = ImageData(images=rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8))
-    spec = DCGANTrainSpec(image_size=16, batch_size=8, steps=3, options=DCGANOptions(nz=16, ngf=8, ndf=8))
+    opts = DCGANOptions.model_validate({"nz": 16, "ngf": 8, "ndf": 8, **options})
+    spec = DCGANTrainSpec(image_size=16, batch_size=8, steps=3, options=opts)
     checkpoints: list[bytes] = []
     callbacks = Callbacks(
         lambda *a: None, lambda: False, lambda step, b: checkpoints.append(b), lambda *a: None
     )
     train(spec, data, callbacks=callbacks, device="cpu")
     return checkpoints[-1]
+
+
+@pytest.fixture(scope="module")
+def dcgan_checkpoint() -> bytes:
+    return _tiny_dcgan()
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -152,20 +158,6 @@ def test_arithmetic_shows_exemplars_averages_and_noisy_results(dcgan_checkpoint:
 # --- how a walk reads a coded dcgan's one-hot codes (`code_walk`) --------------------------------
 
 
-def _coded_checkpoint(**options: object) -> bytes:
-    """A tiny dcgan with one InfoGAN code of 3 values (labels' codes are read the same way)."""
-    rng = np.random.default_rng(0)
-    data = ImageData(images=rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8))
-    opts = DCGANOptions.model_validate({"nz": 16, "ngf": 8, "ndf": 8, "latent_codes": "3", **options})
-    spec = DCGANTrainSpec(image_size=16, batch_size=8, steps=3, options=opts)
-    checkpoints: list[bytes] = []
-    callbacks = Callbacks(
-        lambda *a: None, lambda: False, lambda step, b: checkpoints.append(b), lambda *a: None
-    )
-    train(spec, data, callbacks=callbacks, device="cpu")
-    return checkpoints[-1]
-
-
 def test_switch_reads_each_code_as_its_larger_value_and_leaves_z_alone() -> None:
     rows = torch.tensor([[0, 1], [1, 3], [0, 2]])
     latents = CodedLatents(4, (3,), label_sizes=(2, 4), label_rows=rows)
@@ -182,16 +174,16 @@ def test_switch_reads_each_code_as_its_larger_value_and_leaves_z_alone() -> None
 
 
 def test_a_walk_read_with_switch_draws_the_nearer_ends_code_in_every_frame() -> None:
-    checkpoint = _coded_checkpoint()
+    checkpoint = _tiny_dcgan(latent_codes="3")  # one InfoGAN code of 3 values; labels read alike
     blend = load_decoder(checkpoint, device="cpu")  # as trained: code_walk=blend
     switch = load_decoder(checkpoint, device="cpu", code_walk="switch")
     assert blend.read is None and switch.read is not None
+    assert isinstance(blend.sample, CodedLatents)  # z's code is its last 3 entries
     for G in (blend.G, switch.G):  # three steps leave G grey: make its code and its colours count
         convs = [m for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d | torch.nn.Conv2d)]
         with torch.no_grad():
             convs[0].weight[-3:] *= 100
             convs[-1].weight *= 50
-    codes = blend.sample  # CodedLatents: z's code is its last 3 entries
     a, b = next(
         (blend.latent(s), blend.latent(s + 1))
         for s in range(100)
@@ -205,9 +197,8 @@ def test_a_walk_read_with_switch_draws_the_nearer_ends_code_in_every_frame() -> 
     outer = [0, 1, 2, 5, 6, 7]
     assert np.abs(drawn[outer] - blend.decode(snapped[outer])).max() <= 1  # uint8 rounding at most
     assert np.abs(blend.decode(walk)[1:7] - drawn[1:7]).max() > 1  # blends drew something else
-    assert isinstance(codes, CodedLatents)
     # Trained with code_walk=switch, its walks read so by default; --code-walk blend reads back.
-    trained = _coded_checkpoint(code_walk="switch")
+    trained = _tiny_dcgan(latent_codes="3", code_walk="switch")
     assert load_decoder(trained, device="cpu").read is not None
     assert load_decoder(trained, device="cpu", code_walk="blend").read is None
 
@@ -224,6 +215,9 @@ def test_readings_a_job_cannot_take_are_refused(model: str, options: dict, walk:
     with pytest.raises(InvalidInput) as info:
         check_code_walk(model, {"options": options}, walk)
     assert info.value.field == "code_walk" and words in info.value.message, info.value.message
+
+
+def test_a_coded_dcgan_can_be_read_with_switch_and_the_train_option_asks_for_codes() -> None:
     check_code_walk("dcgan", {"options": {"labels": ["shape"]}}, "switch")  # a labelled dcgan can
     with pytest.raises(InvalidInput) as info:  # and the train option asks for the same
         parse_train_spec("dcgan", {"dataset": "shapes"}, {"code_walk": "switch"})
