@@ -217,6 +217,13 @@ def test_readings_a_job_cannot_take_are_refused(model: str, options: dict, walk:
     assert info.value.field == "code_walk" and words in info.value.message, info.value.message
 
 
+def test_a_dcgan_decoder_refuses_a_reading_its_job_cannot_take(dcgan_checkpoint: bytes) -> None:
+    for walk, words in (("switch", "latent_codes or labels"), ("slide", "'blend' or 'switch'")):
+        with pytest.raises(InvalidInput) as info:
+            load_decoder(dcgan_checkpoint, device="cpu", code_walk=walk)
+        assert info.value.field == "code_walk" and words in info.value.message, info.value.message
+
+
 def test_a_coded_dcgan_can_be_read_with_switch_and_the_train_option_asks_for_codes() -> None:
     check_code_walk("dcgan", {"options": {"labels": ["shape"]}}, "switch")  # a labelled dcgan can
     with pytest.raises(InvalidInput) as info:  # and the train option asks for the same

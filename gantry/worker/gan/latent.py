@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs import load_train_spec, parse_arithmetic
+from gantry.jobs.specs import check_code_walk, load_train_spec, parse_arithmetic
 from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.images import png_bytes
@@ -119,6 +119,8 @@ def load_decoder(
     model = state["spec"]["model"]
     if model not in LATENT_MODELS:
         raise InvalidInput("model", f"latent walks need a {' or '.join(LATENT_MODELS)} job, not {model}")
+    if code_walk is not None:
+        check_code_walk(model, state["spec"], code_walk)  # as the service checks it at submit
     if model == "text2img":
         from gantry.worker.gan.models.text2img import TextGenerator
 
@@ -132,10 +134,7 @@ def load_decoder(
     codes = built.latent_sampler
     read = None
     if (code_walk or spec.options.code_walk) == "switch":  # type: ignore[attr-defined]
-        if not isinstance(codes, CodedLatents):
-            raise InvalidInput(
-                "code_walk", "code_walk=switch needs latent_codes or labels (the codes it reads)"
-            )
+        assert isinstance(codes, CodedLatents)  # checked: the train option's validator, check_code_walk
         read = codes.switch
     return LatentDecoder(model, built.G, built.latent_shape, device, codes or built.sample_latents, read=read)
 
