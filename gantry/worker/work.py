@@ -238,7 +238,7 @@ def run_metrics(
     ctx: JobContext, names: list[str], *, train_job_id: str, spec: EvaluateSpec
 ) -> dict[str, float]:
     """Compute `names` on a train job's checkpoint; record them on `ctx`'s job and the train job."""
-    from gantry.worker.evaluate import EvalContext, evaluate
+    from gantry.worker.metrics import EvalContext, evaluate
 
     with db.session_scope(ctx.sessions) as s:
         train_spec = load_train_spec(dict(db.get_job(s, train_job_id).spec))

@@ -15,11 +15,12 @@ from torch import nn
 
 from gantry.jobs.specs import DCGANTrainSpec
 from gantry.worker.data import shapes
-from gantry.worker.evaluate import EvalContext, evaluate
-from gantry.worker.gan import figures, shapes_metrics
+from gantry.worker.metrics import EvalContext, evaluate
+from gantry.worker.gan import figures
+from gantry.worker.metrics import shapes as shapes_metrics
 from gantry.worker.gan.latent import LatentDecoder
-from gantry.worker.gan.shapes_classifier import ShapesClassifier, attribute_classifier
-from gantry.worker.gan.shapes_metrics import validity
+from gantry.worker.metrics.shapes_classifier import ShapesClassifier, attribute_classifier
+from gantry.worker.metrics.shapes import validity
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 
 from gantry.jobs.specs import Text2ImgOptions, Text2ImgTrainSpec
 from gantry.worker.data import load_dataset
-from gantry.worker.evaluate import EvalContext, evaluate
+from gantry.worker.metrics import EvalContext, evaluate
 from gantry.worker.gan.loop import Callbacks, train
 
 

@@ -19,7 +19,7 @@ import torch
 from gantry.jobs.settings import get_settings
 from gantry.jobs.specs import BUILTIN_DATASETS, TrainSpecBase
 from gantry.jobs.storage import fetch_to_local
-from gantry.worker.evaluate import EvalContext
+from gantry.worker.metrics import EvalContext
 from gantry.worker.sr.ops import bicubic_resize, mod_crop, y_psnr_ssim
 from gantry.worker.sr.upscale import load_generator, super_resolve
 

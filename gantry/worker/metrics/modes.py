@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gantry.worker.data.points import Layout, layout
-from gantry.worker.evaluate import EvalContext
+from gantry.worker.metrics import EvalContext
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def stacked_metrics_from_checkpoint(
     checkpoint: bytes, *, seed: int, device: Any = "cpu", count: int = STACKED_SAMPLES
 ) -> dict[str, float]:
     """Classify `count` samples channel by channel; the metrics and the classifier's accuracy."""
-    from gantry.worker.digit_classifier import digit_classifier
+    from gantry.worker.metrics.digits import digit_classifier
     from gantry.worker.gan.sampler import generate
 
     model, spec = _generator(checkpoint, torch.device(device))
@@ -108,7 +108,7 @@ def stacked_metrics_from_checkpoint(
     return {**stacked_metrics(digits), "classifier_accuracy": classifier.accuracy}
 
 
-# --- Evaluators (`gantry.worker.evaluate.EVALUATORS`) ---------------------------------------------
+# --- Evaluators (`gantry.worker.metrics.EVALUATORS`) ---------------------------------------------
 
 
 def evaluate_points(ctx: EvalContext) -> dict[str, float]:

@@ -34,10 +34,10 @@ import torch
 from gantry.worker.data import shapes
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.latent import LatentDecoder, load_decoder, path
-from gantry.worker.gan.shapes_classifier import Classification, ShapesClassifier, attribute_classifier
+from gantry.worker.metrics.shapes_classifier import Classification, ShapesClassifier, attribute_classifier
 
 if TYPE_CHECKING:
-    from gantry.worker.evaluate import EvalContext
+    from gantry.worker.metrics import EvalContext
 
 log = logging.getLogger(__name__)
 

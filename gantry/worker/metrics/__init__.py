@@ -20,15 +20,15 @@ log = logging.getLogger(__name__)
 
 # metric name -> "module:function". One line per metric.
 EVALUATORS: dict[str, str] = {
-    "modes_2d": "gantry.worker.mode_collapse:evaluate_points",
-    "modes_stacked": "gantry.worker.mode_collapse:evaluate_stacked",
-    "psnr": "gantry.worker.sr.metrics:psnr",
-    "ssim": "gantry.worker.sr.metrics:ssim",
-    "caption_faithfulness": "gantry.worker.gan.shapes_metrics:caption_faithfulness",
-    "prompt_diversity": "gantry.worker.gan.shapes_metrics:prompt_diversity",
-    "arithmetic_accuracy": "gantry.worker.gan.shapes_metrics:arithmetic_accuracy",
-    "interpolation_validity": "gantry.worker.gan.shapes_metrics:interpolation_validity",
-    "sample_validity": "gantry.worker.gan.shapes_metrics:sample_validity",
+    "modes_2d": "gantry.worker.metrics.modes:evaluate_points",
+    "modes_stacked": "gantry.worker.metrics.modes:evaluate_stacked",
+    "psnr": "gantry.worker.metrics.sr:psnr",
+    "ssim": "gantry.worker.metrics.sr:ssim",
+    "caption_faithfulness": "gantry.worker.metrics.shapes:caption_faithfulness",
+    "prompt_diversity": "gantry.worker.metrics.shapes:prompt_diversity",
+    "arithmetic_accuracy": "gantry.worker.metrics.shapes:arithmetic_accuracy",
+    "interpolation_validity": "gantry.worker.metrics.shapes:interpolation_validity",
+    "sample_validity": "gantry.worker.metrics.shapes:sample_validity",
 }
 
 
