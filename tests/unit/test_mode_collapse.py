@@ -16,10 +16,10 @@ from gantry.jobs.specs import METRICS, parse_train_spec
 from gantry.worker.data import load_dataset
 from gantry.worker.data.points import PointData, grid25, ring8
 from gantry.worker.data.stacked import generate as stacked_digits
-from gantry.worker.metrics.digits import digit_classifier
-from gantry.worker.metrics import EVALUATORS
 from gantry.worker.gan.loop import Callbacks, train
 from gantry.worker.gan.sampler import sample
+from gantry.worker.metrics import EVALUATORS
+from gantry.worker.metrics.digits import digit_classifier
 from gantry.worker.metrics.modes import (
     point_metrics,
     points_metrics_from_checkpoint,

@@ -15,12 +15,12 @@ from torch import nn
 
 from gantry.jobs.specs import DCGANTrainSpec
 from gantry.worker.data import shapes
-from gantry.worker.metrics import EvalContext, evaluate
 from gantry.worker.gan import figures
-from gantry.worker.metrics import shapes as shapes_metrics
 from gantry.worker.gan.latent import LatentDecoder
-from gantry.worker.metrics.shapes_classifier import ShapesClassifier, attribute_classifier
+from gantry.worker.metrics import EvalContext, evaluate
+from gantry.worker.metrics import shapes as shapes_metrics
 from gantry.worker.metrics.shapes import validity
+from gantry.worker.metrics.shapes_classifier import ShapesClassifier, attribute_classifier
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between(
     saved: dict[str, bytes] = {}
     ctx = EvalContext.local(b"", DCGANTrainSpec(image_size=16), step=1200)
     ctx.save = saved.__setitem__
-    values = evaluate("interpolation_validity", ctx)
+    values = evaluate(["interpolation_validity"], ctx)
     assert values["interpolation_validity_ends"] == 0.0
     assert values["interpolation_validity_inner"] == 1.0
     assert values["interpolation_validity"] == pytest.approx(1 - 2 / shapes_metrics.FRAMES)
