@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import load_dataset
 from gantry.worker.gan.loop import Callbacks, train
-from gantry.worker.sr.metrics import sr_scores
+from gantry.worker.metrics.sr import sr_scores
 from gantry.worker.sr.ops import bicubic_resize, mod_crop
 from gantry.worker.sr.upscale import load_generator, super_resolve
 

@@ -30,6 +30,7 @@ from gantry.jobs.specs import (
     load_train_spec,
 )
 from gantry.jobs.storage import ObjectNotFound, ObjectStore, fetch_to_local, open_store
+from gantry.worker.errors import Stopped as _Stopped
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def run_metrics(
     ctx: JobContext, names: list[str], *, train_job_id: str, spec: EvaluateSpec
 ) -> dict[str, float]:
     """Compute `names` on a train job's checkpoint; record them on `ctx`'s job and the train job."""
-    from gantry.worker.evaluate import EvalContext, evaluate
+    from gantry.worker.metrics import EvalContext, evaluate_each
 
     with db.session_scope(ctx.sessions) as s:
         train_spec = load_train_spec(dict(db.get_job(s, train_job_id).spec))
@@ -251,10 +252,10 @@ def run_metrics(
         device=_device(),
         save=lambda name, data: ctx.put(f"{job_prefix(ctx.job_id)}/eval/{name}", data, kind="evaluation"),
         should_stop=ctx.should_stop,
+        progress=lambda done, total: ctx.should_stop(),  # its DB poll is the heartbeat (throttled)
     )
     values: dict[str, float] = {}
-    for i, name in enumerate(names):
-        got = evaluate(name, eval_ctx)
+    for i, (name, got) in enumerate(evaluate_each(names, eval_ctx)):
         if spec.code_walk and METRICS[name].walks:  # another reading than the train job's: named apart
             got = {_walk_name(key, name, spec.code_walk): value for key, value in got.items()}
         values.update(got)
@@ -286,10 +287,6 @@ def evaluate_job(ctx: JobContext, spec: EvaluateSpec, parent_job_id: str) -> Non
 
 def auto_metrics(spec: TrainSpecBase) -> list[str]:
     return [name for name, info in METRICS.items() if info.auto and info.applies(spec.model, spec.dataset)]  # type: ignore[attr-defined]
-
-
-class _Stopped(Exception):
-    pass
 
 
 def run_job(job_id: str, *, settings: Settings | None = None) -> str | None:
