@@ -1,40 +1,65 @@
-# One target per habit. Each creates .venv on first use (pinned, idempotent).
+# One target per habit. Each creates .venv on first use and installs what it needs from the pinned
+# lock files (requirements/): the API and CLI alone need no torch; tests, the demo and benchmarks
+# need the worker. A stamp per layer keeps it idempotent: a layer reinstalls when its lock changes.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+API := $(VENV)/.installed-api
+WORKER := $(VENV)/.installed-worker
+DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test unit integration lint format bench clean
+.PHONY: demo test unit integration lint format bench lock clean
+.NOTPARALLEL:  # the layers install into one venv, one pip at a time
 
-$(STAMP): pyproject.toml requirements.lock
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 
-demo: $(STAMP)
+# The base package (`pip install gantry`), editable, and its pinned tree.
+$(API): pyproject.toml requirements/api.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements/api.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+# `gantry[worker]`: torch, scikit-learn, scikit-image, numpy, pillow.
+$(WORKER): requirements/worker.lock $(API)
+	$(BIN)/python -m pip install --quiet -r requirements/worker.lock
+	touch $@
+
+# `gantry[dev]`: pytest, moto, ruff, mypy.
+$(DEV): requirements/dev.lock $(API)
+	$(BIN)/python -m pip install --quiet -r requirements/dev.lock
+	touch $@
+
+demo: $(WORKER)
 	$(BIN)/gantry demo
 
-test: $(STAMP)
+# Everything: unit, slow learning tests, integration (real Redis, PostgreSQL), GPU (skipped without CUDA).
+test: $(WORKER) $(DEV)
 	$(BIN)/python -m pytest -q -ra
 
-unit: $(STAMP)
-	$(BIN)/python -m pytest -q -ra tests/unit tests/worker
+# The fast loop: no test marked slow, no real services, no GPU.
+unit: $(WORKER) $(DEV)
+	$(BIN)/python -m pytest -q -ra -m "not slow" --ignore=tests/integration --ignore=tests/gpu
 
-integration: $(STAMP)
+integration: $(WORKER) $(DEV)
 	$(BIN)/python -m pytest -q -ra tests/integration
 
-lint: $(STAMP)
+# No torch needed: ruff reads the source, mypy checks the torch-free layers.
+lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gantry/jobs gantry/api
 
-format: $(STAMP)
+format: $(DEV)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)
+bench: $(WORKER)
 	$(BIN)/python bench/dcgan_speed.py
+
+# Regenerate requirements/*.lock after a change to pyproject.toml (upgrades nothing else).
+lock: | $(BIN)/python
+	$(BIN)/python requirements/lock.py
 
 clean:
 	rm -rf $(VENV) .gantry .pytest_cache

@@ -158,6 +158,7 @@ def digits_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield svc, job.id, checkpoint
 
 
+@pytest.mark.slow
 def test_a_head_trained_on_real_digits_sees_the_digit_g_was_asked_for(digits_job: Any) -> None:
     """After 200 steps on digits with labels=digit, a classifier that never saw G's images reads
     most samples as the digit in their label code; the same G with the class term nearly off draws
@@ -180,6 +181,7 @@ def test_a_head_trained_on_real_digits_sees_the_digit_g_was_asked_for(digits_job
     assert agreement(faint) < 0.3
 
 
+@pytest.mark.slow
 def test_prompts_draw_the_label_values_they_name(digits_job: Any) -> None:
     """`gantry sample JOB --prompt 7 --prompt digit=3 --count 20`: a row per prompt, each image the
     digit asked for; the same seed gives the same files."""

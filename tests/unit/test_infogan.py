@@ -92,6 +92,7 @@ def _final_checkpoint(s: Any) -> bytes:
     return checkpoints[-1]
 
 
+@pytest.mark.slow
 def test_training_makes_the_codes_readable_from_the_images() -> None:
     """After 150 steps on digits, D's code head reads a 4-way code back from G's images far better
     than chance (1/4): G has learnt to draw the code. With the term nearly off, G ignores the code."""

@@ -160,6 +160,7 @@ def test_a_folder_keeps_each_image_at_its_own_size(tmp_path: Path) -> None:
 # --- training -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_srresnet_at_2x_beats_bicubic_on_held_out_crops() -> None:
     # A CPU-sized G with VDSR's bicubic skip (the option that makes a few hundred steps enough;
     # without it G first has to learn to reproduce the image, thousands of steps on a CPU).

@@ -29,6 +29,7 @@ def classifier(classifier_home: Path) -> ShapesClassifier:
     return attribute_classifier(16, cache_dir=classifier_home / "cache")  # where evaluations look
 
 
+@pytest.mark.slow
 def test_real_shapes_are_valid_and_cover_every_training_pair(classifier: ShapesClassifier) -> None:
     real = shapes.generate(16, seed=7, split="train", count=1024).images
     values = validity(real, classifier)
@@ -36,6 +37,7 @@ def test_real_shapes_are_valid_and_cover_every_training_pair(classifier: ShapesC
     assert values["pair_coverage"] == 1.0
 
 
+@pytest.mark.slow
 def test_noise_and_empty_backgrounds_are_not_shapes(classifier: ShapesClassifier) -> None:
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (256, 16, 16, 3), dtype=np.uint8)
@@ -44,6 +46,7 @@ def test_noise_and_empty_backgrounds_are_not_shapes(classifier: ShapesClassifier
     assert validity(empty, classifier)["sample_validity"] < 0.2
 
 
+@pytest.mark.slow
 def test_a_collapsed_generator_is_valid_but_covers_one_pair(classifier: ShapesClassifier) -> None:
     one = shapes.generate(16, seed=7, split="train", count=64).images[:1]
     values = validity(np.repeat(one, 256, axis=0), classifier)
@@ -86,6 +89,7 @@ def blank_ends(
     return decoder
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("blank_ends")
 def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between() -> None:
     saved: dict[str, bytes] = {}
@@ -111,6 +115,7 @@ def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between() 
     assert rows_outlined.min() == 0 and rows_outlined.max() == red.shape[0] - 1  # every walk
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("blank_ends")
 def test_the_walks_report_each_walk_and_stop_when_the_job_is_cancelled() -> None:
     saved: dict[str, bytes] = {}
