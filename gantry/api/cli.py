@@ -263,6 +263,8 @@ def evaluate(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **field
 @click.argument("model", type=click.Choice(sorted(MODELS)))
 def options(model: str) -> None:
     """List MODEL's `--set` options: default, allowed values and meaning, architecture first."""
+    from rich.markup import escape
+
     from gantry.jobs.specs import option_help
 
     table = Table("option", "default", "allowed", "meaning", box=None)
@@ -271,7 +273,7 @@ def options(model: str) -> None:
         if row.section != section:
             section = row.section
             table.add_row(f"[bold]{section}[/bold]", "", "", "")
-        table.add_row(row.name, row.default, row.allowed, row.meaning)
+        table.add_row(row.name, escape(row.default), escape(row.allowed), escape(row.meaning))
     out.print(table)
 
 

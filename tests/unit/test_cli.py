@@ -114,6 +114,7 @@ def test_options_lists_architecture_first_with_defaults_and_bounds() -> None:
     assert names[:2] == ["architecture", "nz"]
     assert lines[2][:4] == ["nz", "100", "1", "to"]
     assert names.index("lr") < names.index("labels") < names.index("precision")
+    assert "'gantry[text]')" in run("options", "text2img").output  # shown as written, not read as markup
 
 
 def test_unreachable_broker_is_named_without_password(settings, monkeypatch) -> None:

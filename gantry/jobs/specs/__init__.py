@@ -85,7 +85,6 @@ __all__ = [
     "GANTrainSpec",
     "GeneratorLoss",
     "ImprovedTechniques",
-    "InvalidInput",
     "JobKind",
     "MetricInfo",
     "ModelOptions",

@@ -6,7 +6,7 @@ A model module under `gantry/worker/gan/models/` defines
 
 returning its networks, their optimizers and its loss (see `losses.GANLoss`). The training loop
 (`loop.train`) and the sampler only ever see a `GANModel`, so adding a variant is its spec in
-`jobs/specs.py`, its module, and one line in `MODELS` below.
+`jobs/specs/<model>.py` (and a line in its `MODELS`), its module, and one line in `MODELS` below.
 """
 
 from __future__ import annotations
