@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -ra tests/unit
+	$(BIN)/python -m pytest -q -ra tests/unit tests/worker
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests/integration

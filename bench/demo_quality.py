@@ -11,7 +11,8 @@ they cover), `interpolation_validity` and `arithmetic_accuracy`. Prints one row 
 
 A variant is space-separated key=value pairs; keys that are train-spec fields (steps, batch_size,
 ...) replace those, any other key is a model option (`--set`). Jobs land under --home (default a
-temporary folder), so their grids can be looked at afterwards.
+temporary folder), so their grids can be looked at afterwards. The jobs run where a worker would
+run them: on CUDA when torch sees a GPU, else on the CPU.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import torch
 from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import load_dataset
 from gantry.worker.gan.loop import Callbacks, train
-from gantry.worker.mode_collapse import points_metrics_from_checkpoint, stacked_metrics_from_checkpoint
+from gantry.worker.metrics.modes import points_metrics_from_checkpoint, stacked_metrics_from_checkpoint
 
 # PacGAN Table 1 (2-D, 2,500 samples) and Table 2 (stacked MNIST, 26,000 samples): published rows.
 PUBLISHED = [

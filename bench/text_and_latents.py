@@ -25,10 +25,10 @@ import torch
 from gantry.jobs.settings import get_settings
 from gantry.jobs.specs import TrainSpecBase, load_train_spec, parse_train_spec
 from gantry.worker.data import load_dataset
-from gantry.worker.evaluate import EvalContext, evaluate
 from gantry.worker.gan.checkpoint import load_checkpoint
 from gantry.worker.gan.loop import Callbacks, train
-from gantry.worker.gan.shapes_classifier import attribute_classifier
+from gantry.worker.metrics import EvalContext, evaluate
+from gantry.worker.metrics.shapes_classifier import attribute_classifier
 
 TARGETS = {
     "faithfulness_seen": (">=", 0.95),
@@ -99,7 +99,7 @@ def _metrics(spec: TrainSpecBase, checkpoint: bytes, names: list[str], seed: int
     values: dict[str, Any] = {}
     for name in names:
         started = time.perf_counter()
-        values.update(evaluate(name, ctx))
+        values.update(evaluate([name], ctx))
         values[f"{name} seconds"] = time.perf_counter() - started
     return values
 

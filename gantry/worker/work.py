@@ -34,6 +34,7 @@ from gantry.jobs.keys import (
 from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import METRICS, EvaluateSpec, SampleSpec, TrainSpec, load_train_spec
 from gantry.jobs.storage import ObjectNotFound, ObjectStore, fetch_to_local, open_store
+from gantry.worker.errors import Stopped as _Stopped
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def run_metrics(
     ctx: JobContext, names: list[str], *, train_job_id: str, spec: EvaluateSpec
 ) -> dict[str, float]:
     """Compute `names` on a train job's checkpoint; record them on `ctx`'s job and the train job."""
-    from gantry.worker.evaluate import EvalContext, evaluate
+    from gantry.worker.metrics import EvalContext, evaluate_each
 
     with db.session_scope(ctx.sessions) as s:
         train_spec = load_train_spec(dict(db.get_job(s, train_job_id).spec))
@@ -239,10 +240,10 @@ def run_metrics(
         device=_device(),
         save=lambda name, data: ctx.put(eval_key(ctx.job_id, name), data, kind="evaluation"),
         should_stop=ctx.should_stop,
+        progress=lambda done, total: ctx.should_stop(),  # its DB poll is the heartbeat (throttled)
     )
     values: dict[str, float] = {}
-    for i, name in enumerate(names):
-        got = evaluate(name, eval_ctx)
+    for i, (name, got) in enumerate(evaluate_each(names, eval_ctx)):
         # Read with another --code-walk than the train job's: the values it changes are named apart.
         got = {METRICS[name].reading_key(key, spec.code_walk): value for key, value in got.items()}
         values.update(got)
@@ -262,10 +263,6 @@ def evaluate_job(ctx: JobContext, spec: EvaluateSpec, parent_job_id: str) -> Non
         names = load_train_spec(dict(db.get_job(s, parent_job_id).spec)).resolve_metrics(spec.metrics)
     run_metrics(ctx, names, train_job_id=parent_job_id, spec=spec)
     ctx.write_metrics_jsonl()
-
-
-class _Stopped(Exception):
-    pass
 
 
 def run_job(job_id: str, *, settings: Settings | None = None) -> str | None:

@@ -1,10 +1,9 @@
-"""Mode collapse: the 2-D and stacked-digits data sets, PacGAN's metrics on hand-made samples, the
-digit classifier, the MLP GAN's 2-D sample files, and one real training run that must cover ring8."""
+"""Mode collapse: the 2-D and stacked-digits data sets, the MLP GAN's 2-D sample files, and one real
+training run that must cover ring8 (PacGAN's metrics themselves: tests/worker/metrics/test_modes.py)."""
 
 from __future__ import annotations
 
 import io
-import math
 import time
 
 import numpy as np
@@ -16,15 +15,10 @@ from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import load_dataset
 from gantry.worker.data.points import PointData, grid25, ring8
 from gantry.worker.data.stacked import generate as stacked_digits
-from gantry.worker.digit_classifier import digit_classifier
-from gantry.worker.evaluate import EVALUATORS
 from gantry.worker.gan.loop import Callbacks, train
 from gantry.worker.gan.sampler import sample
-from gantry.worker.mode_collapse import (
-    point_metrics,
-    points_metrics_from_checkpoint,
-    stacked_metrics,
-)
+from gantry.worker.metrics.digits import digit_classifier
+from gantry.worker.metrics.modes import point_metrics, points_metrics_from_checkpoint
 
 # --- data sets -----------------------------------------------------------------------------------------
 
@@ -57,63 +51,6 @@ def test_stacked_digits_channels_are_the_labelled_digits() -> None:
     channels = data.images.transpose(0, 3, 1, 2).reshape(-1, 16, 16)
     agreement = (classifier.predict(channels) == data.labels.reshape(-1)).mean()
     assert agreement >= 0.97
-
-
-# --- metrics on hand-made samples ----------------------------------------------------------------------
-
-
-def test_2d_metrics_all_points_on_one_mode() -> None:
-    ring = ring8()
-    points = ring.means[3] + 0.005 * np.random.default_rng(0).standard_normal((2500, 2))
-    values = point_metrics(points, ring)
-    assert values["modes"] == 1 and values["high_quality"] == 1.0
-    assert values["reverse_kl"] == pytest.approx(math.log(8))
-
-
-def test_2d_metrics_uniform_over_all_modes() -> None:
-    grid = grid25()
-    points = np.repeat(grid.means, 100, axis=0) + 0.01 * np.random.default_rng(0).standard_normal((2500, 2))
-    assert point_metrics(points, grid) == pytest.approx({"modes": 25, "high_quality": 1.0, "reverse_kl": 0.0})
-
-
-def test_2d_metrics_points_off_every_mode() -> None:
-    ring = ring8()
-    points = np.zeros((2500, 2))  # the ring's centre: 1 away from every mode, far beyond 3 std
-    values = point_metrics(points, ring)
-    assert values["modes"] == 0 and values["high_quality"] == 0.0
-    assert values["reverse_kl"] == pytest.approx(math.log(8))
-
-
-def test_2d_metrics_count_only_high_quality_samples() -> None:
-    ring = ring8()
-    on_modes = np.repeat(ring.means[:4], 500, axis=0)  # 4 modes, evenly
-    between = np.tile([[0.5, 0.5]], (500, 1))  # near no mode
-    values = point_metrics(np.concatenate([on_modes, between]), ring)
-    assert values["modes"] == 4 and values["high_quality"] == pytest.approx(0.8)
-    assert values["reverse_kl"] == pytest.approx(math.log(2))  # uniform over half of the modes
-
-
-def test_stacked_metrics_one_mode_and_all_modes() -> None:
-    one = stacked_metrics(np.tile([[3, 1, 4]], (26_000, 1)))
-    assert one == pytest.approx({"modes": 1, "kl_uniform": math.log(1000)})
-    every = np.array([[i // 100, i // 10 % 10, i % 10] for i in range(1000)] * 26)
-    assert stacked_metrics(every) == pytest.approx({"modes": 1000, "kl_uniform": 0.0})
-
-
-def test_digit_classifier_held_out_accuracy() -> None:
-    started = time.perf_counter()
-    classifier = digit_classifier(32)
-    assert classifier.accuracy >= 0.97
-    assert digit_classifier(32) is classifier  # cached: trained once per process and size
-    assert time.perf_counter() - started < 30
-
-
-def test_metrics_are_registered_for_evaluate_and_the_end_of_training() -> None:
-    assert set(EVALUATORS) >= {"modes_2d", "modes_stacked"}
-    assert "modes_2d" in parse_train_spec("gan", {"dataset": "ring8"}, {}).metric_names(auto=True)
-    stacked = parse_train_spec("dcgan", {"dataset": "stacked-digits"}, {})
-    assert "modes_stacked" in stacked.metric_names(auto=True)
-    assert "modes_2d" not in parse_train_spec("gan", {"dataset": "digits"}, {}).metric_names()
 
 
 # --- one real training run (the CI test of the issue) ----------------------------------------------------

@@ -17,7 +17,7 @@ from torch import nn
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import Text2ImgOptions, Text2ImgTrainSpec, parse_sample_spec, parse_train_spec
-from gantry.worker.data import ImageData, shapes
+from gantry.worker.data import CaptionGrammar, ImageData, builtin_caption_grammar, load_dataset, shapes
 from gantry.worker.gan.checkpoint import load_checkpoint
 from gantry.worker.gan.latent import interpolate, load_decoder, slerp
 from gantry.worker.gan.loop import Callbacks, train
@@ -349,8 +349,8 @@ def test_text2img_plain_sampling_asks_for_a_prompt() -> None:
 # --- training and sampling through the shared loop ----------------------------------------------
 
 
-def _tiny_text2img(**options: object) -> tuple[Text2ImgTrainSpec, bytes]:
-    data = shapes.generate(16, seed=0, count=64)
+def _tiny_text2img(data: ImageData | None = None, **options: object) -> tuple[Text2ImgTrainSpec, bytes]:
+    data = data if data is not None else shapes.generate(16, seed=0, count=64)
     spec = Text2ImgTrainSpec(
         image_size=16,
         batch_size=8,
@@ -463,6 +463,75 @@ def test_code_words_sample_prompts_and_walks_and_need_the_codes() -> None:
             {"generator": "layered", "labels": "shape,colour,size", "free_label_codes": "true"},
         )
     assert "code_words=true" in info.value.message
+
+
+# --- the caption grammar: from the data set to the checkpoint ------------------------------------
+
+FREE_CODES = {"labels": ("shape", "colour", "size", "position"), "free_label_codes": True, "code_words": True}
+
+
+def _resaved(checkpoint: bytes, drop_extra: str) -> bytes:
+    """The checkpoint as one written before its `extra` state had `drop_extra`."""
+    state = load_checkpoint(checkpoint)
+    state["extra"] = {key: value for key, value in state["extra"].items() if key != drop_extra}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def test_code_words_are_the_words_the_data_declares_and_travel_in_the_checkpoint() -> None:
+    """G's code words come from the caption grammar the data set carries, not from `shapes` itself:
+    data declaring other words for sizes gets those words' embeddings, and the checkpoint keeps the
+    grammar for prompts (which captions leave a size free)."""
+    data = shapes.generate(16, seed=0, count=64)
+    assert data.caption_grammar is builtin_caption_grammar("shapes") is shapes.CAPTION_GRAMMAR
+    declared = shapes.CAPTION_GRAMMAR.state()
+    declared["phrases"]["size"] = {"small": "tiny", "large": "big"}  # both words of the captions
+    data.caption_grammar = CaptionGrammar.from_state(declared)
+    _, checkpoint = _tiny_text2img(data, **FREE_CODES)
+    state = load_checkpoint(checkpoint)
+    assert state["extra"]["caption_grammar"] == declared
+    encoder = encoder_from_state(state["extra"]["text_encoder"])
+    big = encoder.encode(["big"])[0]
+    phrases = state["G"]["code_words.phrases"]  # (2 sizes + 9 positions, E), sizes first
+    assert torch.allclose(phrases[1], big) and not torch.allclose(phrases[1], encoder.encode(["large"])[0])
+    assert torch.allclose(phrases[2], encoder.encode(["in the top left"])[0])
+    _assert_samples_prompts_and_walks(checkpoint, ["a red circle", "a big red circle"])
+
+
+def test_a_checkpoint_from_before_the_grammar_was_kept_samples_as_one_that_keeps_it() -> None:
+    """Old checkpoints have no `caption_grammar`: their G was built from the grammar their data set
+    (named in the stored spec) declares, and that is what sampling reads for them."""
+    _, checkpoint = _tiny_text2img(**FREE_CODES)
+    assert load_checkpoint(checkpoint)["extra"]["caption_grammar"] == shapes.CAPTION_GRAMMAR.state()
+    old = _resaved(checkpoint, "caption_grammar")
+    prompts = ["a red circle", "a small red circle in the top left"]
+    new_result = sample_prompts(checkpoint, prompts=prompts, count=3, seed=5, device="cpu")
+    old_result = sample_prompts(old, prompts=prompts, count=3, seed=5, device="cpu")
+    assert old_result.images == new_result.images
+    # Without free_label_codes there is nothing to keep: the extra state is as it always was.
+    _, plain = _tiny_text2img()
+    assert set(load_checkpoint(plain)["extra"]) == {"text_encoder", "example_captions"}
+
+
+@pytest.mark.parametrize("code_words", [False, True])
+def test_free_label_codes_on_captions_that_declare_no_attributes_are_refused(
+    tmp_path: Path, code_words: bool
+) -> None:
+    """An .npz with captions and labels declares nothing about how its captions name the labels:
+    free_label_codes (and code_words) cannot know what a caption leaves free, and say so."""
+    source = shapes.generate(16, seed=0, count=32)
+    path = tmp_path / "captioned.npz"
+    np.savez(path, images=source.images, labels=source.labels, captions=np.array(source.captions))
+    data = load_dataset(str(path), image_size=16)
+    assert data.captions and data.caption_grammar is None
+    options = {**FREE_CODES, "code_words": code_words}
+    with pytest.raises(InvalidInput) as info:
+        _tiny_text2img(data, **options)  # type: ignore[arg-type]
+    option = "code_words" if code_words else "free_label_codes"
+    assert info.value.field == f"set.{option}"
+    assert f"{option} needs data whose captions declare their label attributes" in info.value.message
+    _tiny_text2img(data)  # the same captions train without the codes
 
 
 # --- reading a checkpoint's codes another way (`--code-walk`) ------------------------------------

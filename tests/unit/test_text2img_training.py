@@ -11,8 +11,8 @@ import torch
 
 from gantry.jobs.specs import Text2ImgOptions, Text2ImgTrainSpec
 from gantry.worker.data import load_dataset
-from gantry.worker.evaluate import EvalContext, evaluate
 from gantry.worker.gan.loop import Callbacks, train
+from gantry.worker.metrics import EvalContext, evaluate
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_text2img_learns_colours_in_a_minute(classifier_home: Path, monkeypatch:
     )
     train(spec, data, callbacks=callbacks, device="cpu")
     seconds = time.perf_counter() - started
-    values = evaluate("caption_faithfulness", EvalContext.local(checkpoints[-1], spec, step=spec.steps))
+    values = evaluate(["caption_faithfulness"], EvalContext.local(checkpoints[-1], spec, step=spec.steps))
     # The classifier reads colour perfectly at 16 px (shape is harder there: small shapes are 4 px).
     assert values["shapes_classifier_accuracy"] > 0.5
     # Chance is 1 in 8; this run measured 0.42 (2026-11-26). Twice chance is "clearly above".

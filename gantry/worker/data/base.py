@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +20,49 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 
 
+@dataclass(frozen=True)
+class CaptionGrammar:
+    """How a data set's captions mention its label attributes: what a model that reads captions
+    beside labels needs (text2img's classifier, `free_label_codes` and `code_words`).
+
+    `naming_words`: attribute -> the caption words that name one of its values ("disc" names a shape).
+    `phrases`: each attribute a caption may leave free ("a red circle" names no size) -> value name ->
+    the words the plain phrasing uses for it ("top left" -> "in the top left").
+    Plain strings only, so a checkpoint can carry it (`state`, `from_state`).
+    """
+
+    naming_words: Mapping[str, frozenset[str]]
+    phrases: Mapping[str, Mapping[str, str]]
+
+    @property
+    def left_free(self) -> tuple[str, ...]:
+        """The attributes a caption may leave free, in declaration order."""
+        return tuple(self.phrases)
+
+    def named(self, captions: Sequence[str], names: Sequence[str]) -> np.ndarray:
+        """bool (N, K): whether each caption names a value of each attribute in `names`."""
+        for name in names:
+            if name not in self.naming_words:
+                raise ValueError(f"unknown attribute {name!r}; choose one of {', '.join(self.naming_words)}")
+        words = [set(re.findall(r"[a-z]+", text.lower())) for text in captions]
+        named = [[bool(w & self.naming_words[name]) for name in names] for w in words]
+        return np.array(named, dtype=bool).reshape(len(words), len(names))
+
+    def state(self) -> dict[str, Any]:
+        """Plain data (lists and dicts of strings) that `weights_only` checkpoints can hold."""
+        return {
+            "naming_words": {name: sorted(words) for name, words in self.naming_words.items()},
+            "phrases": {name: dict(values) for name, values in self.phrases.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> CaptionGrammar:
+        return cls(
+            naming_words={name: frozenset(words) for name, words in state["naming_words"].items()},
+            phrases={name: dict(values) for name, values in state["phrases"].items()},
+        )
+
+
 @dataclass
 class ImageData:
     """Images at the requested size, with whatever labels and captions the data set has."""
@@ -26,6 +71,7 @@ class ImageData:
     labels: np.ndarray | None = None  # int64, N (one class) or N x K (K attributes)
     captions: list[str] | None = None  # one per image
     attributes: dict[str, list[str]] | None = None  # attribute name -> value names, for labels N x K
+    caption_grammar: CaptionGrammar | None = None  # how the captions name the attributes, if declared
 
     def __post_init__(self) -> None:
         # Loaders turn bad user data into InvalidInput before this; a failure here is a bug in gantry.
@@ -48,6 +94,8 @@ class ImageData:
             and len(self.attributes) != self.labels.shape[1]
         ):
             raise ValueError(f"{len(self.attributes)} attributes for {self.labels.shape[1]} label columns")
+        if self.caption_grammar is not None and self.captions is None:
+            raise ValueError("a caption grammar describes captions; these images have none")
 
     @property
     def channels(self) -> int:
@@ -104,6 +152,17 @@ BUILTIN: dict[str, Callable[[int, int, str], ImageData | PhotoData | PointData]]
     "grid25": lambda image_size, seed, split: points.generate("grid25", seed=seed, split=split),
     "stacked-digits": lambda image_size, seed, split: stacked.generate(image_size, seed=seed, split=split),
 }
+
+
+# The built-in data sets that declare how their captions name their labels (the grammar their
+# ImageData carries), by name: text2img sizes G's label codes from it before it sees any data.
+CAPTION_GRAMMARS: dict[str, CaptionGrammar] = {"shapes": shapes.CAPTION_GRAMMAR}
+
+
+def builtin_caption_grammar(dataset: str) -> CaptionGrammar | None:
+    """The caption grammar a built-in data set declares, without loading it; None for any other
+    data set (user data declares none)."""
+    return CAPTION_GRAMMARS.get(dataset)
 
 
 def label_space(dataset: str, names: Sequence[str]) -> np.ndarray:

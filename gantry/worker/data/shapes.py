@@ -24,7 +24,7 @@ from typing import Final
 
 import numpy as np
 
-from gantry.worker.data.base import ImageData
+from gantry.worker.data.base import CaptionGrammar, ImageData
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +171,14 @@ def value_phrase(attribute: str, value: str) -> str:
 def named_attributes(captions: Sequence[str], names: Sequence[str]) -> np.ndarray:
     """bool (N, K): whether each caption names a value of each attribute in `names` ("a red circle"
     names shape and colour and leaves size, position and background free)."""
-    words = [set(re.findall(r"[a-z]+", text.lower())) for text in captions]
-    for name in names:
-        if name not in _NAMING_WORDS:
-            raise ValueError(f"unknown attribute {name!r}; choose one of {', '.join(_NAMING_WORDS)}")
-    return np.array([[bool(w & _NAMING_WORDS[name]) for name in names] for w in words], dtype=bool).reshape(
-        len(words), len(names)
-    )
+    return CAPTION_GRAMMAR.named(captions, names)
+
+
+# What the captions declare to models that read them beside the labels (`ImageData.caption_grammar`).
+CAPTION_GRAMMAR: Final[CaptionGrammar] = CaptionGrammar(
+    naming_words={name: frozenset(words) for name, words in _NAMING_WORDS.items()},
+    phrases={name: {value: value_phrase(name, value) for value in ATTRIBUTES[name]} for name in LEFT_FREE},
+)
 
 
 def _sdf(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -312,4 +313,5 @@ def generate(image_size: int, *, seed: int = 0, split: str = "train", count: int
         labels=labels,
         captions=captions,
         attributes={k: list(v) for k, v in ATTRIBUTES.items()},
+        caption_grammar=CAPTION_GRAMMAR,
     )

@@ -1,4 +1,5 @@
-"""`psnr` and `ssim` for srresnet/srgan jobs: the model and bicubic on the validation images.
+"""`psnr` and `ssim` for srresnet/srgan jobs: the model and bicubic on the validation images, in one
+pass (both metrics read the same super-resolved images).
 
 Each HR image is cropped to a multiple of the scale, downsampled bicubically to make its LR input,
 then upscaled by bicubic and by G (tiled); both are compared with the HR image on Y with a
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ import torch
 from gantry.jobs.settings import get_settings
 from gantry.jobs.specs import BUILTIN_DATASETS, TrainSpecBase
 from gantry.jobs.storage import fetch_to_local
-from gantry.worker.evaluate import EvalContext
+from gantry.worker.metrics import EvalContext
 from gantry.worker.sr.ops import bicubic_resize, mod_crop, y_psnr_ssim
 from gantry.worker.sr.upscale import load_generator, super_resolve
 
@@ -38,10 +40,17 @@ def validation_images(spec: TrainSpecBase) -> list[np.ndarray]:
     return list(data.images)
 
 
-def sr_scores(G: torch.nn.Module, images: list[np.ndarray], *, scale: int) -> dict[str, list[float]]:
-    """Per-image psnr, ssim, psnr_bicubic, ssim_bicubic of G against bicubic on HR `images`."""
+def sr_scores(
+    G: torch.nn.Module,
+    images: list[np.ndarray],
+    *,
+    scale: int,
+    report: Callable[[int, int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Per-image psnr, ssim, psnr_bicubic, ssim_bicubic of G against bicubic on HR `images`;
+    `report(done, total)` after each image."""
     scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_bicubic": [], "ssim_bicubic": []}
-    for image in images:
+    for i, image in enumerate(images):
         hr = mod_crop(image, scale)
         h, w = hr.shape[:2]
         lr = bicubic_resize(hr, h // scale, w // scale)
@@ -49,23 +58,15 @@ def sr_scores(G: torch.nn.Module, images: list[np.ndarray], *, scale: int) -> di
             p, s = y_psnr_ssim(sr, hr, scale=scale)
             scores["psnr" + name].append(p)
             scores["ssim" + name].append(s)
+        if report is not None:
+            report(i + 1, len(images))
     return scores
 
 
-def _mean_scores(ctx: EvalContext) -> dict[str, float]:
+def psnr_ssim(ctx: EvalContext) -> dict[str, float]:
+    """`psnr` and `ssim`, one pass over the validation images: PSNR (dB) and SSIM on Y of the model
+    and of bicubic, means over the images."""
     G, spec, _ = load_generator(ctx.checkpoint, ctx.device)
     scale = spec.options.scale  # type: ignore[attr-defined]
-    scores = sr_scores(G, validation_images(spec), scale=scale)
+    scores = sr_scores(G, validation_images(spec), scale=scale, report=ctx.report)
     return {name: float(np.mean(values)) for name, values in scores.items()}
-
-
-def psnr(ctx: EvalContext) -> dict[str, float]:
-    """PSNR (dB) on Y of the model and of bicubic."""
-    scores = _mean_scores(ctx)
-    return {"psnr": scores["psnr"], "psnr_bicubic": scores["psnr_bicubic"]}
-
-
-def ssim(ctx: EvalContext) -> dict[str, float]:
-    """SSIM on Y of the model and of bicubic."""
-    scores = _mean_scores(ctx)
-    return {"ssim": scores["ssim"], "ssim_bicubic": scores["ssim_bicubic"]}

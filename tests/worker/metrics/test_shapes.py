@@ -1,6 +1,6 @@
 """sample_validity on hand-made image sets (real shapes, noise, a collapsed generator), and
 interpolation_validity on a hand-made generator with blank walk ends, with the figure of what it
-rejected."""
+rejected; the walks report their progress and stop when the job is cancelled."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from torch import nn
 
 from gantry.jobs.specs import DCGANTrainSpec
 from gantry.worker.data import shapes
-from gantry.worker.evaluate import EvalContext, evaluate
-from gantry.worker.gan import figures, shapes_metrics
+from gantry.worker.errors import Stopped
+from gantry.worker.gan import figures
 from gantry.worker.gan.latent import LatentDecoder
-from gantry.worker.gan.shapes_classifier import ShapesClassifier, attribute_classifier
-from gantry.worker.gan.shapes_metrics import validity
+from gantry.worker.metrics import EvalContext, evaluate
+from gantry.worker.metrics import shapes as shapes_metrics
+from gantry.worker.metrics.shapes import validity
+from gantry.worker.metrics.shapes_classifier import ShapesClassifier, attribute_classifier
 
 
 @pytest.fixture(scope="module")
@@ -70,19 +72,26 @@ def _red(png: bytes) -> np.ndarray:
     return (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) == figures.MARK).all(-1)
 
 
-def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between(
+@pytest.fixture
+def blank_ends(
     classifier: ShapesClassifier, classifier_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> LatentDecoder:
+    """Evaluations in this test read the hand-made `_BlankEnds` G, whatever their checkpoint."""
     monkeypatch.setenv("GANTRY_HOME", str(classifier_home))  # the classifier's cache, shared
     real = shapes.generate(16, seed=7, split="train", count=64).images
     shape = next(image for image in real if validity(image[None], classifier)["sample_validity"] == 1.0)
     gaussian = lambda n, generator: torch.randn((n, 4, 1, 1), generator=generator)  # noqa: E731
     decoder = LatentDecoder("dcgan", _BlankEnds(shape), (4, 1, 1), torch.device("cpu"), gaussian)
     monkeypatch.setattr(shapes_metrics, "load_decoder", lambda checkpoint, **_: decoder)
+    return decoder
+
+
+@pytest.mark.usefixtures("blank_ends")
+def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between() -> None:
     saved: dict[str, bytes] = {}
     ctx = EvalContext.local(b"", DCGANTrainSpec(image_size=16), step=1200)
     ctx.save = saved.__setitem__
-    values = evaluate("interpolation_validity", ctx)
+    values = evaluate(["interpolation_validity"], ctx)
     assert values["interpolation_validity_ends"] == 0.0
     assert values["interpolation_validity_inner"] == 1.0
     assert values["interpolation_validity"] == pytest.approx(1 - 2 / shapes_metrics.FRAMES)
@@ -100,6 +109,20 @@ def test_interpolation_validity_splits_the_walks_ends_from_the_frames_between(
     assert not middle.any()  # the frames between were valid
     rows_outlined = np.flatnonzero(red.any(1))
     assert rows_outlined.min() == 0 and rows_outlined.max() == red.shape[0] - 1  # every walk
+
+
+@pytest.mark.usefixtures("blank_ends")
+def test_the_walks_report_each_walk_and_stop_when_the_job_is_cancelled() -> None:
+    saved: dict[str, bytes] = {}
+    ctx = EvalContext.local(b"", DCGANTrainSpec(image_size=16), step=1200)
+    ctx.save = saved.__setitem__
+    reports: list[tuple[int, int]] = []
+    ctx.progress = lambda done, total: reports.append((done, total))
+    ctx.should_stop = lambda: len(reports) >= 3  # cancelled while the third walk is read
+    with pytest.raises(Stopped):
+        evaluate(["interpolation_validity"], ctx)
+    assert reports == [(1, shapes_metrics.WALKS), (2, shapes_metrics.WALKS), (3, shapes_metrics.WALKS)]
+    assert saved == {}  # no figure of walks it did not finish
 
 
 def test_figure_outlines_only_the_marked_images() -> None:

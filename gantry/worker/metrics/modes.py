@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from gantry.worker.data.points import Layout, layout
-from gantry.worker.evaluate import EvalContext
+from gantry.worker.gan.sampler import GENERATE_BATCH
+from gantry.worker.metrics import EvalContext
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,9 @@ POINT_SAMPLES = 2_500
 STACKED_SAMPLES = 26_000
 STACKED_MODES = 1_000
 HIGH_QUALITY_STDS = 3.0
+# Stacked samples made and classified per chunk, between progress reports: a multiple of the
+# sampler's batch, so that G sees the same batches (and gives the same images) as in one call.
+CHUNK = 8 * GENERATE_BATCH
 
 
 def _kl_to_uniform(counts: np.ndarray) -> float:
@@ -93,34 +98,49 @@ def points_metrics_from_checkpoint(checkpoint: bytes, *, seed: int, device: Any 
 
 
 def stacked_metrics_from_checkpoint(
-    checkpoint: bytes, *, seed: int, device: Any = "cpu", count: int = STACKED_SAMPLES
+    checkpoint: bytes,
+    *,
+    seed: int,
+    device: Any = "cpu",
+    count: int = STACKED_SAMPLES,
+    report: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
-    """Classify `count` samples channel by channel; the metrics and the classifier's accuracy."""
-    from gantry.worker.digit_classifier import digit_classifier
+    """Classify `count` samples channel by channel; the metrics and the classifier's accuracy.
+    Samples are made and read CHUNK at a time, `report(done, count)` after each chunk."""
     from gantry.worker.gan.sampler import generate
+    from gantry.worker.metrics.digits import digit_classifier
 
     model, spec = _generator(checkpoint, torch.device(device))
     z = model.sample_latents(count, torch.Generator().manual_seed(seed))
-    images = generate(model.G, z, device=torch.device(device))  # uint8 (count, S, S, 3)
     classifier = digit_classifier(spec.image_size)
-    channels = images.transpose(0, 3, 1, 2).reshape(-1, spec.image_size, spec.image_size)  # (3N, S, S)
-    digits = classifier.predict(channels).reshape(count, 3)
-    return {**stacked_metrics(digits), "classifier_accuracy": classifier.accuracy}
+    digits = []
+    for start in range(0, count, CHUNK):
+        images = generate(
+            model.G, z[start : start + CHUNK], device=torch.device(device)
+        )  # uint8 (n, S, S, 3)
+        channels = images.transpose(0, 3, 1, 2).reshape(-1, spec.image_size, spec.image_size)  # (3n, S, S)
+        digits.append(classifier.predict(channels).reshape(-1, 3))
+        if report is not None:
+            report(min(start + CHUNK, count), count)
+    return {**stacked_metrics(np.concatenate(digits)), "classifier_accuracy": classifier.accuracy}
 
 
-# --- Evaluators (`gantry.worker.evaluate.EVALUATORS`) ---------------------------------------------
+# --- Evaluators (`gantry.worker.metrics.EVALUATORS`) ----------------------------------------------
 
 
-def evaluate_points(ctx: EvalContext) -> dict[str, float]:
+def modes_2d(ctx: EvalContext) -> dict[str, float]:
     """`modes_2d`: modes, high_quality, reverse_kl on 2,500 samples; saves their scatter plot."""
     from gantry.worker.gan.scatter import scatter_png
 
     points = sample_points(ctx.checkpoint, count=POINT_SAMPLES, seed=ctx.spec.seed, device=ctx.device)
+    ctx.report(1, 1)  # 2,500 points of an MLP: one chunk
     mixture = layout(ctx.train_spec.dataset)
     ctx.save(f"scatter-step-{ctx.step:08d}.png", scatter_png(points, mixture))
     return point_metrics(points, mixture)
 
 
-def evaluate_stacked(ctx: EvalContext) -> dict[str, float]:
+def modes_stacked(ctx: EvalContext) -> dict[str, float]:
     """`modes_stacked`: modes (of 1000), kl_uniform, classifier_accuracy on 26,000 samples."""
-    return stacked_metrics_from_checkpoint(ctx.checkpoint, seed=ctx.spec.seed, device=ctx.device)
+    return stacked_metrics_from_checkpoint(
+        ctx.checkpoint, seed=ctx.spec.seed, device=ctx.device, report=ctx.report
+    )

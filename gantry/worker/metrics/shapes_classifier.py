@@ -39,6 +39,7 @@ TRAIN_COUNT: Final = 20_000
 TEST_COUNT: Final = 4_000
 EPOCHS: Final = 2
 BATCH: Final = 128
+CLASSIFY_BATCH: Final = 512  # images per forward when classifying
 CLASSES: Final = {name: len(values) for name, values in shapes.ATTRIBUTES.items()}
 
 
@@ -108,9 +109,10 @@ class ShapesClassifier:
     def classify(self, images: np.ndarray) -> Classification:
         """uint8 images (N, H, W, 3) -> labels and confidences."""
         labels, confidence = [], []
-        for start in range(0, len(images), 512):
+        for start in range(0, len(images), CLASSIFY_BATCH):
             probs = [
-                p.softmax(1) for p in _split(self.net(_to_input(images[start : start + 512], self.size)))
+                p.softmax(1)
+                for p in _split(self.net(_to_input(images[start : start + CLASSIFY_BATCH], self.size)))
             ]
             best = [p.max(1) for p in probs]
             labels.append(torch.stack([b.indices for b in best], 1))

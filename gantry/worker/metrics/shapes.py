@@ -26,7 +26,8 @@ All draw from `EvaluateSpec.seed`: the same checkpoint and seed give the same va
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import Final
 
 import numpy as np
 import torch
@@ -34,10 +35,14 @@ import torch
 from gantry.worker.data import shapes
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.latent import LatentDecoder, load_decoder, path
-from gantry.worker.gan.shapes_classifier import Classification, ShapesClassifier, attribute_classifier
-
-if TYPE_CHECKING:
-    from gantry.worker.evaluate import EvalContext
+from gantry.worker.gan.sampler import GENERATE_BATCH, generate
+from gantry.worker.metrics import EvalContext
+from gantry.worker.metrics.shapes_classifier import (
+    CLASSIFY_BATCH,
+    Classification,
+    ShapesClassifier,
+    attribute_classifier,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,10 @@ TRIALS: Final = 64
 SAMPLES: Final = 1024  # sample_validity
 WALKS: Final = 32  # interpolation: seed pairs
 FRAMES: Final = 8
+# Images decoded and classified per chunk, between progress reports: a multiple of G's and the
+# classifier's batches, so that both see the same batches (and give the same values) as in one call.
+CHUNK: Final = max(GENERATE_BATCH, CLASSIFY_BATCH)
+assert CHUNK % GENERATE_BATCH == 0 and CHUNK % CLASSIFY_BATCH == 0
 
 
 def _short_prompt(colour: str, shape: str) -> str:
@@ -80,14 +89,45 @@ def _classifier_accuracy(classifier: ShapesClassifier) -> dict[str, float]:
     return {"shapes_classifier_accuracy": min(classifier.accuracy.values())}
 
 
-def _decode_prompts(decoder: LatentDecoder, prompts: list[str], per_prompt: int, seed: int) -> np.ndarray:
-    """per_prompt images for each prompt, prompt-major (P * per_prompt, H, W, C)."""
+def _classify_chunks(
+    decode: Callable[[slice], np.ndarray], count: int, classifier: ShapesClassifier, ctx: EvalContext
+) -> Classification:
+    """The classification of `count` images that `decode(rows)` makes, CHUNK at a time, reporting
+    after each chunk (and stopping there if the job was cancelled)."""
+    parts = []
+    for start in range(0, count, CHUNK):
+        parts.append(classifier.classify(decode(slice(start, start + CHUNK))))
+        ctx.report(min(start + CHUNK, count), count)
+    return Classification(
+        labels=np.concatenate([p.labels for p in parts]),
+        confidence=np.concatenate([p.confidence for p in parts]),
+    )
+
+
+def _classify_latents(
+    decoder: LatentDecoder, z: torch.Tensor, text: str | None, classifier: ShapesClassifier, ctx: EvalContext
+) -> Classification:
+    """The classification of G(z) (text2img: G(z, φ(text))), in chunks."""
+    return _classify_chunks(lambda rows: decoder.decode(z[rows], text), len(z), classifier, ctx)
+
+
+def _classify_prompts(
+    decoder: LatentDecoder,
+    prompts: list[str],
+    per_prompt: int,
+    classifier: ShapesClassifier,
+    ctx: EvalContext,
+) -> Classification:
+    """per_prompt images for each prompt, prompt-major (P * per_prompt rows), classified in chunks."""
     assert decoder.text is not None
     phi = decoder.text.embed(prompts)  # type: ignore[attr-defined]  # (P, E)
-    z = decoder.sample(len(prompts) * per_prompt, torch.Generator().manual_seed(seed))
-    from gantry.worker.gan.sampler import generate
+    z = decoder.sample(len(prompts) * per_prompt, torch.Generator().manual_seed(ctx.spec.seed))
+    cond = phi.repeat_interleave(per_prompt, 0)  # (P * per_prompt, E)
 
-    return generate(decoder.G, z, cond=phi.repeat_interleave(per_prompt, 0), device=decoder.device)
+    def decode(rows: slice) -> np.ndarray:
+        return generate(decoder.G, z[rows], cond=cond[rows], device=decoder.device)
+
+    return _classify_chunks(decode, len(z), classifier, ctx)
 
 
 def caption_faithfulness(ctx: EvalContext) -> dict[str, float]:
@@ -101,8 +141,7 @@ def caption_faithfulness(ctx: EvalContext) -> dict[str, float]:
             variant = int(rng.integers(shapes.CAPTION_VARIANTS))
             prompts.append(shapes.caption(shape, colour, size, position, background, variant=variant))
             wanted.append((colour, shape, size, position, prompts[-1]))
-    images = _decode_prompts(decoder, prompts, IMAGES_PER_PROMPT, ctx.spec.seed)
-    got = classifier.classify(images).labels
+    got = _classify_prompts(decoder, prompts, IMAGES_PER_PROMPT, classifier, ctx).labels
     colour_ok = np.empty(len(got), bool)
     shape_ok = np.empty(len(got), bool)
     layout_ok: list[bool] = []  # size and position, where the prompt names them
@@ -138,7 +177,7 @@ def _expected_distinct(values: int, draws: int) -> float:
 def prompt_diversity(ctx: EvalContext) -> dict[str, float]:
     decoder, classifier, _ = _context(ctx)
     prompts = [_short_prompt(colour, shape) for colour, shape in SEEN]
-    got = classifier.classify(_decode_prompts(decoder, prompts, DIVERSITY_IMAGES, ctx.spec.seed)).labels
+    got = _classify_prompts(decoder, prompts, DIVERSITY_IMAGES, classifier, ctx).labels
     layouts = len(NAMES["size"]) * len(NAMES["position"])
     layout, background = [], []
     for i in range(len(prompts)):
@@ -158,6 +197,7 @@ def _arithmetic_trials(
     decoder: LatentDecoder,
     classifier: ShapesClassifier,
     rng: np.random.Generator,
+    ctx: EvalContext,
     *,
     attributes: tuple[str, str],
     text: str | None,
@@ -167,7 +207,7 @@ def _arithmetic_trials(
     POOL seeds whose samples classify confidently."""
     a, b = COL[attributes[0]], COL[attributes[1]]
     seeds = np.arange(POOL)
-    found = classifier.classify(decoder.decode(decoder.latents(seeds.tolist()), text))
+    found = _classify_latents(decoder, decoder.latents(seeds.tolist()), text, classifier, ctx)
     sure = (found.confidence[:, [a, b]] >= CONFIDENT).all(1)
     by_pair: dict[tuple[int, int], list[int]] = {}
     for seed, label in zip(seeds[sure].tolist(), found.labels[sure][:, [a, b]].tolist(), strict=True):
@@ -201,7 +241,7 @@ def arithmetic_accuracy(ctx: EvalContext) -> dict[str, float]:
     if decoder.text is None:  # z decides everything: colour and shape, as the issue's example
         seen = {(NAMES["colour"].index(c), NAMES["shape"].index(s)) for c, s in SEEN}
         ok, n = _arithmetic_trials(
-            decoder, classifier, rng, attributes=("colour", "shape"), text=None, targets=seen
+            decoder, classifier, rng, ctx, attributes=("colour", "shape"), text=None, targets=seen
         )
     else:  # fixed text names colour and shape: z decides size and position
         ok = n = 0
@@ -210,6 +250,7 @@ def arithmetic_accuracy(ctx: EvalContext) -> dict[str, float]:
                 decoder,
                 classifier,
                 rng,
+                ctx,
                 attributes=("size", "position"),
                 text=_short_prompt(colour, shape),
                 targets=None,
@@ -230,10 +271,11 @@ def interpolation_validity(ctx: EvalContext) -> dict[str, float]:
         texts = [_short_prompt(*SEEN[k]) for k in rng.choice(len(SEEN), WALKS)]
     valid = []  # (WALKS, FRAMES)
     rows: list[tuple[str, list[np.ndarray | None]]] = []
-    for (seed_a, seed_b), text in zip(pairs.tolist(), texts, strict=True):
+    for walk, ((seed_a, seed_b), text) in enumerate(zip(pairs.tolist(), texts, strict=True)):
         frames = decoder.decode(path(decoder.latent(seed_a), decoder.latent(seed_b), FRAMES, "slerp"), text)
         valid.append(_one_shape_one_colour(classifier.classify(frames)))
         rows.append((f"{text or f'{seed_a} -> {seed_b}'}: {valid[-1].sum()}/{FRAMES}", list(frames)))
+        ctx.report(walk + 1, WALKS)
     walks = np.array(valid)
     # What the classifier rejected, to look at: every walk, its rejected frames outlined in red.
     rejected = set(zip(*np.nonzero(~walks), strict=True))  # (walk, frame)
@@ -251,7 +293,10 @@ def interpolation_validity(ctx: EvalContext) -> dict[str, float]:
 
 def validity(images: np.ndarray, classifier: ShapesClassifier) -> dict[str, float]:
     """sample_validity and pair_coverage of uint8 images (N, H, W, 3)."""
-    found = classifier.classify(images)
+    return _validity(classifier.classify(images))
+
+
+def _validity(found: Classification) -> dict[str, float]:
     valid = _one_shape_one_colour(found)
     labels = found.labels[valid][:, [COL["colour"], COL["shape"]]].tolist()
     pairs = {(NAMES["colour"][c], NAMES["shape"][s]) for c, s in labels}
@@ -262,6 +307,6 @@ def sample_validity(ctx: EvalContext) -> dict[str, float]:
     decoder, classifier, rng = _context(ctx)
     seeds = rng.choice(2**31 - 1, size=SAMPLES, replace=False).tolist()
     return {
-        **validity(decoder.decode(decoder.latents(seeds)), classifier),
+        **_validity(_classify_latents(decoder, decoder.latents(seeds), None, classifier, ctx)),
         **_classifier_accuracy(classifier),
     }

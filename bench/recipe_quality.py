@@ -1,19 +1,23 @@
-"""Long runs on a lent GPU: one training run sized to a wall-clock budget, trained, measured.
+"""The quality a recipe reaches by a deadline: train one run for as long as the time allows, measure.
 
-A GPU is lent to a session for minutes, so its runs go side by side (one process each, one
-GPU) and each must end on time. Each call of this script trains one run through the shared loop
-on CUDA: it first times a short calibration run (alongside whatever else is running), then takes
-the most steps (whole thousands, at most --max-steps) that end by --until (Unix seconds), trains,
-evaluates G and the average of G (`ema`), and prints one JSON line. With --save, it writes the
-checkpoint less D and the optimizers (G, G's average, the spec), for evaluating again elsewhere.
+Trains one run through the shared loop (on CUDA by default) with a recipe below: `text2img` on
+`shapes` (issue 4's recipe) or DCGAN on `stacked-digits` (the best stacked row of issue 3). It
+first times a short calibration run, then takes the most steps (whole thousands, at most
+--max-steps) that end by --until (Unix seconds), trains, and evaluates both G and the average of G
+(`ema`) with evaluation seed 0: for text2img the metrics of bench/text_and_latents.py (caption
+faithfulness, prompt diversity, arithmetic, interpolation), for stacked those of
+bench/mode_collapse.py (modes, KL to uniform). Several runs can share one GPU, one process each;
+each still ends by its deadline.
 
-    U=$(( $(date +%s) + 400 ))
-    python bench/gpu_lease.py text2img --seed 0 --image-size 64 --until $U --save out/
-    python bench/gpu_lease.py stacked --seed 0 --until $U --save out/
+    U=$(( $(date +%s) + 400 ))       # train for about 400 s
+    python bench/recipe_quality.py text2img --seed 0 --image-size 64 --until $U --save out/
+    python bench/recipe_quality.py stacked --seed 0 --until $U --set d_norm=spectral
+    python bench/recipe_quality.py stacked --device cpu --until $U      # the same on the CPU
 
-Settings: text2img takes issue 4's recipe (bench/RESULTS.md), stacked the best stacked-digits row
-of issue 3; --set KEY=VALUE replaces or adds a model option. The evaluations are those of
-bench/text_and_latents.py and bench/mode_collapse.py (evaluation seed 0).
+Prints two JSON lines: the plan (seconds per step, budget, steps), then the result (steps
+reached, training seconds, device, and the metrics under "average" and "G"). --set KEY=VALUE
+replaces or adds a model option. With --save, it writes the checkpoint less D and the optimizers
+(G, G's average, the spec) to that folder, for evaluating again elsewhere.
 """
 
 from __future__ import annotations
@@ -137,7 +141,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default 16 (text2img), 64 (stacked)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--save", type=Path, default=None, help="folder for the stripped checkpoint")
-    parser.add_argument("--device", default="cuda", help="cuda; cpu to try the script out")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--name", default=None, help="the run's name in the output (default from args)")
     args = parser.parse_args()
     text = args.kind == "text2img"

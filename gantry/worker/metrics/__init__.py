@@ -1,0 +1,106 @@
+"""Evaluation metrics by name: what `gantry evaluate` and the end of training compute.
+
+`gantry.jobs.specs.METRICS` says where each metric applies (torch-free, checked at submit time);
+`EVALUATORS` here maps the same name to the function that computes it, one module per family:
+`modes` (PacGAN's mode counts, with the digit classifier in `digits`), `shapes` (text to image and
+latent walks, read by `shapes_classifier`), `sr` (PSNR and SSIM). Families are imported when first
+used, so importing this registry imports none of them.
+
+An evaluator takes an `EvalContext` and returns {key: value}; it may return several related values
+(e.g. `modes`, `high_quality`, `reverse_kl`) and save files (plots, figures) through `ctx.save`.
+One function may compute several metrics in one pass (`psnr` and `ssim` super-resolve the same
+images): each of those metrics declares which of its values are its own, and `evaluate` calls the
+function once for all of them. Long evaluators call `ctx.report(done, total)` between chunks, which
+reports progress (a running job heartbeats) and raises `Stopped` when the job was cancelled.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from gantry.jobs.specs import EvaluateSpec, TrainSpecBase
+from gantry.worker.errors import Stopped
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    function: str  # "module:function" in this package, imported when first used
+    keys: tuple[str, ...] | None = None  # the function's values that are this metric's; None: all
+
+
+# metric name -> its evaluator. One line per metric; metrics computed together share a function.
+EVALUATORS: dict[str, Evaluator] = {
+    "modes_2d": Evaluator("modes:modes_2d"),
+    "modes_stacked": Evaluator("modes:modes_stacked"),
+    "psnr": Evaluator("sr:psnr_ssim", keys=("psnr", "psnr_bicubic")),
+    "ssim": Evaluator("sr:psnr_ssim", keys=("ssim", "ssim_bicubic")),
+    "caption_faithfulness": Evaluator("shapes:caption_faithfulness"),
+    "prompt_diversity": Evaluator("shapes:prompt_diversity"),
+    "arithmetic_accuracy": Evaluator("shapes:arithmetic_accuracy"),
+    "interpolation_validity": Evaluator("shapes:interpolation_validity"),
+    "sample_validity": Evaluator("shapes:sample_validity"),
+}
+
+
+@dataclass
+class EvalContext:
+    checkpoint: bytes  # the train job's checkpoint file
+    step: int  # its step
+    train_spec: TrainSpecBase
+    spec: EvaluateSpec
+    device: Any  # torch.device
+    save: Callable[[str, bytes], None]  # (file name, bytes) -> an artifact of the job
+    should_stop: Callable[[], bool]  # True once the job was asked to stop
+    progress: Callable[[int, int], None]  # (done, total) chunks of the evaluator running now
+
+    def report(self, done: int, total: int) -> None:
+        """Between two chunks of an evaluation: report progress, and stop if the job was cancelled."""
+        self.progress(done, total)
+        if self.should_stop():
+            raise Stopped
+
+    @classmethod
+    def local(cls, checkpoint: bytes, train_spec: TrainSpecBase, *, step: int, seed: int = 0) -> EvalContext:
+        """A context outside any job (benches, tests): the CPU, files not kept, never stopped."""
+        import torch
+
+        return cls(
+            checkpoint=checkpoint,
+            step=step,
+            train_spec=train_spec,
+            spec=EvaluateSpec(seed=seed),
+            device=torch.device("cpu"),
+            save=lambda name, data: None,
+            should_stop=lambda: False,
+            progress=lambda done, total: None,
+        )
+
+
+def _function(evaluator: Evaluator) -> Callable[[EvalContext], dict[str, Any]]:
+    module, _, function = evaluator.function.partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)
+
+
+def evaluate_each(names: list[str], ctx: EvalContext) -> Iterator[tuple[str, dict[str, float]]]:
+    """(name, its values) for each of `names` in order, each as soon as it is computed; a function
+    that computes several of them runs once, for the first."""
+    computed: dict[str, dict[str, Any]] = {}  # function -> all its values
+    for name in names:
+        evaluator = EVALUATORS[name]
+        if evaluator.function not in computed:
+            computed[evaluator.function] = _function(evaluator)(ctx)
+        everything = computed[evaluator.function]
+        values = {k: float(everything[k]) for k in evaluator.keys or everything}
+        log.info("%s at step %d: %s", name, ctx.step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        yield name, values
+
+
+def evaluate(names: list[str], ctx: EvalContext) -> dict[str, float]:
+    """The values of metrics `names` on `ctx`'s checkpoint, in one dict."""
+    return {key: value for _, values in evaluate_each(names, ctx) for key, value in values.items()}
