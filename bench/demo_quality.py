@@ -23,17 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from gantry.api.demo import DEMO_OPTIONS, DEMO_TRAIN
 from gantry.api.service import Service
 from gantry.jobs.settings import Settings
+from gantry.jobs.specs import DEMO
 from gantry.migrations import upgrade
 
 METRICS = ["sample_validity", "interpolation_validity", "arithmetic_accuracy"]
 
 
 def parse_variant(text: str) -> tuple[dict[str, object], dict[str, str]]:
-    fields: dict[str, object] = dict(DEMO_TRAIN)
-    options = dict(DEMO_OPTIONS)
+    fields: dict[str, object] = dict(DEMO.fields)
+    options = dict(DEMO.options)
     for pair in text.split():
         key, _, value = pair.partition("=")
         if key in fields:
@@ -57,7 +57,7 @@ def main() -> None:
     for variant in args.variant or [""]:
         fields, options = parse_variant(variant)
         started = time.perf_counter()
-        job = svc.submit_train("dcgan", options=options, **fields)
+        job = svc.submit_train(DEMO.model, options=options, **fields)
         svc.run_embedded(job)
         wall = time.perf_counter() - started
         train = svc.get(job.id)

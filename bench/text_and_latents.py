@@ -82,10 +82,10 @@ def _from_job(job_id: str) -> tuple[TrainSpecBase, bytes, float]:
 
     settings = get_settings()
     objects = open_store(settings.storage, endpoint_url=settings.s3_endpoint_url)
-    key = resolve_checkpoint(objects, job_id, "latest")
-    if key is None:
+    found = resolve_checkpoint(objects, job_id, "latest")
+    if found is None:
         raise SystemExit(f"job {job_id} has no checkpoint under {settings.storage}")
-    checkpoint = objects.get_bytes(key)
+    checkpoint = objects.get_bytes(found[0])
     return load_train_spec(load_checkpoint(checkpoint)["spec"]), checkpoint, float("nan")
 
 

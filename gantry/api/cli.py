@@ -11,6 +11,7 @@ import logging
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, get_args
 
@@ -20,9 +21,10 @@ from rich.table import Table
 
 from gantry.api.schemas import JobView
 from gantry.api.service import Service
+from gantry.jobs.datasets import DATASETS
 from gantry.jobs.errors import GantryError, InvalidInput
 from gantry.jobs.settings import Settings, get_settings
-from gantry.jobs.specs import BUILTIN_DATASETS, TRAIN_SPECS, CodeWalk
+from gantry.jobs.specs import MODELS, CodeWalk, EvaluateSpec, SampleSpec
 from gantry.jobs.store import STATES, TERMINAL
 
 out = Console(highlight=False, soft_wrap=True)
@@ -133,18 +135,46 @@ def _finish(job: JobView, *, as_json: bool, exit_on_failure: bool) -> None:
         sys.exit(1)
 
 
+def _shown(text: str, default: Any) -> str:
+    """Help text with its default, as click's `show_default` writes it."""
+    return f"{text}  [default: {default}]"
+
+
+def _train_default(name: str) -> str:
+    """The default of train field `name`: the most models' value, and each other model's."""
+    by_model = {model: spec.model_fields[name].default for model, spec in MODELS.items()}
+    usual = Counter(by_model.values()).most_common(1)[0][0]
+    others = ", ".join(f"{model}: {value}" for model, value in by_model.items() if value != usual)
+    return f"{usual}; {others}" if others else str(usual)
+
+
 @cli.command()
-@click.argument("model", type=click.Choice(sorted(TRAIN_SPECS)))
+@click.argument("model", type=click.Choice(sorted(MODELS)))
 @click.option(
-    "--dataset", help=f"Built-in ({', '.join(BUILTIN_DATASETS)}), a path, or a file:// or s3:// URI."
+    "--dataset",
+    help=_shown(
+        f"Built-in ({', '.join(DATASETS)}), a path, or a file:// or s3:// URI.", _train_default("dataset")
+    ),
 )
-@click.option("--steps", type=int, help="Training steps (generator updates).")
-@click.option("--batch-size", type=int)
-@click.option("--image-size", type=int, help="A power of two (dcgan: 16 to 128).")
-@click.option("--seed", type=int)
+@click.option(
+    "--steps", type=int, help=_shown("Training steps (generator updates).", _train_default("steps"))
+)
+@click.option("--batch-size", type=int, help=_shown("Images per minibatch.", _train_default("batch_size")))
+@click.option(
+    "--image-size",
+    type=int,
+    help=_shown("Side in pixels; each model says which it takes.", _train_default("image_size")),
+)
+@click.option("--seed", type=int, help=_shown("The same seed gives the same run.", _train_default("seed")))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A model option, e.g. lr=2e-4.")
-@click.option("--checkpoint-every", type=int)
-@click.option("--sample-every", type=int)
+@click.option(
+    "--checkpoint-every",
+    type=int,
+    help=_shown("Steps between checkpoints.", _train_default("checkpoint_every")),
+)
+@click.option(
+    "--sample-every", type=int, help=_shown("Steps between sample grids.", _train_default("sample_every"))
+)
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -157,25 +187,32 @@ def train(
     _after_submit(ctx, svc, job, wait=wait, as_json=as_json)
 
 
-# dcgan with codes or labels, text2img with code_words: read z's codes between two values another way
-# than the train job's.
+# A model trained with codes: read z's codes between two values another way than the train job's.
 _CODE_WALK = click.option(
     "--code-walk",
     type=click.Choice(get_args(CodeWalk)),
-    help="dcgan with latent_codes or labels, text2img with code_words: how G reads z's codes between two "
-    "values on walks and arithmetic (default: as trained; see `gantry options dcgan`, `gantry options text2img`).",
+    help="For a model trained with codes: how G reads z's codes between two values on walks and arithmetic "
+    "(see its code_walk in `gantry options MODEL`).  [default: as trained]",
 )
+_SAMPLE = SampleSpec.model_fields
+_CHECKPOINT_HELP = _shown("latest or a step number.", _SAMPLE["checkpoint"].default)
 
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--checkpoint", help="latest (default), best or a step number.")
-@click.option("--count", type=int, help="How many images (per prompt; default 64).")
-@click.option("--seed", type=int, help="The same seed gives the same images.")
-@click.option("--interpolate", metavar="SEED_A:SEED_B", help="Walk the latent space between two seeds.")
-@click.option("--frames", type=int, help="Frames of --interpolate, endpoints included (default 8).")
+@click.option("--checkpoint", help=_CHECKPOINT_HELP)
+@click.option("--count", type=int, help=_shown("How many images (per prompt).", _SAMPLE["count"].default))
 @click.option(
-    "--linear", "interpolation", flag_value="linear", help="Interpolate linearly (default: spherical)."
+    "--seed", type=int, help=_shown("The same seed gives the same images.", _SAMPLE["seed"].default)
+)
+@click.option("--interpolate", metavar="SEED_A:SEED_B", help="Walk the latent space between two seeds.")
+@click.option(
+    "--frames",
+    type=int,
+    help=_shown("Frames of --interpolate, endpoints included.", _SAMPLE["frames"].default),
+)
+@click.option(
+    "--linear", "interpolation", flag_value="linear", help="Interpolate linearly.  [default: spherical]"
 )
 @click.option(
     "--arithmetic", metavar="EXPR", help='Latent arithmetic on averaged seeds: "3,17,42 - 5,8 + 11,12".'
@@ -184,14 +221,14 @@ _CODE_WALK = click.option(
     "--prompt",
     "prompts",
     multiple=True,
-    help='A caption to draw (text2img), or label values (a dcgan trained with labels: "large red circle"); '
+    help='A caption to draw, or label values for a model trained with labels ("large red circle"); '
     "repeat for several.",
 )
 @click.option(
     "--input",
     "input",
     metavar="PATH|URI",
-    help="Image, folder or S3 prefix to super-resolve (srresnet, srgan).",
+    help="Image, folder or S3 prefix to super-resolve (super-resolution models).",
 )
 @_CODE_WALK
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
@@ -206,9 +243,11 @@ def sample(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields:
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--checkpoint", help="latest (default), best or a step number.")
-@click.option("--metric", "metrics", multiple=True, help="A metric to compute (default: all that apply).")
-@click.option("--seed", type=int)
+@click.option("--checkpoint", help=_CHECKPOINT_HELP)
+@click.option("--metric", "metrics", multiple=True, help="A metric to compute.  [default: all that apply]")
+@click.option(
+    "--seed", type=int, help=_shown("Seeds the metric's samples.", EvaluateSpec.model_fields["seed"].default)
+)
 @_CODE_WALK
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
 @click.option("--json", "as_json", is_flag=True)
@@ -221,14 +260,20 @@ def evaluate(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **field
 
 
 @cli.command()
-@click.argument("model", type=click.Choice(sorted(TRAIN_SPECS)))
+@click.argument("model", type=click.Choice(sorted(MODELS)))
 def options(model: str) -> None:
-    """List MODEL's `--set` options with their defaults."""
+    """List MODEL's `--set` options: default, allowed values and meaning, architecture first."""
+    from rich.markup import escape
+
     from gantry.jobs.specs import option_help
 
-    table = Table("option", "default", "meaning", box=None)
-    for name, default, description in option_help(model):
-        table.add_row(name, str(default), description)
+    table = Table("option", "default", "allowed", "meaning", box=None)
+    section = None
+    for row in option_help(model):
+        if row.section != section:
+            section = row.section
+            table.add_row(f"[bold]{section}[/bold]", "", "", "")
+        table.add_row(row.name, escape(row.default), escape(row.allowed), escape(row.meaning))
     out.print(table)
 
 
@@ -446,7 +491,7 @@ def worker(ctx: click.Context, gpus: str, queues: str, loglevel: str) -> None:
 @cli.command()
 @click.pass_context
 def demo(ctx: click.Context) -> None:
-    """Train DCGAN on `shapes` on this machine, sample 64 images, print where everything is."""
+    """Train the demo (a DCGAN on `shapes`) on this machine, sample 64 images, print where everything is."""
     from gantry.api.demo import run_demo
 
     run_demo(ctx.obj, out)

@@ -1,4 +1,5 @@
-"""`gantry demo`: DCGAN on `shapes` at 32x32 on this machine's CPU, then 64 samples.
+"""`gantry demo`: the demo recipe (`gantry.jobs.specs.DEMO`, a DCGAN on `shapes`) on this machine's CPU,
+then 64 samples.
 
 Runs in embedded mode whatever GANTRY_BROKER_URL says, so it needs no services."""
 
@@ -11,40 +12,7 @@ from urllib.parse import unquote, urlparse
 from rich.console import Console
 
 from gantry.jobs.settings import Settings
-
-# The most recognisable shapes found within the time bound on 2 CPU cores, measured by
-# bench/demo_quality.py (sample_validity; bench/RESULTS.md). Departures from the paper's DCGAN:
-# G upsamples by nearest resize + 3x3 conv instead of transposed convs, and z has 16 dimensions
-# (five attributes and a little jitter are all there is to vary): together they took validity
-# from about 0.14 to 0.25 at the same steps; many small steps (batch 16) at lr 1e-3, far above
-# the paper's 2e-4; one-sided label smoothing 0.9, kept from the earlier demo (within noise); and
-# G conditioned on the data set's five labels (AC-GAN, `labels`; D's head learns them from the
-# real images), which took validity from about 0.41 (unsupervised InfoGAN codes) to about 0.8;
-# and samples drawn from an average of G's weights (`ema`), which took it from 0.79 to 0.88
-# (the same four runs with and without the average). Latent walks on the demo's job read its label
-# codes as `code_walk=switch`: each frame one class, cutting half way, 0.84-0.87 of frames clean
-# against 0.45-0.53 crossing blends of two codes (two runs; training is the same either way).
-DEMO_TRAIN = {
-    "dataset": "shapes",
-    "image_size": 32,
-    "steps": 4000,
-    "batch_size": 16,
-    "checkpoint_every": 1000,
-    "sample_every": 500,
-    "seed": 1,
-}
-DEMO_OPTIONS = {
-    "nz": "16",
-    "ngf": "32",
-    "ndf": "32",
-    "lr": "1e-3",
-    "label_smoothing": "0.9",
-    "upsample": "nearest",
-    "labels": "shape,colour,size,position,background",
-    "precision": "auto",  # bf16 on a CPU with native bfloat16: about 20% less time, same quality
-    "ema": "0.999",
-    "code_walk": "switch",
-}
+from gantry.jobs.specs import DEMO
 
 
 def _local(uri: str) -> str:
@@ -63,10 +31,12 @@ def run_demo(settings: Settings, out: Console) -> None:
     upgrade(settings.database)
     svc = Service(settings)
 
+    recipe = DEMO.fields
     out.print(
-        f"[bold]1/2[/bold] training dcgan on shapes at 32x32 for {DEMO_TRAIN['steps']} steps (CPU, 1 to 5 minutes)"
+        f"[bold]1/2[/bold] training {DEMO.model} on {recipe['dataset']} at {recipe['image_size']}x"
+        f"{recipe['image_size']} for {recipe['steps']} steps (CPU, 1 to 5 minutes)"
     )
-    train = _run_embedded(svc, svc.submit_train("dcgan", options=DEMO_OPTIONS, **DEMO_TRAIN), show=True)
+    train = _run_embedded(svc, svc.submit_train(DEMO.model, options=DEMO.options, **recipe), show=True)
     if train.state != "succeeded":
         out.print(f"[red]train job {train.id} {train.state}[/red]: {train.error or ''}")
         sys.exit(1)

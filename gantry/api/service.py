@@ -15,15 +15,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gantry.api.schemas import ArtifactView, JobView, MetricPoint, Progress
 from gantry.jobs import store as db
+from gantry.jobs.datasets import DATASETS
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.label_prompts import parse_label_prompt
+from gantry.jobs.keys import checkpoint_key, job_prefix, manifest_key
 from gantry.jobs.queue import check_broker, enqueue, make_celery, run_in_process
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import (
-    BUILTIN_DATASETS,
-    LABEL_PROMPT_MODELS,
-    check_code_walk,
-    parse_arithmetic,
+    TrainSpec,
+    load_train_spec,
     parse_evaluate_spec,
     parse_sample_spec,
     parse_train_spec,
@@ -43,7 +42,8 @@ class Service:
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
-        return db.connect(self.settings.database)
+        # A new SQLite store (the embedded default) gets its schema here, on first use.
+        return db.connect(self.settings.database, create_sqlite=True)
 
     @cached_property
     def objects(self) -> ObjectStore:
@@ -57,22 +57,20 @@ class Service:
     def submit_train(self, model: str, *, options: dict[str, Any] | None = None, **fields: Any) -> JobView:
         """Validate and record a train job, then queue it (or leave it for `run_embedded`)."""
         spec = parse_train_spec(model, {k: v for k, v in fields.items() if v is not None}, options or {})
-        if spec.dataset not in BUILTIN_DATASETS and not uri_exists(
+        if spec.dataset not in DATASETS and not uri_exists(
             spec.dataset, endpoint_url=self.settings.s3_endpoint_url
         ):
-            builtin = ", ".join(sorted(BUILTIN_DATASETS))
+            builtin = ", ".join(sorted(DATASETS))
             raise InvalidInput(
                 "dataset",
                 f"{spec.dataset!r} is not a built-in data set ({builtin}) nor an existing path or URI",
             )
-        # Options that name a file or another job (e.g. srgan's init_from) are checked by the
+        # Options that name a file or another job (e.g. a run to start from) are checked by the
         # spec itself, with lookups that only the service has.
-        check_references = getattr(spec, "check_references", None)
-        if check_references is not None:
-            check_references(
-                train_job=self._train_job_with_checkpoint,
-                exists=lambda uri: uri_exists(uri, endpoint_url=self.settings.s3_endpoint_url),
-            )
+        spec.check_references(
+            train_job=self._train_job_with_checkpoint,
+            exists=lambda uri: uri_exists(uri, endpoint_url=self.settings.s3_endpoint_url),
+        )
         return self._submit(
             "train", model=model, spec=spec.model_dump(mode="json"), total_steps=spec.steps, parent=None
         )
@@ -89,55 +87,50 @@ class Service:
     def submit_sample(self, job_id: str, **fields: Any) -> JobView:
         """Validate and record a sample job from train job `job_id`'s checkpoint."""
         spec = parse_sample_spec({k: v for k, v in fields.items() if v is not None and v != ()})
-        model, dataset, train_spec = self._parent(job_id, spec.checkpoint)
-        labels = list((train_spec.get("options") or {}).get("labels") or [])
-        spec.check_model(model, labelled=bool(labels))
-        if spec.code_walk:
-            check_code_walk(model, train_spec, spec.code_walk)
-        for prompt in spec.prompts if model in LABEL_PROMPT_MODELS else ():
-            parse_label_prompt(prompt, dataset, labels)  # InvalidInput naming the word that is wrong
+        train_spec = self._parent(job_id, spec.checkpoint)
+        train_spec.check_sample(spec)  # modes, --code-walk and prompts the model takes
         if spec.input and not uri_exists(spec.input, endpoint_url=self.settings.s3_endpoint_url):
             raise InvalidInput("input", f"{spec.input!r} does not exist")
-        total = spec.count * max(1, len(spec.prompts))  # images the job writes: its progress total
-        if spec.interpolate:
-            total = spec.frames * max(1, len(spec.prompts))
-        elif spec.arithmetic:  # each term's exemplars and average, then the results
-            total = spec.count + sum(len(seeds) + 1 for _, seeds in parse_arithmetic(spec.arithmetic))
         return self._submit(
-            "sample", model=model, spec=spec.model_dump(mode="json"), total_steps=total, parent=job_id
+            "sample",
+            model=train_spec.model,
+            spec=spec.model_dump(mode="json"),
+            total_steps=spec.total_images(),
+            parent=job_id,
         )
 
     def submit_evaluate(self, job_id: str, **fields: Any) -> JobView:
         """Validate and record an evaluation of train job `job_id`'s checkpoint."""
         spec = parse_evaluate_spec({k: v for k, v in fields.items() if v is not None and v != ()})
-        model, dataset, train_spec = self._parent(job_id, spec.checkpoint)
-        names = spec.resolve_metrics(model, dataset)
+        train_spec = self._parent(job_id, spec.checkpoint)
+        names = train_spec.resolve_metrics(spec.metrics)
         if spec.code_walk:
-            check_code_walk(model, train_spec, spec.code_walk)
+            train_spec.check_code_walk(spec.code_walk)
         return self._submit(
-            "evaluate", model=model, spec=spec.model_dump(mode="json"), total_steps=len(names), parent=job_id
+            "evaluate",
+            model=train_spec.model,
+            spec=spec.model_dump(mode="json"),
+            total_steps=len(names),
+            parent=job_id,
         )
 
-    def _parent(self, job_id: str, checkpoint: str) -> tuple[str, str, dict[str, Any]]:
-        """(model, dataset, stored spec) of train job `job_id`, after checking it has checkpoint
-        `checkpoint`."""
+    def _parent(self, job_id: str, checkpoint: str) -> TrainSpec:
+        """The spec of train job `job_id`, after checking it has checkpoint `checkpoint`."""
         with db.session_scope(self.sessions) as s:
             parent = db.get_job(s, job_id)
             if parent.kind != "train":
                 raise InvalidInput("job_id", f"job {job_id} is a {parent.kind} job; use a train job")
-            model, dataset, state = parent.model, str(parent.spec.get("dataset", "")), parent.state
-            train_spec = dict(parent.spec)
+            stored, state = dict(parent.spec), parent.state
         if not self._has_checkpoint(job_id, checkpoint):
             raise InvalidInput(
                 "checkpoint", f"job {job_id} has no checkpoint {checkpoint!r} yet (state: {state})"
             )
-        return model, dataset, train_spec
+        return load_train_spec(stored)
 
     def _has_checkpoint(self, job_id: str, ref: str) -> bool:
-        prefix = f"jobs/{job_id}/checkpoints/"
-        if ref in ("latest", "best"):
-            return self.objects.exists(prefix + "latest.json")
-        return self.objects.exists(f"{prefix}step-{int(ref):08d}.pt")
+        if ref == "latest":
+            return self.objects.exists(manifest_key(job_id))
+        return self.objects.exists(checkpoint_key(job_id, int(ref)))
 
     def _submit(
         self, kind: str, *, model: str, spec: dict[str, Any], total_steps: int, parent: str | None
@@ -191,7 +184,7 @@ class Service:
     def download(self, job_id: str, to: Path) -> list[Path]:
         """Copy every object under `jobs/<id>/` to `to`, keeping the layout."""
         self.get(job_id)
-        prefix = f"jobs/{job_id}/"
+        prefix = job_prefix(job_id) + "/"
         paths = []
         for key in self.objects.list(prefix):
             target = to / key[len(prefix) :]

@@ -1,7 +1,8 @@
 """The SQL store: jobs, their metrics and their artifacts (SQLAlchemy 2).
 
 The schema changes only through Alembic (`gantry/migrations`); `SCHEMA_REVISION` is the revision
-this code expects, and `connect()` refuses a database that is not at it.
+this code expects, and `connect()` refuses a database that is not at it (a new SQLite store gets it
+on first use).
 """
 
 from __future__ import annotations
@@ -148,11 +149,20 @@ def _missing_sqlite_file(url: str) -> bool:
     )
 
 
-def connect(url: str, *, check_schema: bool = True) -> sessionmaker[Session]:
-    """A session factory for `url`, after checking that the schema is the one this code expects."""
+def connect(url: str, *, check_schema: bool = True, create_sqlite: bool = False) -> sessionmaker[Session]:
+    """A session factory for `url`, after checking that the schema is the one this code expects.
+
+    `create_sqlite`: a SQLite database with no gantry schema yet (a new embedded store) gets it now,
+    through the same Alembic migrations as `gantry db upgrade`. Any other database, and a SQLite one
+    at another revision, is left to `gantry db upgrade`."""
     engine = make_engine(url)
     if check_schema:
         found = None if _missing_sqlite_file(url) else schema_revision(engine)
+        if found is None and create_sqlite and url.startswith("sqlite"):
+            from gantry.migrations import upgrade  # Alembic's env imports this module
+
+            upgrade(url)
+            found = schema_revision(engine)
         if found != SCHEMA_REVISION:
             what = "has no gantry schema" if found is None else f"is at schema revision {found}"
             raise ServiceUnavailable(

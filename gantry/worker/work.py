@@ -19,32 +19,24 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from gantry.jobs import store as db
+from gantry.jobs.datasets import DATASETS
 from gantry.jobs.errors import GantryError, ServiceUnavailable
-from gantry.jobs.settings import Settings, get_settings
-from gantry.jobs.specs import (
-    BUILTIN_DATASETS,
-    METRICS,
-    EvaluateSpec,
-    SampleSpec,
-    TrainSpecBase,
-    load_train_spec,
+from gantry.jobs.keys import (
+    Manifest,
+    checkpoint_key,
+    eval_key,
+    image_key,
+    manifest_key,
+    metrics_key,
+    samples_key,
+    spec_key,
 )
+from gantry.jobs.settings import Settings, get_settings
+from gantry.jobs.specs import METRICS, EvaluateSpec, SampleSpec, TrainSpec, load_train_spec
 from gantry.jobs.storage import ObjectNotFound, ObjectStore, fetch_to_local, open_store
 from gantry.worker.errors import Stopped as _Stopped
 
 log = logging.getLogger(__name__)
-
-
-def job_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}"
-
-
-def checkpoint_key(job_id: str, step: int) -> str:
-    return f"{job_prefix(job_id)}/checkpoints/step-{step:08d}.pt"
-
-
-def manifest_key(job_id: str) -> str:
-    return f"{job_prefix(job_id)}/checkpoints/latest.json"
 
 
 @dataclass
@@ -73,9 +65,7 @@ class JobContext:
                 json.dumps({"step": m.step, "name": m.name, "value": m.value, "time": m.time.isoformat()})
                 for m in rows
             ]
-        self.put(
-            f"{job_prefix(self.job_id)}/metrics.jsonl", ("\n".join(lines) + "\n").encode(), kind="metrics"
-        )
+        self.put(metrics_key(self.job_id), ("\n".join(lines) + "\n").encode(), kind="metrics")
 
     # -- callbacks for the training loop ----------------------------------------------------
     def progress(self, step: int, metrics: dict[str, float]) -> None:
@@ -97,30 +87,30 @@ class JobContext:
         key = checkpoint_key(self.job_id, step)
         uri = self.put(key, data, kind="checkpoint")
         # The manifest is written after the checkpoint it names, so it never points at nothing.
-        manifest = {"step": step, "key": key, "uri": uri, "bytes": len(data), "time": db.utcnow().isoformat()}
-        self.put(manifest_key(self.job_id), json.dumps(manifest).encode(), kind="manifest")
+        manifest = Manifest(step=step, key=key, uri=uri, bytes=len(data), time=db.utcnow())
+        self.put(manifest_key(self.job_id), manifest.dump(), kind="manifest")
         self.write_metrics_jsonl()
         log.info("job %s: checkpoint at step %d -> %s", self.job_id, step, uri)
 
     def samples(self, step: int, png: bytes) -> None:
-        self.put(f"{job_prefix(self.job_id)}/samples/step-{step:08d}.png", png, kind="samples")
+        self.put(samples_key(self.job_id, step), png, kind="samples")
 
 
-def read_manifest(objects: ObjectStore, job_id: str) -> dict[str, Any] | None:
+def read_manifest(objects: ObjectStore, job_id: str) -> Manifest | None:
     try:
-        return json.loads(objects.get_bytes(manifest_key(job_id)))
+        return Manifest.parse(objects.get_bytes(manifest_key(job_id)))
     except ObjectNotFound:
         return None
 
 
-def resolve_checkpoint(objects: ObjectStore, job_id: str, ref: str) -> str | None:
-    """The object key of checkpoint `ref` (latest, best or a step) of train job `job_id`, or None."""
-    if ref in ("latest", "best"):
-        # No model records a quality score for "best" yet: best falls back to latest.
+def resolve_checkpoint(objects: ObjectStore, job_id: str, ref: str) -> tuple[str, int] | None:
+    """(object key, step) of checkpoint `ref` (latest or a step) of train job `job_id`, or None."""
+    if ref == "latest":
         manifest = read_manifest(objects, job_id)
-        return manifest["key"] if manifest else None
-    key = checkpoint_key(job_id, int(ref))
-    return key if objects.exists(key) else None
+        return (manifest.key, manifest.step) if manifest else None
+    step = int(ref)
+    key = checkpoint_key(job_id, step)
+    return (key, step) if objects.exists(key) else None
 
 
 def _device() -> Any:
@@ -129,47 +119,46 @@ def _device() -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _load_data(spec: TrainSpecBase, settings: Settings, scratch: Path) -> Any:
+def _load_data(spec: TrainSpec, settings: Settings, scratch: Path) -> Any:
     from gantry.worker.data import load_dataset
 
     source = spec.dataset
-    if source not in BUILTIN_DATASETS:
+    if source not in DATASETS:
         source = str(fetch_to_local(source, scratch, endpoint_url=settings.s3_endpoint_url))
     # Models that crop whole images (super-resolution) ask for them at their own sizes.
-    full_size = getattr(spec, "full_size_data", False)
-    return load_dataset(source, image_size=spec.image_size, seed=spec.seed, full_size=full_size)
+    return load_dataset(source, image_size=spec.image_size, seed=spec.seed, full_size=spec.full_size_data)
 
 
-def train_job(ctx: JobContext, spec: TrainSpecBase) -> bool:
+def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     """Train (or resume) a job; True when it ran to the end, False when it was stopped."""
     from gantry.worker.gan.loop import Callbacks, train
 
-    ctx.objects.put_bytes(f"{job_prefix(ctx.job_id)}/spec.json", spec.model_dump_json(indent=2).encode())
+    ctx.objects.put_bytes(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode())
     manifest = read_manifest(ctx.objects, ctx.job_id)
-    resume = ctx.objects.get_bytes(manifest["key"]) if manifest else None
+    resume = ctx.objects.get_bytes(manifest.key) if manifest else None
     if manifest:
-        log.info("job %s: resuming from step %d", ctx.job_id, manifest["step"])
+        log.info("job %s: resuming from step %d", ctx.job_id, manifest.step)
     with tempfile.TemporaryDirectory(prefix="gantry-data-") as scratch:
         data = _load_data(spec, ctx.settings, Path(scratch))
     callbacks = Callbacks(
         progress=ctx.progress, should_stop=ctx.should_stop, checkpoint=ctx.checkpoint, samples=ctx.samples
     )
     # A run may start its G from another train job's checkpoint (srgan's init_from).
-    init_from = getattr(getattr(spec, "options", None), "init_from", None)
+    init_from = spec.starts_from()
     init = _checkpoint_bytes(ctx, init_from, "latest")[0] if init_from and not resume else None
     outcome = train(spec, data, callbacks=callbacks, resume=resume, init=init, device=_device())
-    if not outcome.stopped and (names := auto_metrics(spec)):
+    if not outcome.stopped and (names := spec.metric_names(auto=True)):
         run_metrics(ctx, names, train_job_id=ctx.job_id, spec=EvaluateSpec(seed=spec.seed))
     ctx.write_metrics_jsonl()
     return not outcome.stopped
 
 
 def _checkpoint_bytes(ctx: JobContext, parent_job_id: str, ref: str) -> tuple[bytes, int]:
-    key = resolve_checkpoint(ctx.objects, parent_job_id, ref)
-    if key is None:
+    found = resolve_checkpoint(ctx.objects, parent_job_id, ref)
+    if found is None:
         raise GantryError(f"job {parent_job_id} has no checkpoint {ref!r}")
-    data = ctx.objects.get_bytes(key)
-    return data, int(key.rsplit("step-", 1)[1].split(".")[0])
+    key, step = found
+    return ctx.objects.get_bytes(key), step
 
 
 def sample_job(ctx: JobContext, spec: SampleSpec, parent_job_id: str) -> None:
@@ -217,19 +206,18 @@ def sample_job(ctx: JobContext, spec: SampleSpec, parent_job_id: str) -> None:
         from gantry.worker.gan.sampler import sample
 
         result = sample(checkpoint, count=spec.count, seed=spec.seed, device=device)
-    prefix = f"{job_prefix(ctx.job_id)}/images"
     names = result.names or [f"{i:06d}.png" for i in range(len(result.images))]
     for i, (name, png) in enumerate(zip(names, result.images, strict=True)):
-        ctx.put(f"{prefix}/{name}", png, kind="image")
+        ctx.put(image_key(ctx.job_id, name), png, kind="image")
         if ctx.should_stop():
             raise _Stopped
         if i % 16 == 0:
             with db.session_scope(ctx.sessions) as s:
                 db.heartbeat(s, ctx.job_id, step=i)
     for name, data in result.extra.items():
-        ctx.put(f"{prefix}/{name}", data, kind="image" if name.endswith(".png") else "data")
+        ctx.put(image_key(ctx.job_id, name), data, kind="image" if name.endswith(".png") else "data")
     if result.grid is not None:
-        ctx.put(f"{prefix}/grid.png", result.grid, kind="grid")
+        ctx.put(image_key(ctx.job_id, "grid.png"), result.grid, kind="grid")
     with db.session_scope(ctx.sessions) as s:
         # A 2-D model's samples are one points.npy, not one image each: all `count` were made.
         db.heartbeat(s, ctx.job_id, step=len(result.images) or spec.count)
@@ -250,14 +238,14 @@ def run_metrics(
         train_spec=train_spec,
         spec=spec,
         device=_device(),
-        save=lambda name, data: ctx.put(f"{job_prefix(ctx.job_id)}/eval/{name}", data, kind="evaluation"),
+        save=lambda name, data: ctx.put(eval_key(ctx.job_id, name), data, kind="evaluation"),
         should_stop=ctx.should_stop,
         progress=lambda done, total: ctx.should_stop(),  # its DB poll is the heartbeat (throttled)
     )
     values: dict[str, float] = {}
     for i, (name, got) in enumerate(evaluate_each(names, eval_ctx)):
-        if spec.code_walk and METRICS[name].walks:  # another reading than the train job's: named apart
-            got = {_walk_name(key, name, spec.code_walk): value for key, value in got.items()}
+        # Read with another --code-walk than the train job's: the values it changes are named apart.
+        got = {METRICS[name].reading_key(key, spec.code_walk): value for key, value in got.items()}
         values.update(got)
         if ctx.should_stop():
             raise _Stopped
@@ -270,23 +258,11 @@ def run_metrics(
     return values
 
 
-def _walk_name(key: str, metric: str, code_walk: str) -> str:
-    """A value of a walk metric as read with `--code-walk`: interpolation_validity_ends ->
-    interpolation_validity_ends_slide; values the reading does not touch (the classifier's accuracy,
-    which every shapes metric reports) keep their name."""
-    return f"{key}_{code_walk}" if key.startswith(metric.split("_")[0]) else key
-
-
 def evaluate_job(ctx: JobContext, spec: EvaluateSpec, parent_job_id: str) -> None:
     with db.session_scope(ctx.sessions) as s:
-        parent = db.get_job(s, parent_job_id)
-        names = spec.resolve_metrics(parent.model, parent.spec.get("dataset", ""))
+        names = load_train_spec(dict(db.get_job(s, parent_job_id).spec)).resolve_metrics(spec.metrics)
     run_metrics(ctx, names, train_job_id=parent_job_id, spec=spec)
     ctx.write_metrics_jsonl()
-
-
-def auto_metrics(spec: TrainSpecBase) -> list[str]:
-    return [name for name, info in METRICS.items() if info.auto and info.applies(spec.model, spec.dataset)]  # type: ignore[attr-defined]
 
 
 def run_job(job_id: str, *, settings: Settings | None = None) -> str | None:

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.label_prompts import parse_label_prompt
 from gantry.jobs.specs import BUILTIN_LABELS, load_train_spec, parse_sample_spec, parse_train_spec
+from gantry.jobs.specs.prompts import parse_label_prompt
 from gantry.worker.data import label_space, load_dataset, shapes
 from gantry.worker.data.digits import load as load_digits
 from gantry.worker.gan.checkpoint import load_checkpoint
@@ -238,11 +238,14 @@ def test_prompts_name_values_phrases_first() -> None:
 
 def test_prompts_need_a_model_trained_with_labels() -> None:
     with pytest.raises(InvalidInput, match="only when trained with --set labels"):
-        parse_sample_spec({"prompts": ["red circle"]}).check_model("dcgan")
+        parse_train_spec("dcgan", {}, {}).check_sample(parse_sample_spec({"prompts": ["red circle"]}))
+    labelled = parse_train_spec("dcgan", {"dataset": "shapes"}, {"labels": "shape,colour"})
+    labelled.check_sample(parse_sample_spec({"prompts": ["red circle"]}))
     with pytest.raises(InvalidInput, match="prompts draw plain samples"):
-        parse_sample_spec({"prompts": ["red circle"], "interpolate": "1:2"}).check_model(
-            "dcgan", labelled=True
-        )
+        labelled.check_sample(parse_sample_spec({"prompts": ["red circle"], "interpolate": "1:2"}))
+    with pytest.raises(InvalidInput, match="'large' names no label value") as info:  # checked at submit
+        labelled.check_sample(parse_sample_spec({"prompts": ["large red circle"]}))
+    assert info.value.field == "prompts"
 
 
 def test_d_learns_the_labels_from_real_images_only() -> None:

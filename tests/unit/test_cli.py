@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -66,12 +67,54 @@ def test_sampling_a_job_without_checkpoint_is_refused(settings) -> None:
     assert _count_jobs(settings) == 1
 
 
-def test_unmigrated_database_says_what_to_run(tmp_path, monkeypatch) -> None:
+def _fresh_home(tmp_path, monkeypatch) -> None:
+    for var in ("GANTRY_DATABASE_URL", "GANTRY_STORAGE_URL", "GANTRY_BROKER_URL", "GANTRY_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("GANTRY_HOME", str(tmp_path))
-    monkeypatch.delenv("GANTRY_DATABASE_URL", raising=False)
+
+
+def test_a_database_at_another_schema_revision_says_what_to_run(tmp_path, monkeypatch) -> None:
+    _fresh_home(tmp_path, monkeypatch)
+    with sqlite3.connect(tmp_path / "gantry.db") as conn:  # an older gantry's store
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.execute("INSERT INTO alembic_version VALUES ('0000')")
     result = run("list")
     assert result.exit_code == 4
-    assert "gantry db upgrade" in result.output
+    assert "gantry db upgrade" in result.output and "revision 0000" in result.output
+
+
+def test_a_new_embedded_store_gets_its_schema_on_first_use(tmp_path, monkeypatch) -> None:
+    _fresh_home(tmp_path, monkeypatch)  # no `gantry db upgrade`
+    result = run("train", "gan", "--steps", "3", "--batch-size", "8", "--checkpoint-every", "3", "--json")
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.output)
+    assert job["state"] == "succeeded" and job["progress"] == {"step": 3, "total_steps": 3}
+    assert (tmp_path / "gantry.db").exists()
+    assert json.loads(run("list", "--json").output)[0]["id"] == job["id"]
+
+
+def test_help_shows_each_default() -> None:
+    def help_of(command: str) -> str:
+        return " ".join(run(command, "--help").output.split())  # unwrapped
+
+    train_help = help_of("train")
+    for words in ("[default: 2000]", "[default: 500]", "[default: 0]", "[default: 32;", "[default: shapes;"):
+        assert words in train_help, words
+    assert "srresnet: 96" in train_help and "16 to 128" not in train_help  # each model's, from its spec
+    sample_help = help_of("sample")
+    assert "[default: 64]" in sample_help and "[default: latest]" in sample_help
+    assert "best" not in sample_help and "best" not in help_of("evaluate")
+
+
+def test_options_lists_architecture_first_with_defaults_and_bounds() -> None:
+    result = run("options", "dcgan")
+    assert result.exit_code == 0
+    lines = [line.split() for line in result.output.splitlines() if line.strip()]
+    names = [words[0] for words in lines[1:]]
+    assert names[:2] == ["architecture", "nz"]
+    assert lines[2][:4] == ["nz", "100", "1", "to"]
+    assert names.index("lr") < names.index("labels") < names.index("precision")
+    assert "'gantry[text]')" in run("options", "text2img").output  # shown as written, not read as markup
 
 
 def test_unreachable_broker_is_named_without_password(settings, monkeypatch) -> None:

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from gantry.jobs.datasets import BUILTIN_DATASETS
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs import BUILTIN_DATASETS
 from gantry.worker.data import BUILTIN, ImageData, load_dataset, shapes
 from gantry.worker.data import digits as digits_module
 

@@ -16,7 +16,7 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import (
     DCGANOptions,
     DCGANTrainSpec,
-    check_code_walk,
+    load_train_spec,
     parse_arithmetic,
     parse_train_spec,
 )
@@ -213,7 +213,7 @@ def test_a_walk_read_with_switch_draws_the_nearer_ends_code_in_every_frame() -> 
 )
 def test_readings_a_job_cannot_take_are_refused(model: str, options: dict, walk: str, words: str) -> None:
     with pytest.raises(InvalidInput) as info:
-        check_code_walk(model, {"options": options}, walk)
+        load_train_spec({"model": model, "dataset": "shapes", "options": options}).check_code_walk(walk)
     assert info.value.field == "code_walk" and words in info.value.message, info.value.message
 
 
@@ -225,7 +225,8 @@ def test_a_dcgan_decoder_refuses_a_reading_its_job_cannot_take(dcgan_checkpoint:
 
 
 def test_a_coded_dcgan_can_be_read_with_switch_and_the_train_option_asks_for_codes() -> None:
-    check_code_walk("dcgan", {"options": {"labels": ["shape"]}}, "switch")  # a labelled dcgan can
+    labelled = load_train_spec({"model": "dcgan", "dataset": "shapes", "options": {"labels": ["shape"]}})
+    labelled.check_code_walk("switch")  # a labelled dcgan can
     with pytest.raises(InvalidInput) as info:  # and the train option asks for the same
         parse_train_spec("dcgan", {"dataset": "shapes"}, {"code_walk": "switch"})
     assert info.value.field == "set.code_walk" and "latent_codes or labels" in info.value.message

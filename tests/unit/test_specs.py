@@ -1,9 +1,26 @@
 from __future__ import annotations
 
-import pytest
+import itertools
 
+import pytest
+from pydantic import ValidationError
+
+from gantry.jobs import keys
+from gantry.jobs.datasets import BUILTIN_LABELS, DATASETS
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs import SampleSpec, load_train_spec, parse_sample_spec, parse_train_spec
+from gantry.jobs.specs import (
+    METRICS,
+    MODELS,
+    SECTIONS,
+    DCGANOptions,
+    SampleSpec,
+    load_train_spec,
+    option_help,
+    options_class,
+    parse_evaluate_spec,
+    parse_sample_spec,
+    parse_train_spec,
+)
 
 
 def test_defaults_and_string_options_are_coerced() -> None:
@@ -51,3 +68,219 @@ def test_sample_spec_checkpoint_reference() -> None:
     with pytest.raises(InvalidInput) as info:
         parse_sample_spec({"count": 0})
     assert info.value.field == "count"
+
+
+def test_best_is_not_a_checkpoint_until_training_chooses_one() -> None:
+    for parse in (parse_sample_spec, parse_evaluate_spec):
+        with pytest.raises(InvalidInput) as info:
+            parse({"checkpoint": "best"})
+        assert info.value.field == "checkpoint" and info.value.message == "must be latest or a step number"
+
+
+# --- what a model can do: declared on its spec ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "sample", "field", "words"),
+    [
+        (
+            "gan",
+            {},
+            {"interpolate": "1:2"},
+            "interpolate",
+            "gan jobs do not take --interpolate; they take only",
+        ),
+        ("srresnet", {}, {"count": 4}, "input", "srresnet jobs super-resolve images: pass --input"),
+        ("srgan", {}, {"input": "x.png", "prompts": ["a"]}, "prompts", "they take input"),
+        ("dcgan", {}, {"interpolate": "1:2", "arithmetic": "1 - 2"}, "arithmetic", "not both"),
+        ("dcgan", {}, {"code_walk": "blend"}, "code_walk", "use it with --interpolate or --arithmetic"),
+        ("dcgan", {}, {"interpolate": "1:2", "code_walk": "switch"}, "code_walk", "latent_codes or labels"),
+        ("gan", {}, {"code_walk": "switch", "count": 2}, "code_walk", "use it with --interpolate"),
+        ("text2img", {}, {"count": 4}, "prompts", "pass --prompt TEXT"),
+    ],
+)
+def test_a_train_spec_says_how_its_checkpoint_samples(model, fields, sample, field, words) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_train_spec(model, fields, {}).check_sample(parse_sample_spec(sample))
+    assert info.value.field == field and words in info.value.message, info.value.message
+
+
+def test_capabilities_are_declared_on_the_spec_classes() -> None:
+    takes = {model: spec.sample_modes for model, spec in MODELS.items()}
+    assert takes["gan"] == frozenset() and takes["srgan"] == {"input"}
+    assert {"interpolate", "arithmetic", "prompts"} <= takes["dcgan"] & takes["text2img"]
+    assert [m for m, spec in MODELS.items() if spec.reads_codes] == ["dcgan", "text2img"]
+    assert {m: spec.prompted_by for m, spec in MODELS.items() if spec.prompted_by} == {
+        "dcgan": "labels",
+        "text2img": "captions",
+    }
+    for spec in MODELS.values():  # every declared metric exists
+        assert set(spec.metrics) <= set(METRICS)
+    parse_train_spec("srresnet", {}, {}).check_sample(parse_sample_spec({"input": "x.png"}))
+    parse_train_spec("gan", {}, {}).check_sample(parse_sample_spec({"count": 3}))
+
+
+def test_code_walk_readings_are_asked_of_the_train_spec() -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_train_spec("gan", {}, {}).check_code_walk("switch")
+    assert info.value.field == "code_walk" and "reads a dcgan or text2img job's codes" in info.value.message
+    coded = parse_train_spec(
+        "text2img", {}, {"labels": "shape,size", "free_label_codes": "true", "code_words": "true"}
+    )
+    coded.check_code_walk("switch")
+    with pytest.raises(InvalidInput, match="generator=layered"):
+        coded.check_code_walk("slide")
+
+
+# --- metrics: the spec's declared metrics that the data set fits -------------------------------------
+
+
+def test_metrics_apply_where_the_model_declares_them_and_the_data_fits() -> None:
+    assert parse_train_spec("gan", {"dataset": "ring8"}, {}).metric_names() == ["modes_2d"]
+    assert parse_train_spec("gan", {"dataset": "stacked-digits"}, {}).metric_names() == ["modes_stacked"]
+    assert parse_train_spec("srgan", {}, {}).metric_names(auto=True) == ["psnr", "ssim"]
+    shapes = parse_train_spec("text2img", {"dataset": "shapes"}, {})
+    assert shapes.metric_names(auto=True) == []
+    assert shapes.resolve_metrics([]) == [
+        "caption_faithfulness",
+        "prompt_diversity",
+        "arithmetic_accuracy",
+        "interpolation_validity",
+    ]
+    with pytest.raises(InvalidInput, match="sample_validity does not apply to text2img on shapes"):
+        shapes.resolve_metrics(["sample_validity"])
+    with pytest.raises(InvalidInput, match="unknown metric 'fid'"):
+        shapes.resolve_metrics(["fid"])
+    with pytest.raises(InvalidInput, match="no evaluation metric applies to dcgan on /data/mine"):
+        parse_train_spec("dcgan", {"dataset": "/data/mine"}, {}).resolve_metrics([])
+
+
+def test_metrics_declare_their_keys_and_which_a_reading_renames() -> None:
+    walk = METRICS["interpolation_validity"]
+    assert walk.reading_key("interpolation_validity_ends", "slide") == "interpolation_validity_ends_slide"
+    assert walk.reading_key("shapes_classifier_accuracy", "slide") == "shapes_classifier_accuracy"
+    assert walk.reading_key("interpolation_validity", None) == "interpolation_validity"
+    assert (
+        METRICS["arithmetic_accuracy"].reading_key("arithmetic_trials", "switch")
+        == "arithmetic_trials_switch"
+    )
+    for info in METRICS.values():
+        assert set(info.walk_keys) <= set(info.keys)
+    assert not METRICS["sample_validity"].walk_keys
+
+
+# --- the data-set table -----------------------------------------------------------------------------
+
+
+def test_one_table_of_data_set_facts() -> None:
+    assert {n for n, d in DATASETS.items() if d.kind == "points"} == {"ring8", "grid25"}
+    assert [n for n, d in DATASETS.items() if d.captions] == ["shapes"]
+    assert DATASETS["digits"].channels == 1 and DATASETS["photos"].kind == "photos"
+    assert {n: d.labels for n, d in DATASETS.items() if d.labels} == BUILTIN_LABELS
+    assert list(BUILTIN_LABELS["stacked-digits"]) == ["red", "green", "blue"]
+    for info in DATASETS.values():
+        assert info.splits == ("train", "test") and info.description
+
+
+# --- cross-field rules: model validators, whatever the order -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "field", "words"),
+    [
+        ("dcgan", {"code_walk": "switch", "nz": "8"}, "set.code_walk", "needs latent_codes or labels"),
+        (
+            "dcgan",
+            {"virtual_batch_norm": "true", "latent_codes": "4"},
+            "set.virtual_batch_norm",
+            "cannot be combined",
+        ),
+        ("dcgan", {"mbd_kernels": "7", "lr": "1e-3"}, "set.mbd_kernels", "only applies with minibatch"),
+        ("gan", {"loss": "minimax", "feature_matching": "true"}, "set.feature_matching", "replaces G's loss"),
+        ("text2img", {"code_walk": "switch", "labels": "size"}, "set.code_walk", "needs code_words=true"),
+        ("text2img", {"code_words": "true", "labels": "size"}, "set.code_words", "needs free_label_codes"),
+        (
+            "text2img",
+            {"code_walk": "slide", "code_words": "true", "free_label_codes": "true", "labels": "size"},
+            "set.code_walk",
+            "needs generator=layered",
+        ),
+        (
+            "text2img",
+            {"free_label_codes": "true", "code_walk": "switch"},
+            "set.free_label_codes",
+            "needs labels",
+        ),
+        ("srresnet", {"content_loss": "vgg54", "blocks": "4"}, "set.vgg_weights", "needs VGG19 weights"),
+    ],
+)
+def test_cross_field_rules_name_the_field_whatever_the_order(model, options, field, words) -> None:
+    errors = set()
+    for order in itertools.permutations(options.items()):
+        with pytest.raises(InvalidInput) as info:
+            parse_train_spec(model, {}, dict(order))
+        errors.add((info.value.field, info.value.message))
+    assert len(errors) == 1, errors  # the same error for every order the options come in
+    ((got_field, message),) = errors
+    assert got_field == field and words in message, message
+
+
+def test_cross_field_rules_hold_for_the_options_classes_alone() -> None:
+    with pytest.raises(ValidationError, match="needs latent_codes or labels"):
+        DCGANOptions(code_walk="switch")
+    assert DCGANOptions(labels=("shape",), code_walk="switch").code_walk == "switch"
+    with pytest.raises(InvalidInput) as info:  # labels are checked against the data set, at the spec
+        parse_train_spec("dcgan", {"dataset": "digits"}, {"labels": "shape"})
+    assert info.value.field == "set.labels"
+
+
+# --- gantry options MODEL -----------------------------------------------------------------------------
+
+
+def test_options_are_listed_architecture_first_with_defaults_bounds_and_one_line() -> None:
+    rows = {model: option_help(model) for model in MODELS}
+    dcgan = [row.name for row in rows["dcgan"]]
+    assert dcgan[:5] == ["nz", "ngf", "ndf", "upsample", "d_norm"]
+    assert (
+        dcgan.index("lr")
+        < dcgan.index("minibatch_discrimination")
+        < dcgan.index("labels")
+        < dcgan.index("ema")
+    )
+    assert dcgan[-3:] == ["lr_decay", "ema", "precision"]
+    by_name = {row.name: row for row in rows["dcgan"]}
+    assert (by_name["nz"].default, by_name["nz"].allowed) == ("100", "1 to 1024")
+    assert by_name["lr"].allowed == "> 0, <= 1" and by_name["ema"].allowed == ">= 0, < 1"
+    assert by_name["upsample"].allowed == "transposed, nearest"
+    assert by_name["labels"].default == "none" and by_name["feature_matching"].default == "false"
+    assert {row.name: row.allowed for row in rows["srresnet"]}["scale"] == "2, 4, 8"
+    for model, listed in rows.items():
+        assert {row.name for row in listed} == set(options_class(model).model_fields)
+        assert [SECTIONS.index(row.section) for row in listed] == sorted(
+            SECTIONS.index(r.section) for r in listed
+        )
+        for row in listed:
+            assert row.meaning and "\n" not in row.meaning and len(row.meaning) <= 130, (model, row.name)
+
+
+# --- keys and the manifest --------------------------------------------------------------------------
+
+
+def test_object_keys_follow_the_documented_layout() -> None:
+    assert keys.checkpoint_key("abc", 1200) == "jobs/abc/checkpoints/step-00001200.pt"
+    assert keys.manifest_key("abc") == "jobs/abc/checkpoints/latest.json"
+    assert keys.samples_key("abc", 5) == "jobs/abc/samples/step-00000005.png"
+    assert keys.image_key("abc", "grid.png") == "jobs/abc/images/grid.png"
+    assert keys.eval_key("abc", "x.png") == "jobs/abc/eval/x.png"
+    assert keys.metrics_key("abc") == "jobs/abc/metrics.jsonl"
+    assert keys.spec_key("abc") == "jobs/abc/spec.json"
+    assert keys.checkpoint_key("abc", 7).startswith(keys.job_prefix("abc") + "/")
+
+
+def test_the_manifest_carries_the_step_and_old_manifests_still_read() -> None:
+    # What gantry wrote before the manifest was a model: json.dumps of a dict, time in isoformat.
+    old = b'{"step": 40, "key": "jobs/a/checkpoints/step-00000040.pt", "uri": "file:///x", "bytes": 9, "time": "2025-01-02T03:04:05.123456+00:00"}'
+    manifest = keys.Manifest.parse(old)
+    assert manifest.step == 40 and manifest.key.endswith("step-00000040.pt")
+    renamed = manifest.model_copy(update={"key": "jobs/a/checkpoints/elsewhere.pt"})
+    assert keys.Manifest.parse(renamed.dump()) == renamed  # the step never comes from the key

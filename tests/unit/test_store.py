@@ -31,6 +31,20 @@ def test_missing_schema_names_the_command(tmp_path) -> None:
     assert not (tmp_path / "empty.db").exists()  # nothing created behind Alembic's back
 
 
+def test_a_new_sqlite_store_gets_its_schema_when_asked(tmp_path) -> None:
+    sessions = db.connect(f"sqlite:///{tmp_path}/new.db", create_sqlite=True)  # what the service asks
+    with db.session_scope(sessions) as s:
+        assert db.count_jobs(s) == 0
+    engine = db.make_engine(f"sqlite:///{tmp_path}/new.db")
+    assert db.schema_revision(engine) == db.SCHEMA_REVISION  # through Alembic: stamped at the head
+
+
+def test_postgresql_is_never_migrated_behind_the_users_back() -> None:
+    with pytest.raises(ServiceUnavailable) as info:  # an unreachable server: named, nothing attempted
+        db.connect("postgresql+psycopg://gantry:secret@127.0.0.1:1/gantry", create_sqlite=True)
+    assert "127.0.0.1:1" in str(info.value) and "secret" not in str(info.value)
+
+
 def test_job_lifecycle(sessions) -> None:
     job_id = _new(sessions)
     with db.session_scope(sessions) as s:

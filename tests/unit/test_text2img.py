@@ -338,12 +338,12 @@ def test_code_walk_switch_reads_a_blend_of_two_codes_as_the_larger_all_along_a_w
 
 def test_text2img_plain_sampling_asks_for_a_prompt() -> None:
     with pytest.raises(InvalidInput) as info:
-        parse_sample_spec({"count": 4}).check_model("text2img")
+        Text2ImgTrainSpec().check_sample(parse_sample_spec({"count": 4}))
     assert info.value.field == "prompts"
-    parse_sample_spec({"prompts": ["a red circle"]}).check_model("text2img")
-    parse_sample_spec({"interpolate": "3:17"}).check_model("text2img")
+    Text2ImgTrainSpec().check_sample(parse_sample_spec({"prompts": ["a red circle"]}))
+    Text2ImgTrainSpec().check_sample(parse_sample_spec({"interpolate": "3:17"}))
     with pytest.raises(InvalidInput):
-        parse_sample_spec({"prompts": ["a red circle"]}).check_model("dcgan")
+        parse_train_spec("dcgan", {}, {}).check_sample(parse_sample_spec({"prompts": ["a red circle"]}))
 
 
 # --- training and sampling through the shared loop ----------------------------------------------

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from gantry.jobs.datasets import BUILTIN_LABELS
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.spec_base import BUILTIN_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ from gantry.worker.data.photos import PhotoData  # noqa: E402
 from gantry.worker.data.points import PointData  # noqa: E402
 
 # Built-in data set name -> loader(image_size, seed, split). Same names as
-# gantry.jobs.specs.BUILTIN_DATASETS (the API accepts exactly these); a unit test keeps them in sync.
+# gantry.jobs.datasets.DATASETS (the API accepts exactly these); a unit test keeps them in sync.
 BUILTIN: dict[str, Callable[[int, int, str], ImageData | PhotoData | PointData]] = {
     "shapes": lambda image_size, seed, split: shapes.generate(image_size, seed=seed, split=split),
     "digits": lambda image_size, seed, split: digits.load(image_size, seed=seed, split=split),

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gantry.jobs.specs import Codes, ConvNets, GeneratorLoss, ImprovedTechniques
 from gantry.worker.gan.infogan import InfoHead
 from gantry.worker.gan.losses import Minibatch, Phase
 
@@ -244,22 +245,25 @@ class ImprovedLoss:
         return stats
 
 
-def uses_improved_loss(options: object) -> bool:
+def uses_improved_loss(options: ImprovedTechniques) -> bool:
     """True when any option needs `ImprovedLoss` rather than the plain non-saturating loss."""
     return bool(
-        getattr(options, "feature_matching", False)
-        or getattr(options, "label_smoothing", 1.0) < 1.0
-        or getattr(options, "historical_averaging", 0.0) > 0
-        or getattr(options, "loss", "non_saturating") == "minimax"
-        or bool(getattr(options, "latent_codes", ()))
-        or bool(getattr(options, "labels", ()))
+        options.feature_matching
+        or options.label_smoothing < 1.0
+        or options.historical_averaging > 0
+        or _minimax(options)
+        or (isinstance(options, Codes) and (options.latent_codes or options.labels))
     )
+
+
+def _minimax(options: ImprovedTechniques) -> bool:
+    return isinstance(options, GeneratorLoss) and options.loss == "minimax"
 
 
 def build_loss(
     G: nn.Module,
     D: nn.Module,
-    options: object,
+    options: ImprovedTechniques,
     *,
     feature_size: int = 0,
     label_codes: tuple[int, ...] | None = None,
@@ -268,7 +272,7 @@ def build_loss(
     head to D (so they are saved, and the head trains with D's optimizer). `feature_size`: the
     number of values in `D.features(x)` for one image, which the code head reads; `label_codes`: the
     sizes of the label attributes G is conditioned on (AC-GAN), the last codes of its latents."""
-    weight = float(getattr(options, "historical_averaging", 0.0))
+    weight = options.historical_averaging
     history_G = history_D = None
     if weight > 0:
         history_G = HistoricalAverage(list(G.parameters()))
@@ -277,25 +281,27 @@ def build_loss(
         G.historical_average = history_G.to(param.device)  # type: ignore[assignment]
         D.historical_average = history_D.to(next(D.parameters()).device)  # type: ignore[assignment]
     label_sizes = tuple(label_codes or ())
-    codes = tuple(getattr(options, "latent_codes", ())) + label_sizes
+    codes = (options.latent_codes if isinstance(options, Codes) else ()) + label_sizes
     info = None
     if codes:
         if feature_size <= 0:
             raise ValueError("latent_codes and labels need the size of D's features")
+        # Codes and labels are options of the convolutional models (InfoGAN's head reads D's features).
+        assert isinstance(options, Codes) and isinstance(options, ConvNets)
         info = InfoHead(
             feature_size,
-            nz=int(getattr(options, "nz")),  # noqa: B009
+            nz=options.nz,
             codes=codes,
-            weight=float(getattr(options, "info_weight", 1.0)),
+            weight=options.info_weight,
             labelled=len(label_sizes),
         )
         D.info_head = info.to(next(D.parameters()).device)  # type: ignore[assignment]
     return ImprovedLoss(
         G,
         D,
-        real_label=float(getattr(options, "label_smoothing", 1.0)),
-        feature_matching=bool(getattr(options, "feature_matching", False)),
-        minimax=getattr(options, "loss", "non_saturating") == "minimax",
+        real_label=options.label_smoothing,
+        feature_matching=options.feature_matching,
+        minimax=_minimax(options),
         historical_averaging=weight,
         history_G=history_G,
         history_D=history_D,
@@ -317,19 +323,19 @@ class MinibatchHead(nn.Module):
 
 
 def apply_to_sequential(
-    G: nn.Module, D: nn.Module, options: object, *, latent_shape: tuple[int, ...]
+    G: nn.Module, D: nn.Module, options: ImprovedTechniques, *, latent_shape: tuple[int, ...]
 ) -> nn.Module:
     """Minibatch discrimination and virtual batch norm on networks built as `main` Sequentials whose
     D ends in one conv to the logit (DCGAN's): D's last layer becomes a `MinibatchHead`, G's batch
     norms become virtual ones (run in front of a `ReferenceBatch`). Returns G (wrapped or not)."""
-    if getattr(options, "minibatch_discrimination", False):
+    if options.minibatch_discrimination:
         last = D.main[-1]  # type: ignore[index]  # Conv2d(width, 1, 4): 4x4 features -> one logit
         D.main[-1] = MinibatchHead(  # type: ignore[index]
             last.in_channels * last.kernel_size[0] * last.kernel_size[1],
-            kernels=int(getattr(options, "mbd_kernels", 100)),
-            kernel_dim=int(getattr(options, "mbd_kernel_dim", 5)),
+            kernels=options.mbd_kernels,
+            kernel_dim=options.mbd_kernel_dim,
         )
-    if getattr(options, "virtual_batch_norm", False):
+    if options.virtual_batch_norm:
         for i, layer in enumerate(G.main):  # type: ignore[attr-defined, arg-type]
             if isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d):
                 G.main[i] = VirtualBatchNorm(layer.num_features)  # type: ignore[index]

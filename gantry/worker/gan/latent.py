@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs import check_code_walk, load_train_spec, parse_arithmetic
+from gantry.jobs.specs import MODELS, DCGANOptions, load_train_spec, parse_arithmetic
 from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.images import png_bytes
@@ -35,7 +35,6 @@ from gantry.worker.gan.sampler import SampleResult, default_device, generate
 log = logging.getLogger(__name__)
 
 ARITHMETIC_NOISE = 0.25  # uniform +-0.25 added to the result's z (DCGAN paper, Fig. 7)
-LATENT_MODELS = ("dcgan", "text2img")
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -116,24 +115,26 @@ def load_decoder(
     as the train job's options say)."""
     device = torch.device(device) if device is not None else default_device()
     state = load_checkpoint(checkpoint, map_location="cpu")
-    model = state["spec"]["model"]
-    if model not in LATENT_MODELS:
-        raise InvalidInput("model", f"latent walks need a {' or '.join(LATENT_MODELS)} job, not {model}")
+    spec = load_train_spec(state["spec"])
+    model = spec.model
+    if "interpolate" not in spec.sample_modes:
+        walkers = " or ".join(name for name, cls in MODELS.items() if "interpolate" in cls.sample_modes)
+        raise InvalidInput("model", f"latent walks need a {walkers} job, not {model}")
     if code_walk is not None:
-        check_code_walk(model, state["spec"], code_walk)  # as the service checks it at submit
-    if model == "text2img":
+        spec.check_code_walk(code_walk)  # as the service checks it at submit
+    if spec.prompted_by == "captions":  # G also reads a text embedding
         from gantry.worker.gan.models.text2img import TextGenerator
 
         text = TextGenerator(state, device, code_walk=code_walk)
         return LatentDecoder(model, text.G, text.latents.latent_shape, device, text.latents, text)
-    spec = load_train_spec(state["spec"])
     with torch.random.fork_rng(devices=[]):  # building draws init weights; keep the caller's RNG
         built = build_model(spec, channels=state["channels"], device=device)
     built.G.load_state_dict(generator_weights(state))
     # InfoGAN's and AC-GAN's coded latents where the model has them (they know where each code sits).
     codes = built.latent_sampler
     read = None
-    if (code_walk or spec.options.code_walk) == "switch":  # type: ignore[attr-defined]
+    trained = spec.options.code_walk if isinstance(spec.options, DCGANOptions) else "blend"
+    if (code_walk or trained) == "switch":
         assert isinstance(codes, CodedLatents)  # checked: the train option's validator, check_code_walk
         read = codes.switch
     return LatentDecoder(model, built.G, built.latent_shape, device, codes or built.sample_latents, read=read)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from gantry.jobs.specs import TrainSpecBase
+from gantry.jobs.specs import TrainSpec
 from gantry.worker.gan.checkpoint import (
     generator_weights,
     load_checkpoint,
@@ -138,7 +138,7 @@ def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def train(
-    spec: TrainSpecBase,
+    spec: TrainSpec,
     data: ImageData,
     *,
     callbacks: Callbacks,
@@ -178,12 +178,11 @@ def train(
     if init is not None and resume is None:
         model.G.load_state_dict(generator_weights(load_checkpoint(init, map_location="cpu")))
         log.info("G initialised from another run's checkpoint")
-    options = getattr(spec, "options", None)
-    ema = float(getattr(options, "ema", 0.0))
+    ema = spec.options.ema
     G_ema = copy.deepcopy(model.G).eval().requires_grad_(False) if ema else None
     if resume is not None:
         state = load_checkpoint(resume, map_location="cpu")
-        if state["spec"]["model"] != getattr(spec, "model", None) or state["channels"] != channels:
+        if state["spec"]["model"] != spec.model or state["channels"] != channels:
             raise ValueError("the checkpoint was written for another model or channel count")
         restore_training_state(state, model, batches)
         if G_ema is not None:
@@ -235,10 +234,10 @@ def train(
     for phase in model.phases:
         opt = optimizers[phase]
         if opt is None:
-            raise ValueError(f"{spec.model} has a phase {phase} but no optimizer for it")  # type: ignore[attr-defined]
+            raise ValueError(f"{spec.model} has a phase {phase} but no optimizer for it")
         phases.append((phase, opt))
-    lr_decay = getattr(options, "lr_decay", "none")
-    autocast = mixed_precision(getattr(options, "precision", "fp32"), device)
+    lr_decay = spec.options.lr_decay
+    autocast = mixed_precision(spec.options.precision, device)
     while step < spec.steps:
         if lr_decay == "linear":
             set_lr_factor([opt for _, opt in phases], linear_decay(step, spec.steps))
@@ -309,7 +308,7 @@ def set_lr_factor(optimizers: list[torch.optim.Optimizer], factor: float) -> Non
 
 
 def _image_batches(
-    spec: TrainSpecBase,
+    spec: TrainSpec,
     data: ImageData,
     model: GANModel,
     device: torch.device,

@@ -6,7 +6,7 @@ A model module under `gantry/worker/gan/models/` defines
 
 returning its networks, their optimizers and its loss (see `losses.GANLoss`). The training loop
 (`loop.train`) and the sampler only ever see a `GANModel`, so adding a variant is its spec in
-`jobs/specs.py`, its module, and one line in `MODELS` below.
+`jobs/specs/<model>.py` (and a line in its `MODELS`), its module, and one line in `MODELS` below.
 """
 
 from __future__ import annotations
@@ -87,9 +87,9 @@ class GANModel:
 
 def build_model(spec: TrainSpecBase, *, channels: int, device: torch.device) -> GANModel:
     """Build the model a train spec names, with weights initialised from the global torch RNG."""
-    module_name = MODELS.get(getattr(spec, "model", ""))
+    module_name = MODELS.get(spec.model)
     if module_name is None:
-        raise ValueError(f"no worker model for {getattr(spec, 'model', None)!r}; known: {', '.join(MODELS)}")
+        raise ValueError(f"no worker model for {spec.model!r}; known: {', '.join(MODELS)}")
     return importlib.import_module(module_name).build(spec, channels=channels, device=device)
 
 

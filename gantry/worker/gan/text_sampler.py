@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.label_prompts import parse_label_prompt
-from gantry.jobs.specs import LABEL_PROMPT_MODELS
+from gantry.jobs.specs import load_train_spec
+from gantry.jobs.specs.prompts import parse_label_prompt
 from gantry.worker.gan.checkpoint import load_checkpoint
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.images import png_bytes
@@ -42,15 +42,16 @@ def sample_prompts(
     `prompts.json` (in `extra`) maps the file names to their prompts.
 
     text2img draws G(z, φ(prompt)); a dcgan trained with `labels` reads the prompt's label values
-    (`gantry.jobs.label_prompts`) and sets those one-hot codes in each latent, leaving the rest of the
+    (`gantry.jobs.specs.prompts`) and sets those one-hot codes in each latent, leaving the rest of the
     latent (z, and the labels the prompt does not name) as the seed drew it."""
     if not prompts or count < 1:
         raise ValueError("need at least one prompt and a count of at least 1")
     device = torch.device(device) if device is not None else default_device()
     state = load_checkpoint(checkpoint, map_location="cpu")
-    model = state["spec"]["model"]
+    spec = load_train_spec(state["spec"])
+    model = spec.model
     draw: Callable[[int, str], np.ndarray]  # (prompt index, prompt) -> (count, H, W, C) uint8
-    if model == "text2img":
+    if spec.prompted_by == "captions":
         from gantry.worker.gan.models.text2img import TextGenerator
 
         text = TextGenerator(state, device)
@@ -60,14 +61,14 @@ def sample_prompts(
         def draw(i: int, prompt: str) -> np.ndarray:
             return generate(text.G, z, cond=phi[i : i + 1].expand(count, -1), device=device)
 
-    elif model in LABEL_PROMPT_MODELS and state["spec"]["options"].get("labels"):
+    elif spec.prompted_by == "labels" and spec.options.label_attributes():
         from gantry.worker.gan.latent import load_decoder
 
         decoder = load_decoder(checkpoint, device=device)
         latents = decoder.sample
         assert isinstance(latents, CodedLatents), "a dcgan with labels draws coded latents"
         z = latents(count, torch.Generator().manual_seed(seed))
-        dataset, labels = state["spec"]["dataset"], list(state["spec"]["options"]["labels"])
+        dataset, labels = spec.dataset, list(spec.options.label_attributes())
 
         def draw(i: int, prompt: str) -> np.ndarray:
             chosen = parse_label_prompt(prompt, dataset, labels)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.settings import Settings
-from gantry.jobs.specs import load_train_spec
+from gantry.jobs.specs import SRResNetOptions, load_train_spec
 from gantry.jobs.storage import fetch_to_local
 from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
 from gantry.worker.gan.images import png_bytes, to_uint8
@@ -37,9 +37,9 @@ def load_generator(checkpoint: bytes, device: torch.device) -> tuple[Generator, 
     """(G in eval mode on `device`, the train spec, image channels) from an srresnet/srgan checkpoint."""
     state = load_checkpoint(checkpoint, map_location="cpu")
     spec = load_train_spec(state["spec"])
-    if spec.model not in ("srresnet", "srgan"):  # type: ignore[attr-defined]
-        raise InvalidInput("input", f"{spec.model} jobs do not super-resolve images")  # type: ignore[attr-defined]
-    G = build_generator(spec.options, channels=state["channels"])  # type: ignore[attr-defined]
+    if "input" not in spec.sample_modes or not isinstance(spec.options, SRResNetOptions):
+        raise InvalidInput("input", f"{spec.model} jobs do not super-resolve images")
+    G = build_generator(spec.options, channels=state["channels"])
     G.load_state_dict(generator_weights(state))
     return G.to(device).eval(), spec, state["channels"]
 

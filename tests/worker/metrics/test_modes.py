@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from gantry.jobs.specs import METRICS, load_train_spec, parse_train_spec
+from gantry.jobs.specs import load_train_spec, parse_train_spec
 from gantry.worker.data import load_dataset
 from gantry.worker.data.points import grid25, ring8
 from gantry.worker.errors import Stopped
@@ -70,9 +70,10 @@ def test_digit_classifier_held_out_accuracy() -> None:
 
 def test_metrics_are_registered_for_evaluate_and_the_end_of_training() -> None:
     assert set(EVALUATORS) >= {"modes_2d", "modes_stacked"}
-    assert METRICS["modes_2d"].applies("gan", "ring8") and METRICS["modes_2d"].auto
-    assert METRICS["modes_stacked"].applies("dcgan", "stacked-digits") and METRICS["modes_stacked"].auto
-    assert not METRICS["modes_2d"].applies("gan", "digits")
+    assert "modes_2d" in parse_train_spec("gan", {"dataset": "ring8"}, {}).metric_names(auto=True)
+    stacked = parse_train_spec("dcgan", {"dataset": "stacked-digits"}, {})
+    assert "modes_stacked" in stacked.metric_names(auto=True)
+    assert "modes_2d" not in parse_train_spec("gan", {"dataset": "digits"}, {}).metric_names()
 
 
 # --- an evaluation that reports its progress and honours a stop --------------------------------------

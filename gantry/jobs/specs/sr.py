@@ -1,46 +1,37 @@
-"""Super-resolution job specs: SRResNet and SRGAN (Ledig et al. 2016, arXiv 1609.04802)."""
+"""`srresnet` and `srgan`: super-resolution (Ledig et al. 2016, arXiv 1609.04802)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.spec_base import LRSchedule, TrainSpecBase
+from gantry.jobs.specs.base import Conflict, ModelOptions, OptionGroup, SampleMode, TrainSpec
+
+if TYPE_CHECKING:
+    from gantry.jobs.specs.jobs import SampleSpec
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
-class SRResNetOptions(LRSchedule):
-    """SRResNet (Ledig et al. 2016, arXiv 1609.04802, Fig. 4 and §3.2): B residual blocks, sub-pixel upsampling."""
+class SRNets(OptionGroup):
+    """SRResNet's G (Fig. 4, §3.2): B residual blocks, sub-pixel upsampling."""
 
-    blocks: int = Field(16, ge=1, le=64, description="residual blocks B (the paper uses 16)")
-    channels: int = Field(64, ge=4, le=512, description="feature maps per conv in G (the paper uses 64)")
-    scale: int = Field(4, description="upscaling factor r: 2, 4 or 8 (the paper reports 4)")
-    lr: float = Field(1e-4, gt=0, le=1, description="Adam learning rate (the paper uses 1e-4)")
-    beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1 (the paper uses 0.9)")
-    content_loss: Literal["mse", "vgg54"] = Field(
-        "mse", description="mse: pixel MSE; vgg54: MSE of VGG19 relu5_4 features (needs vgg_weights)"
+    section: ClassVar[str] = "architecture"
+
+    blocks: int = Field(16, ge=1, le=64, description="residual blocks B (paper: 16)")
+    channels: int = Field(64, ge=4, le=512, description="feature maps per conv in G (paper: 64)")
+    scale: int = Field(
+        4, description="upscaling factor r (paper: 4)", json_schema_extra={"choices": [2, 4, 8]}
     )
     bicubic_skip: bool = Field(
         False,
-        description="not in SRGAN: G adds its output to the bicubic upscale, learning the residual "
-        "(VDSR, Kim et al. 2016, arXiv 1511.04587: converges much faster)",
-    )
-    augment: bool = Field(
-        False,
-        description="not in SRGAN: each HR crop is flipped and rotated by a random multiple of 90 degrees "
-        "(the 8 symmetries of the square, as EDSR trains: Lim et al. 2017, arXiv 1707.02921)",
-    )
-    vgg_weights: str | None = Field(
-        None, min_length=1, description="VGG19 weights (torchvision's vgg19-dcbb9e9d.pth), path or URI"
-    )
-    vgg_sha256: str | None = Field(
-        None, description="SHA-256 of vgg_weights; default: must start with torchvision's dcbb9e9d"
+        description="G adds its output to the bicubic upscale, learning the residual "
+        "(VDSR, Kim et al. 2016, arXiv 1511.04587; not in SRGAN)",
     )
 
     @field_validator("scale")
@@ -50,6 +41,27 @@ class SRResNetOptions(LRSchedule):
             raise ValueError("must be 2, 4 or 8")
         return value
 
+
+class SRAdam(OptionGroup):
+    section: ClassVar[str] = "optimiser"
+
+    lr: float = Field(1e-4, gt=0, le=1, description="Adam learning rate (paper: 1e-4)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1 (paper: 0.9)")
+
+
+class ContentLoss(OptionGroup):
+    section: ClassVar[str] = "loss"
+
+    content_loss: Literal["mse", "vgg54"] = Field(
+        "mse", description="mse: pixel MSE; vgg54: MSE of VGG19 relu5_4 features (needs vgg_weights)"
+    )
+    vgg_weights: str | None = Field(
+        None, min_length=1, description="VGG19 weights (torchvision's vgg19-dcbb9e9d.pth), path or URI"
+    )
+    vgg_sha256: str | None = Field(
+        None, description="SHA-256 of vgg_weights; default: must start with torchvision's dcbb9e9d"
+    )
+
     @field_validator("vgg_sha256")
     @classmethod
     def _sha256(cls, value: str | None) -> str | None:
@@ -58,24 +70,43 @@ class SRResNetOptions(LRSchedule):
         return value.lower() if value else value
 
     @model_validator(mode="after")
-    def _vgg_needs_weights(self) -> SRResNetOptions:
+    def _vgg_needs_weights(self) -> ContentLoss:
         # Never a silent download: the user names the VGG19 weights file.
         if self.content_loss == "vgg54" and not self.vgg_weights:
-            raise InvalidInput(
-                "set.vgg_weights",
+            raise Conflict(
+                "vgg_weights",
                 "content_loss=vgg54 needs VGG19 weights: --set vgg_weights=PATH_OR_URI "
                 "(torchvision's vgg19-dcbb9e9d.pth); gantry never downloads them",
             )
         return self
 
 
-class SRGANOptions(SRResNetOptions):
-    """SRGAN (Ledig et al. 2016, §2.2-2.3): SRResNet's G plus the paper's D and an adversarial loss."""
+class Augment(OptionGroup):
+    augment: bool = Field(
+        False,
+        description="flip and rotate each HR crop by a multiple of 90 degrees (as EDSR trains, "
+        "arXiv 1707.02921; not in SRGAN)",
+    )
+
+
+class SRResNetOptions(SRNets, SRAdam, ContentLoss, Augment, ModelOptions):
+    """SRResNet: G trained on the content loss alone."""
+
+
+class SRGANNets(OptionGroup):
+    section: ClassVar[str] = "architecture"
+
+    ndf: int = Field(64, ge=4, le=512, description="D width: channels of its first conv (paper: 64)")
+
+
+class Adversary(OptionGroup):
+    """SRGAN's adversarial loss (§2.2-2.3), and the SRResNet run G starts from."""
+
+    section: ClassVar[str] = "loss"
 
     adversarial_weight: float = Field(
         1e-3, gt=0, le=10, description="weight of G's adversarial loss (paper: 1e-3)"
     )
-    ndf: int = Field(64, ge=4, le=512, description="D width: channels of its first conv (the paper uses 64)")
     init_from: str | None = Field(
         None,
         description="srresnet train job whose G to start from (the paper does, to avoid bad local optima)",
@@ -89,14 +120,20 @@ class SRGANOptions(SRResNetOptions):
         return value
 
 
-class SRResNetTrainSpec(TrainSpecBase):
+class SRGANOptions(SRGANNets, Adversary, SRResNetOptions):
+    """SRGAN: SRResNet's G plus the paper's D and an adversarial loss."""
+
+
+class _SRTrainSpec(TrainSpec):
     """`image_size` is the HR crop side (the paper: 96); the LR crop is image_size / scale."""
 
-    model: Literal["srresnet"] = "srresnet"
     dataset: str = Field("photos", min_length=1, description="built-in name, path or URI")
     batch_size: int = Field(16, ge=1, le=4096)
     image_size: int = Field(96, ge=8, le=512, description="HR crop side, a multiple of scale")
-    options: SRResNetOptions = SRResNetOptions()
+    options: SRResNetOptions
+
+    sample_modes: ClassVar[frozenset[SampleMode]] = frozenset({"input"})
+    metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim")
     # SR trains on crops of whole images: loaders keep each image at its own size.
     full_size_data: ClassVar[bool] = True
 
@@ -106,27 +143,38 @@ class SRResNetTrainSpec(TrainSpecBase):
         return value
 
     @model_validator(mode="after")
-    def _crop_divides(self) -> SRResNetTrainSpec:
+    def _crop_divides(self) -> _SRTrainSpec:
         scale = self.options.scale
         if self.image_size % scale or self.image_size // scale < 4:
-            raise InvalidInput(
+            raise Conflict(
                 "image_size", f"the HR crop side must be a multiple of scale={scale} and at least {4 * scale}"
             )
         return self
 
+    def check_sample(self, sample: SampleSpec) -> None:
+        if not sample.input:
+            raise InvalidInput("input", f"{self.model} jobs super-resolve images: pass --input PATH_OR_URI")
+        super().check_sample(sample)
+
     def check_references(
         self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]
     ) -> None:
-        """Submit-time checks of the files and jobs the options name (the service supplies the lookups:
-        `train_job(id)` -> (model, spec) of a train job with a checkpoint, or None)."""
         weights = self.options.vgg_weights
         if self.options.content_loss == "vgg54" and weights and not exists(weights):
             raise InvalidInput("set.vgg_weights", f"{weights!r} does not exist")
 
 
-class SRGANTrainSpec(SRResNetTrainSpec):
-    model: Literal["srgan"] = "srgan"  # type: ignore[assignment]
+class SRResNetTrainSpec(_SRTrainSpec):
+    model: Literal["srresnet"] = "srresnet"
+    options: SRResNetOptions = SRResNetOptions()
+
+
+class SRGANTrainSpec(_SRTrainSpec):
+    model: Literal["srgan"] = "srgan"
     options: SRGANOptions = SRGANOptions()
+
+    def starts_from(self) -> str | None:
+        return self.options.init_from
 
     def check_references(
         self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]
@@ -139,13 +187,12 @@ class SRGANTrainSpec(SRResNetTrainSpec):
         if found is None:
             raise InvalidInput("set.init_from", f"{job_id} is not a train job with a checkpoint")
         model, spec = found
-        if model not in ("srresnet", "srgan"):
+        if model not in (SRResNetTrainSpec.name(), SRGANTrainSpec.name()):
             raise InvalidInput("set.init_from", f"{job_id} is a {model} job; use an srresnet job")
-        theirs = spec.get("options", {})
+        theirs, ours = spec.get("options", {}), self.options.model_dump()
         for name in ("blocks", "channels", "scale", "bicubic_skip"):
-            if theirs.get(name) != getattr(self.options, name):
+            if theirs.get(name) != ours[name]:
                 raise InvalidInput(
                     "set.init_from",
-                    f"{job_id} has {name}={theirs.get(name)}; this job has {name}={getattr(self.options, name)} "
-                    f"(set it to match)",
+                    f"{job_id} has {name}={theirs.get(name)}; this job has {name}={ours[name]} (set it to match)",
                 )

@@ -1,4 +1,4 @@
-"""Prompts for a dcgan trained with `labels` (AC-GAN): "a large red circle top left" names label values.
+"""Prompts for a model trained with `labels` (a dcgan: AC-GAN): "a large red circle top left" names label values.
 
 A prompt is read word by word against the values of the attributes the model was conditioned on
 (`BUILTIN_LABELS`): "red" is a colour, "top left" a position (longer phrases are matched first),
@@ -15,8 +15,8 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
+from gantry.jobs.datasets import BUILTIN_LABELS
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.spec_base import BUILTIN_LABELS
 
 FILLER: Final = frozenset({"a", "an", "the", "in", "on", "at", "of", "with", "and", "background", "digit"})
 

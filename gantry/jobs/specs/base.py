@@ -1,0 +1,253 @@
+"""What every job spec shares: strict pydantic models, the seed bound, the option groups' base, and
+`TrainSpec`, which declares `model` and `options` and what a model can do (its capabilities).
+
+Each model's spec (`specs/gan.py`, `dcgan.py`, `text2img.py`, `sr.py`) narrows `model` to its name
+and `options` to its options class, and sets the capability ClassVars; the service and the worker ask
+a train spec (`check_sample`, `check_code_walk`, `metric_names`) rather than tables of model names.
+Torch-free, like all of `gantry.jobs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gantry.jobs.datasets import DATASETS, DatasetKind
+from gantry.jobs.errors import InvalidInput
+from gantry.jobs.specs.metrics import METRICS
+
+if TYPE_CHECKING:
+    from gantry.jobs.specs.jobs import SampleSpec
+
+JobKind = Literal["train", "sample", "evaluate"]
+
+# How G reads z's one-hot codes between two values (a train option of dcgan with codes or labels,
+# blend or switch, and of text2img with code_words; and `--code-walk` of sample and evaluate jobs,
+# which read the same checkpoint another way).
+CodeWalk = Literal["blend", "switch", "slide"]
+
+# What a sample job may ask for beyond plain `--count` images from seeds.
+SampleMode = Literal["interpolate", "arithmetic", "prompts", "input"]
+
+MAX_SEED = 2**31 - 1
+
+# The order `gantry options MODEL` lists option groups in.
+SECTIONS = ("architecture", "optimiser", "loss", "techniques", "conditioning", "schedule")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Conflict(ValueError):
+    """A cross-field rule is broken. Raised by model validators, which see every field at once (so
+    the rule does not depend on field order); `field` is the option to blame, which pydantic cannot
+    know for a model-level error: `first_error` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+class OptionGroup(Strict):
+    """A group of `--set` options; `section` places it in `gantry options` (see SECTIONS)."""
+
+    section: ClassVar[str] = "techniques"
+
+
+class ModelOptions(OptionGroup):
+    """The options of every model: learning-rate schedule, weight average and numeric precision. A
+    model's options class lists its groups first and this class last."""
+
+    section: ClassVar[str] = "schedule"
+
+    lr_decay: Literal["none", "linear"] = Field(
+        "none",
+        description="linear: keep lr for the first half of the steps, then decay it linearly to 0 "
+        "(CycleGAN's schedule, arXiv 1703.10593)",
+    )
+    ema: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="decay of a moving average of G's weights that samples and evaluations use "
+        "(arXiv 1806.04498; 0: off, 0.999 is usual)",
+    )
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32",
+        description="bf16: train under bfloat16 autocast (weights and losses stay fp32); auto: bf16 on a "
+        "CPU with native bfloat16, else fp32",
+    )
+
+    def label_attributes(self) -> tuple[str, ...]:
+        """The data set's label attributes the model is conditioned on (`labels`); () without."""
+        return ()
+
+
+class TrainSpec(Strict):
+    """A train job. Subclasses narrow `model` and `options` and declare what the model can do."""
+
+    kind: Literal["train"] = "train"
+    dataset: str = Field("shapes", min_length=1, description="built-in name, path or URI")
+    steps: int = Field(2000, ge=1, le=10_000_000)
+    batch_size: int = Field(64, ge=1, le=4096)
+    image_size: int = Field(32, ge=8, le=256, description="a power of two")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    checkpoint_every: int = Field(500, ge=1, le=10_000_000)
+    sample_every: int = Field(500, ge=1, le=10_000_000)
+    model: str
+    options: ModelOptions
+
+    # --- capabilities: what the model can do, declared by each model's spec -------------------
+    # Sampling modes a sample job of this model may use besides `--count` and `--seed`.
+    sample_modes: ClassVar[frozenset[SampleMode]] = frozenset()
+    # What a prompt names: label values (a model conditioned on `labels`) or a caption; None: no prompts.
+    prompted_by: ClassVar[Literal["labels", "captions"] | None] = None
+    # Evaluation metrics that can apply (`specs.metrics.METRICS` says on which data sets).
+    metrics: ClassVar[tuple[str, ...]] = ()
+    # Whether `--code-walk` can read its checkpoints' codes another way than trained.
+    reads_codes: ClassVar[bool] = False
+    # Whether the model trains on whole images at their own sizes (super-resolution crops them).
+    full_size_data: ClassVar[bool] = False
+
+    @classmethod
+    def name(cls) -> str:
+        """The model name (`model`'s default in each model's spec)."""
+        default = cls.model_fields["model"].default
+        assert isinstance(default, str), f"{cls.__name__} must narrow model to its name"
+        return default
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_size_power_of_two(cls, value: int) -> int:
+        if not power_of_two(value):
+            raise ValueError("must be a power of two from 8 to 256")
+        return value
+
+    @model_validator(mode="after")
+    def _labels_the_data_set_has(self) -> TrainSpec:
+        """`labels` must name attributes of the data set (its options alone cannot see the data set)."""
+        wanted = self.options.label_attributes()
+        if not wanted:
+            return self
+        info = DATASETS.get(self.dataset)
+        if info is None or not info.labels:
+            with_labels = ", ".join(
+                f"{name} ({', '.join(d.labels)})" for name, d in DATASETS.items() if d.labels
+            )
+            raise Conflict(
+                "options.labels",
+                f"{self.dataset} has no label attributes gantry knows; built-in data sets with labels: "
+                f"{with_labels}",
+            )
+        for name in wanted:
+            if name not in info.labels:
+                raise Conflict(
+                    "options.labels",
+                    f"{self.dataset} has no label {name!r}; its labels are {', '.join(info.labels)}",
+                )
+        return self
+
+    # --- sample jobs ---------------------------------------------------------------------------
+    def check_sample(self, sample: SampleSpec) -> None:
+        """InvalidInput (naming the field) unless this model's checkpoint can be sampled as asked."""
+        model, allowed = self.model, self.sample_modes
+        for mode in sorted(sample.modes - allowed):
+            takes = ", ".join(sorted(allowed)) or "only --count and --seed"
+            raise InvalidInput(mode, f"{model} jobs do not take --{mode.rstrip('s')}; they take {takes}")
+        if sample.interpolate and sample.arithmetic:
+            raise InvalidInput("arithmetic", "choose --interpolate or --arithmetic, not both")
+        if sample.code_walk:
+            if not (sample.interpolate or sample.arithmetic):
+                raise InvalidInput(
+                    "code_walk",
+                    "--code-walk reads latents between codes: use it with --interpolate or --arithmetic",
+                )
+            self.check_code_walk(sample.code_walk)
+
+    def check_code_walk(self, reading: str) -> None:
+        """InvalidInput unless this job's checkpoint can be read with `--code-walk reading`."""
+        if not self.reads_codes:
+            readers = " or ".join(_model_names(lambda spec: spec.reads_codes))
+            raise InvalidInput(
+                "code_walk", f"--code-walk reads a {readers} job's codes; this is a {self.model} job"
+            )
+        try:
+            type(self.options).model_validate({**self.options.model_dump(), "code_walk": reading})
+        except ValidationError as exc:
+            raise InvalidInput("code_walk", exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+    # --- metrics -------------------------------------------------------------------------------
+    def metric_names(self, *, auto: bool = False) -> list[str]:
+        """The metrics that apply to this job (`auto`: those also computed at the end of training)."""
+        return [
+            name
+            for name, info in METRICS.items()
+            if name in self.metrics and info.fits(self.dataset) and (info.auto or not auto)
+        ]
+
+    def resolve_metrics(self, asked: Sequence[str]) -> list[str]:
+        """The metrics an evaluate job computes: `asked`, or every one that applies; InvalidInput if
+        one does not apply or none does."""
+        applicable = self.metric_names()
+        for name in asked:
+            if name not in METRICS:
+                known = ", ".join(sorted(METRICS)) or "none yet"
+                raise InvalidInput("metric", f"unknown metric {name!r}; known: {known}")
+            if name not in applicable:
+                raise InvalidInput(
+                    "metric",
+                    f"{name} does not apply to {self.model} on {self.dataset}; these do: "
+                    f"{', '.join(applicable) or 'none'}",
+                )
+        chosen = list(dict.fromkeys(asked)) or applicable
+        if not chosen:
+            raise InvalidInput("metric", f"no evaluation metric applies to {self.model} on {self.dataset}")
+        return chosen
+
+    # --- references to other jobs and files ------------------------------------------------------
+    def starts_from(self) -> str | None:
+        """The train job whose G this run starts from (srgan's `init_from`); None: fresh weights."""
+        return None
+
+    def check_references(
+        self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]
+    ) -> None:
+        """Submit-time checks of the files and jobs the options name (the service supplies the lookups:
+        `train_job(id)` -> (model, spec) of a train job with a checkpoint, or None). Default: none."""
+
+    @property
+    def data_kind(self) -> DatasetKind | None:
+        """The kind of a built-in data set; None for the user's data (images)."""
+        info = DATASETS.get(self.dataset)
+        return info.kind if info else None
+
+
+def _model_names(where: Callable[[type[TrainSpec]], bool]) -> list[str]:
+    """The registered models whose spec class satisfies `where` (for messages that list them)."""
+    from gantry.jobs.specs import MODELS  # the registry imports every model's spec, which imports this
+
+    return [name for name, spec in MODELS.items() if where(spec)]
+
+
+def conv_image_size(spec: type[TrainSpec], value: int) -> int:
+    """DCGAN-shaped networks double or halve the side per block: 16 to 128 pixels."""
+    if not 16 <= value <= 128:
+        raise ValueError(f"{spec.name()} supports 16, 32, 64 and 128")
+    return value
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A train job spelled as the CLI takes it: a model, its fields and its `--set` options."""
+
+    model: str
+    fields: dict[str, Any]
+    options: dict[str, str]

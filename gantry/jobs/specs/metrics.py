@@ -1,0 +1,110 @@
+"""The evaluation metrics `gantry evaluate` and the end of training compute: where each applies and
+the values it writes. Torch-free: the worker's registry has their code, under the same names.
+
+A metric applies to a train job when its model's spec lists it (`TrainSpec.metrics`) and the job's
+data set fits (`MetricInfo.fits`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gantry.jobs.datasets import DatasetKind, dataset_kind
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    description: str
+    keys: tuple[str, ...]  # the values it records (metric names in the store)
+    datasets: tuple[str, ...] | None = None  # built-in data sets it needs; None: any
+    kind: DatasetKind | None = None  # the kind of built-in data it needs; None: any
+    auto: bool = False  # also computed at the end of training
+    # Keys whose values depend on how G reads codes between two values: with `--code-walk` they are
+    # recorded as KEY_<reading> (interpolation_validity_slide), beside the train job's own reading's.
+    walk_keys: tuple[str, ...] = ()
+
+    def fits(self, dataset: str) -> bool:
+        """Whether a job on `dataset` has the data this metric needs."""
+        if self.datasets is not None and dataset not in self.datasets:
+            return False
+        return self.kind is None or dataset_kind(dataset) == self.kind
+
+    def reading_key(self, key: str, code_walk: str | None) -> str:
+        """The name a value is recorded under when read with `--code-walk code_walk`."""
+        return f"{key}_{code_walk}" if code_walk and key in self.walk_keys else key
+
+
+_SHAPES_ACCURACY = "shapes_classifier_accuracy"  # every shapes metric reports its classifier's
+
+# metric name -> what it is and where it applies. One entry per metric.
+METRICS: dict[str, MetricInfo] = {
+    "psnr": MetricInfo(
+        "PSNR (dB) on Y, `scale`-pixel border cropped, of the model and of bicubic (psnr_bicubic), "
+        "on the validation images (Ledig et al. 2016, arXiv 1609.04802)",
+        keys=("psnr", "psnr_bicubic"),
+        auto=True,
+    ),
+    "ssim": MetricInfo(
+        "SSIM on Y (Gaussian window), `scale`-pixel border cropped, of the model and of bicubic "
+        "(ssim_bicubic), on the validation images",
+        keys=("ssim", "ssim_bicubic"),
+        auto=True,
+    ),
+    "modes_2d": MetricInfo(
+        "PacGAN's 2-D protocol on 2,500 samples: modes captured, high_quality (share within 3 std of "
+        "the nearest mode), reverse_kl (mode histogram vs uniform) (arXiv 1712.04086)",
+        keys=("modes", "high_quality", "reverse_kl"),
+        kind="points",
+        auto=True,
+    ),
+    "modes_stacked": MetricInfo(
+        "26,000 samples classified channel by channel: modes captured of 1000, kl_uniform, and the "
+        "digit classifier's held-out classifier_accuracy (PacGAN Table 2)",
+        keys=("modes", "kl_uniform", "classifier_accuracy"),
+        datasets=("stacked-digits",),
+        auto=True,
+    ),
+    "caption_faithfulness": MetricInfo(
+        "share of images whose classified colour and shape match the prompt, on seen and on held-out "
+        "(colour, shape) pairs: faithfulness_seen, faithfulness_held_out (Reed et al. 2016, arXiv 1605.05396)",
+        keys=(
+            "faithfulness_seen",
+            "faithfulness_held_out",
+            "colour_faithfulness",
+            "shape_faithfulness",
+            _SHAPES_ACCURACY,
+        ),
+        datasets=("shapes",),
+    ),
+    "prompt_diversity": MetricInfo(
+        "distinct sizes/positions (diversity) and backgrounds among 16 images of a prompt that leaves them "
+        "free, relative to 16 draws from the data (1.0: as varied as the data)",
+        keys=("diversity", "diversity_background", _SHAPES_ACCURACY),
+        datasets=("shapes",),
+    ),
+    "arithmetic_accuracy": MetricInfo(
+        "latent arithmetic on classified exemplars (3 seeds per term): share of A1B1 - A1B2 + A2B2 decoded "
+        "as A2B1; without text: colour and shape, at fixed text: size and position (arXiv 1511.06434)",
+        keys=("arithmetic_accuracy", "arithmetic_trials", _SHAPES_ACCURACY),
+        datasets=("shapes",),
+        walk_keys=("arithmetic_accuracy", "arithmetic_trials"),
+    ),
+    "interpolation_validity": MetricInfo(
+        "share of frames of spherical walks between random seeds that classify confidently as one shape "
+        "of one colour (no ghost of two); the same over the end frames (_ends) and the frames between (_inner)",
+        keys=(
+            "interpolation_validity",
+            "interpolation_validity_ends",
+            "interpolation_validity_inner",
+            _SHAPES_ACCURACY,
+        ),
+        datasets=("shapes",),
+        walk_keys=("interpolation_validity", "interpolation_validity_ends", "interpolation_validity_inner"),
+    ),
+    "sample_validity": MetricInfo(
+        "share of 1,024 random samples that classify confidently as one shape of one colour, and "
+        "pair_coverage: the share of the training (colour, shape) pairs among them",
+        keys=("sample_validity", "pair_coverage", _SHAPES_ACCURACY),
+        datasets=("shapes",),
+    ),
+}
