@@ -1,6 +1,6 @@
 """The `gantry` command line: a thin layer over `gantry.api.service`.
 
-Exit codes (DESIGN.md): 0 done; 1 the job failed or was cancelled; 2 bad input; 3 no such job;
+Exit codes (README.md, "Commands"): 0 done; 1 the job failed or was cancelled; 2 bad input; 3 no such job;
 4 a service is unreachable.
 """
 

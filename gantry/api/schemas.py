@@ -1,4 +1,4 @@
-"""What the API hands out: the `status --json` contract (DESIGN.md)."""
+"""What the API hands out: the `status --json` contract (docs/architecture.md, "Job states")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every object key gantry writes, and the checkpoint manifest: the object layout of DESIGN.md.
+"""Every object key gantry writes, and the checkpoint manifest: docs/architecture.md, "Object layout".
 
 Keys are relative to the storage root (`GANTRY_STORAGE_URL`). The API reads what the worker writes
 through these functions only, so the layout is spelled once:

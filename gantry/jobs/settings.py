@@ -1,4 +1,4 @@
-"""Settings from the environment, one object per process (DESIGN.md's table)."""
+"""Settings from the environment, one object per process (README.md, "Settings")."""
 
 from __future__ import annotations
 
