@@ -107,6 +107,27 @@ def test_the_api_and_the_cli_import_and_run_without_the_worker_packages() -> Non
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_embedded_mode_without_the_worker_packages_refuses_before_recording_a_job(tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        import os
+        os.environ.pop("GANTRY_BROKER_URL", None)
+        os.environ["GANTRY_HOME"] = {str(tmp_path)!r}
+        from click.testing import CliRunner
+        from gantry.api.cli import cli
+        result = CliRunner().invoke(cli, ["train", "dcgan", "--steps", "2"])
+        print(result.exit_code)
+        print(result.output, repr(result.exception))
+        listed = CliRunner().invoke(cli, ["list", "--json"])
+        print(listed.output.strip())
+    """)
+    result = _without_worker_packages(code)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "4", result.stdout  # a service is missing: the worker
+    assert "pip install 'gantry[worker]'" in result.stdout and "GANTRY_BROKER_URL" in result.stdout
+    assert lines[-1] == "[]"  # nothing recorded
+
+
 @pytest.mark.slow
 def test_a_fresh_venv_with_the_api_lock_runs_the_cli(tmp_path: Path) -> None:
     """What deploy/Dockerfile.api does, without Docker: a venv that sees no other site-packages, the

@@ -17,6 +17,7 @@ from typing import Any, get_args
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gantry.api.schemas import JobView
@@ -38,7 +39,7 @@ class GantryGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GantryError as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, soft_wrap=True)
             sys.exit(exc.exit_code)
 
 
@@ -263,8 +264,6 @@ def evaluate(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **field
 @click.argument("model", type=click.Choice(sorted(MODELS)))
 def options(model: str) -> None:
     """List MODEL's `--set` options: default, allowed values and meaning, architecture first."""
-    from rich.markup import escape
-
     from gantry.jobs.specs import option_help
 
     table = Table("option", "default", "allowed", "meaning", box=None)

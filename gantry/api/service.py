@@ -18,7 +18,7 @@ from gantry.jobs import store as db
 from gantry.jobs.datasets import DATASETS
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.keys import checkpoint_key, job_prefix, manifest_key
-from gantry.jobs.queue import check_broker, enqueue, make_celery, run_in_process
+from gantry.jobs.queue import check_broker, check_worker_installed, enqueue, make_celery, run_in_process
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import (
     TrainSpec,
@@ -135,7 +135,9 @@ class Service:
     def _submit(
         self, kind: str, *, model: str, spec: dict[str, Any], total_steps: int, parent: str | None
     ) -> JobView:
-        if not self.settings.embedded:
+        if self.settings.embedded:
+            check_worker_installed()
+        else:
             check_broker(self.celery, self.settings.broker_url or "")
         with db.session_scope(self.sessions) as s:
             job = db.create_job(

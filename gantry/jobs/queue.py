@@ -3,6 +3,8 @@ source of truth, not a result backend."""
 
 from __future__ import annotations
 
+import importlib.util
+
 from celery import Celery
 
 from gantry.jobs.errors import ServiceUnavailable
@@ -52,6 +54,21 @@ def check_broker(app: Celery, url: str) -> None:
 
 def enqueue(app: Celery, kind: str, job_id: str) -> None:
     app.send_task(TASKS[kind], args=[job_id], queue=QUEUE, retry=True, retry_policy={"max_retries": 3})
+
+
+def check_worker_installed() -> None:
+    """Embedded mode runs jobs in this process: refuse before anything is recorded when this install
+    is the API alone (`pip install gantry`, without the `worker` extra)."""
+    try:
+        installed = importlib.util.find_spec("torch") is not None
+    except ImportError:  # a broken or blocked install counts as none
+        installed = False
+    if not installed:
+        raise ServiceUnavailable(
+            "worker",
+            "embedded mode (GANTRY_BROKER_URL unset) runs jobs in this process and needs the worker "
+            "packages: pip install 'gantry[worker]', or set GANTRY_BROKER_URL to queue jobs for workers",
+        )
 
 
 def run_in_process(app: Celery, kind: str, job_id: str) -> None:
