@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +20,19 @@ import pytest
 import torch
 from PIL import Image
 
+from gantry.jobs.errors import InvalidInput
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import ImageData, load_dataset
 from gantry.worker.data import shapes as shapes_data
-from gantry.worker.gan.checkpoint import load_checkpoint
+from gantry.worker.gan.checkpoint import LoadedGenerator, load_checkpoint, load_generator
+from gantry.worker.gan.infogan import CodedLatents
 from gantry.worker.gan.latent import arithmetic, interpolate
 from gantry.worker.gan.loop import Callbacks, train
+from gantry.worker.gan.registry import model_module
 from gantry.worker.gan.sampler import SampleResult, sample
 from gantry.worker.gan.text_sampler import sample_prompts
-from gantry.worker.sr.upscale import super_resolve_input
+from gantry.worker.sr.upscale import load_upscaler, super_resolve_input
 
 
 def _train(model: str, fields: dict[str, Any], options: dict[str, Any], data: Any) -> bytes:
@@ -85,7 +89,10 @@ def checkpoints() -> dict[str, bytes]:
     return {
         # DCGAN with a moving average of G: sampling must use G_ema.
         "dcgan_ema": _train(
-            "dcgan", {"image_size": 16, "batch_size": 8, "steps": 3}, {**tiny_conv, "ema": 0.5}, _noise_images()
+            "dcgan",
+            {"image_size": 16, "batch_size": 8, "steps": 3},
+            {**tiny_conv, "ema": 0.5},
+            _noise_images(),
         ),
         # AC-GAN + InfoGAN codes read with code_walk=switch, minibatch discrimination in D.
         "dcgan_codes": _train(
@@ -225,3 +232,62 @@ def test_old_checkpoints_sample_the_same_outputs_as_before(
 ) -> None:
     digests = {name: _digest(result) for name, result in _outputs(checkpoints, tmp_path).items()}
     assert digests == PINNED_OUTPUTS
+
+
+# --- what the loader builds ----------------------------------------------------------------------
+
+
+def test_the_loader_builds_g_alone_with_the_moving_average_in_eval_mode(
+    checkpoints: dict[str, bytes],
+) -> None:
+    state = load_checkpoint(checkpoints["dcgan_ema"])
+    before = torch.get_rng_state()
+    loaded = load_generator(checkpoints["dcgan_ema"], device="cpu")
+    assert torch.equal(torch.get_rng_state(), before)  # building drew nothing from the caller's RNG
+    # G, and nothing of D, the optimizers or the loss.
+    assert not {"D", "opt_G", "opt_D", "loss", "model"} & {f.name for f in fields(LoadedGenerator)}
+    assert loaded.G.state_dict().keys() == state["G_ema"].keys()
+    assert sum(p.numel() for p in loaded.G.parameters()) == sum(
+        v.numel() for k, v in state["G"].items() if "running" not in k and "num_batches" not in k
+    )
+    for key, value in loaded.G.state_dict().items():
+        assert torch.equal(value, state["G_ema"][key]), key
+    assert not loaded.G.training
+    assert (loaded.step, loaded.channels, loaded.latent_shape) == (state["step"], 3, (16, 1, 1))
+    assert loaded.device == torch.device("cpu") and loaded.render is None and loaded.extra == {}
+    assert loaded.codes is None  # plain Gaussian z
+    z = loaded.sample_latents(2, torch.Generator().manual_seed(0))
+    assert torch.equal(z, torch.randn((2, 16, 1, 1), generator=torch.Generator().manual_seed(0)))
+
+
+def test_the_loader_keeps_g_state_that_training_adds(checkpoints: dict[str, bytes]) -> None:
+    # Virtual batch norm's reference latents and historical averaging's means are G's state: an old
+    # checkpoint's G loads strictly, key for key.
+    for name in ("dcgan_vbn", "gan_points"):
+        state = load_checkpoint(checkpoints[name])
+        loaded = load_generator(state, device="cpu")
+        keys = loaded.G.state_dict().keys()
+        assert keys == state["G"].keys() and "z_ref" in keys and "historical_average.count" in keys
+    points = load_generator(checkpoints["gan_points"], device="cpu")
+    assert points.render is not None and points.latent_shape == (2,)
+
+
+def test_the_loader_exposes_coded_latents_and_the_models_extra_state(checkpoints: dict[str, bytes]) -> None:
+    coded = load_generator(checkpoints["dcgan_codes"], device="cpu")
+    assert isinstance(coded.codes, CodedLatents) and coded.codes.label_sizes == (8, 4)
+    text = load_generator(checkpoints["text2img"], device="cpu")
+    assert "text_encoder" in text.extra and isinstance(text.codes, CodedLatents)
+
+
+def test_an_unknown_model_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"no worker model for 'nope'; known: dcgan, gan, srgan, srresnet"):
+        model_module("nope")
+    with pytest.raises(ValueError, match="no worker model"):
+        model_module("..registry")
+
+
+def test_only_generators_that_super_resolve_upscale(checkpoints: dict[str, bytes]) -> None:
+    assert load_upscaler(checkpoints["srresnet"], device="cpu").G.scale == 2
+    with pytest.raises(InvalidInput, match="dcgan jobs do not super-resolve images") as info:
+        load_upscaler(checkpoints["dcgan_ema"], device="cpu")
+    assert info.value.field == "input"

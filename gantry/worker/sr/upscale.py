@@ -20,12 +20,12 @@ from PIL import Image
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.settings import Settings
-from gantry.jobs.specs import load_train_spec
 from gantry.jobs.storage import fetch_to_local
-from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
+from gantry.worker.gan import checkpoint as gan_checkpoint
+from gantry.worker.gan.checkpoint import LoadedGenerator
 from gantry.worker.gan.images import png_bytes, to_uint8
 from gantry.worker.gan.loop import images_to_tensor
-from gantry.worker.gan.models.srresnet import Generator, build_generator
+from gantry.worker.gan.models.srresnet import Generator
 from gantry.worker.gan.sampler import SampleResult, default_device
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,20 @@ log = logging.getLogger(__name__)
 TILE = 128  # LR pixels per tile side: an estimated 0.5 GB of activations at 4x with 64 channels
 
 
+def load_upscaler(checkpoint: bytes | dict[str, Any], *, device: torch.device | str) -> LoadedGenerator:
+    """The checkpoint's G (`checkpoint.load_generator`), refused unless it super-resolves images: an
+    SRResNet generator, which SRResNet and SRGAN train."""
+    loaded = gan_checkpoint.load_generator(checkpoint, device=device)
+    if not isinstance(loaded.G, Generator):
+        raise InvalidInput("input", f"{loaded.spec.model} jobs do not super-resolve images")  # type: ignore[attr-defined]
+    return loaded
+
+
 def load_generator(checkpoint: bytes, device: torch.device) -> tuple[Generator, Any, int]:
-    """(G in eval mode on `device`, the train spec, image channels) from an srresnet/srgan checkpoint."""
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    spec = load_train_spec(state["spec"])
-    if spec.model not in ("srresnet", "srgan"):  # type: ignore[attr-defined]
-        raise InvalidInput("input", f"{spec.model} jobs do not super-resolve images")  # type: ignore[attr-defined]
-    G = build_generator(spec.options, channels=state["channels"])  # type: ignore[attr-defined]
-    G.load_state_dict(generator_weights(state))
-    return G.to(device).eval(), spec, state["channels"]
+    """(G, the train spec, image channels): `load_upscaler` in the shape the SR metrics and
+    bench/super_resolution.py still read it; goes once they call `load_upscaler` themselves."""
+    loaded = load_upscaler(checkpoint, device=device)
+    return loaded.G, loaded.spec, loaded.channels  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -117,7 +122,8 @@ def super_resolve_input(
     device = torch.device(device) if device is not None else default_device()
     from gantry.worker.data.photos import decode_rgb
 
-    G, _, channels = load_generator(checkpoint, device)
+    loaded = load_upscaler(checkpoint, device=device)
+    G, channels = loaded.G, loaded.channels
     with tempfile.TemporaryDirectory(prefix="gantry-input-") as scratch:
         local = fetch_to_local(input_uri, Path(scratch), endpoint_url=settings.s3_endpoint_url)
         files = _input_files(local)
