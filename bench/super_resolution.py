@@ -26,7 +26,7 @@ from gantry.worker.data import load_dataset
 from gantry.worker.gan.loop import Callbacks, train
 from gantry.worker.metrics.sr import sr_scores
 from gantry.worker.sr.ops import bicubic_resize, mod_crop
-from gantry.worker.sr.upscale import load_generator, super_resolve
+from gantry.worker.sr.upscale import load_upscaler, super_resolve
 
 # Ledig et al. 2016, Table 2, Set5 at 4x: (PSNR dB, SSIM).
 PAPER_SET5 = {"bicubic": (28.43, 0.8211), "SRResNet": (32.05, 0.9019), "SRGAN": (29.40, 0.8472)}
@@ -142,7 +142,7 @@ def main() -> None:
         )
     srgan = run("srgan", args.gan_steps, args, lr=args.gan_lr, init=srresnet)
     device = torch.device("cpu")
-    G_res, G_gan = (load_generator(c, device)[0] for c in (srresnet, srgan))
+    G_res, G_gan = (load_upscaler(c, device=device).G for c in (srresnet, srgan))
     validation = list(load_dataset("photos", image_size=args.crop, split="test", full_size=True).images)
     res, gan = sr_scores(G_res, validation, scale=4), sr_scores(G_gan, validation, scale=4)
     rows = {

@@ -23,7 +23,7 @@ from gantry.worker.data.photos import TRAIN, VALIDATION, PhotoData
 from gantry.worker.gan.loop import Callbacks, train
 from gantry.worker.gan.models.srresnet import Generator, SubPixelUpsample, sr_batches
 from gantry.worker.sr.ops import bicubic_resize, psnr, rgb_to_y, ssim, y_psnr_ssim
-from gantry.worker.sr.upscale import load_generator, super_resolve, super_resolve_input, upscale_tensor
+from gantry.worker.sr.upscale import load_upscaler, super_resolve, super_resolve_input, upscale_tensor
 
 
 def _train(
@@ -170,7 +170,7 @@ def test_srresnet_at_2x_beats_bicubic_on_held_out_crops() -> None:
         {"image_size": 32, "batch_size": 16, "steps": 300, "seed": 0},
         {"blocks": 2, "channels": 16, "scale": 2, "lr": 1e-3, "bicubic_skip": True},
     )
-    G, _, _ = load_generator(checkpoint, torch.device("cpu"))
+    G = load_upscaler(checkpoint, device="cpu").G
     ours, bicubic = [], []
     for photo in load_dataset("photos", image_size=32, split="test", full_size=True).images:
         hr = photo[100:196, 100:196]  # a 96 x 96 crop of each validation photo, never trained on

@@ -17,18 +17,25 @@ Layout (a plain dict):
     fixed_z  Tensor  the latents of the sample grid
     metrics  dict[str, float]  the last metrics reported
     extra    dict  the model's `extra_state()` (e.g. text2img's text encoder); {} for most models
+
+`load_generator` is the one way to get G back out to sample from: like stylegan2-ada-pytorch's
+`legacy.load_network_pkl`, every sampler, evaluator and the SR upscaler goes through it. It builds
+G alone (`registry.build_generator`: no D, optimizers or loss) and loads the weights sampling uses.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
-from gantry.jobs.specs import TrainSpecBase
-from gantry.worker.gan.registry import GANModel
+from gantry.jobs.specs import TrainSpecBase, load_train_spec
+from gantry.worker.gan.infogan import CodedLatents
+from gantry.worker.gan.registry import GANModel, LatentSampler, Renderer, build_generator, draw_latents
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +112,55 @@ def restore_training_state(state: dict[str, Any], model: GANModel, batch_generat
         else:
             log.warning("checkpoint has CUDA RNG states for %d devices: not restored", len(rng["torch_cuda"]))
     batch_generator.set_state(rng["batches"])
+
+
+@dataclass(eq=False)
+class LoadedGenerator:
+    """A checkpoint's G, ready to sample from, and what drawing from it needs."""
+
+    G: nn.Module  # in eval mode, on `device`: the moving average's weights where the run kept one
+    spec: TrainSpecBase  # the train spec the checkpoint was written by
+    step: int  # training steps completed
+    channels: int  # image channels of the training data
+    latent_shape: tuple[int, ...]  # one z
+    latent_sampler: LatentSampler | None  # None: z ~ N(0, I); else as the model draws z in training
+    render: Renderer | None  # G(z) -> files when they are not images (the MLP GAN's 2-D points)
+    extra: dict[str, Any]  # the checkpoint's `extra` (e.g. text2img's text encoder); {} for most models
+    device: torch.device
+
+    @property
+    def codes(self) -> CodedLatents | None:
+        """InfoGAN's and AC-GAN's coded latents where the model has them (they know where each code
+        sits: `switch`, `with_labels`); None for plain Gaussian z."""
+        return self.latent_sampler if isinstance(self.latent_sampler, CodedLatents) else None
+
+    def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, *latent_shape) latents drawn on the CPU as training and sample jobs draw them, so a
+        seed means the same z on any device."""
+        return draw_latents(self.latent_shape, self.latent_sampler, n, generator)
+
+
+def load_generator(checkpoint: bytes | dict[str, Any], *, device: torch.device | str) -> LoadedGenerator:
+    """G of a checkpoint (its bytes, or the dict `load_checkpoint` returned) on `device`, built alone
+    (no D, optimizers or loss) with the weights sampling uses (`generator_weights`).
+
+    Building initialises weights from the global RNG; they are overwritten at once, and the fork
+    keeps the caller's RNG stream as it was."""
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location="cpu")
+    spec = load_train_spec(state["spec"])
+    device = torch.device(device)
+    extra: dict[str, Any] = state.get("extra") or {}
+    with torch.random.fork_rng(devices=[]):
+        parts = build_generator(spec, channels=state["channels"], device=device, extra=extra)
+    parts.G.load_state_dict(generator_weights(state))
+    return LoadedGenerator(
+        G=parts.G.eval(),
+        spec=spec,
+        step=state["step"],
+        channels=state["channels"],
+        latent_shape=parts.latent_shape,
+        latent_sampler=parts.latent_sampler,
+        render=parts.render,
+        extra=extra,
+        device=device,
+    )

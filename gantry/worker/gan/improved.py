@@ -274,12 +274,8 @@ def build_loss(
     sizes of the label attributes G is conditioned on (AC-GAN), the last codes of its latents."""
     weight = options.historical_averaging
     history_G = history_D = None
-    if weight > 0:
-        history_G = HistoricalAverage(list(G.parameters()))
-        history_D = HistoricalAverage(list(D.parameters()))
-        param = next(G.parameters())
-        G.historical_average = history_G.to(param.device)  # type: ignore[assignment]
-        D.historical_average = history_D.to(next(D.parameters()).device)  # type: ignore[assignment]
+    if weight > 0:  # G's may be there already: it is part of G's state (see `build_generator`s)
+        history_G, history_D = historical_average(G), historical_average(D)
     label_sizes = tuple(label_codes or ())
     codes = (options.latent_codes if isinstance(options, Codes) else ()) + label_sizes
     info = None
@@ -322,12 +318,9 @@ class MinibatchHead(nn.Module):
         return self.out(self.minibatch(h.flatten(1)))
 
 
-def apply_to_sequential(
-    G: nn.Module, D: nn.Module, options: ImprovedTechniques, *, latent_shape: tuple[int, ...]
-) -> nn.Module:
-    """Minibatch discrimination and virtual batch norm on networks built as `main` Sequentials whose
-    D ends in one conv to the logit (DCGAN's): D's last layer becomes a `MinibatchHead`, G's batch
-    norms become virtual ones (run in front of a `ReferenceBatch`). Returns G (wrapped or not)."""
+def minibatch_head(D: nn.Module, options: ImprovedTechniques) -> None:
+    """D's part of the Improved Techniques on a D built as a `main` Sequential that ends in one conv
+    to the logit (DCGAN's): with minibatch discrimination, that last layer becomes a `MinibatchHead`."""
     if options.minibatch_discrimination:
         last = D.main[-1]  # type: ignore[index]  # Conv2d(width, 1, 4): 4x4 features -> one logit
         D.main[-1] = MinibatchHead(  # type: ignore[index]
@@ -335,9 +328,22 @@ def apply_to_sequential(
             kernels=options.mbd_kernels,
             kernel_dim=options.mbd_kernel_dim,
         )
-    if options.virtual_batch_norm:
-        for i, layer in enumerate(G.main):  # type: ignore[attr-defined, arg-type]
-            if isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d):
-                G.main[i] = VirtualBatchNorm(layer.num_features)  # type: ignore[index]
-        G = ReferenceBatch(G, latent_shape)
-    return G
+
+
+def virtual_batch_norm(G: nn.Module, *, latent_shape: tuple[int, ...]) -> nn.Module:
+    """G's part on a G built as a `main` Sequential: its batch norms become virtual ones, run in front
+    of a `ReferenceBatch` (whose latents draw from the global RNG). Returns the wrapped G."""
+    for i, layer in enumerate(G.main):  # type: ignore[attr-defined, arg-type]
+        if isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d):
+            G.main[i] = VirtualBatchNorm(layer.num_features)  # type: ignore[index]
+    return ReferenceBatch(G, latent_shape)
+
+
+def historical_average(net: nn.Module) -> HistoricalAverage:
+    """The running mean of `net`'s parameters, attached to it as `net.historical_average` (so its
+    state_dict, and every checkpoint, carries it); the one already attached if there is one."""
+    history = getattr(net, "historical_average", None)
+    if not isinstance(history, HistoricalAverage):
+        history = HistoricalAverage(list(net.parameters())).to(next(net.parameters()).device)
+        net.historical_average = history  # type: ignore[assignment]
+    return history

@@ -25,11 +25,9 @@ import torch
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import MODELS, DCGANOptions, load_train_spec, parse_arithmetic
-from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
+from gantry.worker.gan.checkpoint import load_checkpoint, load_generator
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.images import png_bytes
-from gantry.worker.gan.infogan import CodedLatents
-from gantry.worker.gan.registry import build_model
 from gantry.worker.gan.sampler import SampleResult, default_device, generate
 
 log = logging.getLogger(__name__)
@@ -122,22 +120,22 @@ def load_decoder(
         raise InvalidInput("model", f"latent walks need a {walkers} job, not {model}")
     if code_walk is not None:
         spec.check_code_walk(code_walk)  # as the service checks it at submit
+    loaded = load_generator(state, device=device)
     if spec.prompted_by == "captions":  # G also reads a text embedding
         from gantry.worker.gan.models.text2img import TextGenerator
 
-        text = TextGenerator(state, device, code_walk=code_walk)
+        text = TextGenerator(loaded, code_walk=code_walk)
         return LatentDecoder(model, text.G, text.latents.latent_shape, device, text.latents, text)
-    with torch.random.fork_rng(devices=[]):  # building draws init weights; keep the caller's RNG
-        built = build_model(spec, channels=state["channels"], device=device)
-    built.G.load_state_dict(generator_weights(state))
     # InfoGAN's and AC-GAN's coded latents where the model has them (they know where each code sits).
-    codes = built.latent_sampler
+    codes = loaded.codes
     read = None
     trained = spec.options.code_walk if isinstance(spec.options, DCGANOptions) else "blend"
     if (code_walk or trained) == "switch":
-        assert isinstance(codes, CodedLatents)  # checked: the train option's validator, check_code_walk
+        assert codes is not None  # checked: the train option's validator, check_code_walk
         read = codes.switch
-    return LatentDecoder(model, built.G, built.latent_shape, device, codes or built.sample_latents, read=read)
+    return LatentDecoder(
+        model, loaded.G, loaded.latent_shape, device, codes or loaded.sample_latents, read=read
+    )
 
 
 def interpolate(

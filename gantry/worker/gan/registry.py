@@ -1,19 +1,27 @@
 """Model name -> the module that builds it, and what every model module provides.
 
-A model module under `gantry/worker/gan/models/` defines
+The module of model `m` is `gantry.worker.gan.models.m` (found by that name, imported on first use,
+so a worker loads only its model). It defines
 
+    def build_generator(spec, *, channels: int, device: torch.device, extra=None) -> GeneratorParts
     def build(spec, *, channels: int, device: torch.device) -> GANModel
 
-returning its networks, their optimizers and its loss (see `losses.GANLoss`). The training loop
-(`loop.train`) and the sampler only ever see a `GANModel`, so adding a variant is its spec in
-`jobs/specs/<model>.py` (and a line in its `MODELS`), its module, and one line in `MODELS` below.
+`build_generator` makes G alone (no D, optimizers or loss): what sampling needs, with the weights
+then loaded from a checkpoint (`checkpoint.load_generator`); `extra` is that checkpoint's `extra`
+state where G's shape depends on it (text2img's caption grammar), None when building to train.
+`build` returns G (made by the same code), D, their optimizers and the loss (see
+`losses.GANLoss`). The training loop (`loop.train`) only ever sees a `GANModel`, so adding a
+variant is its spec in `gantry/jobs/specs/<model>.py` (and one line in `MODELS` there) and its
+module here (docs/architecture.md, "Adding a model").
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,18 +32,38 @@ if TYPE_CHECKING:
     from gantry.worker.gan.losses import GANLoss, Minibatch, Phase
     from gantry.worker.gan.sampler import SampleResult
 
+MODELS_PACKAGE = "gantry.worker.gan.models"
+
 # (data, batch_size, generator, device) -> one step's minibatch, everything random drawn from
 # `generator` (a CPU torch.Generator), so a seed means the same batches on any device.
 BatchMaker = Callable[[Any, int, torch.Generator, torch.device], "Minibatch"]
+# (n, generator) -> n latents (n, *latent_shape), drawn on the CPU.
+LatentSampler = Callable[[int, torch.Generator], torch.Tensor]
+# G(z) as a float CPU tensor (N, ...) -> a sample job's files (see `GANModel.render`).
+Renderer = Callable[[torch.Tensor], "SampleResult"]
 
-# spec.model -> module defining `build`. Imported on first use, so a worker loads only its model.
-MODELS: dict[str, str] = {
-    "gan": "gantry.worker.gan.models.gan",
-    "dcgan": "gantry.worker.gan.models.dcgan",
-    "srresnet": "gantry.worker.gan.models.srresnet",
-    "srgan": "gantry.worker.gan.models.srgan",
-    "text2img": "gantry.worker.gan.models.text2img",
-}
+
+def draw_latents(
+    latent_shape: tuple[int, ...], sampler: LatentSampler | None, n: int, generator: torch.Generator
+) -> torch.Tensor:
+    """z ~ N(0, I) (or `sampler`'s latents), (n, *latent_shape), drawn on the CPU so a seed means
+    the same z on any device."""
+    if sampler is not None:
+        return sampler(n, generator)
+    return torch.randn((n, *latent_shape), generator=generator)
+
+
+@dataclass(eq=False)
+class GeneratorParts:
+    """G and what drawing from it needs: the shape of one z, how z is drawn, how G(z) becomes files."""
+
+    G: nn.Module
+    latent_shape: tuple[int, ...]  # one z, e.g. (nz, 1, 1) for DCGAN, (nz,) for an MLP, an LR crop for SR
+    latent_sampler: LatentSampler | None = None  # None: z ~ N(0, I) (see `GANModel.latent_sampler`)
+    render: Renderer | None = None  # None: G draws images (see `GANModel.render`)
+
+    def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return draw_latents(self.latent_shape, self.latent_sampler, n, generator)
 
 
 @dataclass(eq=False)
@@ -61,10 +89,10 @@ class GANModel:
     # ... and how G's outputs become files when they are not images (the MLP GAN's 2-D points):
     # G(z) as a float CPU tensor (N, ...) -> a sample job's files, whose `grid` is also the
     # training loop's sample PNG; None: images (uint8 PNGs and a grid).
-    render: Callable[[torch.Tensor], SampleResult] | None = None
+    render: Renderer | None = None
     # ... and how latents are drawn, (n, generator) -> (n, *latent_shape), when they are not
     # z ~ N(0, I) (InfoGAN's one-hot codes after z); None: Gaussian.
-    latent_sampler: Callable[[int, torch.Generator], torch.Tensor] | None = None
+    latent_sampler: LatentSampler | None = None
     # ... and whether, on the CPU, the networks and the default image batches run in channels-last
     # memory format (oneDNN's convolutions are about 20% faster so; bench/RESULTS.md). For
     # convolutional networks whose layers all accept it.
@@ -80,17 +108,37 @@ class GANModel:
     def sample_latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """z ~ N(0, I) (or the model's `latent_sampler`), (n, *latent_shape), drawn on the CPU so a
         seed means the same z on any device."""
-        if self.latent_sampler is not None:
-            return self.latent_sampler(n, generator)
-        return torch.randn((n, *self.latent_shape), generator=generator)
+        return draw_latents(self.latent_shape, self.latent_sampler, n, generator)
+
+
+def known_models() -> list[str]:
+    """The model modules under `gantry.worker.gan.models`, by name."""
+    package = importlib.import_module(MODELS_PACKAGE)
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__))
+
+
+def model_module(model: str) -> ModuleType:
+    """The module that builds `model`: `gantry.worker.gan.models.<model>`."""
+    if model not in known_models():
+        raise ValueError(f"no worker model for {model!r}; known: {', '.join(known_models())}")
+    return importlib.import_module(f"{MODELS_PACKAGE}.{model}")
 
 
 def build_model(spec: TrainSpecBase, *, channels: int, device: torch.device) -> GANModel:
     """Build the model a train spec names, with weights initialised from the global torch RNG."""
-    module_name = MODELS.get(spec.model)
-    if module_name is None:
-        raise ValueError(f"no worker model for {spec.model!r}; known: {', '.join(MODELS)}")
-    return importlib.import_module(module_name).build(spec, channels=channels, device=device)
+    model: GANModel = model_module(spec.model).build(spec, channels=channels, device=device)
+    return model
+
+
+def build_generator(
+    spec: TrainSpecBase, *, channels: int, device: torch.device, extra: dict[str, Any] | None = None
+) -> GeneratorParts:
+    """G alone for the model a train spec names (no D, optimizers or loss); `extra`: the checkpoint's
+    extra state when G is rebuilt from one. Weights initialised from the global torch RNG."""
+    parts: GeneratorParts = model_module(spec.model).build_generator(
+        spec, channels=channels, device=device, extra=extra
+    )
+    return parts
 
 
 def adam_pair(

@@ -10,10 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from gantry.jobs.specs import load_train_spec
-from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
+from gantry.worker.gan.checkpoint import load_generator
 from gantry.worker.gan.images import grid_png, png_bytes, to_uint8
-from gantry.worker.gan.registry import build_model
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +73,13 @@ def sample(
     if count < 1:
         raise ValueError("count must be at least 1")
     device = torch.device(device) if device is not None else default_device()
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    spec = load_train_spec(state["spec"])
-    # Building initialises weights from the global RNG; they are overwritten at once, and the
-    # fork keeps the caller's RNG stream as it was.
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(spec, channels=state["channels"], device=device)
-    model.G.load_state_dict(generator_weights(state))
-    z = model.sample_latents(count, torch.Generator().manual_seed(seed))
-    if model.render is not None:  # not images (2-D points): the model makes its own files
-        log.info("sampled %d outputs from step %d with seed %d", count, state["step"], seed)
-        return model.render(generate_outputs(model.G, z, device=device))
-    images = generate(model.G, z, device=device)  # (count, H, W, C) uint8
-    log.info("sampled %d images from step %d with seed %d", count, state["step"], seed)
+    loaded = load_generator(checkpoint, device=device)
+    z = loaded.sample_latents(count, torch.Generator().manual_seed(seed))
+    if loaded.render is not None:  # not images (2-D points): the model makes its own files
+        log.info("sampled %d outputs from step %d with seed %d", count, loaded.step, seed)
+        return loaded.render(generate_outputs(loaded.G, z, device=device))
+    images = generate(loaded.G, z, device=device)  # (count, H, W, C) uint8
+    log.info("sampled %d images from step %d with seed %d", count, loaded.step, seed)
     return SampleResult(
         images=[png_bytes(image) for image in images],
         grid=grid_png(images, nrow=math.ceil(math.sqrt(count))),

@@ -19,7 +19,7 @@ import torch
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import load_train_spec
 from gantry.jobs.specs.prompts import parse_label_prompt
-from gantry.worker.gan.checkpoint import load_checkpoint
+from gantry.worker.gan.checkpoint import load_checkpoint, load_generator
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.images import png_bytes
 from gantry.worker.gan.infogan import CodedLatents
@@ -54,7 +54,7 @@ def sample_prompts(
     if spec.prompted_by == "captions":
         from gantry.worker.gan.models.text2img import TextGenerator
 
-        text = TextGenerator(state, device)
+        text = TextGenerator(load_generator(state, device=device))
         phi = text.embed(list(prompts))  # (P, E)
         z = text.latents(count, torch.Generator().manual_seed(seed))
 

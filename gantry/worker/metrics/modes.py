@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from gantry.worker.data.points import Layout, layout
+from gantry.worker.gan.checkpoint import LoadedGenerator, load_generator
 from gantry.worker.gan.sampler import GENERATE_BATCH
 from gantry.worker.metrics import EvalContext
 
@@ -65,36 +66,23 @@ def stacked_metrics(digits: np.ndarray) -> dict[str, float]:
     return {"modes": float((counts > 0).sum()), "kl_uniform": _kl_to_uniform(counts)}
 
 
-def _generator(checkpoint: bytes, device: Any) -> tuple[Any, Any]:
-    """(model with G loaded, train spec) from checkpoint bytes; the caller's RNG left as it was."""
-    from gantry.jobs.specs import load_train_spec
-    from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
-    from gantry.worker.gan.registry import build_model
+def _points(loaded: LoadedGenerator, *, count: int, seed: int) -> np.ndarray:
+    """`count` 2-D samples (float32 (count, 2)) of a loaded gan G, latents drawn with `seed`."""
+    from gantry.worker.gan.sampler import generate_outputs
 
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    spec = load_train_spec(state["spec"])
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(spec, channels=state["channels"], device=device)
-    model.G.load_state_dict(generator_weights(state))
-    return model, spec
+    z = loaded.sample_latents(count, torch.Generator().manual_seed(seed))
+    return generate_outputs(loaded.G, z, device=loaded.device).numpy().reshape(count, 2)
 
 
 def sample_points(checkpoint: bytes, *, count: int, seed: int, device: Any = "cpu") -> np.ndarray:
     """`count` 2-D samples (float32 (count, 2)) of a gan checkpoint, latents drawn with `seed`."""
-    from gantry.worker.gan.sampler import generate_outputs
-
-    model, _ = _generator(checkpoint, torch.device(device))
-    z = model.sample_latents(count, torch.Generator().manual_seed(seed))
-    return generate_outputs(model.G, z, device=torch.device(device)).numpy().reshape(count, 2)
+    return _points(load_generator(checkpoint, device=device), count=count, seed=seed)
 
 
 def points_metrics_from_checkpoint(checkpoint: bytes, *, seed: int, device: Any = "cpu") -> dict[str, float]:
-    from gantry.jobs.specs import load_train_spec
-    from gantry.worker.gan.checkpoint import load_checkpoint
-
-    spec = load_train_spec(load_checkpoint(checkpoint)["spec"])
-    points = sample_points(checkpoint, count=POINT_SAMPLES, seed=seed, device=device)
-    return point_metrics(points, layout(spec.dataset))
+    loaded = load_generator(checkpoint, device=device)
+    points = _points(loaded, count=POINT_SAMPLES, seed=seed)
+    return point_metrics(points, layout(loaded.spec.dataset))
 
 
 def stacked_metrics_from_checkpoint(
@@ -110,14 +98,13 @@ def stacked_metrics_from_checkpoint(
     from gantry.worker.gan.sampler import generate
     from gantry.worker.metrics.digits import digit_classifier
 
-    model, spec = _generator(checkpoint, torch.device(device))
+    model = load_generator(checkpoint, device=device)
+    spec = model.spec
     z = model.sample_latents(count, torch.Generator().manual_seed(seed))
     classifier = digit_classifier(spec.image_size)
     digits = []
     for start in range(0, count, CHUNK):
-        images = generate(
-            model.G, z[start : start + CHUNK], device=torch.device(device)
-        )  # uint8 (n, S, S, 3)
+        images = generate(model.G, z[start : start + CHUNK], device=model.device)  # uint8 (n, S, S, 3)
         channels = images.transpose(0, 3, 1, 2).reshape(-1, spec.image_size, spec.image_size)  # (3n, S, S)
         digits.append(classifier.predict(channels).reshape(-1, 3))
         if report is not None:

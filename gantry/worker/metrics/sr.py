@@ -23,7 +23,7 @@ from gantry.jobs.specs import BUILTIN_DATASETS, TrainSpecBase
 from gantry.jobs.storage import fetch_to_local
 from gantry.worker.metrics import EvalContext
 from gantry.worker.sr.ops import bicubic_resize, mod_crop, y_psnr_ssim
-from gantry.worker.sr.upscale import load_generator, super_resolve
+from gantry.worker.sr.upscale import load_upscaler, super_resolve
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def sr_scores(
 def psnr_ssim(ctx: EvalContext) -> dict[str, float]:
     """`psnr` and `ssim`, one pass over the validation images: PSNR (dB) and SSIM on Y of the model
     and of bicubic, means over the images."""
-    G, spec, _ = load_generator(ctx.checkpoint, ctx.device)
+    loaded = load_upscaler(ctx.checkpoint, device=ctx.device)
+    G, spec = loaded.G, loaded.spec
     scale = spec.options.scale  # type: ignore[attr-defined]
     scores = sr_scores(G, validation_images(spec), scale=scale, report=ctx.report)
     return {name: float(np.mean(values)) for name, values in scores.items()}

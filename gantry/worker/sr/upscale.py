@@ -20,12 +20,12 @@ from PIL import Image
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.settings import Settings
-from gantry.jobs.specs import SRResNetOptions, load_train_spec
 from gantry.jobs.storage import fetch_to_local
-from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
+from gantry.worker.gan import checkpoint as gan_checkpoint
+from gantry.worker.gan.checkpoint import LoadedGenerator
 from gantry.worker.gan.images import png_bytes, to_uint8
 from gantry.worker.gan.loop import images_to_tensor
-from gantry.worker.gan.models.srresnet import Generator, build_generator
+from gantry.worker.gan.models.srresnet import Generator
 from gantry.worker.gan.sampler import SampleResult, default_device
 
 log = logging.getLogger(__name__)
@@ -33,15 +33,13 @@ log = logging.getLogger(__name__)
 TILE = 128  # LR pixels per tile side: an estimated 0.5 GB of activations at 4x with 64 channels
 
 
-def load_generator(checkpoint: bytes, device: torch.device) -> tuple[Generator, Any, int]:
-    """(G in eval mode on `device`, the train spec, image channels) from an srresnet/srgan checkpoint."""
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    spec = load_train_spec(state["spec"])
-    if "input" not in spec.sample_modes or not isinstance(spec.options, SRResNetOptions):
-        raise InvalidInput("input", f"{spec.model} jobs do not super-resolve images")
-    G = build_generator(spec.options, channels=state["channels"])
-    G.load_state_dict(generator_weights(state))
-    return G.to(device).eval(), spec, state["channels"]
+def load_upscaler(checkpoint: bytes | dict[str, Any], *, device: torch.device | str) -> LoadedGenerator:
+    """The checkpoint's G (`checkpoint.load_generator`), refused unless its model super-resolves
+    images (a sample job of it takes an `--input`)."""
+    loaded = gan_checkpoint.load_generator(checkpoint, device=device)
+    if "input" not in loaded.spec.sample_modes:
+        raise InvalidInput("input", f"{loaded.spec.model} jobs do not super-resolve images")
+    return loaded
 
 
 @torch.no_grad()
@@ -117,7 +115,8 @@ def super_resolve_input(
     device = torch.device(device) if device is not None else default_device()
     from gantry.worker.data.photos import decode_rgb
 
-    G, _, channels = load_generator(checkpoint, device)
+    loaded = load_upscaler(checkpoint, device=device)
+    G, channels = loaded.G, loaded.channels
     with tempfile.TemporaryDirectory(prefix="gantry-input-") as scratch:
         local = fetch_to_local(input_uri, Path(scratch), endpoint_url=settings.s3_endpoint_url)
         files = _input_files(local)

@@ -21,6 +21,8 @@ neighbour 2x resize and a 3x3 convolution ("resize-convolution", Odena, Dumoulin
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -29,7 +31,7 @@ from gantry.worker.data import label_space
 from gantry.worker.gan import improved
 from gantry.worker.gan.infogan import CodedLatents
 from gantry.worker.gan.losses import NonSaturatingLoss
-from gantry.worker.gan.registry import GANModel, adam_pair
+from gantry.worker.gan.registry import GANModel, GeneratorParts, adam_pair
 
 
 def _upsample(cin: int, cout: int, mode: str) -> list[nn.Module]:
@@ -143,27 +145,72 @@ def spectral_norm_convs(D: nn.Module) -> None:
             nn.utils.parametrizations.spectral_norm(module)
 
 
-def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANModel:
-    """Networks, Adam optimizers (paper §4: lr 2e-4, beta1 0.5) and the non-saturating loss."""
+def _latents(spec: DCGANTrainSpec) -> CodedLatents:
+    """How G's latents are drawn. InfoGAN (gantry.worker.gan.infogan): one-hot codes join z, so G's
+    input is nz + Σ codes wide; AC-GAN's label codes (`labels`, one per attribute, sized by the data
+    set's values) come last."""
     opts = spec.options
-    # InfoGAN (gantry.worker.gan.infogan): one-hot codes join z, so G's input is nz + Σ codes wide;
-    # AC-GAN's label codes (`labels`, one per attribute, sized by the data set's values) come last.
-    label_codes = (
-        tuple(len(BUILTIN_LABELS[spec.dataset][name]) for name in opts.labels) if opts.labels else ()
-    )
-    latents = CodedLatents(
+    return CodedLatents(
         opts.nz,
         opts.latent_codes,
-        label_sizes=label_codes,
+        label_sizes=_label_sizes(spec),
         label_rows=torch.from_numpy(label_space(spec.dataset, opts.labels)) if opts.labels else None,
     )
-    G = Generator(
+
+
+def _label_sizes(spec: DCGANTrainSpec) -> tuple[int, ...]:
+    return tuple(len(BUILTIN_LABELS[spec.dataset][name]) for name in spec.options.labels)
+
+
+def _generator(spec: DCGANTrainSpec, channels: int, latents: CodedLatents) -> Generator:
+    """G's network for the spec, with room in z for `latents`' codes (PyTorch's default init)."""
+    opts = spec.options
+    return Generator(
         nz=latents.latent_shape[0],
         ngf=opts.ngf,
         channels=channels,
         image_size=spec.image_size,
         upsample=opts.upsample,
     )
+
+
+def _generator_parts(
+    G: Generator, spec: DCGANTrainSpec, latents: CodedLatents, device: torch.device
+) -> GeneratorParts:
+    """G's Improved Techniques (virtual batch norm; historical averaging's means, part of G's state)
+    on an initialised G, moved to `device`, with how its latents are drawn."""
+    opts = spec.options
+    net: nn.Module = G
+    if opts.virtual_batch_norm:
+        net = improved.virtual_batch_norm(G, latent_shape=latents.latent_shape)
+    if opts.historical_averaging > 0:
+        improved.historical_average(net)
+    return GeneratorParts(
+        G=net.to(device),
+        latent_shape=latents.latent_shape,
+        latent_sampler=latents if latents.all_codes else None,
+    )
+
+
+def build_generator(
+    spec: DCGANTrainSpec, *, channels: int, device: torch.device, extra: dict[str, Any] | None = None
+) -> GeneratorParts:
+    """G alone, initialised as `build` initialises it (paper §4)."""
+    latents = _latents(spec)
+    G = _generator(spec, channels, latents)
+    G.apply(init_weights)
+    return _generator_parts(G, spec, latents, device)
+
+
+def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANModel:
+    """Networks, Adam optimizers (paper §4: lr 2e-4, beta1 0.5) and the non-saturating loss.
+
+    G is made by the functions `build_generator` uses, interleaved with D's making in the order the
+    global RNG has always been drawn in (G, D, their initialisation, D's minibatch head, G's
+    reference batch, D's spectral norm, the loss), so a seed trains the same weights as ever."""
+    opts = spec.options
+    latents = _latents(spec)
+    G = _generator(spec, channels, latents)
     D = Discriminator(
         ndf=opts.ndf, channels=channels, image_size=spec.image_size, batch_norm=opts.d_norm == "batch"
     )
@@ -173,23 +220,26 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
     D.apply(init_weights)
     # Improved Techniques (arXiv 1606.03498), each off by default: see gantry.worker.gan.improved.
     feature_size = D.main[-1].in_channels * 4 * 4  # D.features(x): (width, 4, 4) for one image
-    G = improved.apply_to_sequential(G, D, opts, latent_shape=latents.latent_shape)
+    improved.minibatch_head(D, opts)
+    parts = _generator_parts(G, spec, latents, device)
     if opts.d_norm == "spectral":
         spectral_norm_convs(D)
     if improved.uses_improved_loss(opts):
-        loss = improved.build_loss(G, D, opts, feature_size=feature_size, label_codes=label_codes)
+        loss = improved.build_loss(
+            parts.G, D, opts, feature_size=feature_size, label_codes=_label_sizes(spec)
+        )
     else:
-        loss = NonSaturatingLoss(G, D)
-    G, D = G.to(device), D.to(device)
-    opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
+        loss = NonSaturatingLoss(parts.G, D)
+    D = D.to(device)
+    opt_G, opt_D = adam_pair(parts.G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
     return GANModel(
-        G=G,
+        G=parts.G,
         D=D,
         opt_G=opt_G,
         opt_D=opt_D,
         loss=loss,
-        latent_shape=latents.latent_shape,
-        latent_sampler=latents if latents.all_codes else None,
+        latent_shape=parts.latent_shape,
+        latent_sampler=parts.latent_sampler,
         labels=opts.labels,
         channels_last_on_cpu=True,
     )

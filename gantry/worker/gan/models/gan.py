@@ -28,9 +28,10 @@ from gantry.worker.gan.improved import (
     ReferenceBatch,
     VirtualBatchNorm,
     build_loss,
+    historical_average,
 )
 from gantry.worker.gan.losses import Minibatch
-from gantry.worker.gan.registry import BatchMaker, GANModel, adam_pair
+from gantry.worker.gan.registry import GANModel, GeneratorParts, adam_pair
 from gantry.worker.gan.scatter import points_result
 
 
@@ -133,13 +134,22 @@ class PointBatches:
         return Minibatch(real=x_all[index.to(device)], z=z.to(device))
 
 
-def build(spec: GANTrainSpec, *, channels: int, device: torch.device) -> GANModel:
-    """Networks, Adam optimizers, the loss, and for 2-D data the point batches and scatter plots."""
-    opts = spec.options
+def _out_shape_and_scale(spec: GANTrainSpec, channels: int) -> tuple[tuple[int, ...], float]:
+    """G's output shape, and the unit G and D work in: 2-D layouts span [-1, 1] (ring) or [-4, 4]
+    (grid), so they work in units of the layout's extent, and the same learning rate resolves a
+    0.01-wide ring mode and a 0.05-wide grid one."""
     out_shape = (channels,) if spec.points else (channels, spec.image_size, spec.image_size)
-    # 2-D layouts span [-1, 1] (ring) or [-4, 4] (grid): G and D work in units of the layout's
-    # extent, so that the same learning rate resolves a 0.01-wide ring mode and a 0.05-wide grid one.
     scale = float(abs(layout(spec.dataset).means).max()) if spec.points else 1.0
+    return out_shape, scale
+
+
+def build_generator(
+    spec: GANTrainSpec, *, channels: int, device: torch.device, extra: dict[str, Any] | None = None
+) -> GeneratorParts:
+    """G (with virtual batch norm's reference batch, and historical averaging's means: both part of
+    G's state), and for 2-D data the renderer of its points as files and a scatter plot."""
+    opts = spec.options
+    out_shape, scale = _out_shape_and_scale(spec, channels)
     G: nn.Module = Generator(
         nz=opts.nz,
         width=opts.g_width,
@@ -151,6 +161,20 @@ def build(spec: GANTrainSpec, *, channels: int, device: torch.device) -> GANMode
     )
     if opts.virtual_batch_norm:
         G = ReferenceBatch(G, (opts.nz,))
+    if opts.historical_averaging > 0:
+        historical_average(G)
+    render = None
+    if spec.points:
+        mixture = layout(spec.dataset)
+        render = lambda outputs: points_result(outputs.numpy(), mixture)  # noqa: E731
+    return GeneratorParts(G=G.to(device), latent_shape=(opts.nz,), render=render)
+
+
+def build(spec: GANTrainSpec, *, channels: int, device: torch.device) -> GANModel:
+    """G, D, Adam optimizers, the loss, and for 2-D data the point batches and scatter plots."""
+    opts = spec.options
+    parts = build_generator(spec, channels=channels, device=device)
+    out_shape, scale = _out_shape_and_scale(spec, channels)
     D = Discriminator(
         in_features=math.prod(out_shape),
         width=opts.d_width,
@@ -159,22 +183,16 @@ def build(spec: GANTrainSpec, *, channels: int, device: torch.device) -> GANMode
         kernel_dim=opts.mbd_kernel_dim,
         scale=scale,
     )
-    loss = build_loss(G, D, opts)  # may attach historical means to G and D: move them after
-    G, D = G.to(device), D.to(device)
-    opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
-    make_batch: BatchMaker | None = None
-    render = None
-    if spec.points:
-        mixture = layout(spec.dataset)
-        make_batch = PointBatches((opts.nz,))
-        render = lambda outputs: points_result(outputs.numpy(), mixture)  # noqa: E731
+    loss = build_loss(parts.G, D, opts)  # may attach historical means to D: move it after
+    D = D.to(device)
+    opt_G, opt_D = adam_pair(parts.G, D, lr=opts.lr, betas=(opts.beta1, opts.beta2))
     return GANModel(
-        G=G,
+        G=parts.G,
         D=D,
         opt_G=opt_G,
         opt_D=opt_D,
         loss=loss,
-        latent_shape=(opts.nz,),
-        make_batch=make_batch,
-        render=render,
+        latent_shape=parts.latent_shape,
+        make_batch=PointBatches(parts.latent_shape) if spec.points else None,
+        render=parts.render,
     )

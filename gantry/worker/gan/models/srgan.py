@@ -23,6 +23,8 @@ from gantry.worker.gan.losses import Minibatch, Phase
 from gantry.worker.gan.models.srresnet import ContentLoss, build_generator, content_loss, sr_batches
 from gantry.worker.gan.registry import GANModel, adam_pair
 
+__all__ = ["Discriminator", "SRGANLoss", "build", "build_generator"]  # G is SRResNet's
+
 
 class Discriminator(nn.Module):
     """I (N, C, S, S) in [-1, 1] -> logits (N,). Widths scale with `ndf` (64 in the paper)."""
@@ -101,16 +103,16 @@ class SRGANLoss:
 def build(spec: SRGANTrainSpec, *, channels: int, device: torch.device) -> GANModel:
     """G (SRResNet's), D, Adam for both (paper §3.2: lr 1e-4, beta1 0.9), content + adversarial loss."""
     opts = spec.options
-    G = build_generator(opts, channels=channels).to(device)
+    parts = build_generator(spec, channels=channels, device=device)
+    G = parts.G
     D = Discriminator(ndf=opts.ndf, channels=channels, image_size=spec.image_size).to(device)
     opt_G, opt_D = adam_pair(G, D, lr=opts.lr, betas=(opts.beta1, 0.999))
-    lr_side = spec.image_size // opts.scale
     return GANModel(
         G=G,
         D=D,
         opt_G=opt_G,
         opt_D=opt_D,
         loss=SRGANLoss(G, D, content_loss(opts, device), adversarial_weight=opts.adversarial_weight),
-        latent_shape=(channels, lr_side, lr_side),
+        latent_shape=parts.latent_shape,
         make_batch=sr_batches(image_size=spec.image_size, scale=opts.scale, augment=opts.augment),
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import SRResNetOptions, SRResNetTrainSpec
 from gantry.worker.gan.loop import images_to_tensor
 from gantry.worker.gan.losses import Minibatch, Phase
-from gantry.worker.gan.registry import BatchMaker, GANModel
+from gantry.worker.gan.registry import BatchMaker, GANModel, GeneratorParts
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +104,21 @@ class Generator(nn.Module):
         return math.ceil(radius + 4 / self.scale)  # tail 9x9 at the HR size (more than bicubic's 2)
 
 
-def build_generator(options: SRResNetOptions, *, channels: int) -> Generator:
-    return Generator(
-        blocks=options.blocks,
-        channels=options.channels,
-        scale=options.scale,
+def build_generator(
+    spec: SRResNetTrainSpec, *, channels: int, device: torch.device, extra: dict[str, Any] | None = None
+) -> GeneratorParts:
+    """G (PyTorch's default init, on the CPU RNG); its input, the "latent", is an LR crop. SRGAN's
+    spec has SRResNet's G options, so SRGAN builds its G here too."""
+    opts = spec.options
+    G = Generator(
+        blocks=opts.blocks,
+        channels=opts.channels,
+        scale=opts.scale,
         image_channels=channels,
-        bicubic_skip=options.bicubic_skip,
+        bicubic_skip=opts.bicubic_skip,
     )
+    lr_side = spec.image_size // opts.scale
+    return GeneratorParts(G=G.to(device), latent_shape=(channels, lr_side, lr_side))
 
 
 def sr_batches(*, image_size: int, scale: int, augment: bool = False) -> BatchMaker:
@@ -208,15 +216,15 @@ def content_loss(options: SRResNetOptions, device: torch.device) -> ContentLoss:
 def build(spec: SRResNetTrainSpec, *, channels: int, device: torch.device) -> GANModel:
     """G, Adam (paper §3.2: lr 1e-4, beta1 0.9), the content loss, and HR/LR crop minibatches."""
     opts = spec.options
-    G = build_generator(opts, channels=channels).to(device)  # PyTorch's default init, on the CPU RNG
-    lr_side = spec.image_size // opts.scale
+    parts = build_generator(spec, channels=channels, device=device)
+    G = parts.G
     return GANModel(
         G=G,
         D=None,
         opt_G=torch.optim.Adam(G.parameters(), lr=opts.lr, betas=(opts.beta1, 0.999)),
         opt_D=None,
         loss=PixelLoss(G, content_loss(opts, device)),
-        latent_shape=(channels, lr_side, lr_side),  # G's input: an LR crop
+        latent_shape=parts.latent_shape,  # G's input: an LR crop
         phases=("G",),
         make_batch=sr_batches(image_size=spec.image_size, scale=opts.scale, augment=opts.augment),
     )

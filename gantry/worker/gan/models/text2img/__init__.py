@@ -9,22 +9,22 @@ D judging whether image and caption match. The parts, one module each:
     loss      GAN-CLS and its terms: GAN-INT, MSGAN's mode seeking, StackGAN's KL, TAC-GAN, InfoGAN
     batches   the minibatch maker: captions, the fitted text encoder, the data's caption grammar
 
-This module builds them from a spec (`build`) and loads a trained G with its text encoder from a
-checkpoint (`TextGenerator`). A conditional G tends to ignore z and draw one image per caption;
-`mode_seeking`, `cond_aug`, `free_label_codes` and the layered G each attack that (bench/RESULTS.md).
+This module builds them from a spec (`build`, and G alone: `build_generator`) and pairs a trained G
+(`checkpoint.load_generator`) with its text encoder (`TextGenerator`). A conditional G tends to
+ignore z and draw one image per caption; `mode_seeking`, `cond_aug`, `free_label_codes` and the
+layered G each attack that (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs import BUILTIN_LABELS, Text2ImgTrainSpec, load_train_spec
+from gantry.jobs.specs import BUILTIN_LABELS, Text2ImgTrainSpec
 from gantry.worker.data import CaptionGrammar, builtin_caption_grammar
-from gantry.worker.gan.checkpoint import generator_weights
 from gantry.worker.gan.infogan import CodedLatents, InfoHead, LabelHead
 from gantry.worker.gan.models.dcgan import init_weights
 from gantry.worker.gan.models.text2img.batches import EXAMPLE_CAPTIONS, CaptionBatches
@@ -49,8 +49,11 @@ from gantry.worker.gan.models.text2img.networks import (
     TextProjection,
     text_dim,
 )
-from gantry.worker.gan.registry import GANModel, adam_pair
+from gantry.worker.gan.registry import GANModel, GeneratorParts, adam_pair
 from gantry.worker.text.encoders import encoder_from_state
+
+if TYPE_CHECKING:
+    from gantry.worker.gan.checkpoint import LoadedGenerator
 
 __all__ = [
     "EXAMPLE_CAPTIONS",
@@ -69,6 +72,7 @@ __all__ = [
     "TextGenerator",
     "TextProjection",
     "build",
+    "build_generator",
     "code_phrases",
     "coded_latents",
     "free_code_labels",
@@ -117,15 +121,37 @@ def _generator(spec: Text2ImgTrainSpec, channels: int, latents: CodedLatents) ->
     )
 
 
+def _grammar(spec: Text2ImgTrainSpec, extra: dict[str, Any] | None) -> CaptionGrammar | None:
+    """The caption grammar that sizes G's codes for free labels: to train, the one the data set
+    declares (by name: G is built before the data is read; the minibatch maker checks the data's own
+    grammar against it); from a checkpoint, the one it was trained with (`stored_grammar`)."""
+    if extra is None:
+        return builtin_caption_grammar(spec.dataset)
+    grammar = stored_grammar(spec, extra)
+    if spec.options.free_label_codes and grammar is None:
+        raise ValueError("this text2img checkpoint has free_label_codes but no caption grammar")
+    return grammar
+
+
+def build_generator(
+    spec: Text2ImgTrainSpec, *, channels: int, device: torch.device, extra: dict[str, Any] | None = None
+) -> GeneratorParts:
+    """G alone (DCGAN init), with its coded latents; `extra`: the checkpoint's, whose caption grammar
+    sizes the codes. The text encoder that makes G's conditioning is `TextGenerator`'s."""
+    latents = coded_latents(spec, free_code_labels(spec, _grammar(spec, extra)))
+    G = _generator(spec, channels, latents)
+    G.apply(init_weights)
+    return GeneratorParts(G=G.to(device), latent_shape=latents.latent_shape, latent_sampler=latents)
+
+
 def build(spec: Text2ImgTrainSpec, *, channels: int, device: torch.device) -> GANModel:
     """Networks (DCGAN init, paper §4 of arXiv 1511.06434), Adam (lr 2e-4, beta1 0.5) and GAN-CLS.
 
-    G's codes for free labels are sized from the caption grammar the data set declares (by name: G is
-    built before the data is read); the minibatch maker checks the data's own grammar against it."""
+    G is made by the function `build_generator` uses, then D, then both initialised: the order the
+    global RNG has always been drawn in."""
     opts = spec.options
-    free = free_code_labels(spec, builtin_caption_grammar(spec.dataset))
+    free = free_code_labels(spec, _grammar(spec, None))
     latents = coded_latents(spec, free)
-    # G, then D, then both initialised: the order the global RNG has always been drawn in.
     G = _generator(spec, channels, latents)
     D = Discriminator(
         ndf=opts.ndf,
@@ -183,32 +209,32 @@ def stored_grammar(spec: Text2ImgTrainSpec, extra: dict[str, Any]) -> CaptionGra
 
 
 class TextGenerator:
-    """A trained G with its text encoder, from a checkpoint: what prompt sampling and latent walks use."""
+    """A trained G with its text encoder: what prompt sampling and latent walks use."""
 
-    def __init__(self, state: dict[str, Any], device: torch.device, *, code_walk: str | None = None) -> None:
-        """`code_walk`: read z's codes between two values so rather than as the job was trained to (a
-        reading only: the weights are the same; checked at submit against the job's options)."""
-        spec = load_train_spec(state["spec"])
+    def __init__(self, loaded: LoadedGenerator, *, code_walk: str | None = None) -> None:
+        """`loaded`: a text2img checkpoint's G (`checkpoint.load_generator`), whose `extra` holds the
+        text encoder. `code_walk`: read z's codes between two values so rather than as the job was
+        trained to (a reading only: the weights are the same; checked at submit against the job's
+        options)."""
+        spec = loaded.spec
         assert isinstance(spec, Text2ImgTrainSpec)
         if code_walk is not None:
             spec = spec.model_copy(
                 update={"options": spec.options.model_copy(update={"code_walk": code_walk})}
             )
-        extra = state.get("extra") or {}
-        if "text_encoder" not in extra:
+            if loaded.G.code_words is not None:  # where G reads the option
+                loaded.G.code_words.walk = code_walk
+        if "text_encoder" not in loaded.extra:
             raise ValueError("this text2img checkpoint has no text encoder")
         self.spec = spec
-        self.grammar = stored_grammar(spec, extra)
-        if spec.options.free_label_codes and self.grammar is None:
-            raise ValueError("this text2img checkpoint has free_label_codes but no caption grammar")
+        self.grammar = stored_grammar(spec, loaded.extra)
         self.free = free_code_labels(spec, self.grammar)
-        self.latents = coded_latents(spec, self.free)
-        self.encoder = encoder_from_state(extra["text_encoder"])
-        self.example_captions: list[str] = list(extra.get("example_captions", []))
-        G = _generator(spec, state["channels"], self.latents)  # weights overwritten at once: no init needed
-        G.load_state_dict(generator_weights(state))
-        self.G = G.to(device)
-        self.device = device
+        assert isinstance(loaded.latent_sampler, CodedLatents)
+        self.latents: CodedLatents = loaded.latent_sampler
+        self.encoder = encoder_from_state(loaded.extra["text_encoder"])
+        self.example_captions: list[str] = list(loaded.extra.get("example_captions", []))
+        self.G = loaded.G
+        self.device = loaded.device
 
     def embed(self, prompts: list[str]) -> torch.Tensor:
         """φ(t) for each prompt (N, E); with code_words [φ ; f] (N, E + A). InvalidInput for a prompt
