@@ -180,6 +180,20 @@ def test_historical_averaging_pulls_parameters_to_their_past_mean(make: Any, bat
     assert any("historical_average" in key for key in model.G.state_dict())
 
 
+def test_historical_averaging_with_latent_codes_covers_the_code_head() -> None:
+    # D's code head (InfoGAN) trains with D, so D's running mean must include its parameters.
+    model = dcgan(historical_averaging="10", latent_codes="4")
+    real = images_batch().real
+    b = Minibatch(real=real, z=model.sample_latents(len(real), torch.Generator().manual_seed(0)))
+    for phase in ("D", "G"):
+        losses = model.loss.accumulate_gradients(phase, b)
+        assert torch.isfinite(losses[f"hist_avg_{phase}"])
+    means = [k for k in model.D.state_dict() if k.startswith("historical_average.mean_")]
+    assert len(means) == len(list(model.D.parameters())) and any(
+        "info_head" in k for k in model.D.state_dict()
+    )
+
+
 # --- virtual batch norm ----------------------------------------------------------------------------------
 
 

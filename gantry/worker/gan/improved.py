@@ -273,9 +273,8 @@ def build_loss(
     number of values in `D.features(x)` for one image, which the code head reads; `label_codes`: the
     sizes of the label attributes G is conditioned on (AC-GAN), the last codes of its latents."""
     weight = options.historical_averaging
-    history_G = history_D = None
-    if weight > 0:  # G's may be there already: it is part of G's state (see `build_generator`s)
-        history_G, history_D = historical_average(G), historical_average(D)
+    # G's may be there already: it is part of G's state (see the models' `build_generator`).
+    history_G = historical_average(G) if weight > 0 else None
     label_sizes = tuple(label_codes or ())
     codes = (options.latent_codes if isinstance(options, Codes) else ()) + label_sizes
     info = None
@@ -292,6 +291,8 @@ def build_loss(
             labelled=len(label_sizes),
         )
         D.info_head = info.to(next(D.parameters()).device)  # type: ignore[assignment]
+    # D's mean is taken last, so that it covers the code head too (which trains with D).
+    history_D = historical_average(D) if weight > 0 else None
     return ImprovedLoss(
         G,
         D,
