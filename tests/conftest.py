@@ -1,7 +1,9 @@
-"""Shared fixtures: an isolated GANTRY_HOME with a migrated SQLite store for every test that asks."""
+"""Shared fixtures: an isolated GANTRY_HOME with a migrated SQLite store for every test that asks, and
+the same with its objects in an S3 bucket (moto)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,22 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     s = Settings()
     upgrade(s.database)
     return s
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """`settings` with objects in the moto S3 bucket `wiring`, under the prefix `gantry/`."""
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="wiring")
+        # The task reads its settings from the environment, as a worker would.
+        monkeypatch.setenv("GANTRY_STORAGE_URL", "s3://wiring/gantry")
+        yield Settings()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Exceptions that the job runner (`gantry.worker.work.run_job`) turns into a job state."""
+"""Exceptions that the job runner (`gantry.worker.run.run_job`) turns into a job state."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from celery import Task, shared_task
 
 from gantry.jobs.errors import ServiceUnavailable
 from gantry.jobs.store import JobBusy
-from gantry.worker.work import run_job
+from gantry.worker.run import run_job
 
 OPTIONS = {
     "bind": True,

@@ -1,28 +1,15 @@
-"""API -> Celery (eager) -> task -> work function -> SQL row and S3 objects (moto), in one process."""
+"""API -> Celery (eager) -> task -> work function -> SQL row and S3 objects (moto), in one process.
+(The job runner itself, called without Celery: tests/worker/.)"""
 
 from __future__ import annotations
 
 import boto3
-import pytest
-from moto import mock_aws
 
 from gantry.api.service import Service
 from gantry.jobs.settings import Settings
 
 TINY = {"dataset": "digits", "image_size": 16, "batch_size": 16, "steps": 6, "checkpoint_every": 3}
 OPTS = {"ngf": "8", "ndf": "8"}
-
-
-@pytest.fixture
-def s3_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        boto3.client("s3").create_bucket(Bucket="wiring")
-        # The task reads its settings from the environment, as a worker would.
-        monkeypatch.setenv("GANTRY_STORAGE_URL", "s3://wiring/gantry")
-        yield Settings()
 
 
 def _keys(prefix: str) -> list[str]:
@@ -54,21 +41,3 @@ def test_submit_runs_the_task_and_lands_in_s3(s3_settings: Settings) -> None:
         body = boto3.client("s3").get_object(Bucket="wiring", Key=f"gantry/jobs/{sample.id}/images/grid.png")
         runs.append(body["Body"].read())
     assert runs[0] == runs[1] and runs[0] != runs[2]
-
-
-def test_a_redelivered_train_job_resumes_from_its_checkpoint(s3_settings: Settings, caplog) -> None:
-    from gantry.jobs import store as db
-    from gantry.worker.work import run_job
-
-    svc = Service(s3_settings)
-    job = svc.submit_train("dcgan", options=OPTS, **TINY)
-    assert run_job(job.id, settings=s3_settings) == "succeeded"
-    # Pretend the worker died after the last checkpoint: the row is `running` with a dead holder.
-    with db.session_scope(svc.sessions) as s:
-        row = db.get_job(s, job.id)
-        row.state, row.worker, row.finished_at = "running", "nohost:1", None
-        row.heartbeat_at = db.utcnow().replace(year=2000)
-    caplog.set_level("INFO")
-    assert run_job(job.id, settings=s3_settings) == "succeeded"
-    assert svc.get(job.id).attempt == 2
-    assert f"job {job.id}: resuming from step 6" in caplog.text

@@ -1,0 +1,53 @@
+"""The evaluate phase (gantry.worker.evaluate): a long evaluation heartbeats and honours cancel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from gantry.api.service import Service
+from gantry.jobs import keys
+from gantry.jobs import store as db
+from gantry.jobs.settings import Settings
+from gantry.worker.metrics import EvalContext
+from gantry.worker.run import run_job
+
+
+def test_an_evaluation_heartbeats_at_each_chunk_and_stops_when_cancelled(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = Service(settings)
+    train = svc.submit_train("gan", dataset="ring8", steps=10)
+    # A checkpoint the evaluator below never reads: the manifest is all the runner looks at.
+    key = keys.checkpoint_key(train.id, 10)
+    uri = svc.objects.put_bytes(key, b"weights")
+    manifest = keys.Manifest(step=10, key=key, uri=uri, bytes=7, time=db.utcnow())
+    svc.objects.put_bytes(keys.manifest_key(train.id), manifest.dump())
+    evaluation = svc.submit_evaluate(train.id, metrics=["modes_2d"])
+    long_ago = db.utcnow().replace(year=2000)
+
+    def row() -> tuple[datetime | None, int, str]:
+        with db.session_scope(svc.sessions) as s:
+            job = db.get_job(s, evaluation.id)
+            return job.heartbeat_at, job.step, job.state
+
+    beats = []
+
+    def slow_modes_2d(ctx: EvalContext) -> dict[str, float]:
+        for done in (1, 2):  # two chunks in quick succession: each one heartbeats
+            with db.session_scope(svc.sessions) as s:
+                db.get_job(s, evaluation.id).heartbeat_at = long_ago
+            ctx.report(done, 3)
+            beats.append(row())
+        svc.cancel(evaluation.id)
+        ctx.report(3, 3)  # the next chunk's heartbeat reads the cancel
+        raise AssertionError("the evaluation went on after its job was cancelled")
+
+    monkeypatch.setattr("gantry.worker.metrics.modes.modes_2d", slow_modes_2d)
+    assert run_job(evaluation.id, settings=settings) == "cancelled"
+    assert len(beats) == 2
+    for heartbeat_at, step, state in beats:
+        assert heartbeat_at is not None and heartbeat_at.year > 2000
+        assert step == 0 and state == "running"  # its step is the metrics done: none yet
+    assert svc.get(evaluation.id).state == "cancelled"
