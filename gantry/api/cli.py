@@ -79,6 +79,9 @@ def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
 
 # --- submitting ------------------------------------------------------------------------------
 
+_WAIT = click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
 
 def _after_submit(ctx: click.Context, svc: Service, job: JobView, *, wait: bool, as_json: bool) -> None:
     settings: Settings = ctx.obj
@@ -176,8 +179,8 @@ def _train_default(name: str) -> str:
 @click.option(
     "--sample-every", type=int, help=_shown("Steps between sample grids.", _train_default("sample_every"))
 )
-@click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
-@click.option("--json", "as_json", is_flag=True)
+@_WAIT
+@_JSON
 @click.pass_context
 def train(
     ctx: click.Context, model: str, sets: tuple[str, ...], wait: bool, as_json: bool, **fields: Any
@@ -232,8 +235,8 @@ _CHECKPOINT_HELP = _shown("latest or a step number.", _SAMPLE["checkpoint"].defa
     help="Image, folder or S3 prefix to super-resolve (super-resolution models).",
 )
 @_CODE_WALK
-@click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
-@click.option("--json", "as_json", is_flag=True)
+@_WAIT
+@_JSON
 @click.pass_context
 def sample(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields: Any) -> None:
     """Sample from train job JOB_ID's checkpoint: images, interpolations, arithmetic, prompts."""
@@ -250,8 +253,8 @@ def sample(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields:
     "--seed", type=int, help=_shown("Seeds the metric's samples.", EvaluateSpec.model_fields["seed"].default)
 )
 @_CODE_WALK
-@click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
-@click.option("--json", "as_json", is_flag=True)
+@_WAIT
+@_JSON
 @click.pass_context
 def evaluate(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields: Any) -> None:
     """Measure train job JOB_ID's checkpoint; the values land on both jobs' metrics."""
@@ -313,7 +316,7 @@ def _print_status(job: JobView) -> None:
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True)
+@_JSON
 @click.pass_context
 def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show a job: state, progress, latest metrics, artifacts."""
@@ -327,7 +330,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @cli.command(name="list")
 @click.option("--state", type=click.Choice(STATES))
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@_JSON
 @click.pass_context
 def list_(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first."""
@@ -414,7 +417,7 @@ def watch(ctx: click.Context, job_id: str) -> None:
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True)
+@_JSON
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Cancel a queued or running job (a running one stops within seconds, keeping its checkpoints)."""
@@ -430,7 +433,7 @@ def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("job_id")
 @click.option("--to", "to", type=click.Path(file_okay=False, path_type=Path), help="Default: ./<job_id>")
-@click.option("--json", "as_json", is_flag=True)
+@_JSON
 @click.pass_context
 def download(ctx: click.Context, job_id: str, to: Path | None, as_json: bool) -> None:
     """Copy a job's objects (checkpoints, samples, images, metrics) to a local folder."""

@@ -237,11 +237,15 @@ def _model_names(where: Callable[[type[TrainSpec]], bool]) -> list[str]:
     return [name for name, spec in MODELS.items() if where(spec)]
 
 
-def conv_image_size(spec: type[TrainSpec], value: int) -> int:
-    """DCGAN-shaped networks double or halve the side per block: 16 to 128 pixels."""
-    if not 16 <= value <= 128:
-        raise ValueError(f"{spec.name()} supports 16, 32, 64 and 128")
-    return value
+class ConvTrainSpec(TrainSpec):
+    """A train spec of DCGAN-shaped networks, which double or halve the side per block: 16 to 128 pixels."""
+
+    @field_validator("image_size")
+    @classmethod
+    def _conv_image_size(cls, value: int) -> int:
+        if not 16 <= value <= 128:
+            raise ValueError(f"{cls.name()} supports 16, 32, 64 and 128")
+        return value
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,10 @@ from gantry.jobs.datasets import dataset_kind
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs.base import (
     Conflict,
+    ConvTrainSpec,
     ModelOptions,
     Recipe,
     SampleMode,
-    TrainSpec,
-    conv_image_size,
 )
 from gantry.jobs.specs.options import Adam, Codes, ConvNets, ImprovedTechniques
 from gantry.jobs.specs.prompts import parse_label_prompt
@@ -59,7 +58,7 @@ class DCGANOptions(DCGANNets, Adam, ImprovedTechniques, DCGANCodes, ModelOptions
         return self
 
 
-class DCGANTrainSpec(TrainSpec):
+class DCGANTrainSpec(ConvTrainSpec):
     model: Literal["dcgan"] = "dcgan"
     options: DCGANOptions = DCGANOptions()
 
@@ -73,11 +72,6 @@ class DCGANTrainSpec(TrainSpec):
     )
     prompted_by: ClassVar[Literal["labels", "captions"] | None] = "labels"
     reads_codes: ClassVar[bool] = True
-
-    @field_validator("image_size")
-    @classmethod
-    def _dcgan_sizes(cls, value: int) -> int:
-        return conv_image_size(cls, value)
 
     @field_validator("dataset")
     @classmethod

@@ -12,11 +12,10 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs.base import (
     CodeWalk,
     Conflict,
+    ConvTrainSpec,
     ModelOptions,
     OptionGroup,
     SampleMode,
-    TrainSpec,
-    conv_image_size,
 )
 from gantry.jobs.specs.options import Adam, Codes, ConvNets
 
@@ -113,7 +112,7 @@ class Text2ImgOptions(TextNets, Adam, TextTechniques, TextCodes, ModelOptions):
         return self
 
 
-class Text2ImgTrainSpec(TrainSpec):
+class Text2ImgTrainSpec(ConvTrainSpec):
     model: Literal["text2img"] = "text2img"
     options: Text2ImgOptions = Text2ImgOptions()
 
@@ -126,11 +125,6 @@ class Text2ImgTrainSpec(TrainSpec):
     )
     prompted_by: ClassVar[Literal["labels", "captions"] | None] = "captions"
     reads_codes: ClassVar[bool] = True
-
-    @field_validator("image_size")
-    @classmethod
-    def _dcgan_sizes(cls, value: int) -> int:
-        return conv_image_size(cls, value)
 
     @field_validator("dataset")
     @classmethod
