@@ -9,8 +9,8 @@ used, so importing this registry imports none of them.
 An evaluator takes an `EvalContext` and returns {key: value}; it may return several related values
 (e.g. `modes`, `high_quality`, `reverse_kl`) and save files (plots, figures) through `ctx.save`.
 One function may compute several metrics in one pass (`psnr` and `ssim` super-resolve the same
-images): each of those metrics declares which of its values are its own, and `evaluate` calls the
-function once for all of them. Long evaluators call `ctx.report(done, total)` between chunks, which
+images): each metric takes the values its declaration names, and `evaluate` calls the function
+once for all of them. Long evaluators call `ctx.report(done, total)` between chunks, which
 reports progress (a running job heartbeats) and raises `Stopped` when the job was cancelled.
 """
 
@@ -22,29 +22,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gantry.jobs.specs import EvaluateSpec, TrainSpecBase
+from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpecBase
 from gantry.worker.errors import Stopped
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Evaluator:
-    function: str  # "module:function" in this package, imported when first used
-    keys: tuple[str, ...] | None = None  # the function's values that are this metric's; None: all
-
-
-# metric name -> its evaluator. One line per metric; metrics computed together share a function.
-EVALUATORS: dict[str, Evaluator] = {
-    "modes_2d": Evaluator("modes:modes_2d"),
-    "modes_stacked": Evaluator("modes:modes_stacked"),
-    "psnr": Evaluator("sr:psnr_ssim", keys=("psnr", "psnr_bicubic")),
-    "ssim": Evaluator("sr:psnr_ssim", keys=("ssim", "ssim_bicubic")),
-    "caption_faithfulness": Evaluator("shapes:caption_faithfulness"),
-    "prompt_diversity": Evaluator("shapes:prompt_diversity"),
-    "arithmetic_accuracy": Evaluator("shapes:arithmetic_accuracy"),
-    "interpolation_validity": Evaluator("shapes:interpolation_validity"),
-    "sample_validity": Evaluator("shapes:sample_validity"),
+# metric name -> "module:function" in this package that computes it (imported when first used). One
+# line per metric; metrics computed in one pass share a function, and each takes the values its
+# declaration (`METRICS[name].keys`) names.
+EVALUATORS: dict[str, str] = {
+    "modes_2d": "modes:modes_2d",
+    "modes_stacked": "modes:modes_stacked",
+    "psnr": "sr:psnr_ssim",
+    "ssim": "sr:psnr_ssim",
+    "caption_faithfulness": "shapes:caption_faithfulness",
+    "prompt_diversity": "shapes:prompt_diversity",
+    "arithmetic_accuracy": "shapes:arithmetic_accuracy",
+    "interpolation_validity": "shapes:interpolation_validity",
+    "sample_validity": "shapes:sample_validity",
 }
 
 
@@ -82,21 +78,25 @@ class EvalContext:
         )
 
 
-def _function(evaluator: Evaluator) -> Callable[[EvalContext], dict[str, Any]]:
-    module, _, function = evaluator.function.partition(":")
+def _function(name: str) -> Callable[[EvalContext], dict[str, Any]]:
+    module, _, function = EVALUATORS[name].partition(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), function)
 
 
 def evaluate_each(names: list[str], ctx: EvalContext) -> Iterator[tuple[str, dict[str, float]]]:
     """(name, its values) for each of `names` in order, each as soon as it is computed; a function
-    that computes several of them runs once, for the first."""
+    that computes several of them runs once, for the first. A metric's values are the keys its
+    declaration names; a function that does not give each of them is a bug, and raises."""
     computed: dict[str, dict[str, Any]] = {}  # function -> all its values
     for name in names:
-        evaluator = EVALUATORS[name]
-        if evaluator.function not in computed:
-            computed[evaluator.function] = _function(evaluator)(ctx)
-        everything = computed[evaluator.function]
-        values = {k: float(everything[k]) for k in evaluator.keys or everything}
+        function = EVALUATORS[name]
+        if function not in computed:
+            computed[function] = _function(name)(ctx)
+        everything, declared = computed[function], METRICS[name].keys
+        missing = [key for key in declared if key not in everything]
+        if missing:
+            raise KeyError(f"{function} did not compute {', '.join(missing)}, which metric {name} declares")
+        values = {key: float(everything[key]) for key in declared}
         log.info("%s at step %d: %s", name, ctx.step, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
         yield name, values
 
