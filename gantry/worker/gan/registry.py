@@ -119,9 +119,19 @@ def known_models() -> list[str]:
 
 def model_module(model: str) -> ModuleType:
     """The module that builds `model`: `gantry.worker.gan.models.<model>`."""
-    if model not in known_models():
-        raise ValueError(f"no worker model for {model!r}; known: {', '.join(known_models())}")
-    return importlib.import_module(f"{MODELS_PACKAGE}.{model}")
+    name = f"{MODELS_PACKAGE}.{model}"
+    if not model.isidentifier():
+        raise _unknown(model)
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:  # the module exists but imports something missing: that error, as it is
+            raise
+        raise _unknown(model) from None
+
+
+def _unknown(model: str) -> ValueError:
+    return ValueError(f"no worker model for {model!r}; known: {', '.join(known_models())}")
 
 
 def build_model(spec: TrainSpecBase, *, channels: int, device: torch.device) -> GANModel:
