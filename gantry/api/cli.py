@@ -269,9 +269,15 @@ def options(model: str) -> None:
     """List MODEL's `--set` options: default, allowed values and meaning, architecture first."""
     from gantry.jobs.specs import option_help
 
-    table = Table("option", "default", "allowed", "meaning", box=None)
+    rows = option_help(model)
+    table = Table(box=None)
+    # Names and defaults are what users type: never cut or wrapped; the meaning wraps.
+    table.add_column("option", no_wrap=True, min_width=max(len(row.name) for row in rows))
+    table.add_column("default", no_wrap=True)
+    table.add_column("allowed")
+    table.add_column("meaning", ratio=1)
     section = None
-    for row in option_help(model):
+    for row in rows:
         if row.section != section:
             section = row.section
             table.add_row(f"[bold]{section}[/bold]", "", "", "")
