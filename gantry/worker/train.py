@@ -34,13 +34,19 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     """Train (or resume) a job; True when it ran to the end, False when it was stopped."""
     from gantry.worker.gan.loop import Callbacks, train
 
-    ctx.objects.put_bytes(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode())
-    manifest = read_manifest(ctx.objects, ctx.job_id)
-    resume = ctx.objects.get_bytes(manifest.key) if manifest else None
+    ctx.put_object(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode())
+    manifest = ctx.read(lambda: read_manifest(ctx.objects, ctx.job_id))
+    resume = ctx.read(lambda: ctx.objects.get_bytes(manifest.key)) if manifest else None
     if manifest:
         log.info("job %s: resuming from step %d", ctx.job_id, manifest.step)
-    with tempfile.TemporaryDirectory(prefix="gantry-data-") as scratch:
-        data = load_data(spec, ctx.settings, Path(scratch))
+    # Points an attempt that died recorded past its last checkpoint are recorded again from it.
+    ctx.resume_from(manifest.step if manifest else None)
+
+    def fetch_and_load() -> Any:
+        with tempfile.TemporaryDirectory(prefix="gantry-data-") as scratch:
+            return load_data(spec, ctx.settings, Path(scratch))
+
+    data = ctx.read(fetch_and_load)
     callbacks = Callbacks(
         progress=ctx.progress, should_stop=ctx.should_stop, checkpoint=ctx.checkpoint, samples=ctx.samples
     )
