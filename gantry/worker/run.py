@@ -6,7 +6,7 @@ samples and other objects to object storage, each recorded as an artifact), disp
 `train_job`, `sample_job` or `evaluate_job`, and records the final state. Tests and benchmarks call
 these without Celery.
 
-Faults (README, "Reliability"):
+Faults:
 - Fencing: every write the context makes for the job is conditional on the attempt's token
   (gantry.jobs.store); an object write checks the lease right before it, so an attempt that lost
   its lease (paused past it, or taken over) never moves the manifest. A refused write raises
