@@ -1,10 +1,15 @@
 """Object storage behind one interface: `file://` folders and `s3://bucket/prefix` (boto3).
 
 Keys are relative to the storage root: `jobs/<job_id>/checkpoints/step-00001200.pt`.
+
+A write either lands whole or leaves nothing: FileStore writes a temporary file and renames it (the
+temporary file removed when the write fails); S3Store sends a large body as a multipart upload,
+which S3 assembles only when every part arrived (a failed upload is aborted, its parts removed).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -94,6 +99,8 @@ class ObjectStore(Protocol):
     def put_bytes(self, key: str, data: bytes) -> str: ...
     def get_bytes(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
+    def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
     def uri(self, key: str) -> str: ...
 
@@ -135,6 +142,17 @@ class FileStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def size(self, key: str) -> int:
+        """The object's size in bytes (ObjectNotFound when there is none)."""
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(key)
+        return path.stat().st_size
+
+    def delete(self, key: str) -> None:
+        """Remove the object; nothing to do when it is not there."""
+        self._path(key).unlink(missing_ok=True)
+
     def list(self, prefix: str) -> list[str]:
         base = self.path.resolve()
         start = self._path(prefix, folder=True)
@@ -149,12 +167,31 @@ class FileStore:
 
 
 class S3Store:
-    """An S3 bucket (or a prefix in one). Credentials come from the usual AWS variables."""
+    """An S3 bucket (or a prefix in one). Credentials come from the usual AWS variables.
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None) -> None:
+    A body of `multipart_bytes` or more (a large checkpoint) goes up as a multipart upload in parts
+    of `part_bytes`, a few at once: one PUT is limited to 5 GB, and a part that fails is sent again
+    by itself rather than the whole body. S3 assembles the object only when every part arrived;
+    boto3 aborts an upload that failed, so no partial object is left (a bucket lifecycle rule
+    `AbortIncompleteMultipartUpload` also clears the parts of a worker killed mid-upload)."""
+
+    multipart_bytes = 64 << 20
+    part_bytes = 16 << 20
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        multipart_bytes: int | None = None,
+        part_bytes: int | None = None,
+    ) -> None:
         import boto3
         from botocore.config import Config
 
+        self.multipart_bytes = multipart_bytes or self.multipart_bytes
+        self.part_bytes = part_bytes or self.part_bytes
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.root = f"s3://{bucket}/{self.prefix}".rstrip("/")
@@ -190,7 +227,15 @@ class S3Store:
             raise
 
     def put_bytes(self, key: str, data: bytes) -> str:
-        self._call(self.client.put_object, Key=self._key(key), Body=data)
+        if len(data) < self.multipart_bytes:
+            self._call(self.client.put_object, Key=self._key(key), Body=data)
+            return self.uri(key)
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(
+            multipart_threshold=self.multipart_bytes, multipart_chunksize=self.part_bytes, max_concurrency=4
+        )
+        self._call(self.client.upload_fileobj, Key=self._key(key), Fileobj=io.BytesIO(data), Config=config)
         return self.uri(key)
 
     def get_bytes(self, key: str) -> bytes:
@@ -202,6 +247,14 @@ class S3Store:
         except ObjectNotFound:
             return False
         return True
+
+    def size(self, key: str) -> int:
+        """The object's size in bytes (ObjectNotFound when there is none)."""
+        return int(self._call(self.client.head_object, Key=self._key(key))["ContentLength"])
+
+    def delete(self, key: str) -> None:
+        """Remove the object; nothing to do when it is not there (S3 answers 204 either way)."""
+        self._call(self.client.delete_object, Key=self._key(key))
 
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []

@@ -229,3 +229,78 @@ def test_put_bytes_leaves_no_temporary_file_when_the_rename_fails(tmp_path) -> N
     with pytest.raises(OSError):
         store.put_bytes("jobs/a/metrics.jsonl", b"{}\n")
     assert [p for p in (tmp_path / "objects").rglob("*") if p.is_file()] == []
+
+
+# --- sizes, deletes and multipart uploads -------------------------------------------------------------
+
+
+@mock_aws
+@pytest.mark.parametrize("make_store", [_file_store, _s3_store], ids=["file", "s3"])
+def test_size_and_delete_on_both_stores(tmp_path, monkeypatch, make_store) -> None:
+    store = make_store(tmp_path, monkeypatch)
+    store.put_bytes("jobs/a/checkpoints/step-00000010.pt", b"weights")
+    assert store.size("jobs/a/checkpoints/step-00000010.pt") == 7
+    with pytest.raises(ObjectNotFound):
+        store.size("jobs/a/checkpoints/step-00000020.pt")
+    store.delete("jobs/a/checkpoints/step-00000010.pt")
+    store.delete("jobs/a/checkpoints/step-00000010.pt")  # gone already: nothing to do
+    assert not store.exists("jobs/a/checkpoints/step-00000010.pt")
+    assert store.list("jobs/a/") == []
+    with pytest.raises(UnsafeKey):
+        store.delete("jobs/../../outside")
+
+
+MiB = 1 << 20
+
+
+@mock_aws
+def test_a_large_body_goes_to_s3_as_a_multipart_upload_and_reads_back_equal(monkeypatch) -> None:
+    import os
+
+    from gantry.jobs.storage import S3Store
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="big")
+    # S3's smallest part is 5 MiB: thresholds that small make a 12 MiB body three parts.
+    store = S3Store("big", "gantry", multipart_bytes=5 * MiB, part_bytes=5 * MiB)
+    body = os.urandom(12 * MiB)
+    key = "jobs/a/checkpoints/step-00000010.pt"
+    assert store.put_bytes(key, body) == "s3://big/gantry/" + key
+    # A multipart object's ETag is the digest of its parts' digests, suffixed with their count.
+    assert s3.head_object(Bucket="big", Key="gantry/" + key)["ETag"].strip('"').endswith("-3")
+    assert store.get_bytes(key) == body and store.size(key) == len(body)
+    store.put_bytes("jobs/a/spec.json", b"{}")  # below the threshold: one PUT
+    assert "-" not in s3.head_object(Bucket="big", Key="gantry/jobs/a/spec.json")["ETag"]
+    assert S3Store("big").multipart_bytes == 64 * MiB  # the default: checkpoints past 64 MiB
+
+
+@mock_aws
+def test_a_multipart_upload_that_fails_leaves_no_object_and_no_parts(monkeypatch) -> None:
+    import os
+
+    from botocore.exceptions import ClientError
+
+    from gantry.jobs.errors import is_transient
+    from gantry.jobs.storage import S3Store
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="big")
+    store = S3Store("big", multipart_bytes=5 * MiB, part_bytes=5 * MiB)
+    real_upload_part = store.client.upload_part
+    sent: list[int] = []
+
+    def upload_part(**kwargs):  # type: ignore[no-untyped-def]
+        sent.append(kwargs["PartNumber"])
+        if kwargs["PartNumber"] == 2:  # the S3 server fails one part (past boto3's own retries)
+            error = {"Error": {"Code": "InternalError"}, "ResponseMetadata": {"HTTPStatusCode": 500}}
+            raise ClientError(error, "UploadPart")
+        return real_upload_part(**kwargs)
+
+    monkeypatch.setattr(store.client, "upload_part", upload_part)
+    with pytest.raises(ClientError) as failed:
+        store.put_bytes("jobs/a/checkpoints/step-00000010.pt", os.urandom(12 * MiB))
+    assert 2 in sent and is_transient(failed.value)  # the job's context retries the whole put
+    assert not store.exists("jobs/a/checkpoints/step-00000010.pt")
+    assert s3.list_multipart_uploads(Bucket="big").get("Uploads", []) == []  # aborted: no parts kept
