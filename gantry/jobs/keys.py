@@ -9,12 +9,19 @@ through these functions only, so the layout is spelled once:
     jobs/<job_id>/samples/step-00001200.png         fixed-noise grid while training
     jobs/<job_id>/images/000000.png ... grid.png    what a sample job made
     jobs/<job_id>/eval/<name>                       an evaluation's figures
-    jobs/<job_id>/metrics.jsonl
+    jobs/<job_id>/metrics/from-00001201.jsonl       while training: the points after a checkpoint, up
+                                                    to the next one (one segment per checkpoint)
+    jobs/<job_id>/metrics.jsonl                     every metric point, written once at the job's end
+    jobs/<job_id>/warnings.txt                      what went wrong without failing the job
+
+Steps in keys are zero-padded, so keys of one kind sort in step order (a listing's newest is its
+last); the step itself is read from the manifest or the checkpoint, never parsed out of a key.
 """
 
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
@@ -31,6 +38,16 @@ def spec_key(job_id: str) -> str:
 
 def checkpoint_key(job_id: str, step: int) -> str:
     return f"{job_prefix(job_id)}/checkpoints/step-{step:08d}.pt"
+
+
+def checkpoints_prefix(job_id: str) -> str:
+    """The folder of a train job's checkpoints and manifest (with its trailing slash, to list)."""
+    return f"{job_prefix(job_id)}/checkpoints/"
+
+
+def is_checkpoint_key(key: str) -> bool:
+    """Whether a key of `checkpoints_prefix` is a checkpoint (not the manifest, not a stray file)."""
+    return key.rsplit("/", 1)[-1].startswith("step-") and key.endswith(".pt")
 
 
 def manifest_key(job_id: str) -> str:
@@ -54,9 +71,39 @@ def metrics_key(job_id: str) -> str:
     return f"{job_prefix(job_id)}/metrics.jsonl"
 
 
+def metrics_segments_prefix(job_id: str) -> str:
+    return f"{job_prefix(job_id)}/metrics/"
+
+
+def metrics_segment_key(job_id: str, first_step: int) -> str:
+    """The metric points of steps `first_step` up to a checkpoint's step, written with that
+    checkpoint. Named by its first step: a run resumed from a checkpoint rewrites the segment that
+    follows it, whatever step it next checkpoints at, so segments never overlap."""
+    return f"{metrics_segments_prefix(job_id)}from-{first_step:08d}.jsonl"
+
+
+def warnings_key(job_id: str) -> str:
+    """Warnings about a job that did not fail it (a checkpoint skipped on resume), one a line."""
+    return f"{job_prefix(job_id)}/warnings.txt"
+
+
+class CheckpointEntry(BaseModel):
+    """One checkpoint a manifest names: its step, key, size and SHA-256 (None in manifests written
+    before gantry recorded it)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    step: int
+    key: str
+    bytes: int
+    sha256: str | None = None
+
+
 class Manifest(BaseModel):
-    """`checkpoints/latest.json`: the newest checkpoint of a train job. It carries the step, so no
-    reader parses the step out of a key."""
+    """`checkpoints/latest.json`: the newest checkpoint of a train job, and (`history`, newest first)
+    the older checkpoints that retention keeps, which a resume falls back to when the newest does not
+    load. It carries the steps, so no reader parses a step out of a key. Readers of older manifests
+    (without `sha256` and `history`) see an empty history."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -65,6 +112,15 @@ class Manifest(BaseModel):
     uri: str
     bytes: int
     time: datetime
+    sha256: str | None = None
+    history: tuple[CheckpointEntry, ...] = ()
+
+    def entry(self) -> CheckpointEntry:
+        return CheckpointEntry(step=self.step, key=self.key, bytes=self.bytes, sha256=self.sha256)
+
+    def checkpoints(self) -> tuple[CheckpointEntry, ...]:
+        """Every checkpoint the manifest names, newest first: its own, then its history."""
+        return (self.entry(), *self.history)
 
     def dump(self) -> builtins.bytes:
         return self.model_dump_json().encode()
@@ -73,3 +129,17 @@ class Manifest(BaseModel):
     def parse(cls, data: builtins.bytes) -> Manifest:
         """Read a manifest (any manifest gantry wrote: they have always carried these fields)."""
         return cls.model_validate_json(data)
+
+
+def retain(
+    newest_first: Sequence[CheckpointEntry], *, keep: int, every: int = 0
+) -> tuple[list[CheckpointEntry], list[CheckpointEntry]]:
+    """(kept, dropped) of a train job's checkpoints, each newest first: the newest `keep` (0: all),
+    and every milestone, a step that is a multiple of `every` (0: none). The newest is always kept,
+    so is the one before it when `keep` >= 2: a resume falls back to it should the newest not load."""
+    kept: list[CheckpointEntry] = []
+    dropped: list[CheckpointEntry] = []
+    for rank, entry in enumerate(newest_first):
+        milestone = every > 0 and entry.step % every == 0
+        (kept if keep == 0 or rank < max(keep, 1) or milestone else dropped).append(entry)
+    return kept, dropped

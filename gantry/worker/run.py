@@ -25,19 +25,32 @@ Faults:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gantry.jobs import store as db
 from gantry.jobs.errors import GantryError, LeaseLost, ServiceUnavailable, transient_service
-from gantry.jobs.keys import Manifest, checkpoint_key, manifest_key, metrics_key, samples_key
+from gantry.jobs.keys import (
+    CheckpointEntry,
+    Manifest,
+    checkpoint_key,
+    manifest_key,
+    metrics_key,
+    metrics_segment_key,
+    metrics_segments_prefix,
+    retain,
+    samples_key,
+)
 from gantry.jobs.retry import Outage
 from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import EvaluateSpec, SampleSpec, load_train_spec
@@ -161,15 +174,34 @@ class JobContext:
         return uri
 
     def write_metrics_jsonl(self) -> None:
+        """Write metrics.jsonl whole, once, at the job's end (from the store, where every point is),
+        then remove the segments that checkpoints wrote meanwhile (`write_metrics_segment`)."""
+
         def lines(s: Session) -> list[str]:
-            return [
-                json.dumps({"step": m.step, "name": m.name, "value": m.value, "time": m.time.isoformat()})
-                for m in db.metric_history(s, self.job_id)
-            ]
+            return [_metric_line(m) for m in db.metric_history(s, self.job_id)]
 
         self.flush()
         rows = self.write(lines)
         self.put(metrics_key(self.job_id), ("\n".join(rows) + "\n").encode(), kind="metrics")
+        segments = self.read(lambda: self.objects.list(metrics_segments_prefix(self.job_id)))
+        self.delete_objects(segments)
+
+    def write_metrics_segment(self, first: int, last: int) -> None:
+        """The metric points of steps `first` to `last` (the last checkpoint's step + 1 to this
+        one's) as one segment object: each checkpoint writes only the points since the one before,
+        never the whole history again."""
+
+        def lines(s: Session) -> list[str]:
+            found = s.scalars(
+                select(db.Metric)
+                .where(db.Metric.job_id == self.job_id, db.Metric.step >= first, db.Metric.step <= last)
+                .order_by(db.Metric.step, db.Metric.id)
+            )
+            return [_metric_line(m) for m in found]
+
+        rows = self.write(lines)
+        body = "".join(row + "\n" for row in rows).encode()
+        self.put(metrics_segment_key(self.job_id, first), body, kind="metrics")
 
     def record_metrics(self, step: int, values: dict[str, float], *, job_ids: list[str]) -> None:
         """Metric points on `job_ids` (an evaluation's land on its train job too), fenced by this
@@ -216,16 +248,100 @@ class JobContext:
         self._pending_step = step
         self._report()
 
-    def checkpoint(self, step: int, data: bytes) -> None:
+    def checkpoint(self, step: int, data: bytes, *, keep: int = 0, keep_every: int = 0) -> None:
+        """Write checkpoint `step`, then the manifest that names it, then delete the checkpoints
+        retention no longer keeps (`keep` newest, 0: all, and multiples of `keep_every`).
+
+        The checkpoint is proven there at its size before the manifest names it, and the manifest
+        is read back, so a manifest never names an object that is not there; either write is
+        retried (within GANTRY_RETRY_SECONDS) when it fails or does not land. Checkpoints are
+        deleted only after the manifest that drops them is written: never the one it names."""
         self.flush()  # progress kept through an outage lands before the checkpoint that covers it
+        try:
+            previous = self.read(lambda: read_manifest(self.objects, self.job_id))
+        except ValueError as exc:  # not a manifest (a resume rewrites such a one before this)
+            log.warning("job %s: the manifest does not parse (%s); writing a new one", self.job_id, exc)
+            previous = None
+        named = previous.checkpoints() if previous else ()
+        older = [e for e in named if e.step < step]  # a step checkpointed again replaces its entry
+        # Named but past this step: left by a run this one resumed from before them (none after a
+        # resume that skipped a checkpoint: it moves the manifest back first).
+        abandoned = [e.key for e in named if e.step > step]
         key = checkpoint_key(self.job_id, step)
-        uri = self.put(key, data, kind="checkpoint")
-        # The manifest is written after the checkpoint it names, so it never points at nothing;
-        # `put` checks the lease right before writing it, so a fenced-out attempt never moves it.
-        manifest = Manifest(step=step, key=key, uri=uri, bytes=len(data), time=db.utcnow())
-        self.put(manifest_key(self.job_id), manifest.dump(), kind="manifest")
-        self.write_metrics_jsonl()
+        uri = self.put_checked(key, data, kind="checkpoint")
+        # The points since the checkpoint before, written before the manifest moves past them: a run
+        # that resumes from that checkpoint rewrites this segment (same first step) if this one dies.
+        self.write_metrics_segment(older[0].step + 1 if older else 0, step)
+        entry = CheckpointEntry(step=step, key=key, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        kept, dropped = retain([entry, *older], keep=keep, every=keep_every)
+        manifest = Manifest(
+            step=step,
+            key=key,
+            uri=uri,
+            bytes=len(data),
+            time=db.utcnow(),
+            sha256=entry.sha256,
+            history=tuple(kept[1:]),
+        )
+        # Checked against the lease right before it is written: a fenced-out attempt never moves it.
+        self.write_manifest(manifest)
+        self.delete_objects([e.key for e in dropped] + abandoned)
         log.info("job %s: checkpoint at step %d -> %s", self.job_id, step, uri)
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        """Write the manifest, once the checkpoint it names is proven there at its size, and read it
+        back (`put_checked`)."""
+        size = self.read(partial(_size, self.objects, manifest.key))
+        if size != manifest.bytes:
+            raise GantryError(
+                f"checkpoint {manifest.key} holds {'nothing' if size is None else f'{size} bytes'}, "
+                f"not {manifest.bytes} bytes: the manifest is left naming the one before"
+            )
+        self.put_checked(manifest_key(self.job_id), manifest.dump(), kind="manifest", read_back=True)
+
+    def put_checked(self, key: str, data: bytes, *, kind: str, read_back: bool = False) -> str:
+        """`put`, then prove the object is there: at its size, or (`read_back`) read back equal. An
+        object that did not land (a store that answered success and kept nothing, a truncated
+        upload) counts as a failed write and is written again, within GANTRY_RETRY_SECONDS."""
+
+        def write_and_check() -> str:
+            uri = self.objects.put_bytes(key, data)
+            try:
+                if read_back:
+                    landed = self.objects.get_bytes(key) == data
+                    found = "other bytes"
+                else:
+                    size = self.objects.size(key)
+                    landed, found = size == len(data), f"{size} bytes"
+            except ObjectNotFound:
+                landed, found = False, "nothing"
+            if not landed:
+                raise ServiceUnavailable(
+                    "object storage", f"{key}: wrote {len(data)} bytes, found {found}", transient=True
+                )
+            return uri
+
+        self.check_lease()
+        uri = self.storage.call(write_and_check, between=self._keep_lease)
+        self.write(
+            lambda s: db.add_artifact(s, self.job_id, key=key, kind=kind, size=len(data), token=self.token)
+        )
+        return uri
+
+    def delete_objects(self, keys: list[str]) -> None:
+        """Delete objects this job wrote (retention, metric segments), fenced and retried: their
+        artifact records go first, so no record names a deleted object."""
+        if not keys:
+            return
+
+        def forget(s: Session) -> None:
+            db.check_lease(s, self.job_id, token=self.token)
+            s.execute(delete(db.Artifact).where(db.Artifact.job_id == self.job_id, db.Artifact.key.in_(keys)))
+
+        self.write(forget)
+        for key in keys:
+            self.storage.call(partial(self.objects.delete, key), between=self._keep_lease)
+        log.info("job %s: deleted %d objects (%s)", self.job_id, len(keys), ", ".join(keys))
 
     def samples(self, step: int, png: bytes) -> None:
         self.put(samples_key(self.job_id, step), png, kind="samples")
@@ -238,6 +354,17 @@ class JobContext:
             raise GantryError(f"job {train_job_id} has no checkpoint {ref!r}")
         key, step = found
         return self.read(lambda: self.objects.get_bytes(key)), step
+
+
+def _metric_line(m: db.Metric) -> str:
+    return json.dumps({"step": m.step, "name": m.name, "value": m.value, "time": m.time.isoformat()})
+
+
+def _size(objects: ObjectStore, key: str) -> int | None:
+    try:
+        return objects.size(key)
+    except ObjectNotFound:
+        return None
 
 
 def read_manifest(objects: ObjectStore, job_id: str) -> Manifest | None:

@@ -63,12 +63,25 @@ class OptionGroup(Strict):
 
 
 class ModelOptions(OptionGroup):
-    """The options of every model: what to do when the losses go non-finite, learning-rate schedule,
-    weight average and numeric precision. A model's options class lists its groups first and this
-    class last."""
+    """The options of every model: which checkpoints to keep, what to do when the losses go
+    non-finite, learning-rate schedule, weight average and numeric precision. A model's options
+    class lists its groups first and this class last."""
 
     section: ClassVar[str] = "schedule"
 
+    keep_checkpoints: int = Field(
+        5,
+        ge=0,
+        le=1_000_000,
+        description="how many of the newest checkpoints to keep (older ones are deleted once a newer "
+        "one is written); 0: all",
+    )
+    keep_every: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="also keep every checkpoint whose step is a multiple of this (0: none)",
+    )
     on_nonfinite: Literal["rollback", "fail"] = Field(
         "rollback",
         description="when a loss turns nan or inf: rollback (to the last checkpoint, lr halved; fails "
