@@ -357,7 +357,8 @@ def test_a_resumed_training_records_each_step_once(settings: Settings) -> None:
     # Pretend attempt 1 died at step 30 after its last progress but before its last checkpoint,
     # and a point past step 20 that the resumed run never writes again (it is cancelled early).
     key = keys.checkpoint_key(job.id, 20)
-    manifest = keys.Manifest(step=20, key=key, uri=svc.objects.uri(key), bytes=1, time=db.utcnow())
+    size = svc.objects.size(key)  # a manifest naming another size reads as a truncated checkpoint
+    manifest = keys.Manifest(step=20, key=key, uri=svc.objects.uri(key), bytes=size, time=db.utcnow())
     svc.objects.put_bytes(keys.manifest_key(job.id), manifest.dump())
     with db.session_scope(svc.sessions) as s:
         db.record_metrics(s, job.id, step=25, values={"loss_D": 7.0})
