@@ -232,10 +232,19 @@ def _spoil(svc: Service, job_id: str, how: str) -> str:
     return manifest.key
 
 
-@pytest.mark.parametrize("how", ["truncated", "corrupt", "missing", "old manifest"])
-def test_a_checkpoint_that_does_not_load_is_skipped_for_the_one_before(
-    settings: Settings, caplog, how
-) -> None:
+@pytest.mark.parametrize(
+    ("how", "where"),
+    [
+        ("truncated", "settings"),
+        ("corrupt", "settings"),
+        ("missing", "settings"),
+        ("old manifest", "settings"),
+        ("truncated", "s3_settings"),
+        ("missing", "s3_settings"),
+    ],
+)
+def test_a_checkpoint_that_does_not_load_is_skipped_for_the_one_before(request, caplog, how, where) -> None:
+    settings = request.getfixturevalue(where)
     svc = Service(settings)
     job = svc.submit_train("gan", dataset="ring8", steps=30, checkpoint_every=10, sample_every=30)
     assert run_job(job.id, settings=settings) == "succeeded"
