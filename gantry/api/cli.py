@@ -410,6 +410,9 @@ def metrics(ctx: click.Context, job_id: str, as_json: bool) -> None:
     out.print(table if by_name else "no metrics recorded yet")
 
 
+DEAD_HOLDER_CHECK_SECONDS = 5.0
+
+
 def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval: float = 0.5) -> JobView:
     """Poll the store until the job ends, with a live progress bar. An outage of the database that
     lasts longer than the lease (GANTRY_LEASE_SECONDS) raises ServiceUnavailable; a shorter one is
@@ -428,6 +431,7 @@ def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval
     with Progress(*columns, console=err, disable=not show, transient=False) as bar:
         task = bar.add_task(f"{job.id} {job.state}", total=job.progress.total_steps or None, rate="", info="")
         down_since: float | None = None
+        looked_for_dead = time.monotonic()
         while True:
             try:
                 job = svc.get(job_id)
@@ -449,6 +453,11 @@ def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval
             )
             if job.state in TERMINAL or (alive is not None and not alive()):
                 return job if job.state in TERMINAL else svc.get(job_id)
+            # A job that another gantry process runs here in embedded mode ends if that process is
+            # killed while this one watches: look for that now and then.
+            if alive is None and time.monotonic() - looked_for_dead > DEAD_HOLDER_CHECK_SECONDS:
+                svc.end_dead_embedded_jobs()
+                looked_for_dead = time.monotonic()
             time.sleep(interval)
 
 

@@ -227,19 +227,25 @@ def _gantry(*args: str) -> subprocess.Popen:
 
 def test_sigkill_then_resume_then_ctrl_c(settings: Settings, tmp_path: Path) -> None:
     proc = _gantry("train", "gan", "--steps", "100000", "--checkpoint-every", "50", "--json")
+    watcher = None
     try:
         _wait_for(lambda: _checkpointed_job(settings) is not None, what="a checkpoint")
         job_id = _only_job(settings).id
-        proc.send_signal(signal.SIGKILL)
+        watcher = _gantry("watch", job_id)
+        time.sleep(2)
+        proc.send_signal(signal.SIGKILL)  # no chance to record anything
         proc.wait(30)
+        # A `gantry watch` on this host sees that the process is gone and ends the job, resumable.
+        _, watched = watcher.communicate(timeout=60)
     finally:
         proc.kill()
-    assert _job(settings, job_id).state == "running"  # nothing ended it: the process had no chance
-
-    # The next command on this host sees that its process is gone and ends it, resumable.
+        if watcher is not None:
+            watcher.kill()
+    assert watcher.returncode == 1 and "Traceback" not in watched
     status = run("status", job_id, "--json")
-    assert status.exit_code == 0
     assert json.loads(status.stdout)["state"] == "failed"
+    assert f"gantry resume {job_id}" in json.loads(status.stdout)["error"]
+
     killed_at = _manifest_step(settings, job_id)
     assert killed_at is not None
 
