@@ -37,7 +37,15 @@ from gantry.jobs.specs import (
     parse_sample_spec,
     parse_train_spec,
 )
-from gantry.jobs.storage import ObjectStore, check_storage, endpoint_name, open_store, uri_exists
+from gantry.jobs.storage import (
+    ObjectStore,
+    check_storage,
+    endpoint_name,
+    open_store,
+    safe_join,
+    safe_relative_key,
+    uri_exists,
+)
 
 log = logging.getLogger(__name__)
 
@@ -325,15 +333,21 @@ class Service:
         return self.get(job_id)
 
     def download(self, job_id: str, to: Path) -> list[Path]:
-        """Copy every object under `jobs/<id>/` to `to`, keeping the layout."""
+        """Copy every object under `jobs/<id>/` to `to`, keeping the layout.
+
+        Every key is checked before anything is written: one that would land outside `to` (`..`,
+        absolute, backslash, empty or percent-encoded segments) raises InvalidInput naming it.
+        """
         self.get(job_id)
         prefix = job_prefix(job_id) + "/"
-        paths = []
-        for key in self.objects.list(prefix):
-            target = to / key[len(prefix) :]
+        keys = self.objects.list(prefix)
+        relative = [safe_relative_key(key, prefix) for key in keys]
+        for rel in relative:
+            safe_join(to, rel)
+        paths = [to / rel for rel in relative]
+        for key, target in zip(keys, paths, strict=True):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.objects.get_bytes(key))
-            paths.append(target)
         return paths
 
     def _view(self, s: Session, job: db.Job, *, with_artifacts: bool = True) -> JobView:

@@ -20,7 +20,17 @@ class Settings(BaseSettings):
     api_token: str | None = None
     # Worker tuning (not part of the user-facing contract).
     lease_seconds: int = Field(120, ge=5, description="a running job whose heartbeat is older is stale")
-    max_input_pixels: int = Field(64_000_000, ge=1)
+    max_input_pixels: int = Field(
+        64_000_000, ge=1, description="pixels per image, in every data set and input"
+    )
+    # Data sets are read within these before memory is spent (gantry.worker.data.limits).
+    max_data_files: int = Field(
+        1_000_000, ge=1, description="files in a data set (folder, .zip or S3 prefix)"
+    )
+    max_data_file_bytes: int = Field(
+        256 * 2**20, ge=1, description="bytes of one data file or .zip member, decompressed"
+    )
+    max_data_bytes: int = Field(8 * 2**30, ge=1, description="bytes of a data set in all, decompressed")
 
     @property
     def database(self) -> str:

@@ -8,14 +8,84 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from gantry.jobs.errors import InvalidInput, ServiceUnavailable
 
+_CHUNK = 1 << 20  # bytes per read when an object is copied to a file
+
 
 class ObjectNotFound(KeyError):
     pass
+
+
+class UnsafeKey(InvalidInput, ValueError):
+    """An object key or file name from outside (a listing, a user's URI, a download) that would leave
+    its prefix or folder: `..` or `.` segments, an absolute path, a backslash, an empty segment, a
+    control character, or any of these percent-encoded. Still a ValueError, as it always was."""
+
+    def __init__(self, key: str, why: str, *, field: str = "key") -> None:
+        super().__init__(field, f"{key!r} {why}; refused")
+        self.key = key
+
+
+def _decoded_forms(key: str) -> list[str]:
+    """`key` and each percent-decoding of it until nothing changes (`%252e` decodes twice)."""
+    forms = [key]
+    for _ in range(4):
+        decoded = unquote(forms[-1])
+        if decoded == forms[-1]:
+            break
+        forms.append(decoded)
+    return forms
+
+
+def check_key(key: str, *, field: str = "key", folder: bool = False) -> str:
+    """`key` if it is a plain relative key: segments joined by `/`, none empty, `.` or `..`, no
+    backslash or control character, not absolute, in its raw form and once percent-decoded.
+    `folder=True` also allows one trailing `/` (a prefix to list) and the empty key (the root).
+
+    Raises UnsafeKey (an InvalidInput naming `field` and the key) otherwise.
+    """
+    body = key[:-1] if folder and key.endswith("/") else key
+    if folder and body == "":
+        return key
+    for decodings, form in enumerate(_decoded_forms(body)):
+        if form == "":
+            raise UnsafeKey(key, "is empty", field=field)
+        if "\\" in form:
+            raise UnsafeKey(key, "holds a backslash", field=field)
+        if any(ord(c) < 32 or ord(c) == 127 for c in form):
+            raise UnsafeKey(key, "holds a control character", field=field)
+        if form.startswith("/"):
+            raise UnsafeKey(key, "is an absolute path", field=field)
+        for segment in form.split("/"):
+            if segment in ("", ".", ".."):
+                what = "an empty segment" if segment == "" else f"a {segment!r} segment"
+                encoded = " (percent-encoded)" if decodings else ""
+                raise UnsafeKey(key, f"holds {what}{encoded}", field=field)
+    return key
+
+
+def safe_relative_key(key: str, prefix: str = "", *, field: str = "key") -> str:
+    """The part of `key` after `prefix`, checked by `check_key`: what a listing of `prefix` may be
+    turned into a local path or a key under another prefix with. Raises UnsafeKey when `key` is not
+    under `prefix` or its rest would leave it."""
+    if not key.startswith(prefix):
+        raise UnsafeKey(key, f"is not under {prefix!r}", field=field)
+    return check_key(key[len(prefix) :], field=field)
+
+
+def safe_join(folder: Path, relative: str, *, field: str = "key") -> Path:
+    """`folder / relative` for a checked relative key, refused (UnsafeKey) unless the result stays
+    inside `folder` once resolved (a symbolic link inside `folder` counts as leaving it)."""
+    check_key(relative, field=field)
+    base = folder.resolve()
+    path = (base / relative).resolve()
+    if path == base or not path.is_relative_to(base):
+        raise UnsafeKey(relative, f"leaves the folder {folder}", field=field)
+    return path
 
 
 class ObjectStore(Protocol):
@@ -35,19 +105,25 @@ class FileStore:
         self.path = root
         self.root = root.resolve().as_uri()
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str, *, folder: bool = False) -> Path:
+        check_key(key, folder=folder)
         path = (self.path / key).resolve()
         if not path.is_relative_to(self.path.resolve()):
-            raise ValueError(f"key escapes the storage root: {key}")
+            raise UnsafeKey(key, "escapes the storage root")
         return path
 
     def put_bytes(self, key: str, data: bytes) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            # A full disk, a quota, a folder where the file goes: leave nothing half-written behind.
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return self.uri(key)
 
     def get_bytes(self, key: str) -> bytes:
@@ -61,7 +137,7 @@ class FileStore:
 
     def list(self, prefix: str) -> list[str]:
         base = self.path.resolve()
-        start = self._path(prefix)
+        start = self._path(prefix, folder=True)
         folder = start if start.is_dir() else start.parent
         if not folder.exists():
             return []
@@ -89,7 +165,8 @@ class S3Store:
             config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5),
         )
 
-    def _key(self, key: str) -> str:
+    def _key(self, key: str, *, folder: bool = False) -> str:
+        check_key(key, folder=folder)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, fn, **kwargs):  # type: ignore[no-untyped-def]
@@ -129,7 +206,7 @@ class S3Store:
         token: dict[str, str] = {}
         strip = len(self.prefix) + 1 if self.prefix else 0
         while True:
-            page = self._call(self.client.list_objects_v2, Prefix=self._key(prefix), **token)
+            page = self._call(self.client.list_objects_v2, Prefix=self._key(prefix, folder=True), **token)
             keys += [obj["Key"][strip:] for obj in page.get("Contents", [])]
             if not page.get("IsTruncated"):
                 return sorted(keys)
@@ -161,6 +238,15 @@ def split_uri(uri: str, *, endpoint_url: str | None = None) -> tuple[ObjectStore
     return FileStore(path.parent), path.name
 
 
+def _user_key(uri: str, field: str, *, endpoint_url: str | None) -> tuple[ObjectStore, str]:
+    """`split_uri` for a user's S3 URI, its key checked (a folder's trailing `/` allowed)."""
+    store, key = split_uri(uri, endpoint_url=endpoint_url)
+    if key in ("", "/"):
+        raise InvalidInput(field, f"{uri}: names a bucket, not an object or folder in it")
+    check_key(key, field=field, folder=True)
+    return store, key
+
+
 def uri_exists(uri: str, *, endpoint_url: str | None = None) -> bool:
     """True when a file, a folder or (for S3) an object or prefix exists at `uri`."""
     parsed = urlparse(uri)
@@ -169,31 +255,99 @@ def uri_exists(uri: str, *, endpoint_url: str | None = None) -> bool:
         return path.expanduser().exists()
     if parsed.scheme != "s3":
         raise InvalidInput("dataset", f"{uri!r}: use a path, file:// or s3:// URI")
-    store, key = split_uri(uri, endpoint_url=endpoint_url)
-    return store.exists(key) or bool(store.list(key.rstrip("/") + "/"))
+    store, key = _user_key(uri, "dataset", endpoint_url=endpoint_url)
+    folder = key.rstrip("/") + "/"
+    return (not key.endswith("/") and store.exists(key)) or bool(store.list(folder))
 
 
-def fetch_to_local(uri: str, dest: Path, *, endpoint_url: str | None = None) -> Path:
-    """A local path for `uri`: paths and file:// as they are; S3 objects or prefixes downloaded."""
+class _Budget:
+    """What `fetch_to_local` may still write: files and bytes, each None for no limit."""
+
+    def __init__(self, uri: str, field: str, max_files: int | None, max_bytes: int | None) -> None:
+        self.uri, self.field, self.max_files, self.left = uri, field, max_files, max_bytes
+
+    def check_files(self, count: int) -> None:
+        if self.max_files is not None and count > self.max_files:
+            raise InvalidInput(
+                self.field,
+                f"{self.uri}: {count:,} objects is over the limit of {self.max_files:,} (GANTRY_MAX_DATA_FILES)",
+            )
+
+    def take(self, key: str, size: int, limit: int | None) -> None:
+        if self.left is not None:
+            self.left -= size
+            if self.left < 0:
+                raise InvalidInput(
+                    self.field,
+                    f"{self.uri}: {key} takes the data past the limit of {limit:,} bytes (GANTRY_MAX_DATA_BYTES)",
+                )
+
+
+def _copy_object(store: ObjectStore, key: str, target: Path, budget: _Budget, limit: int | None) -> None:
+    """Object `key` into file `target`, a chunk at a time (never whole in memory), within the budget."""
+    if isinstance(store, S3Store):
+        body: Any = store._call(store.client.get_object, Key=store._key(key))["Body"]
+    elif isinstance(store, FileStore):
+        try:
+            body = store._path(key).open("rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+    else:  # another ObjectStore: whole, as it gives it
+        data = store.get_bytes(key)
+        budget.take(key, len(data), limit)
+        target.write_bytes(data)
+        return
+    try:
+        with target.open("wb") as out:
+            while chunk := body.read(_CHUNK):
+                budget.take(key, len(chunk), limit)
+                out.write(chunk)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    finally:
+        body.close()
+
+
+def fetch_to_local(
+    uri: str,
+    dest: Path,
+    *,
+    endpoint_url: str | None = None,
+    field: str = "dataset",
+    max_files: int | None = None,
+    max_bytes: int | None = None,
+) -> Path:
+    """A local path for `uri`: paths and file:// as they are; S3 objects or prefixes downloaded
+    into `dest`, streamed to disk.
+
+    Every key of a prefix is checked (`safe_relative_key`): one that would leave the download's
+    folder (`..`, absolute, backslash, empty or percent-encoded segments) is refused with
+    InvalidInput(field, ...) naming it, before anything is downloaded; so is a prefix of more than
+    `max_files` objects, or objects of more than `max_bytes` bytes in all.
+    """
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(uri)
         return path.expanduser().resolve()
-    store, key = split_uri(uri, endpoint_url=endpoint_url)
-    if store.exists(key):
-        target = dest / Path(key).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(store.get_bytes(key))
+    store, key = _user_key(uri, field, endpoint_url=endpoint_url)
+    budget = _Budget(uri, field, max_files, max_bytes)
+    dest.mkdir(parents=True, exist_ok=True)
+    if not key.endswith("/") and store.exists(key):
+        target = safe_join(dest, key.rsplit("/", 1)[-1], field=field)
+        _copy_object(store, key, target, budget, max_bytes)
         return target
     prefix = key.rstrip("/") + "/"
-    keys = store.list(prefix)
+    # Keys that end in "/" are the empty "folder" markers S3 consoles make: nothing to download.
+    keys = [k for k in store.list(prefix) if not k.endswith("/")]
     if not keys:
-        raise InvalidInput("dataset", f"nothing at {uri}")
-    folder = dest / Path(key.rstrip("/")).name
-    for k in keys:
-        target = folder / k[len(prefix) :]
+        raise InvalidInput(field, f"nothing at {uri}")
+    budget.check_files(len(keys))
+    folder = safe_join(dest, prefix.rstrip("/").rsplit("/", 1)[-1], field=field)
+    targets = [safe_join(folder, safe_relative_key(k, prefix, field=field), field=field) for k in keys]
+    for k, target in zip(keys, targets, strict=True):
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(store.get_bytes(k))
+        _copy_object(store, k, target, budget, max_bytes)
     return folder
 
 

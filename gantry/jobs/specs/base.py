@@ -63,11 +63,17 @@ class OptionGroup(Strict):
 
 
 class ModelOptions(OptionGroup):
-    """The options of every model: learning-rate schedule, weight average and numeric precision. A
-    model's options class lists its groups first and this class last."""
+    """The options of every model: what to do when the losses go non-finite, learning-rate schedule,
+    weight average and numeric precision. A model's options class lists its groups first and this
+    class last."""
 
     section: ClassVar[str] = "schedule"
 
+    on_nonfinite: Literal["rollback", "fail"] = Field(
+        "rollback",
+        description="when a loss turns nan or inf: rollback (to the last checkpoint, lr halved; fails "
+        "after 3) or fail at once",
+    )
     lr_decay: Literal["none", "linear"] = Field(
         "none",
         description="linear: keep lr for the first half of the steps, then decay it linearly to 0 "

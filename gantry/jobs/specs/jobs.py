@@ -12,6 +12,8 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs.base import MAX_SEED, CodeWalk, SampleMode, Strict
 
 _SEEDS_TERM = re.compile(r"^\d+(\s*,\s*\d+)*$")
+_STEP = re.compile(r"[0-9]{1,12}")  # ASCII only: "²".isdigit() is True, and int("²") fails
+_SEED = re.compile(r"[0-9]+")
 
 
 def parse_arithmetic(expression: str) -> list[tuple[int, list[int]]]:
@@ -56,7 +58,7 @@ class _FromCheckpoint(Strict):
     @classmethod
     def _checkpoint_ref(cls, value: str) -> str:
         # "best" waits for a checkpoint chosen by a metric during training; until then: latest or a step.
-        if value != "latest" and not value.isdigit():
+        if value != "latest" and not _STEP.fullmatch(value):
             raise ValueError("must be latest or a step number")
         return value
 
@@ -76,7 +78,7 @@ class SampleSpec(_FromCheckpoint):
     def _seed_pair(cls, value: str | None) -> str | None:
         if value is not None:
             a, sep, b = value.partition(":")
-            if not (sep and a.strip().isdigit() and b.strip().isdigit()):
+            if not (sep and _SEED.fullmatch(a.strip()) and _SEED.fullmatch(b.strip())):
                 raise ValueError("must be SEED_A:SEED_B, e.g. 3:17")
             if max(int(a), int(b)) > MAX_SEED:
                 raise ValueError(f"seeds go from 0 to {MAX_SEED}")

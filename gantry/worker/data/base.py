@@ -106,13 +106,22 @@ class ImageData:
 
 
 def load_dataset(
-    source: str, *, image_size: int, seed: int = 0, split: str = "train", full_size: bool = False
+    source: str,
+    *,
+    image_size: int,
+    seed: int = 0,
+    split: str = "train",
+    full_size: bool = False,
+    limits: DataLimits | None = None,
 ) -> ImageData | PhotoData | PointData:
     """A built-in data set by name (see `BUILTIN`), or user data at a local path: an .npz, a .zip of
     images or a folder of images. User data has no held-out split: `split="test"` gives the same images.
 
     `full_size`: super-resolution crops whole images, so a folder or .zip (and `photos`) comes back as
     `PhotoData`, each image at its own size; otherwise `photos` are resized squares like the rest.
+
+    User data is read within `limits` (default: from the settings, GANTRY_MAX_INPUT_PIXELS and
+    GANTRY_MAX_DATA_*), checked before memory is spent; a breach raises DataLimitExceeded.
 
     Raises InvalidInput("dataset", ...) for anything wrong with the user's data.
     """
@@ -132,12 +141,13 @@ def load_dataset(
     if split != "train":
         log.info("%s has no test split; using all of it", path)
     if full_size:
-        return photos.load_full_size(path)
-    return files.load_files(path, image_size=image_size)
+        return photos.load_full_size(path, limits=limits)
+    return files.load_files(path, image_size=image_size, limits=limits)
 
 
 # The loaders import ImageData from this module, so they are imported once it is defined.
 from gantry.worker.data import digits, files, photos, points, shapes, stacked  # noqa: E402
+from gantry.worker.data.limits import DataLimits  # noqa: E402
 from gantry.worker.data.photos import PhotoData  # noqa: E402
 from gantry.worker.data.points import PointData  # noqa: E402
 

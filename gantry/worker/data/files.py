@@ -9,12 +9,15 @@
 Images are centre-cropped to a square and resized with Lanczos to the requested size. They are RGB
 unless every image is grayscale (by its file's colour mode), then 1 channel. Transparent pixels are
 composited over black. Anything wrong raises InvalidInput("dataset", ...) naming the path.
+
+Everything is read within `DataLimits` (see `limits`), checked before the memory is spent: files per
+data set, bytes per file or .zip member and in all, pixels per image, an .npz's arrays from their headers.
 """
 
 from __future__ import annotations
 
-import io
 import logging
+import math
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -25,27 +28,28 @@ from PIL import Image, ImageOps
 
 from gantry.jobs.errors import InvalidInput
 from gantry.worker.data.base import ImageData
+from gantry.worker.data.limits import ByteBudget, DataLimitExceeded, DataLimits, open_image, read_capped
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: Final = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _GRAY_MODES: Final = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-# What Pillow raises for a file it cannot decode (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS: Final = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_NPZ_ARRAYS: Final = ("images", "labels", "captions")
 
 
 def _bad(message: str) -> InvalidInput:
     return InvalidInput("dataset", message)
 
 
-def load_files(path: Path, *, image_size: int) -> ImageData:
+def load_files(path: Path, *, image_size: int, limits: DataLimits | None = None) -> ImageData:
     """Load user data from an existing local path (see the module docstring)."""
+    limits = limits if limits is not None else DataLimits.from_settings()
     if path.is_dir():
-        data = _load_images(_folder_images(path), image_size, where=path)
+        data = _load_images(_folder_images(path, limits), image_size, where=path, limits=limits)
     elif path.suffix.lower() == ".npz":
-        data = _load_npz(path, image_size)
+        data = _load_npz(path, image_size, limits)
     elif path.suffix.lower() == ".zip":
-        data = _load_images(_zip_images(path), image_size, where=path)
+        data = _load_images(_zip_images(path, limits), image_size, where=path, limits=limits)
     elif path.suffix.lower() in IMAGE_EXTENSIONS:
         raise _bad(f"{path}: a single image; give a folder or .zip of images, or an .npz")
     else:
@@ -59,45 +63,84 @@ def _is_image_name(relative: PurePosixPath) -> bool:
     return not hidden and relative.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _folder_images(root: Path) -> Iterator[tuple[str, bytes]]:
+def folder_image_paths(root: Path, limits: DataLimits, *, field: str = "dataset") -> list[PurePosixPath]:
+    """The relative path of each image under root, sorted; refused once there are more than
+    `limits.max_files` (counted while the folder is walked, before any is read)."""
+    found: list[PurePosixPath] = []
+    for p in root.rglob("*"):
+        if p.is_file() and _is_image_name(rel := PurePosixPath(p.relative_to(root))):
+            found.append(rel)
+            limits.check_files(len(found), root, field=field)
+    return sorted(found)
+
+
+def read_file(path: Path, limits: DataLimits, budget: ByteBudget, *, field: str = "dataset") -> bytes:
+    """A file's bytes: its size checked before it is read, and again while it is read."""
+    name = str(path)
+    size = path.stat().st_size
+    limits.check_file_bytes(size, name, field=field)
+    if size > budget.left:
+        budget.take(size, name)
+    with path.open("rb") as f:
+        return read_capped(f, name, limits, budget, field=field)
+
+
+def _folder_images(root: Path, limits: DataLimits) -> Iterator[tuple[str, bytes]]:
     """(path for messages, file bytes) for each image under root, sorted by relative path."""
-    found = sorted(
-        rel
-        for p in root.rglob("*")
-        if p.is_file() and _is_image_name(rel := PurePosixPath(p.relative_to(root)))
-    )
-    for rel in found:
-        yield str(root / rel), (root / rel).read_bytes()
+    budget = ByteBudget(limits)
+    for rel in folder_image_paths(root, limits):
+        yield str(root / rel), read_file(root / rel, limits, budget)
 
 
-def _zip_images(path: Path) -> Iterator[tuple[str, bytes]]:
+def _zip_images(path: Path, limits: DataLimits) -> Iterator[tuple[str, bytes]]:
+    """(path: member for messages, member bytes) for each image in the .zip, sorted by name. The
+    count and every member's declared size are checked before anything is extracted; each member
+    is then read with a cap, since a .zip's headers can lie."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise _bad(f"{path}: not a readable .zip file ({exc})") from None
     with archive:
-        names = sorted(
-            info.filename
-            for info in archive.infolist()
-            if not info.is_dir() and _is_image_name(PurePosixPath(info.filename))
+        members = sorted(
+            (
+                info
+                for info in archive.infolist()
+                if not info.is_dir() and _is_image_name(PurePosixPath(info.filename))
+            ),
+            key=lambda info: info.filename,
         )
-        for name in names:
+        limits.check_files(len(members), path)
+        declared = 0
+        for info in members:
+            limits.check_file_bytes(info.file_size, f"{path}: {info.filename}")
+            declared += info.file_size
+            if declared > limits.max_bytes:
+                raise DataLimitExceeded(
+                    "dataset",
+                    f"{path}: {info.filename}",
+                    f"the .zip's {declared:,} bytes (decompressed) so far",
+                    limits.max_bytes,
+                    "GANTRY_MAX_DATA_BYTES",
+                )
+        budget = ByteBudget(limits, what="bytes decompressed")
+        for info in members:
+            name = f"{path}: {info.filename}"
             try:
-                content = archive.read(name)
+                with archive.open(info) as member:
+                    content = read_capped(member, name, limits, budget)
             except (zipfile.BadZipFile, OSError, ValueError) as exc:
-                raise _bad(f"{path}: cannot extract {name} ({exc})") from None
-            yield f"{path}: {name}", content
+                raise _bad(f"{path}: cannot extract {info.filename} ({exc})") from None
+            yield name, content
 
 
-def _load_images(items: Iterator[tuple[str, bytes]], image_size: int, *, where: Path) -> ImageData:
+def _load_images(
+    items: Iterator[tuple[str, bytes]], image_size: int, *, where: Path, limits: DataLimits
+) -> ImageData:
     arrays: list[np.ndarray] = []  # H x W (grayscale) or H x W x 3
     for name, content in items:
-        try:
-            with Image.open(io.BytesIO(content)) as image:
-                image.load()
-                arrays.append(_to_array(image, image_size))
-        except _DECODE_ERRORS as exc:
-            raise _bad(f"{name}: not a readable image ({exc})") from None
+        with open_image(content, name, max_pixels=limits.max_pixels) as image:
+            image.load()
+            arrays.append(_to_array(image, image_size))
     if not arrays:
         raise _bad(f"{where}: no images inside (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
     if all(a.ndim == 2 for a in arrays):
@@ -137,9 +180,61 @@ def _square(image: Image.Image, image_size: int) -> Image.Image:
     return square.resize((image_size, image_size), Image.Resampling.LANCZOS)
 
 
-def _load_npz(path: Path, image_size: int) -> ImageData:
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each array `_load_npz` reads, from the .npy headers inside the .npz: read
+    without reading the arrays. Empty when `path` is not a zip (np.load then says what it is)."""
+    if not zipfile.is_zipfile(path):
+        return {}
+    headers = {}
     try:
-        npz = np.load(path, allow_pickle=False)
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            for key in _NPZ_ARRAYS:
+                member = f"{key}.npy" if f"{key}.npy" in names else key
+                if member not in names:
+                    continue
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(f)
+                headers[key] = (tuple(int(n) for n in shape), dtype)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise _bad(f"{path}: not a readable .npz file ({exc})") from None
+    return headers
+
+
+def _check_npz(path: Path, limits: DataLimits) -> None:
+    """The limits, from the arrays' headers: pixels per image, images, bytes in all."""
+    headers = _npz_headers(path)
+    total = 0
+    for key, (shape, dtype) in headers.items():
+        if dtype.hasobject:
+            continue  # refused by np.load (no pickle), nothing to size
+        total += math.prod(shape) * dtype.itemsize
+        if total > limits.max_bytes:
+            raise DataLimitExceeded(
+                "dataset",
+                f"{path}: {key!r}",
+                f"{total:,} bytes of arrays",
+                limits.max_bytes,
+                "GANTRY_MAX_DATA_BYTES",
+            )
+    if "images" in headers:
+        shape = headers["images"][0]
+        if len(shape) in (3, 4):
+            limits.check_files(shape[0], f"{path}: 'images' ({shape[0]:,} images)")
+            limits.check_pixels(shape[2], shape[1], f"{path}: 'images'")
+
+
+def _load_npz(path: Path, image_size: int, limits: DataLimits) -> ImageData:
+    _check_npz(path, limits)
+    try:
+        # mmap: a bare .npy (refused below) is not read into memory to be refused.
+        npz = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise _bad(f"{path}: not a readable .npz file ({exc})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):

@@ -19,7 +19,6 @@ to RGB, so every image has 3 channels. The split is fixed:
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from PIL import Image, ImageOps
 
 from gantry.jobs.errors import InvalidInput
 from gantry.worker.data.base import ImageData
+from gantry.worker.data.limits import ByteBudget, DataLimits, open_image
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ TRAIN: Final = (
     "grass", "gravel", "coins", "clock", "moon", "text", "china", "flower",
 )  # fmt: skip
 _SKLEARN: Final = ("china", "flower")  # scikit-learn's sample images, the rest are scikit-image's
-_DECODE_ERRORS: Final = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -105,43 +104,41 @@ def load_builtin(*, split: str = "train") -> PhotoData:
 def decode_rgb(content: bytes, name: str, *, field: str, max_pixels: int | None = None) -> np.ndarray:
     """Image file bytes -> uint8 H x W x 3 (EXIF rotation applied, transparency over black).
 
-    Raises InvalidInput(field, ...) naming `name` when the bytes are not an image, or when the image
-    has more than `max_pixels` pixels (checked from the header, before decoding).
+    Raises InvalidInput(field, ...) naming `name` when the bytes are not an image, or
+    DataLimitExceeded (an InvalidInput) when the image has more than `max_pixels` pixels (checked
+    from the header, before decoding; default: GANTRY_MAX_INPUT_PIXELS).
     """
-    try:
-        with Image.open(io.BytesIO(content)) as image:
-            w, h = image.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise InvalidInput(
-                    field,
-                    f"{name}: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} "
-                    "(GANTRY_MAX_INPUT_PIXELS)",
-                )
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            if "A" in image.getbands() or "transparency" in image.info:
-                rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-                return np.rint(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)
-            return np.array(image.convert("RGB"))
-    except _DECODE_ERRORS as exc:
-        raise InvalidInput(field, f"{name}: not a readable image ({exc})") from None
+    if max_pixels is None:
+        max_pixels = DataLimits.from_settings().max_pixels
+    with open_image(content, name, max_pixels=max_pixels, field=field) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if "A" in image.getbands() or "transparency" in image.info:
+            rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+            return np.rint(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)
+        return np.array(image.convert("RGB"))
 
 
-def load_full_size(path: Path) -> PhotoData:
-    """A folder or .zip of images at `path`, each at its own size, RGB (see `files` for what is read)."""
+def load_full_size(path: Path, *, limits: DataLimits | None = None) -> PhotoData:
+    """A folder or .zip of images at `path`, each at its own size, RGB (see `files` for what is read).
+    The decoded images count against GANTRY_MAX_DATA_BYTES too: they are all held at once."""
     from gantry.worker.data import files
 
+    limits = limits if limits is not None else DataLimits.from_settings()
     items: Iterable[tuple[str, bytes]]
     if path.is_dir():
-        items = files._folder_images(path)
+        items = files._folder_images(path, limits)
     elif path.suffix.lower() == ".zip":
-        items = files._zip_images(path)
+        items = files._zip_images(path, limits)
     else:
         raise InvalidInput("dataset", f"{path}: super-resolution trains on a folder or .zip of images")
     names, images = [], []
+    decoded = ByteBudget(limits, what="decoded images")
     for name, content in items:
+        with open_image(content, name, max_pixels=limits.max_pixels) as header:
+            decoded.take(header.width * header.height * 3, name)  # before it is decoded
         names.append(name)
-        images.append(decode_rgb(content, name, field="dataset"))
+        images.append(decode_rgb(content, name, field="dataset", max_pixels=limits.max_pixels))
     if not images:
         raise InvalidInput(
             "dataset", f"{path}: no images inside (looked for {', '.join(files.IMAGE_EXTENSIONS)})"

@@ -9,6 +9,12 @@ init, and anything a variant draws from it) is seeded once; minibatch indices, l
 fixed sample-grid latents come from one CPU `torch.Generator`, so a seed means the same batches
 on any device. A checkpoint stores both streams, so N steps + resume + N steps gives the same
 weights as 2N steps straight (on the same device and thread count).
+
+Non-finite losses: every log interval the loop reads the window's summed stats (the one GPU sync it
+makes anyway), and before a checkpoint or sample grid it also checks the weights, so nothing
+non-finite is ever handed out. What it does then is `spec.options.on_nonfinite`: `fail` raises
+`TrainingDiverged` at once; `rollback` restores the last checkpoint it wrote (kept in memory, or the
+state the run started from), halves the lr from there on, and goes on, up to `MAX_ROLLBACKS` times.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from gantry.jobs.errors import JobFailed
 from gantry.jobs.specs import TrainSpec
 from gantry.worker.gan.checkpoint import (
     generator_weights,
@@ -42,12 +50,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GRID_SIDE = 8  # the fixed-noise sample grid is 8 x 8 = 64 images
+MAX_ROLLBACKS = 3  # on_nonfinite=rollback: the next non-finite loss after this many fails the run
+
+
+class TrainingDiverged(JobFailed):
+    """A loss or the weights turned non-finite and `on_nonfinite` gave up (or is `fail`): the job's
+    own failure, recorded with this reason and not retried."""
 
 
 @dataclass
 class Callbacks:
-    # (step, metrics): loss_D, loss_G, D_x, D_G_z averaged since the last call, and images_per_sec.
-    # Called every `log_every` steps, at the last step, and on stop.
+    # (step, metrics): loss_D, loss_G, D_x, D_G_z averaged since the last call, and images_per_sec
+    # (and `rollbacks` once the run has rolled back from a non-finite loss). Called every `log_every`
+    # steps, at the last step, on stop, and at a rollback (then at the step it went back to, with
+    # `rollbacks` alone).
     progress: Callable[[int, dict[str, float]], None]
     # Polled after every step (the caller throttles its own reads). True: checkpoint and return.
     should_stop: Callable[[], bool]
@@ -90,6 +106,15 @@ class _MetricWindow:
     def exclude(self, since: float) -> None:
         """Leave the time from `since` (or from this window's start, if later) out of the rate."""
         self.paused += time.perf_counter() - max(since, self.started)
+
+    def nonfinite(self) -> str | None:
+        """Which summed stat is nan or inf (e.g. "loss_D was nan"); None when all are finite."""
+        if not self.sums:
+            return None
+        sums = list(self.sums.values())
+        if bool(torch.stack([torch.isfinite(total).all() for total in sums]).all()):
+            return None
+        return first_nonfinite({name: total.item() for name, total in self.sums.items()})
 
     def flush(self) -> dict[str, float]:
         metrics = {name: total.item() / self.steps for name, total in self.sums.items()}
@@ -195,9 +220,13 @@ def train(
     last_checkpoint = step if resume is not None else -1
     last_samples = -1
 
-    def emit_checkpoint() -> None:
-        nonlocal last_checkpoint
-        payload = save_checkpoint(
+    # --- Non-finite losses: the state to roll back to, and how often the run already did ---------
+    on_nonfinite = spec.options.on_nonfinite
+    # Carried in the reported metrics, hence in checkpoints: a resumed run keeps its halved lr.
+    rollbacks = int(metrics.get("rollbacks", 0))
+
+    def snapshot() -> bytes:
+        return save_checkpoint(
             model=model,
             step=step,
             spec=spec,
@@ -207,8 +236,62 @@ def train(
             metrics=metrics,
             G_ema=G_ema,
         )
+
+    # The last checkpoint this run wrote (or resumed from); before the first, the state it starts
+    # from. Held as bytes, as written: a rollback restores weights, optimizer moments and RNG streams.
+    good: bytes | None = resume if resume is not None else snapshot() if on_nonfinite == "rollback" else None
+    nets = {"G": model.G, "D": model.D, "G_ema": G_ema}
+
+    def nonfinite_state() -> str | None:
+        """What is non-finite before a checkpoint or grid is handed out: a stat not yet reported, or
+        a network's weights (one GPU sync for all of them); None when all is finite."""
+        if (stat := window.nonfinite()) is not None:
+            return stat
+        tensors = {
+            name: [t for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
+            for name, net in nets.items()
+            if net is not None
+        }
+        flags = [torch.isfinite(t).all() for ts in tensors.values() for t in ts]
+        if not flags or bool(torch.stack(flags).all()):
+            return None
+        bad = next(name for name, ts in tensors.items() if not all(bool(torch.isfinite(t).all()) for t in ts))
+        return f"{bad}'s weights were not finite"
+
+    def roll_back(trouble: str) -> None:
+        """Fail (on_nonfinite=fail, or after MAX_ROLLBACKS) or restore `good` with the lr halved."""
+        nonlocal step, metrics, rollbacks
+        lrs = ", ".join(f"{opt.param_groups[0]['lr']:.3g} ({phase})" for phase, opt in phases)
+        if on_nonfinite == "fail":
+            raise TrainingDiverged(f"{trouble} at step {step} (on_nonfinite=fail; lr {lrs})")
+        if rollbacks >= MAX_ROLLBACKS:
+            raise TrainingDiverged(f"{trouble} at step {step} after {rollbacks} rollbacks (lr now {lrs})")
+        assert good is not None, "on_nonfinite=rollback keeps a state to roll back to"
+        state = load_checkpoint(good, map_location="cpu")
+        restore_training_state(state, model, batches)
+        if G_ema is not None:
+            G_ema.load_state_dict(generator_weights(state))
+        window.reset()
+        log.warning(
+            "%s at step %d: rolled back to step %d with the lr halved (rollback %d of %d)",
+            trouble,
+            step,
+            state["step"],
+            rollbacks + 1,
+            MAX_ROLLBACKS,
+        )
+        rollbacks += 1
+        step = state["step"]
+        metrics = {**state["metrics"], "rollbacks": float(rollbacks)}
+        callbacks.progress(step, {"rollbacks": float(rollbacks)})
+
+    def emit_checkpoint() -> None:
+        nonlocal last_checkpoint, good
+        payload = snapshot()
         callbacks.checkpoint(step, payload)
         last_checkpoint = step
+        if on_nonfinite == "rollback":
+            good = payload
 
     def emit_samples() -> None:
         nonlocal last_samples
@@ -223,10 +306,17 @@ def train(
         callbacks.samples(step, grid_png(grid, nrow=GRID_SIDE))
         last_samples = step
 
-    def report() -> None:
+    def report() -> str | None:
+        """Hand the window's averages to `progress`; a non-finite one is not reported but returned."""
         nonlocal metrics
-        metrics = window.flush()
+        flushed = window.flush()
+        if (trouble := first_nonfinite(flushed)) is not None:
+            return trouble
+        if rollbacks:
+            flushed["rollbacks"] = float(rollbacks)
+        metrics = flushed
         callbacks.progress(step, metrics)
+        return None
 
     # --- Training: phase D, then phase G (the model's phases), on the same minibatch ---------
     optimizers = {"D": model.opt_D, "G": model.opt_G}
@@ -239,8 +329,10 @@ def train(
     lr_decay = spec.options.lr_decay
     autocast = mixed_precision(spec.options.precision, device)
     while step < spec.steps:
-        if lr_decay == "linear":
-            set_lr_factor([opt for _, opt in phases], linear_decay(step, spec.steps))
+        # Each rollback halves the lr for good: a factor on the schedule's, which starts from the base lr.
+        if lr_decay == "linear" or rollbacks:
+            schedule = linear_decay(step, spec.steps) if lr_decay == "linear" else 1.0
+            set_lr_factor([opt for _, opt in phases], schedule * 0.5**rollbacks)
         batch = make_batch(data, spec.batch_size, batches, device)
         stats: dict[str, torch.Tensor] = {}
         for phase, opt in phases:
@@ -260,17 +352,26 @@ def train(
         # --- Callbacks (their time is not counted in images_per_sec) ---------------------------
         callbacks_started = time.perf_counter()
         last = step == spec.steps
-        if step % log_every == 0 or last:
-            report()
-        if step % spec.checkpoint_every == 0 or last:
+        checkpoint_due = step % spec.checkpoint_every == 0 or last
+        samples_due = step % spec.sample_every == 0 or last
+        trouble = report() if step % log_every == 0 or last else None
+        if trouble is None and (checkpoint_due or samples_due):
+            trouble = nonfinite_state()  # nothing non-finite is handed out
+        if trouble is not None:
+            roll_back(trouble)  # raises, or goes back to the last good checkpoint
+            continue
+        if checkpoint_due:
             emit_checkpoint()
-        if step % spec.sample_every == 0 or last:
+        if samples_due:
             emit_samples()
         if not last and callbacks.should_stop():
-            if window.steps:
-                report()
-            if last_checkpoint != step:
-                emit_checkpoint()
+            trouble = report() if window.steps else None
+            if trouble is None and last_checkpoint != step:
+                trouble = nonfinite_state()
+                if trouble is None:
+                    emit_checkpoint()
+            if trouble is not None:
+                roll_back(trouble)  # back at the last checkpoint written, which a resume starts from
             log.info("stop requested: stopped at step %d of %d", step, spec.steps)
             return TrainOutcome(step=step, stopped=True, final_metrics=metrics)
         window.exclude(since=callbacks_started)
@@ -278,10 +379,20 @@ def train(
     # A run resumed from its final checkpoint (its worker died after saving it) does no step;
     # it still hands back the end-of-run artifacts, which the caller writes idempotently.
     if last_checkpoint != step:
+        if (trouble := nonfinite_state()) is not None:
+            raise TrainingDiverged(f"{trouble} at step {step}")
         emit_checkpoint()
     if last_samples != step:
         emit_samples()
     return TrainOutcome(step=step, stopped=False, final_metrics=metrics)
+
+
+def first_nonfinite(values: dict[str, float]) -> str | None:
+    """The first nan or inf of `values`, as "loss_D was nan"; None when all are finite."""
+    for name, value in values.items():
+        if not math.isfinite(value):
+            return f"{name} was {value}"
+    return None
 
 
 @torch.no_grad()

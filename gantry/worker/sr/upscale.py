@@ -20,7 +20,8 @@ from PIL import Image
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.settings import Settings
-from gantry.jobs.storage import fetch_to_local
+from gantry.jobs.storage import check_key, fetch_to_local
+from gantry.worker.data.limits import ByteBudget, DataLimits
 from gantry.worker.gan import checkpoint as gan_checkpoint
 from gantry.worker.gan.checkpoint import LoadedGenerator
 from gantry.worker.gan.images import png_bytes, to_uint8
@@ -78,23 +79,21 @@ def super_resolve(G: Generator, image: np.ndarray, *, tile: int = TILE) -> np.nd
     return to_uint8(sr)[0]
 
 
-def _input_files(local: Path) -> list[tuple[str, Path]]:
-    """(name relative to the input, path) of each image to super-resolve, sorted."""
-    from gantry.worker.data.files import IMAGE_EXTENSIONS, _is_image_name
+def _input_files(local: Path, limits: DataLimits | None = None) -> list[tuple[str, Path]]:
+    """(name relative to the input, path) of each image to super-resolve, sorted. Names become the
+    outputs' keys, so each is checked (`check_key`); there are at most `limits.max_files`."""
+    from gantry.worker.data.files import IMAGE_EXTENSIONS, folder_image_paths
 
+    limits = limits if limits is not None else DataLimits()
     if local.is_file():
-        return [(local.name, local)]
+        return [(check_key(local.name, field="input"), local)]
     if local.is_dir():
-        found = sorted(
-            (rel, p)
-            for p in local.rglob("*")
-            if p.is_file() and _is_image_name(rel := PurePosixPath(p.relative_to(local)))
-        )
+        found = folder_image_paths(local, limits, field="input")
         if not found:
             raise InvalidInput(
                 "input", f"{local}: no images inside (looked for {', '.join(IMAGE_EXTENSIONS)})"
             )
-        return [(str(rel), p) for rel, p in found]
+        return [(check_key(str(rel), field="input"), local / rel) for rel in found]
     raise InvalidInput("input", f"{local} does not exist")
 
 
@@ -109,20 +108,33 @@ def super_resolve_input(
 ) -> SampleResult:
     """Super-resolve one image, a folder or an S3 prefix of images; outputs are PNGs named like the inputs.
 
-    Raises InvalidInput("input", ...) for a file that is not an image, or for an image with more than
-    `settings.max_input_pixels` pixels (checked before it is decoded).
+    Raises InvalidInput("input", ...) for a file that is not an image or a name that would leave the
+    job's folder, and DataLimitExceeded (an InvalidInput) for an image with more than
+    `settings.max_input_pixels` pixels (checked before it is decoded), more files than
+    `settings.max_data_files` or more bytes than `settings.max_data_file_bytes` / `max_data_bytes`.
     """
     device = torch.device(device) if device is not None else default_device()
+    from gantry.worker.data.files import read_file
     from gantry.worker.data.photos import decode_rgb
 
+    limits = DataLimits.from_settings(settings)
     loaded = load_upscaler(checkpoint, device=device)
     G, channels = loaded.G, loaded.channels
     with tempfile.TemporaryDirectory(prefix="gantry-input-") as scratch:
-        local = fetch_to_local(input_uri, Path(scratch), endpoint_url=settings.s3_endpoint_url)
-        files = _input_files(local)
+        local = fetch_to_local(
+            input_uri,
+            Path(scratch),
+            endpoint_url=settings.s3_endpoint_url,
+            field="input",
+            max_files=limits.max_files,
+            max_bytes=limits.max_bytes,
+        )
+        files = _input_files(local, limits)
+        budget = ByteBudget(limits, field="input")
         images: list[bytes] = []
         for name, path in files:
-            rgb = decode_rgb(path.read_bytes(), name, field="input", max_pixels=settings.max_input_pixels)
+            content = read_file(path, limits, budget, field="input")
+            rgb = decode_rgb(content, name, field="input", max_pixels=limits.max_pixels)
             lr = rgb if channels == 3 else np.asarray(Image.fromarray(rgb).convert("L"))[..., None]
             sr = super_resolve(G, lr)
             images.append(png_bytes(sr))
