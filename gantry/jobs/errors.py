@@ -33,16 +33,131 @@ class JobNotFound(GantryError):
 
 
 class ServiceUnavailable(GantryError):
-    """A service (database, broker, object storage) cannot be reached or is not ready."""
+    """A service (database, broker, object storage) cannot be reached or is not ready.
+
+    `transient`: the service may come back by itself (a refused connection, a timeout), so a worker
+    retries; False for what waiting does not mend (a missing bucket or schema, no credentials) or
+    for an outage that outlasted the retry budget."""
 
     exit_code = 4
 
-    def __init__(self, service: str, message: str) -> None:
+    def __init__(self, service: str, message: str, *, transient: bool = False) -> None:
         super().__init__(f"{service}: {message}")
         self.service = service
+        self.transient = transient
 
 
 class JobFailed(GantryError):
     """Training or sampling failed for a reason of its own (recorded on the job, not retried)."""
 
     exit_code = 1
+
+
+class LeaseLost(GantryError):
+    """Another attempt holds the job now (its row's attempt is no longer this attempt's token): this
+    attempt stops at once and writes nothing more for the job."""
+
+    def __init__(self, job_id: str, token: int) -> None:
+        super().__init__(f"job {job_id}: attempt {token} lost its lease to a newer attempt")
+        self.job_id = job_id
+        self.token = token
+
+
+# --- transient infrastructure errors ---------------------------------------------------------
+
+# S3 error codes that mean "later", besides any 5xx status (AWS's retry guide and botocore's own
+# standard retry mode list these).
+_RETRYABLE_S3_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "SlowDown",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "BandwidthLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "PriorRequestNotComplete",
+    }
+)
+
+
+def transient_service(exc: BaseException) -> str | None:
+    """The service ("database", "object storage", "broker") whose outage `exc` is, when it is a
+    transient infrastructure error worth retrying with backoff; None for anything else, the job's
+    own errors included. Follows `raise ... from` causes. The client libraries are imported here,
+    lazily, so this module imports with none of them."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, GantryError):  # gantry's own verdict stands, whatever its cause
+            return current.service if isinstance(current, ServiceUnavailable) and current.transient else None
+        service = _transient_service(current)
+        if service is not None:
+            return service
+        current = current.__cause__
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for a transient infrastructure error: retry it with backoff; False: fail at once."""
+    return transient_service(exc) is not None
+
+
+def _transient_service(exc: BaseException) -> str | None:
+    try:
+        from sqlalchemy import exc as sa
+    except ImportError:  # pragma: no cover - a base dependency
+        sa = None  # type: ignore[assignment]
+    if sa is not None:
+        if isinstance(exc, sa.OperationalError):
+            # SQLite reports a schema problem as an OperationalError too: that one does not mend.
+            message = str(exc.orig).lower()
+            return None if "no such table" in message or "no such column" in message else "database"
+        if isinstance(exc, (sa.DisconnectionError, sa.InterfaceError, sa.TimeoutError)):
+            return "database"
+        if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
+            return "database"
+    try:
+        from botocore import exceptions as boto
+    except ImportError:  # pragma: no cover - a base dependency
+        boto = None  # type: ignore[assignment]
+    if boto is not None:
+        transient_boto = (
+            boto.EndpointConnectionError,
+            boto.ConnectTimeoutError,
+            boto.ReadTimeoutError,
+            boto.ConnectionClosedError,
+            boto.ConnectionError,
+        )
+        if isinstance(exc, transient_boto):
+            return "object storage"
+        if isinstance(exc, boto.ClientError):
+            error = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            code = str(error.get("Code", ""))
+            if int(status) >= 500 or code in _RETRYABLE_S3_CODES or (code.isdigit() and int(code) >= 500):
+                return "object storage"
+            return None
+    try:
+        from redis import exceptions as redis
+    except ImportError:  # pragma: no cover - a base dependency
+        redis = None  # type: ignore[assignment]
+    if redis is not None and isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return "broker"
+    try:
+        from kombu import exceptions as kombu
+    except ImportError:  # pragma: no cover - celery's dependency
+        kombu = None  # type: ignore[assignment]
+    if kombu is not None and isinstance(exc, kombu.OperationalError):
+        return "broker"
+    if isinstance(exc, (ConnectionError, TimeoutError)):  # socket-level, from any client
+        return "network"
+    return None

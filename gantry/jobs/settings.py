@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     api_token: str | None = None
     # Worker tuning (not part of the user-facing contract).
     lease_seconds: int = Field(120, ge=5, description="a running job whose heartbeat is older is stale")
+    retry_seconds: float = Field(
+        600, ge=0, description="how long transient infrastructure errors are retried before a job fails"
+    )
+    max_attempts: int = Field(5, ge=1, description="deaths of a job's own process before it is failed")
     max_input_pixels: int = Field(
         64_000_000, ge=1, description="pixels per image, in every data set and input"
     )

@@ -177,7 +177,9 @@ class S3Store:
         except (EndpointConnectionError, NoCredentialsError) as exc:
             where = self.endpoint_url or "AWS"
             raise ServiceUnavailable(
-                "object storage", f"cannot reach S3 at {where}: {type(exc).__name__}"
+                "object storage",
+                f"cannot reach S3 at {where}: {type(exc).__name__}",
+                transient=isinstance(exc, EndpointConnectionError),  # no credentials: waiting won't help
             ) from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")

@@ -3,6 +3,13 @@
 The schema changes only through Alembic (`gantry/migrations`); `SCHEMA_REVISION` is the revision
 this code expects, and `connect()` refuses a database that is not at it (a new SQLite store gets it
 on first use).
+
+Fencing: each attempt at a job holds a lease whose token is its attempt number (`claim_job` hands
+it out). Every later write a worker makes for the job takes the token and is conditional on it
+(`UPDATE jobs ... WHERE id = :id AND attempt = :token AND state = 'running'`, in the same
+transaction as the write it guards); a refused write raises LeaseLost, and that attempt stops. A
+newer attempt (a takeover after the lease ran out, or a requeue) bumps `attempt`, so no two
+attempts ever write one job.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -39,9 +47,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from gantry.jobs.errors import InvalidInput, JobNotFound, ServiceUnavailable
+from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -62,7 +70,10 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16), index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The attempt number, and the lease token of the attempt that holds the job (see claim_job).
     attempt: Mapped[int] = mapped_column(Integer, default=1)
+    # Attempts that ended without a word: their holder died or lost its lease (GANTRY_MAX_ATTEMPTS).
+    deaths: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -135,7 +146,9 @@ def schema_revision(engine: Engine) -> str | None:
         message = str(exc.orig).lower()
         if "no such table" in message or ("does not exist" in message and "alembic_version" in message):
             return None
-        raise ServiceUnavailable("database", f"cannot connect to {describe_url(str(engine.url))}") from None
+        raise ServiceUnavailable(
+            "database", f"cannot connect to {describe_url(str(engine.url))}", transient=True
+        ) from None
 
 
 def _missing_sqlite_file(url: str) -> bool:
@@ -203,6 +216,7 @@ def create_job(
         state="queued",
         spec=spec,
         attempt=1,
+        deaths=0,
         step=0,
         total_steps=total_steps,
         cancel_requested=False,
@@ -267,12 +281,34 @@ def _holder_may_be_alive(holder: str | None, claimant: str) -> bool:
     return True
 
 
-def claim_job(session: Session, job_id: str, *, worker: str, lease_seconds: int) -> Job | None:
-    """Take a job for `worker` (`host:pid`), or None when it is not to be run (finished or
-    cancelled). A job found `running` was left by a dead worker when its heartbeat is stale or its
-    holder's process is gone from this host: the redelivered message takes it over with
-    `attempt + 1`, and the trainer resumes from the last checkpoint. Held by a worker that may be
-    alive: JobBusy."""
+def died_message(deaths: int) -> str:
+    return (
+        f"its worker died {deaths} times (out of memory?); GANTRY_MAX_ATTEMPTS ends a job after that "
+        "many deaths. Its checkpoints are kept."
+    )
+
+
+def claim_job(
+    session: Session,
+    job_id: str,
+    *,
+    worker: str,
+    lease_seconds: int,
+    token: int | None = None,
+    max_attempts: int | None = None,
+) -> Job | None:
+    """Take a job for `worker` (`host:pid`); the returned row's `attempt` is this attempt's lease
+    token. None when it is not to be run (finished, cancelled, or failed here after too many deaths).
+
+    A job found `running` was held by an attempt that did not finish:
+    - `token` equal to its attempt: a retry of that same attempt (the task handed it back after a
+      transient error, so that run has ended): it goes on with the same token, at once.
+    - held by `worker` itself (this very process; a process runs its jobs one after another, so its
+      earlier run has ended): taken over at once with `attempt + 1`, not counted as a death.
+    - otherwise, when its heartbeat is stale or its holder's process is gone from this host: taken
+      over with `attempt + 1`, and counted as a death. Held by a worker that may be alive: JobBusy.
+    The trainer of a taken-over job resumes from its last checkpoint. A job whose `deaths` reached
+    `max_attempts` ends `failed` with the reason instead of running again."""
     job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
     if job is None:
         raise JobNotFound(job_id)
@@ -283,11 +319,21 @@ def claim_job(session: Session, job_id: str, *, worker: str, lease_seconds: int)
         job.state, job.finished_at = "cancelled", now
         return None
     if job.state == "running":
-        heartbeat = _aware(job.heartbeat_at) or now
-        left = timedelta(seconds=lease_seconds) - (now - heartbeat)
-        if left.total_seconds() > 0 and _holder_may_be_alive(job.worker, worker):
-            raise JobBusy(job_id, job.worker or "?", left.total_seconds())
-        job.attempt += 1
+        if token is not None and token == job.attempt:
+            pass  # the same attempt, retried: same token, no death, no wait
+        elif job.worker == worker:
+            job.attempt += 1
+        else:
+            heartbeat = _aware(job.heartbeat_at) or now
+            left = timedelta(seconds=lease_seconds) - (now - heartbeat)
+            if left.total_seconds() > 0 and _holder_may_be_alive(job.worker, worker):
+                raise JobBusy(job_id, job.worker or "?", left.total_seconds())
+            job.attempt += 1
+            job.deaths = (job.deaths or 0) + 1
+    if max_attempts is not None and (job.deaths or 0) >= max_attempts:
+        job.state, job.finished_at, job.worker = "failed", now, None
+        job.error = died_message(job.deaths)
+        return None
     job.state = "running"
     job.worker = worker
     job.started_at = job.started_at or now
@@ -296,18 +342,47 @@ def claim_job(session: Session, job_id: str, *, worker: str, lease_seconds: int)
     return job
 
 
-def heartbeat(session: Session, job_id: str, *, step: int | None = None) -> bool:
-    """Record progress and liveness; returns True when a cancel was requested."""
-    values: dict[str, Any] = {"heartbeat_at": utcnow()}
-    if step is not None:
-        values["step"] = step
-    session.execute(update(Job).where(Job.id == job_id).values(**values))
+def _fence(session: Session, job_id: str, token: int, **values: Any) -> None:
+    """The guard of every fenced write: refresh the heartbeat (and `values`) only while attempt
+    `token` holds the running job, else LeaseLost. The row stays locked to the end of the
+    transaction, so the write it guards cannot interleave with a takeover."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == token, Job.state == "running")
+        .values(heartbeat_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise LeaseLost(job_id, token)
+
+
+def check_lease(session: Session, job_id: str, *, token: int) -> bool:
+    """A heartbeat that proves attempt `token` still holds the job (LeaseLost if not); returns
+    True when a cancel was requested."""
+    _fence(session, job_id, token)
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def finish_job(session: Session, job_id: str, *, state: str, error: str | None = None) -> None:
+def heartbeat(session: Session, job_id: str, *, step: int | None = None, token: int | None = None) -> bool:
+    """Record progress and liveness; returns True when a cancel was requested. With `token`, only
+    while that attempt holds the job (LeaseLost if not)."""
+    values: dict[str, Any] = {} if step is None else {"step": step}
+    if token is not None:
+        _fence(session, job_id, token, **values)
+    else:
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow(), **values))
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def finish_job(
+    session: Session, job_id: str, *, state: str, error: str | None = None, token: int | None = None
+) -> None:
+    """Record a final state. With `token`, only while that attempt holds the job (LeaseLost if not)."""
     if state not in TERMINAL:
         raise ValueError(state)
+    if token is not None:
+        _fence(session, job_id, token, state=state, error=error, finished_at=utcnow())
+        return
     session.execute(
         update(Job).where(Job.id == job_id).values(state=state, error=error, finished_at=utcnow())
     )
@@ -329,19 +404,52 @@ def requeue_stale(session: Session, *, lease_seconds: int) -> list[str]:
     cutoff = utcnow() - timedelta(seconds=lease_seconds)
     stale = list(session.scalars(select(Job).where(Job.state == "running", Job.heartbeat_at < cutoff)))
     for job in stale:
+        # Its holder ended without a word: a death (GANTRY_MAX_ATTEMPTS), and its token is void.
         job.state, job.attempt, job.worker = "queued", job.attempt + 1, None
+        job.deaths = (job.deaths or 0) + 1
     return [job.id for job in stale]
 
 
 # --- metrics and artifacts --------------------------------------------------------------------
 
 
-def record_metrics(session: Session, job_id: str, *, step: int, values: dict[str, float]) -> None:
+def record_metrics(
+    session: Session,
+    job_id: str,
+    *,
+    step: int,
+    values: dict[str, float],
+    token: int | None = None,
+    holder: str | None = None,
+) -> None:
+    """Add metric points. With `token` (a worker's write), only while that attempt holds job
+    `holder` (default `job_id`; an evaluate job records on its train job too), LeaseLost if not;
+    and a point replaces the one of the same name at the same step, so a retried write or a re-run
+    of the last step never shows a step twice."""
     now = utcnow()
+    if token is not None:
+        _fence(session, holder or job_id, token)
+        session.execute(
+            delete(Metric)
+            .where(Metric.job_id == job_id, Metric.step == step, Metric.name.in_(list(values)))
+            .execution_options(synchronize_session=False)
+        )
     session.add_all(
         Metric(job_id=job_id, name=name, step=step, value=float(value), time=now)
         for name, value in values.items()
     )
+
+
+def clear_metrics_after(session: Session, job_id: str, *, step: int, token: int) -> int:
+    """A resumed attempt (token) drops the points a dead attempt recorded past the checkpoint it
+    resumes from (`step`; -1 when it starts over): it records those steps again. Returns how many."""
+    _fence(session, job_id, token)
+    result = session.execute(
+        delete(Metric)
+        .where(Metric.job_id == job_id, Metric.step > step)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def latest_metrics(session: Session, job_id: str) -> dict[str, float]:
@@ -358,7 +466,12 @@ def metric_history(session: Session, job_id: str) -> list[Metric]:
     )
 
 
-def add_artifact(session: Session, job_id: str, *, key: str, kind: str, size: int) -> None:
+def add_artifact(
+    session: Session, job_id: str, *, key: str, kind: str, size: int, token: int | None = None
+) -> None:
+    """Record an object the job wrote. With `token`, only while that attempt holds the job."""
+    if token is not None:
+        _fence(session, job_id, token)
     existing = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.key == key))
     if existing is not None:
         existing.bytes, existing.kind, existing.created_at = size, kind, utcnow()

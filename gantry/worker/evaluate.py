@@ -39,9 +39,7 @@ def run_metrics(
             raise Stopped
         # Metrics done is an evaluate job's progress; a train job (auto metrics) keeps its step.
         ctx.heartbeat(step=i + 1 if ctx.job_id != train_job_id else None)
-    with db.session_scope(ctx.sessions) as s:
-        for job_id in dict.fromkeys([ctx.job_id, train_job_id]):
-            db.record_metrics(s, job_id, step=step, values=values)
+    ctx.record_metrics(step, values, job_ids=[ctx.job_id, train_job_id])
     return values
 
 

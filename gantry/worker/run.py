@@ -1,9 +1,26 @@
 """The job runner behind the Celery tasks: claim a job, run its phase, record how it ended.
 
-`run_job` claims the job's row (a lease), builds the `JobContext` that the phase functions report
-through (progress and heartbeats to the SQL store, checkpoints, samples and other objects to object
-storage, each recorded as an artifact), dispatches by kind to `train_job`, `sample_job` or
-`evaluate_job`, and records the final state. Tests and benchmarks call these without Celery.
+`run_job` claims the job's row (a lease whose token is the attempt number), builds the `JobContext`
+that the phase functions report through (progress and heartbeats to the SQL store, checkpoints,
+samples and other objects to object storage, each recorded as an artifact), dispatches by kind to
+`train_job`, `sample_job` or `evaluate_job`, and records the final state. Tests and benchmarks call
+these without Celery.
+
+Faults:
+- Fencing: every write the context makes for the job is conditional on the attempt's token
+  (gantry.jobs.store); an object write checks the lease right before it, so an attempt that lost
+  its lease (paused past it, or taken over) never moves the manifest. A refused write raises
+  LeaseLost and the run stops there, writing nothing more.
+- Transient infrastructure errors (gantry.jobs.errors.is_transient) are retried with backoff and
+  jitter within GANTRY_RETRY_SECONDS (gantry.jobs.retry). Progress and heartbeats do not wait: a
+  failed one is kept in memory and written with the next that succeeds, so training goes on
+  through a database blip (`should_stop` keeps its last answer). Checkpoints, artifacts and the
+  final state wait and retry; while object storage is down the lease is kept by heartbeats.
+- Past the budget the job fails with the reason; when even that cannot be written (the database
+  is down), `run_job` raises RetryLater and the task is retried later with the same token, which
+  goes on with the same attempt at once. Should that retry be lost, the row's heartbeat goes stale
+  and the lease expires: the next claim (a redelivery, or the stale-job requeue) takes it over.
+- The job's own errors fail it at once, with the reason and traceback, and are not retried.
 """
 
 from __future__ import annotations
@@ -12,14 +29,16 @@ import json
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from gantry.jobs import store as db
-from gantry.jobs.errors import GantryError, ServiceUnavailable
+from gantry.jobs.errors import GantryError, LeaseLost, ServiceUnavailable, transient_service
 from gantry.jobs.keys import Manifest, checkpoint_key, manifest_key, metrics_key, samples_key
+from gantry.jobs.retry import Outage
 from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import EvaluateSpec, SampleSpec, load_train_spec
 from gantry.jobs.storage import ObjectNotFound, ObjectStore, open_store
@@ -27,60 +46,182 @@ from gantry.worker.errors import Stopped
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+
+class RetryLater(ServiceUnavailable):
+    """A service stayed out: this attempt hands the job back, to be retried later with the same
+    lease token (`token`; None before a claim) so that it goes on as the same attempt at once.
+    `since`: when the outage began (epoch seconds), carried across retries to bound them."""
+
+    def __init__(
+        self, job_id: str, service: str, token: int | None, since: float, cause: BaseException
+    ) -> None:
+        super().__init__(
+            service, f"job {job_id} handed back ({type(cause).__name__}: {cause})", transient=True
+        )
+        self.job_id, self.token, self.since = job_id, token, since
+
 
 @dataclass
 class JobContext:
-    """What a running job needs: its id, the store, object storage, and throttled DB access."""
+    """What a running job needs: its id, its lease token, the store, object storage, and throttled,
+    fenced, retried DB access."""
 
     job_id: str
     sessions: sessionmaker[Session]
     objects: ObjectStore
     settings: Settings
+    token: int  # this attempt's lease token: the job's attempt number when it was claimed
     poll_seconds: float = 0.5
     _last_poll: float = field(default=0.0, init=False)
     _cancel: bool = field(default=False, init=False)
+    # Progress not yet written (the database was out): (step, metrics), written in order later.
+    _pending: list[tuple[int, dict[str, float]]] = field(default_factory=list, init=False)
+    _pending_step: int | None = field(default=None, init=False)
+    database: Outage = field(init=False)
+    storage: Outage = field(init=False)
 
-    # -- object storage, each write recorded as an artifact --------------------------------
-    def put(self, key: str, data: bytes, *, kind: str) -> str:
-        uri = self.objects.put_bytes(key, data)
+    def __post_init__(self) -> None:
+        self.database = Outage(self.settings.retry_seconds)
+        self.storage = Outage(self.settings.retry_seconds)
+
+    # -- the store: fenced writes -----------------------------------------------------------------
+    def _in_session(self, fn: Callable[[Session], T]) -> T:
         with db.session_scope(self.sessions) as s:
-            db.add_artifact(s, self.job_id, key=key, kind=kind, size=len(data))
+            return fn(s)
+
+    def write(self, fn: Callable[[Session], T]) -> T:
+        """`fn(session)` in one transaction, retried while the database is out (within the budget)."""
+        return self.database.call(lambda: self._in_session(fn))
+
+    def check_lease(self) -> None:
+        """Prove this attempt still holds the job (LeaseLost if not), waiting out a database blip."""
+        self._cancel = self.write(lambda s: db.check_lease(s, self.job_id, token=self.token))
+        self._last_poll = time.monotonic()
+
+    def _keep_lease(self) -> None:
+        # While object storage is down: one heartbeat per wait, so the job keeps its lease.
+        self._cancel = self._in_session(lambda s: db.check_lease(s, self.job_id, token=self.token))
+
+    def _flush(self, s: Session) -> bool:
+        for step, metrics in self._pending:
+            db.record_metrics(s, self.job_id, step=step, values=metrics, token=self.token)
+        return db.heartbeat(s, self.job_id, step=self._pending_step, token=self.token)
+
+    def _report(self) -> None:
+        """Write the pending progress and a heartbeat, or keep them for later while the database
+        is out (the budget spent: ServiceUnavailable). LeaseLost goes up at once."""
+        self._last_poll = time.monotonic()
+        if not self.database.due():
+            return
+        try:
+            self._cancel = self._in_session(self._flush)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            service = transient_service(exc)
+            if service is None:
+                raise
+            delay = self.database.failed(exc, service)
+            log.warning(
+                "job %s: %s unavailable (%s); progress kept, next try in %.1f s",
+                self.job_id,
+                service,
+                type(exc).__name__,
+                delay,
+            )
+            return
+        self.database.ok()
+        self._pending.clear()
+        self._pending_step = None
+
+    def flush(self) -> None:
+        """Write the pending progress now, waiting out a database blip (before a checkpoint)."""
+        self._cancel = self.write(self._flush)
+        self._pending.clear()
+        self._pending_step = None
+        self._last_poll = time.monotonic()
+
+    # -- object storage, each write fenced and recorded as an artifact --------------------------
+    def read(self, fn: Callable[[], T]) -> T:
+        """A read from object storage, retried while it is out (the lease kept meanwhile)."""
+        return self.storage.call(fn, between=self._keep_lease)
+
+    def put_object(self, key: str, data: bytes) -> str:
+        """Write an object while this attempt holds the job (checked right before the write)."""
+        self.check_lease()
+        return self.storage.call(lambda: self.objects.put_bytes(key, data), between=self._keep_lease)
+
+    def put(self, key: str, data: bytes, *, kind: str) -> str:
+        uri = self.put_object(key, data)
+        self.write(
+            lambda s: db.add_artifact(s, self.job_id, key=key, kind=kind, size=len(data), token=self.token)
+        )
         return uri
 
     def write_metrics_jsonl(self) -> None:
-        with db.session_scope(self.sessions) as s:
-            rows = db.metric_history(s, self.job_id)
-            lines = [
+        def lines(s: Session) -> list[str]:
+            return [
                 json.dumps({"step": m.step, "name": m.name, "value": m.value, "time": m.time.isoformat()})
-                for m in rows
+                for m in db.metric_history(s, self.job_id)
             ]
-        self.put(metrics_key(self.job_id), ("\n".join(lines) + "\n").encode(), kind="metrics")
+
+        self.flush()
+        rows = self.write(lines)
+        self.put(metrics_key(self.job_id), ("\n".join(rows) + "\n").encode(), kind="metrics")
+
+    def record_metrics(self, step: int, values: dict[str, float], *, job_ids: list[str]) -> None:
+        """Metric points on `job_ids` (an evaluation's land on its train job too), fenced by this
+        job's lease and retried."""
+
+        def record(s: Session) -> None:
+            for job_id in dict.fromkeys(job_ids):
+                db.record_metrics(s, job_id, step=step, values=values, token=self.token, holder=self.job_id)
+
+        self.write(record)
+
+    def resume_from(self, step: int | None) -> None:
+        """A resumed attempt drops the metric points a dead attempt recorded past its checkpoint
+        (`step`; None: no checkpoint, it starts over), so no step shows twice."""
+        dropped = self.write(
+            lambda s: db.clear_metrics_after(
+                s, self.job_id, step=-1 if step is None else step, token=self.token
+            )
+        )
+        if dropped:
+            log.info("job %s: dropped %d metric points past step %s", self.job_id, dropped, step)
+
+    def finish(self, state: str, error: str | None) -> None:
+        self.write(lambda s: db.finish_job(s, self.job_id, state=state, error=error, token=self.token))
 
     # -- liveness and cancel ------------------------------------------------------------------
     def heartbeat(self, step: int | None = None) -> None:
-        """Record that the job is alive (and its step, when given), and read whether it was cancelled."""
-        with db.session_scope(self.sessions) as s:
-            self._cancel = db.heartbeat(s, self.job_id, step=step)
-        self._last_poll = time.monotonic()
+        """Record that the job is alive (and its step, when given), and read whether it was cancelled.
+        While the database is out, the step is kept and written later."""
+        if step is not None:
+            self._pending_step = step
+        self._report()
 
     def should_stop(self) -> bool:
         # Polled every step; the DB is read at most once per poll_seconds, so a cancel lands
-        # within about a second of being requested.
+        # within about a second of being requested. While the database is out: the last answer.
         if not self._cancel and time.monotonic() - self._last_poll >= self.poll_seconds:
-            self.heartbeat()
+            self._report()
         return self._cancel
 
     # -- callbacks for the training loop ----------------------------------------------------
     def progress(self, step: int, metrics: dict[str, float]) -> None:
-        with db.session_scope(self.sessions) as s:
-            db.record_metrics(s, self.job_id, step=step, values=metrics)
-            self._cancel = db.heartbeat(s, self.job_id, step=step)
-        self._last_poll = time.monotonic()
+        self._pending.append((step, dict(metrics)))
+        self._pending_step = step
+        self._report()
 
     def checkpoint(self, step: int, data: bytes) -> None:
+        self.flush()  # progress kept through an outage lands before the checkpoint that covers it
         key = checkpoint_key(self.job_id, step)
         uri = self.put(key, data, kind="checkpoint")
-        # The manifest is written after the checkpoint it names, so it never points at nothing.
+        # The manifest is written after the checkpoint it names, so it never points at nothing;
+        # `put` checks the lease right before writing it, so a fenced-out attempt never moves it.
         manifest = Manifest(step=step, key=key, uri=uri, bytes=len(data), time=db.utcnow())
         self.put(manifest_key(self.job_id), manifest.dump(), kind="manifest")
         self.write_metrics_jsonl()
@@ -92,11 +233,11 @@ class JobContext:
     # -- another train job's checkpoints (sample, evaluate, a run that starts from one) ------
     def checkpoint_bytes(self, train_job_id: str, ref: str) -> tuple[bytes, int]:
         """The bytes and step of checkpoint `ref` (latest or a step) of train job `train_job_id`."""
-        found = resolve_checkpoint(self.objects, train_job_id, ref)
+        found = self.read(lambda: resolve_checkpoint(self.objects, train_job_id, ref))
         if found is None:
             raise GantryError(f"job {train_job_id} has no checkpoint {ref!r}")
         key, step = found
-        return self.objects.get_bytes(key), step
+        return self.read(lambda: self.objects.get_bytes(key)), step
 
 
 def read_manifest(objects: ObjectStore, job_id: str) -> Manifest | None:
@@ -123,12 +264,21 @@ def device() -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def run_job(job_id: str, *, settings: Settings | None = None) -> str | None:
-    """Claim and run one job; returns its final state (None when it was not ours to run).
+def run_job(
+    job_id: str,
+    *,
+    settings: Settings | None = None,
+    token: int | None = None,
+    outage_since: float | None = None,
+) -> str | None:
+    """Claim and run one job; returns its final state (None when it was not ours to run, or this
+    attempt lost its lease and stopped).
 
-    Transient infrastructure errors (ServiceUnavailable) propagate for the task to retry, the row
-    left `running`: the retried or redelivered task takes it over and resumes. Any other error
-    fails the job with its reason and traceback, and is not retried.
+    `token`: the lease token of the attempt that a retried task goes on with (see RetryLater);
+    `outage_since`: when the outage that handed it back began. A transient infrastructure error
+    that outlasts the retries raises RetryLater, the row left `running` for the retried task (or,
+    if that is lost, the lease's expiry) to take over. Any other error fails the job with its
+    reason and traceback, and is not retried.
     """
     # Imported here, not at the top: each phase module imports this one.
     from gantry.worker.evaluate import evaluate_job
@@ -136,16 +286,34 @@ def run_job(job_id: str, *, settings: Settings | None = None) -> str | None:
     from gantry.worker.train import train_job
 
     settings = settings or get_settings()
-    sessions = db.connect(settings.database)
-    objects = open_store(settings.storage, endpoint_url=settings.s3_endpoint_url)
-    with db.session_scope(sessions) as s:
-        job = db.claim_job(s, job_id, worker=db.worker_name(), lease_seconds=settings.lease_seconds)
-        if job is None:
-            log.info("job %s: not claimed (finished, cancelled or running elsewhere)", job_id)
-            return None
-        kind, spec_data, parent, attempt = job.kind, dict(job.spec), job.parent_job_id, job.attempt
+    since = outage_since
+
+    def hand_back(exc: BaseException, service: str, token: int | None) -> RetryLater:
+        log.warning("job %s: %s unavailable (%s); handed back for a later retry", job_id, service, exc)
+        return RetryLater(job_id, service, token, since or time.time(), exc)
+
+    try:
+        sessions = db.connect(settings.database)
+        objects = open_store(settings.storage, endpoint_url=settings.s3_endpoint_url)
+        with db.session_scope(sessions) as s:
+            job = db.claim_job(
+                s,
+                job_id,
+                worker=db.worker_name(),
+                lease_seconds=settings.lease_seconds,
+                token=token,
+                max_attempts=settings.max_attempts,
+            )
+            if job is None:
+                log.info("job %s: not claimed (finished, cancelled or failed)", job_id)
+                return None
+            kind, spec_data, parent, attempt = job.kind, dict(job.spec), job.parent_job_id, job.attempt
+    except Exception as exc:
+        if (service := transient_service(exc)) is not None:
+            raise hand_back(exc, service, token) from exc
+        raise
     log.info("job %s: %s attempt %d started", job_id, kind, attempt)
-    ctx = JobContext(job_id=job_id, sessions=sessions, objects=objects, settings=settings)
+    ctx = JobContext(job_id=job_id, sessions=sessions, objects=objects, settings=settings, token=attempt)
     try:
         if kind == "train":
             state = "succeeded" if train_job(ctx, load_train_spec(spec_data)) else "cancelled"
@@ -160,14 +328,27 @@ def run_job(job_id: str, *, settings: Settings | None = None) -> str | None:
         else:
             raise GantryError(f"job kind {kind!r} is not supported by this worker")
         error = None
+    except LeaseLost:
+        log.warning("job %s: attempt %d lost its lease to a newer attempt; stopped", job_id, attempt)
+        return None
     except Stopped:
         state, error = "cancelled", None
-    except ServiceUnavailable:
-        raise
     except Exception as exc:
+        service = transient_service(exc)
+        if service is not None and time.time() - (since or time.time()) < settings.retry_seconds:
+            # An outage met outside the retried writes (a read, a data download): hand it back.
+            raise hand_back(exc, service, attempt) from exc
         log.exception("job %s failed", job_id)
         state, error = "failed", f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
-    with db.session_scope(sessions) as s:
-        db.finish_job(s, job_id, state=state, error=error)
+    try:
+        ctx.finish(state, error)
+    except LeaseLost:
+        log.warning("job %s: attempt %d lost its lease before recording %s", job_id, attempt, state)
+        return None
+    except Exception as exc:
+        cause = exc.__cause__ if isinstance(exc, ServiceUnavailable) and exc.__cause__ else exc
+        if (service := transient_service(cause)) is not None:
+            raise hand_back(cause, service, attempt) from exc
+        raise
     log.info("job %s: %s", job_id, state)
     return state

@@ -22,25 +22,43 @@ log = logging.getLogger(__name__)
 def load_data(spec: TrainSpec, settings: Settings, scratch: Path) -> Any:
     """The job's data set: a built-in one, or a file or folder fetched from its URI into `scratch`."""
     from gantry.worker.data import load_dataset
+    from gantry.worker.data.limits import DataLimits
 
+    limits = DataLimits.from_settings(settings)  # checked before memory or disk is spent
     source = spec.dataset
     if source not in DATASETS:
-        source = str(fetch_to_local(source, scratch, endpoint_url=settings.s3_endpoint_url))
+        source = str(
+            fetch_to_local(
+                source,
+                scratch,
+                endpoint_url=settings.s3_endpoint_url,
+                max_files=limits.max_files,
+                max_bytes=limits.max_bytes,
+            )
+        )
     # Models that crop whole images (super-resolution) ask for them at their own sizes.
-    return load_dataset(source, image_size=spec.image_size, seed=spec.seed, full_size=spec.full_size_data)
+    return load_dataset(
+        source, image_size=spec.image_size, seed=spec.seed, full_size=spec.full_size_data, limits=limits
+    )
 
 
 def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     """Train (or resume) a job; True when it ran to the end, False when it was stopped."""
     from gantry.worker.gan.loop import Callbacks, train
 
-    ctx.objects.put_bytes(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode())
-    manifest = read_manifest(ctx.objects, ctx.job_id)
-    resume = ctx.objects.get_bytes(manifest.key) if manifest else None
+    ctx.put_object(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode())
+    manifest = ctx.read(lambda: read_manifest(ctx.objects, ctx.job_id))
+    resume = ctx.read(lambda: ctx.objects.get_bytes(manifest.key)) if manifest else None
     if manifest:
         log.info("job %s: resuming from step %d", ctx.job_id, manifest.step)
-    with tempfile.TemporaryDirectory(prefix="gantry-data-") as scratch:
-        data = load_data(spec, ctx.settings, Path(scratch))
+    # Points an attempt that died recorded past its last checkpoint are recorded again from it.
+    ctx.resume_from(manifest.step if manifest else None)
+
+    def fetch_and_load() -> Any:
+        with tempfile.TemporaryDirectory(prefix="gantry-data-") as scratch:
+            return load_data(spec, ctx.settings, Path(scratch))
+
+    data = ctx.read(fetch_and_load)
     callbacks = Callbacks(
         progress=ctx.progress, should_stop=ctx.should_stop, checkpoint=ctx.checkpoint, samples=ctx.samples
     )

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import update
 
 from gantry.jobs import store as db
-from gantry.jobs.errors import InvalidInput, JobNotFound, ServiceUnavailable
+from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable
 from gantry.migrations import head_revision
 
 
@@ -123,3 +123,131 @@ def test_list_filters_by_state(sessions) -> None:
         assert {j.id for j in db.list_jobs(s)} == {a, b}
         with pytest.raises(InvalidInput):
             db.list_jobs(s, state="done")
+
+
+# --- fencing: the lease token, deaths and the attempt limit ----------------------------------
+
+
+def _stale(sessions, job_id: str) -> None:
+    with db.session_scope(sessions) as s:
+        s.execute(
+            update(db.Job).where(db.Job.id == job_id).values(heartbeat_at=db.utcnow() - timedelta(hours=1))
+        )
+
+
+def test_a_stale_attempts_writes_are_refused_after_a_takeover(sessions) -> None:
+    job_id = _new(sessions)
+    with db.session_scope(sessions) as s:
+        first = db.claim_job(s, job_id, worker="w1:1", lease_seconds=60)
+        assert first is not None and first.attempt == 1
+    _stale(sessions, job_id)  # w1 paused past its lease (SIGSTOP, a long GC, a partition)
+    with db.session_scope(sessions) as s:
+        second = db.claim_job(s, job_id, worker="w2:1", lease_seconds=60)
+        assert second is not None and second.attempt == 2
+    # w1 wakes: every write it makes for the job is refused, and nothing of it lands.
+    refused = [
+        lambda s: db.heartbeat(s, job_id, step=7, token=1),
+        lambda s: db.check_lease(s, job_id, token=1),
+        lambda s: db.record_metrics(s, job_id, step=7, values={"loss_D": 9.0}, token=1),
+        lambda s: db.add_artifact(s, job_id, key="jobs/x/late.png", kind="samples", size=1, token=1),
+        lambda s: db.clear_metrics_after(s, job_id, step=0, token=1),
+        lambda s: db.finish_job(s, job_id, state="succeeded", token=1),
+    ]
+    for write in refused:
+        with pytest.raises(LeaseLost), db.session_scope(sessions) as s:
+            write(s)
+    with db.session_scope(sessions) as s:
+        job = db.get_job(s, job_id)
+        assert (job.state, job.step, job.worker, job.attempt) == ("running", 0, "w2:1", 2)
+        assert db.metric_history(s, job_id) == [] and db.list_artifacts(s, job_id) == []
+    # The holder's writes go through.
+    with db.session_scope(sessions) as s:
+        db.record_metrics(s, job_id, step=3, values={"loss_D": 1.0}, token=2)
+        assert db.heartbeat(s, job_id, step=3, token=2) is False
+        db.finish_job(s, job_id, state="succeeded", token=2)
+    with db.session_scope(sessions) as s:
+        assert db.get_job(s, job_id).state == "succeeded"
+        # A finished job takes no more writes, not even from its last holder.
+        with pytest.raises(LeaseLost):
+            db.heartbeat(s, job_id, token=2)
+
+
+def test_a_retry_of_the_same_attempt_goes_on_at_once(sessions) -> None:
+    job_id = _new(sessions)
+    with db.session_scope(sessions) as s:
+        db.claim_job(s, job_id, worker="w1:1", lease_seconds=600)
+    # The task handed the job back (S3 was out) and its retry, carrying token 1, arrives anywhere:
+    # the same attempt goes on, without waiting out its own lease and without counting a death.
+    with db.session_scope(sessions) as s:
+        job = db.claim_job(s, job_id, worker="w2:7", lease_seconds=600, token=1)
+        assert job is not None and (job.attempt, job.deaths, job.worker) == (1, 0, "w2:7")
+    # A redelivery to the holding process itself: its earlier run has ended (a process runs its
+    # jobs one at a time), so it goes on at once; a new token fences anything left of that run.
+    with db.session_scope(sessions) as s:
+        job = db.claim_job(s, job_id, worker="w2:7", lease_seconds=600)
+        assert job is not None and (job.attempt, job.deaths) == (2, 0)
+    # A stale token is no pass: another live holder still makes the claim wait.
+    with db.session_scope(sessions) as s, pytest.raises(db.JobBusy):
+        db.claim_job(s, job_id, worker="w3:1", lease_seconds=600, token=1)
+
+
+def test_deaths_are_counted_and_end_the_job_at_max_attempts(sessions) -> None:
+    job_id = _new(sessions)
+    for attempt in range(1, 4):
+        with db.session_scope(sessions) as s:
+            job = db.claim_job(s, job_id, worker=f"w{attempt}:1", lease_seconds=60, max_attempts=4)
+            assert job is not None and (job.attempt, job.deaths) == (attempt, attempt - 1)
+        _stale(sessions, job_id)  # its worker was OOM-killed
+    with db.session_scope(sessions) as s:
+        assert db.requeue_stale(s, lease_seconds=60) == [job_id]  # the requeue counts one too
+        assert db.get_job(s, job_id).deaths == 3
+    with db.session_scope(sessions) as s:
+        job = db.claim_job(s, job_id, worker="w4:1", lease_seconds=60, max_attempts=4)
+        assert job is not None and job.attempt == 4
+    _stale(sessions, job_id)
+    with db.session_scope(sessions) as s:
+        assert db.claim_job(s, job_id, worker="w5:1", lease_seconds=60, max_attempts=4) is None
+    with db.session_scope(sessions) as s:
+        job = db.get_job(s, job_id)
+        assert job.state == "failed" and job.finished_at is not None and job.deaths == 4
+        assert "its worker died 4 times (out of memory?)" in (job.error or "")
+
+
+def test_a_workers_metric_point_replaces_its_step_and_a_resume_clears_points_past_it(sessions) -> None:
+    job_id = _new(sessions)
+    with db.session_scope(sessions) as s:
+        db.claim_job(s, job_id, worker="w1:1", lease_seconds=60)
+    with db.session_scope(sessions) as s:
+        for step in (10, 20, 30):
+            db.record_metrics(s, job_id, step=step, values={"loss_D": float(step)}, token=1)
+        db.record_metrics(s, job_id, step=30, values={"loss_D": 31.0}, token=1)  # a retried write
+    _stale(sessions, job_id)
+    with db.session_scope(sessions) as s:
+        db.claim_job(s, job_id, worker="w2:1", lease_seconds=60)
+    with db.session_scope(sessions) as s:
+        assert db.clear_metrics_after(s, job_id, step=10, token=2) == 2  # resumed from step 10
+    with db.session_scope(sessions) as s:
+        assert [(m.step, m.value) for m in db.metric_history(s, job_id)] == [(10, 10.0)]
+
+
+def test_an_existing_database_upgrades_to_the_deaths_column(tmp_path) -> None:
+    from sqlalchemy import text
+
+    from gantry.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    upgrade(url, "0001")
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, kind, model, state, spec, attempt, step, total_steps, "
+                "cancel_requested, created_at) VALUES ('old', 'train', 'gan', 'running', '{}', 3, 5, 10, 0, "
+                "'2025-01-01 00:00:00')"
+            )
+        )
+    upgrade(url)
+    sessions = db.connect(url)
+    with db.session_scope(sessions) as s:
+        job = db.get_job(s, "old")
+        assert (job.attempt, job.deaths, job.step) == (3, 0, 5)

@@ -19,3 +19,53 @@ def test_the_worker_reads_a_checkpoints_step_from_its_manifest(tmp_path) -> None
     assert resolve_checkpoint(store, "j1", "40") is None  # an explicit step: that step's file, if any
     store.put_bytes(keys.checkpoint_key("j1", 40), b"weights")
     assert resolve_checkpoint(store, "j1", "40") == (keys.checkpoint_key("j1", 40), 40)
+
+
+class _Retry(Exception):
+    pass
+
+
+class _FakeTask:
+    """What `_run` uses of a bound Celery task: its request and `retry`."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.request = SimpleNamespace(is_eager=False, retries=2)
+        self.retried: dict | None = None
+
+    def retry(self, **options):
+        self.retried = options
+        return _Retry()
+
+
+def test_a_handed_back_job_is_retried_with_its_token_and_no_retry_count_limit(monkeypatch) -> None:
+    import pytest
+
+    from gantry.jobs.store import JobBusy
+    from gantry.worker import tasks
+    from gantry.worker.run import RetryLater
+
+    calls = []
+
+    def handed_back(job_id, *, token=None, outage_since=None):
+        calls.append((job_id, token, outage_since))
+        raise RetryLater(job_id, "object storage", 3, 1234.0, ConnectionError("refused"))
+
+    monkeypatch.setattr(tasks, "run_job", handed_back)
+    task = _FakeTask()
+    with pytest.raises(_Retry):
+        tasks._run(task, "j1")
+    assert task.retried is not None and task.retried["kwargs"] == {"token": 3, "outage_since": 1234.0}
+    assert 0 < task.retried["countdown"] <= 300
+    # The retried message carries them back to run_job.
+    with pytest.raises(_Retry):
+        tasks._run(task, "j1", 3, 1234.0)
+    assert calls[-1] == ("j1", 3, 1234.0)
+    # A job another live worker holds: looked at again when its lease runs out, token kept.
+    monkeypatch.setattr(tasks, "run_job", lambda *a, **k: (_ for _ in ()).throw(JobBusy("j1", "w:1", 40)))
+    with pytest.raises(_Retry):
+        tasks._run(task, "j1", 3, None)
+    assert task.retried["countdown"] == 41 and task.retried["kwargs"]["token"] == 3
+    # Retries are bounded by time in run_job, never by a count that runs out mid-outage.
+    assert tasks.train.max_retries is None and not getattr(tasks.train, "autoretry_for", ())
