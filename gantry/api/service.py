@@ -11,7 +11,6 @@ import getpass
 import importlib
 import logging
 import socket
-import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,13 +19,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from gantry.api.schemas import ArtifactView, JobView, MetricPoint, Progress
 from gantry.jobs import store as db
 from gantry.jobs.datasets import DATASETS
-from gantry.jobs.errors import GantryError, InvalidInput, JobFailed, ServiceUnavailable
+from gantry.jobs.errors import GantryError, InvalidInput, JobFailed, ServiceUnavailable, transient_service
 from gantry.jobs.keys import checkpoint_key, job_prefix, manifest_key
 from gantry.jobs.queue import check_broker, check_worker_installed, enqueue, make_celery
 from gantry.jobs.settings import Settings
@@ -252,7 +250,15 @@ class Service:
                 raise down from None
             self._end_own_job(job.id, "failed", f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
             raise JobFailed(f"job {job.id} failed: {type(exc).__name__}: {exc}") from exc
-        return state or self.get(job.id).state
+        ended = self.get(job.id)
+        if ended.state == "failed" and (down := _outage_in(ended.error)) is not None:
+            # An outage that outlasted GANTRY_RETRY_SECONDS, recorded by the work function.
+            raise ServiceUnavailable(
+                down.service,
+                f"{str(down).partition(': ')[2]}; job {job.id} ended failed: `gantry resume {job.id}` "
+                "continues it from its last checkpoint once the service is back",
+            )
+        return state or ended.state
 
     def stop_now(self, job_id: str) -> None:
         """End job `job_id` `cancelled` now, if this process runs it (a second Ctrl-C: it does not
@@ -377,40 +383,42 @@ class Service:
 
 def unavailable(exc: BaseException, settings: Settings) -> ServiceUnavailable | None:
     """`exc` as ServiceUnavailable when it says a service cannot be reached (naming the service,
-    never its password); None when it is anything else."""
+    never its password); None when it is anything else. What counts is the worker's own
+    classification of transient errors (`gantry.jobs.errors.transient_service`)."""
     from gantry.jobs.store import describe_url
 
     if isinstance(exc, ServiceUnavailable):
+        # A worker's hand-back after an outage: name what failed rather than the hand-back.
+        if exc.transient and exc.__cause__ is not None:
+            return unavailable(exc.__cause__, settings) or exc
         return exc
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)) or (
-        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
-    ):
-        reason = type(getattr(exc, "orig", None) or exc).__name__
-        return ServiceUnavailable("database", f"cannot reach {describe_url(settings.database)} ({reason})")
-    # An exception of a client library that is not loaded cannot be what was raised.
-    if "botocore" in sys.modules:
-        from botocore.exceptions import BotoCoreError, ClientError
+    service = transient_service(exc)
+    if service is None:
+        return None
+    where = {
+        "database": describe_url(settings.database),
+        "object storage": f"S3 at {endpoint_name(settings.s3_endpoint_url)}",
+        "broker": _broker_name(settings.broker_url),
+    }.get(service, "a service")
+    return ServiceUnavailable(service, f"cannot reach {where} ({type(exc).__name__})", transient=True)
 
-        code = ""
-        if isinstance(exc, ClientError):
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            if status < 500 and "Throttl" not in code and code != "SlowDown":
-                return None
-        if isinstance(exc, (BotoCoreError, ClientError)):
-            where = endpoint_name(settings.s3_endpoint_url)
-            return ServiceUnavailable(
-                "object storage", f"cannot reach S3 at {where} ({code or type(exc).__name__})"
-            )
-    for module, names in (("kombu", ("OperationalError",)), ("redis", ("ConnectionError", "TimeoutError"))):
-        if module + ".exceptions" in sys.modules:
-            types = tuple(getattr(sys.modules[module + ".exceptions"], name) for name in names)
-            if isinstance(exc, types):
-                from kombu.utils.url import maybe_sanitize_url
 
-                url = maybe_sanitize_url(settings.broker_url or "")
-                return ServiceUnavailable("broker", f"cannot reach {url} ({type(exc).__name__})")
-    return None
+def _outage_in(error: str | None) -> ServiceUnavailable | None:
+    """The outage a failed job's recorded error names, if that is why it failed: the work function
+    records `<exception type>: <message>`, and an outage that outlasted the retries is a
+    ServiceUnavailable whose message starts with the service."""
+    first = (error or "").partition("\n")[0]
+    kind, _, rest = first.partition(": ")
+    service, _, message = rest.partition(": ")
+    if kind != ServiceUnavailable.__name__ or not message:
+        return None
+    return ServiceUnavailable(service, message)
+
+
+def _broker_name(url: str | None) -> str:
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url or ""))
 
 
 def _owner() -> str | None:

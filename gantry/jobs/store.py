@@ -573,4 +573,5 @@ def reopen_job(session: Session, job_id: str) -> Job:
         raise InvalidInput("job_id", f"job {job_id} is {job.state}; only failed or cancelled jobs resume")
     job.state, job.attempt, job.worker = "queued", job.attempt + 1, None
     job.error, job.finished_at, job.cancel_requested = None, None, False
+    job.deaths = 0  # an operator's resume: a fresh GANTRY_MAX_ATTEMPTS budget
     return job
