@@ -21,9 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from gantry.api.schemas import JobView
-from gantry.api.service import Service
+from gantry.api.service import Service, unavailable
 from gantry.jobs.datasets import DATASETS
-from gantry.jobs.errors import GantryError, InvalidInput
+from gantry.jobs.errors import GantryError, InvalidInput, ServiceUnavailable
 from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import MODELS, CodeWalk, EvaluateSpec, SampleSpec
 from gantry.jobs.store import STATES, TERMINAL
@@ -33,14 +33,24 @@ err = Console(stderr=True, highlight=False)
 
 
 class GantryGroup(click.Group):
-    """Turns gantry's errors into their exit codes and one clear line on stderr."""
+    """Turns gantry's errors into their exit codes and one clear line on stderr; so too a service
+    that stops answering in the middle of a command (exit 4, never a traceback)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except GantryError as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, soft_wrap=True)
-            sys.exit(exc.exit_code)
+            _exit_with(exc)
+        except Exception as exc:
+            down = unavailable(exc, ctx.obj) if isinstance(ctx.obj, Settings) else None
+            if down is None:
+                raise
+            _exit_with(down)
+
+
+def _exit_with(exc: GantryError) -> None:
+    err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, soft_wrap=True)
+    sys.exit(exc.exit_code)
 
 
 @click.group(cls=GantryGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,8 +69,17 @@ def cli(ctx: click.Context, verbose: int) -> None:
     ctx.obj = get_settings()
 
 
-def _service(ctx: click.Context) -> Service:
-    return Service(ctx.obj)
+def _service(ctx: click.Context, *, end_dead: bool = False) -> Service:
+    """The service for this command. `end_dead`: first end the jobs that an embedded gantry process
+    on this host left `running` when it was killed (submit, list, status and watch do this)."""
+    svc = Service(ctx.obj)
+    if end_dead:
+        for job_id in svc.end_dead_embedded_jobs():
+            err.print(
+                f"job {job_id}: the gantry process running it was killed; ended failed "
+                f"(`gantry resume {job_id}` continues it from its last checkpoint)"
+            )
+    return svc
 
 
 def _print_json(data: Any) -> None:
@@ -104,7 +123,9 @@ def _after_submit(ctx: click.Context, svc: Service, job: JobView, *, wait: bool,
 
 
 def _run_embedded(svc: Service, job: JobView, *, show: bool) -> JobView:
-    """Run the job in a thread and show its progress from the store; Ctrl-C cancels it."""
+    """Run the job in a thread and show its progress from the store. Ctrl-C cancels it: it stops
+    at its next step with a checkpoint; a second Ctrl-C ends it `cancelled` at once. An unreachable
+    service ends it `failed` and raises ServiceUnavailable (exit 4)."""
     failure: list[BaseException] = []
 
     def target() -> None:
@@ -116,18 +137,23 @@ def _run_embedded(svc: Service, job: JobView, *, show: bool) -> JobView:
     thread = threading.Thread(target=target, name=f"gantry-job-{job.id}", daemon=True)
     thread.start()
     try:
-        final = _watch(svc, job.id, show=show, alive=thread.is_alive)
+        _watch(svc, job.id, show=show, alive=thread.is_alive)
     except KeyboardInterrupt:
-        err.print(f"interrupted: cancelling job {job.id} ...")
+        err.print(
+            f"interrupted: cancelling job {job.id}; it stops at its next step with a checkpoint "
+            "(Ctrl-C again to stop at once, without one)"
+        )
         svc.cancel(job.id)
-        thread.join()
-        final = svc.get(job.id)
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            svc.stop_now(job.id)
+            err.print(f"job {job.id} cancelled without a final checkpoint")
+            sys.exit(1)
     thread.join()
-    if failure and isinstance(failure[0], GantryError):
-        raise failure[0]
     if failure:
-        raise failure[0]
-    return final
+        raise failure[0]  # a GantryError: the job is already ended, with the reason
+    return svc.get(job.id)
 
 
 def _finish(job: JobView, *, as_json: bool, exit_on_failure: bool) -> None:
@@ -186,7 +212,7 @@ def train(
     ctx: click.Context, model: str, sets: tuple[str, ...], wait: bool, as_json: bool, **fields: Any
 ) -> None:
     """Train MODEL. Model options: `gantry options MODEL`."""
-    svc = _service(ctx)
+    svc = _service(ctx, end_dead=True)
     job = svc.submit_train(model, options=_parse_sets(sets), **fields)
     _after_submit(ctx, svc, job, wait=wait, as_json=as_json)
 
@@ -240,7 +266,7 @@ _CHECKPOINT_HELP = _shown("latest or a step number.", _SAMPLE["checkpoint"].defa
 @click.pass_context
 def sample(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields: Any) -> None:
     """Sample from train job JOB_ID's checkpoint: images, interpolations, arithmetic, prompts."""
-    svc = _service(ctx)
+    svc = _service(ctx, end_dead=True)
     job = svc.submit_sample(job_id, **fields)
     _after_submit(ctx, svc, job, wait=wait, as_json=as_json)
 
@@ -258,7 +284,7 @@ def sample(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields:
 @click.pass_context
 def evaluate(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields: Any) -> None:
     """Measure train job JOB_ID's checkpoint; the values land on both jobs' metrics."""
-    svc = _service(ctx)
+    svc = _service(ctx, end_dead=True)
     job = svc.submit_evaluate(job_id, **fields)
     _after_submit(ctx, svc, job, wait=wait, as_json=as_json)
 
@@ -326,7 +352,7 @@ def _print_status(job: JobView) -> None:
 @click.pass_context
 def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show a job: state, progress, latest metrics, artifacts."""
-    job = _service(ctx).get(job_id)
+    job = _service(ctx, end_dead=True).get(job_id)
     if as_json:
         _print_json(job.model_dump(mode="json"))
     else:
@@ -340,7 +366,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.pass_context
 def list_(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first."""
-    jobs = _service(ctx).list_jobs(state=state, limit=limit)
+    jobs = _service(ctx, end_dead=True).list_jobs(state=state, limit=limit)
     if as_json:
         _print_json([j.model_dump(mode="json", exclude={"artifacts"}) for j in jobs])
         return
@@ -384,8 +410,13 @@ def metrics(ctx: click.Context, job_id: str, as_json: bool) -> None:
     out.print(table if by_name else "no metrics recorded yet")
 
 
+DEAD_HOLDER_CHECK_SECONDS = 5.0
+
+
 def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval: float = 0.5) -> JobView:
-    """Poll the store until the job ends, with a live progress bar."""
+    """Poll the store until the job ends, with a live progress bar. An outage of the database that
+    lasts longer than the lease (GANTRY_LEASE_SECONDS) raises ServiceUnavailable; a shorter one is
+    shown on the bar and waited out."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     job = svc.get(job_id)
@@ -399,8 +430,21 @@ def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval
     ]
     with Progress(*columns, console=err, disable=not show, transient=False) as bar:
         task = bar.add_task(f"{job.id} {job.state}", total=job.progress.total_steps or None, rate="", info="")
+        down_since: float | None = None
+        looked_for_dead = time.monotonic()
         while True:
-            job = svc.get(job_id)
+            try:
+                job = svc.get(job_id)
+            except ServiceUnavailable as exc:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > svc.settings.lease_seconds:
+                    raise
+                bar.update(
+                    task, description=f"{job.id} {job.state}", info=f"{exc.service} unreachable, retrying"
+                )
+                time.sleep(interval)
+                continue
+            down_since = None
             m = job.metrics
             rate = f"{m['images_per_sec']:.0f} img/s" if "images_per_sec" in m else ""
             info = "  ".join(f"{k}={m[k]:.3f}" for k in ("loss_D", "loss_G") if k in m)
@@ -408,7 +452,12 @@ def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval
                 task, completed=job.progress.step, description=f"{job.id} {job.state}", rate=rate, info=info
             )
             if job.state in TERMINAL or (alive is not None and not alive()):
-                return svc.get(job_id)
+                return job if job.state in TERMINAL else svc.get(job_id)
+            # A job that another gantry process runs here in embedded mode ends if that process is
+            # killed while this one watches: look for that now and then.
+            if alive is None and time.monotonic() - looked_for_dead > DEAD_HOLDER_CHECK_SECONDS:
+                svc.end_dead_embedded_jobs()
+                looked_for_dead = time.monotonic()
             time.sleep(interval)
 
 
@@ -417,7 +466,7 @@ def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval
 @click.pass_context
 def watch(ctx: click.Context, job_id: str) -> None:
     """Follow a job live until it ends; exit 1 if it failed or was cancelled."""
-    job = _watch(_service(ctx), job_id, show=True)
+    job = _watch(_service(ctx, end_dead=True), job_id, show=True)
     _finish(job, as_json=False, exit_on_failure=True)
 
 
@@ -426,14 +475,27 @@ def watch(ctx: click.Context, job_id: str) -> None:
 @_JSON
 @click.pass_context
 def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Cancel a queued or running job (a running one stops within seconds, keeping its checkpoints)."""
+    """Cancel a queued or running job (a running one stops within seconds, keeping its checkpoints;
+    one whose worker is gone is cancelled at once)."""
     job = _service(ctx).cancel(job_id)
     if as_json:
         _print_json(job.model_dump(mode="json"))
     elif job.state == "cancelled":
-        out.print(f"job {job.id} cancelled")
+        out.print(f"job {job.id} cancelled" + (f" ({job.error})" if job.error else ""))
     else:
         out.print(f"job {job.id}: cancel requested; it stops at its next progress check")
+
+
+@cli.command()
+@click.argument("job_id")
+@_WAIT
+@_JSON
+@click.pass_context
+def resume(ctx: click.Context, job_id: str, wait: bool, as_json: bool) -> None:
+    """Run a failed or cancelled job again (attempt + 1); a train job continues from its last checkpoint."""
+    svc = _service(ctx, end_dead=True)
+    job = svc.resume(job_id)
+    _after_submit(ctx, svc, job, wait=wait, as_json=as_json)
 
 
 @cli.command()

@@ -1,11 +1,19 @@
 """The service layer: submit, read, cancel and download jobs. The CLI and the HTTP app call this;
-it never imports torch or the worker (embedded mode reaches the worker through Celery's task
-registry, see `gantry.jobs.queue.run_in_process`)."""
+it never imports torch or the worker at import time (embedded mode imports the work function when
+it runs a job).
+
+A service that cannot be reached (the database, the broker, object storage) is always reported as
+ServiceUnavailable, naming it without its password, never as the driver's own exception."""
 
 from __future__ import annotations
 
 import getpass
+import importlib
 import logging
+import socket
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -16,9 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from gantry.api.schemas import ArtifactView, JobView, MetricPoint, Progress
 from gantry.jobs import store as db
 from gantry.jobs.datasets import DATASETS
-from gantry.jobs.errors import InvalidInput
+from gantry.jobs.errors import GantryError, InvalidInput, JobFailed, ServiceUnavailable, transient_service
 from gantry.jobs.keys import checkpoint_key, job_prefix, manifest_key
-from gantry.jobs.queue import check_broker, check_worker_installed, enqueue, make_celery, run_in_process
+from gantry.jobs.queue import check_broker, check_worker_installed, enqueue, make_celery
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import (
     TrainSpec,
@@ -27,7 +35,15 @@ from gantry.jobs.specs import (
     parse_sample_spec,
     parse_train_spec,
 )
-from gantry.jobs.storage import ObjectStore, open_store, safe_join, safe_relative_key, uri_exists
+from gantry.jobs.storage import (
+    ObjectStore,
+    check_storage,
+    endpoint_name,
+    open_store,
+    safe_join,
+    safe_relative_key,
+    uri_exists,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +69,20 @@ class Service:
     def celery(self):  # type: ignore[no-untyped-def]
         return make_celery(self.settings)
 
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A transaction; a database that stops answering raises ServiceUnavailable."""
+        try:
+            with db.session_scope(self.sessions) as s:
+                yield s
+        except GantryError:
+            raise
+        except Exception as exc:
+            down = unavailable(exc, self.settings)
+            if down is None:
+                raise
+            raise down from None
+
     # -- submitting ------------------------------------------------------------------------
     def submit_train(self, model: str, *, options: dict[str, Any] | None = None, **fields: Any) -> JobView:
         """Validate and record a train job, then queue it (or leave it for `run_embedded`)."""
@@ -77,7 +107,7 @@ class Service:
 
     def _train_job_with_checkpoint(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
         """(model, spec) of train job `job_id` if it exists and has a checkpoint, else None."""
-        with db.session_scope(self.sessions) as s:
+        with self._session() as s:
             job = s.get(db.Job, job_id)
             if job is None or job.kind != "train":
                 return None
@@ -116,7 +146,7 @@ class Service:
 
     def _parent(self, job_id: str, checkpoint: str) -> TrainSpec:
         """The spec of train job `job_id`, after checking it has checkpoint `checkpoint`."""
-        with db.session_scope(self.sessions) as s:
+        with self._session() as s:
             parent = db.get_job(s, job_id)
             if parent.kind != "train":
                 raise InvalidInput("job_id", f"job {job_id} is a {parent.kind} job; use a train job")
@@ -132,14 +162,39 @@ class Service:
             return self.objects.exists(manifest_key(job_id))
         return self.objects.exists(checkpoint_key(job_id, int(ref)))
 
-    def _submit(
-        self, kind: str, *, model: str, spec: dict[str, Any], total_steps: int, parent: str | None
-    ) -> JobView:
+    def _check_services(self) -> None:
+        """Refuse, before anything is recorded, what would leave the job with nowhere to run or to
+        write: no worker packages (embedded mode) or no broker, and object storage that is missing,
+        refused or unreachable."""
         if self.settings.embedded:
             check_worker_installed()
         else:
             check_broker(self.celery, self.settings.broker_url or "")
-        with db.session_scope(self.sessions) as s:
+        check_storage(self.settings.storage, endpoint_url=self.settings.s3_endpoint_url)
+
+    def _enqueue(self, kind: str, job_id: str) -> None:
+        """Send the job's message. When the broker does not take it, the row would wait for a
+        message that never comes: it is ended `failed` with the reason (kept, not deleted, so that a
+        message that did reach the broker finds a finished job and runs nothing)."""
+        try:
+            enqueue(self.celery, kind, job_id)
+        except ServiceUnavailable as exc:
+            reason = f"not queued: {exc}; nothing ran (`gantry resume {job_id}` queues it again)"
+            try:
+                with self._session() as s:
+                    db.fail_queued_job(s, job_id, error=reason)
+            except ServiceUnavailable:
+                log.warning("job %s: could not record that it was not queued", job_id)
+            raise ServiceUnavailable(
+                exc.service, f"{str(exc).partition(': ')[2]}; job {job_id} was not queued and is ended failed"
+            ) from None
+        log.info("queued %s job %s", kind, job_id)
+
+    def _submit(
+        self, kind: str, *, model: str, spec: dict[str, Any], total_steps: int, parent: str | None
+    ) -> JobView:
+        self._check_services()
+        with self._session() as s:
             job = db.create_job(
                 s,
                 kind=kind,
@@ -151,27 +206,116 @@ class Service:
             )
             job_id = job.id
         if not self.settings.embedded:
-            enqueue(self.celery, kind, job_id)
-            log.info("queued %s job %s", kind, job_id)
+            self._enqueue(kind, job_id)
         return self.get(job_id)
 
-    def run_embedded(self, job: JobView) -> None:
-        """Embedded mode: run a submitted job in this process (blocks until it ends)."""
-        run_in_process(self.celery, job.kind, job.id)
+    def resume(self, job_id: str) -> JobView:
+        """Queue a failed or cancelled job again (attempt + 1); a train job continues from its last
+        checkpoint. Embedded mode leaves it for `run_embedded`."""
+        self._check_services()
+        with self._session() as s:
+            kind = db.reopen_job(s, job_id).kind
+        if not self.settings.embedded:
+            self._enqueue(kind, job_id)
+        return self.get(job_id)
+
+    # -- embedded mode ---------------------------------------------------------------------
+    def run_embedded(self, job: JobView) -> str:
+        """Embedded mode: run a submitted job in this process with this service's settings; blocks
+        until it ends and returns its final state.
+
+        Every way out ends the job: its own failure is recorded `failed` by the work function; an
+        unreachable service ends it `failed` with the reason and raises ServiceUnavailable (nothing
+        else would retry it; `gantry resume` continues it from its last checkpoint); an interrupt
+        ends it `cancelled`. Should even that write fail (the database is what went away), the row
+        names this process, and the next gantry command on this host ends it
+        (`end_dead_embedded_jobs`)."""
+        # Reached by name, as a Celery worker reaches it: torch and the worker load only when a job
+        # runs here, and the API's type checks stop at this boundary.
+        run_job: Callable[..., str | None] = importlib.import_module("gantry.worker.run").run_job
+        try:
+            state = run_job(job.id, settings=self.settings)
+        except (KeyboardInterrupt, SystemExit):
+            self._end_own_job(job.id, "cancelled", "interrupted while it ran in embedded mode")
+            raise
+        except Exception as exc:
+            down = unavailable(exc, self.settings)
+            if down is not None:
+                self._end_own_job(
+                    job.id,
+                    "failed",
+                    f"{down}. In embedded mode nothing retries it: `gantry resume {job.id}` continues it "
+                    "from its last checkpoint once the service is back",
+                )
+                raise down from None
+            self._end_own_job(job.id, "failed", f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+            raise JobFailed(f"job {job.id} failed: {type(exc).__name__}: {exc}") from exc
+        ended = self.get(job.id)
+        if ended.state == "failed" and (down := _outage_in(ended.error)) is not None:
+            # An outage that outlasted GANTRY_RETRY_SECONDS, recorded by the work function.
+            raise ServiceUnavailable(
+                down.service,
+                f"{str(down).partition(': ')[2]}; job {job.id} ended failed: `gantry resume {job.id}` "
+                "continues it from its last checkpoint once the service is back",
+            )
+        return state or ended.state
+
+    def stop_now(self, job_id: str) -> None:
+        """End job `job_id` `cancelled` now, if this process runs it (a second Ctrl-C: it does not
+        wait for the job's final checkpoint)."""
+        self._end_own_job(
+            job_id, "cancelled", "stopped at once (a second interrupt), without a final checkpoint"
+        )
+
+    def _end_own_job(self, job_id: str, state: str, error: str) -> None:
+        """End job `job_id` as `state` if this process still holds it (best effort: the database
+        may be what failed)."""
+        try:
+            with self._session() as s:
+                job = s.get(db.Job, job_id)
+                if job is not None and job.state == "running" and job.worker == db.worker_name():
+                    db.end_held_job(
+                        s, job_id, holder=job.worker, attempt=job.attempt, state=state, error=error
+                    )
+        except Exception:
+            log.warning("job %s: could not record it as %s", job_id, state, exc_info=True)
+
+    def end_dead_embedded_jobs(self) -> list[str]:
+        """Embedded mode: end `failed` the running jobs whose gantry process on this host is gone
+        (killed, say, with SIGKILL): its pid no longer runs, or runs another program. Their
+        checkpoints are kept; `gantry resume` continues them. Queued mode leaves such jobs to the
+        workers, which take them over. Returns the ids it ended."""
+        if not self.settings.embedded:
+            return []
+        ended = []
+        with self._session() as s:
+            for job in db.running_on_host(s, socket.gethostname()):
+                if not db.holder_is_gone(job, lease_seconds=self.settings.lease_seconds):
+                    continue
+                error = (
+                    f"the gantry process that ran it ({job.worker}) ended without finishing it "
+                    f"(killed?); its checkpoints are kept: `gantry resume {job.id}` continues it"
+                )
+                if db.end_held_job(
+                    s, job.id, holder=job.worker, attempt=job.attempt, state="failed", error=error
+                ):
+                    log.warning("job %s: %s", job.id, error)
+                    ended.append(job.id)
+        return ended
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> JobView:
-        with db.session_scope(self.sessions) as s:
+        with self._session() as s:
             return self._view(s, db.get_job(s, job_id))
 
     def list_jobs(self, *, state: str | None = None, limit: int = 50) -> list[JobView]:
-        with db.session_scope(self.sessions) as s:
+        with self._session() as s:
             return [
                 self._view(s, job, with_artifacts=False) for job in db.list_jobs(s, state=state, limit=limit)
             ]
 
     def metrics(self, job_id: str) -> list[MetricPoint]:
-        with db.session_scope(self.sessions) as s:
+        with self._session() as s:
             db.get_job(s, job_id)
             return [
                 MetricPoint(name=m.name, step=m.step, value=m.value, time=_utc(m.time))  # type: ignore[arg-type]
@@ -179,8 +323,19 @@ class Service:
             ]
 
     def cancel(self, job_id: str) -> JobView:
-        with db.session_scope(self.sessions) as s:
-            db.request_cancel(s, job_id)
+        """Queued jobs are cancelled at once; a running one stops at its next progress check, or at
+        once when its worker is gone (nothing would ever read the request)."""
+        with self._session() as s:
+            job = db.request_cancel(s, job_id)
+            if job.state == "running" and db.holder_is_gone(job, lease_seconds=self.settings.lease_seconds):
+                db.end_held_job(
+                    s,
+                    job_id,
+                    holder=job.worker,
+                    attempt=job.attempt,
+                    state="cancelled",
+                    error=f"cancelled after its worker ({job.worker}) was gone",
+                )
         return self.get(job_id)
 
     def download(self, job_id: str, to: Path) -> list[Path]:
@@ -224,6 +379,46 @@ class Service:
             parent_job_id=job.parent_job_id,
             spec=dict(job.spec),
         )
+
+
+def unavailable(exc: BaseException, settings: Settings) -> ServiceUnavailable | None:
+    """`exc` as ServiceUnavailable when it says a service cannot be reached (naming the service,
+    never its password); None when it is anything else. What counts is the worker's own
+    classification of transient errors (`gantry.jobs.errors.transient_service`)."""
+    from gantry.jobs.store import describe_url
+
+    if isinstance(exc, ServiceUnavailable):
+        # A worker's hand-back after an outage: name what failed rather than the hand-back.
+        if exc.transient and exc.__cause__ is not None:
+            return unavailable(exc.__cause__, settings) or exc
+        return exc
+    service = transient_service(exc)
+    if service is None:
+        return None
+    where = {
+        "database": describe_url(settings.database),
+        "object storage": f"S3 at {endpoint_name(settings.s3_endpoint_url)}",
+        "broker": _broker_name(settings.broker_url),
+    }.get(service, "a service")
+    return ServiceUnavailable(service, f"cannot reach {where} ({type(exc).__name__})", transient=True)
+
+
+def _outage_in(error: str | None) -> ServiceUnavailable | None:
+    """The outage a failed job's recorded error names, if that is why it failed: the work function
+    records `<exception type>: <message>`, and an outage that outlasted the retries is a
+    ServiceUnavailable whose message starts with the service."""
+    first = (error or "").partition("\n")[0]
+    kind, _, rest = first.partition(": ")
+    service, _, message = rest.partition(": ")
+    if kind != ServiceUnavailable.__name__ or not message:
+        return None
+    return ServiceUnavailable(service, message)
+
+
+def _broker_name(url: str | None) -> str:
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url or ""))
 
 
 def _owner() -> str | None:

@@ -15,7 +15,7 @@ TASKS = {"train": "gantry.train", "sample": "gantry.sample", "evaluate": "gantry
 
 
 def make_celery(settings: Settings) -> Celery:
-    """The Celery app for `settings`. Without a broker (embedded mode) tasks run in-process, eagerly."""
+    """The Celery app for `settings`. Without a broker, `run_in_process` runs its tasks eagerly."""
     app = Celery("gantry", broker=settings.broker_url or "memory://", include=["gantry.worker.tasks"])
     app.conf.update(
         task_default_queue=QUEUE,
@@ -53,7 +53,15 @@ def check_broker(app: Celery, url: str) -> None:
 
 
 def enqueue(app: Celery, kind: str, job_id: str) -> None:
-    app.send_task(TASKS[kind], args=[job_id], queue=QUEUE, retry=True, retry_policy={"max_retries": 3})
+    """Send job `job_id`'s message; ServiceUnavailable (naming the broker, not its password) when
+    the broker does not take it after a few quick retries."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    try:
+        app.send_task(TASKS[kind], args=[job_id], queue=QUEUE, retry=True, retry_policy={"max_retries": 3})
+    except Exception as exc:
+        url = maybe_sanitize_url(str(app.conf.broker_url or ""))
+        raise ServiceUnavailable("broker", f"cannot queue on {url} ({type(exc).__name__})") from None
 
 
 def check_worker_installed() -> None:
@@ -72,6 +80,8 @@ def check_worker_installed() -> None:
 
 
 def run_in_process(app: Celery, kind: str, job_id: str) -> None:
-    """Embedded mode: run the task here, through Celery's eager path (the same task code a worker runs)."""
+    """Run the task here through Celery's eager path: the wiring test's way from API to task to work
+    function. Embedded mode does not use it: it calls the work function itself
+    (`gantry.api.service.Service.run_embedded`), with the caller's settings."""
     app.loader.import_default_modules()
     app.tasks[TASKS[kind]].apply(args=[job_id], throw=True)

@@ -404,3 +404,62 @@ def fetch_to_local(
         target.parent.mkdir(parents=True, exist_ok=True)
         _copy_object(store, k, target, budget, max_bytes)
     return folder
+
+
+def check_storage(url: str, *, endpoint_url: str | None = None) -> None:
+    """Refuse, before a job is recorded, object storage that cannot take its objects: an S3 bucket
+    that is missing, refused (access denied) or unreachable, a folder that cannot be written. Raises
+    ServiceUnavailable naming the bucket or folder (never a credential)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        folder = Path(unquote(parsed.path))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServiceUnavailable("object storage", f"cannot create {folder}: {exc.strerror}") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ServiceUnavailable("object storage", f"{folder} is not writable")
+        return
+    if parsed.scheme != "s3" or not parsed.netloc:
+        open_store(url, endpoint_url=endpoint_url)  # raises InvalidInput with the forms it takes
+        return
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    bucket = parsed.netloc
+    where = endpoint_name(endpoint_url)
+    # One quick try: a submit should answer in seconds, not after the workers' retries.
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        config=Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=10),
+    )
+    try:
+        client.head_bucket(Bucket=bucket)
+    except NoCredentialsError:
+        raise ServiceUnavailable("object storage", f"no S3 credentials to reach bucket {bucket!r}") from None
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            reason = f"bucket {bucket!r} does not exist at {where}; create it first"
+        elif code in ("403", "AccessDenied", "Forbidden"):
+            reason = f"access to bucket {bucket!r} at {where} is denied (check the credentials and policy)"
+        else:
+            reason = f"bucket {bucket!r} at {where} answered {code or type(exc).__name__}"
+        raise ServiceUnavailable("object storage", reason) from None
+    except BotoCoreError as exc:
+        raise ServiceUnavailable(
+            "object storage", f"cannot reach S3 at {where} for bucket {bucket!r} ({type(exc).__name__})"
+        ) from None
+
+
+def endpoint_name(endpoint_url: str | None) -> str:
+    """An S3 endpoint for messages, without any user or password in its URL."""
+    if not endpoint_url:
+        return "AWS"
+    parsed = urlparse(endpoint_url)
+    if not parsed.hostname:
+        return endpoint_url
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.hostname}{port}"

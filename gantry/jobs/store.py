@@ -485,3 +485,93 @@ def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
 
 def count_jobs(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+# --- holders that are gone, and ending their jobs (the CLI's embedded mode and `gantry cancel`) -----
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), from /proc; None where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError):
+        return None
+    # Field 22 (starttime, in clock ticks after boot) counts from after the command's closing ")".
+    ticks = int(stat.rpartition(")")[2].split()[19])
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def holder_is_gone(job: Job, *, lease_seconds: int, now: datetime | None = None) -> bool:
+    """Whether the process that holds running job `job` (its `worker`, `host:pid`) is certainly gone.
+
+    On this host the pid tells: no such process, or one that started after the job's last heartbeat
+    (the pid was reused), is gone; where the start time cannot be read, a heartbeat older than the
+    lease is. On another host only the lease tells."""
+    now = now or utcnow()
+    heartbeat = _aware(job.heartbeat_at) or _aware(job.started_at) or now
+    expired = (now - heartbeat).total_seconds() > lease_seconds
+    host, _, pid = (job.worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return expired
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    started = _process_start_time(int(pid))
+    if started is None:
+        return expired
+    return started > heartbeat.timestamp() + 1  # clock ticks round the start time
+
+
+def running_on_host(session: Session, host: str) -> list[Job]:
+    """Running jobs held by a process on `host`."""
+    return list(session.scalars(select(Job).where(Job.state == "running", Job.worker.like(f"{host}:%"))))
+
+
+def end_held_job(
+    session: Session, job_id: str, *, holder: str | None, attempt: int, state: str, error: str | None
+) -> bool:
+    """End job `job_id` as `state` only while it is still `running` under `holder` at `attempt`, so
+    that a worker which took it over meanwhile keeps it. True when it was ended."""
+    if state not in TERMINAL:
+        raise ValueError(state)
+    held = Job.worker.is_(None) if holder is None else Job.worker == holder
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running", held, Job.attempt == attempt)
+        .values(state=state, error=error, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def fail_queued_job(session: Session, job_id: str, *, error: str) -> bool:
+    """End job `job_id` `failed` if it is still `queued` (its message never reached the queue)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "queued")
+        .values(state="failed", error=error, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def reopen_job(session: Session, job_id: str) -> Job:
+    """Put a failed or cancelled job back to `queued` with `attempt + 1`; a train job resumes
+    from its last checkpoint when it runs again."""
+    job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+    if job is None:
+        raise JobNotFound(job_id)
+    if job.state not in ("failed", "cancelled"):
+        raise InvalidInput("job_id", f"job {job_id} is {job.state}; only failed or cancelled jobs resume")
+    job.state, job.attempt, job.worker = "queued", job.attempt + 1, None
+    job.error, job.finished_at, job.cancel_requested = None, None, False
+    job.deaths = 0  # an operator's resume: a fresh GANTRY_MAX_ATTEMPTS budget
+    return job

@@ -1,11 +1,13 @@
 """API -> Celery (eager) -> task -> work function -> SQL row and S3 objects (moto), in one process.
-(The job runner itself, called without Celery: tests/worker/.)"""
+The only place that runs Celery's eager path: embedded mode calls the work function itself
+(tests/api/test_embedded.py), and so do the job runner's tests (tests/worker/)."""
 
 from __future__ import annotations
 
 import boto3
 
 from gantry.api.service import Service
+from gantry.jobs.queue import run_in_process
 from gantry.jobs.settings import Settings
 
 TINY = {"dataset": "digits", "image_size": 16, "batch_size": 16, "steps": 6, "checkpoint_every": 3}
@@ -21,7 +23,7 @@ def test_submit_runs_the_task_and_lands_in_s3(s3_settings: Settings) -> None:
     svc = Service(s3_settings)
     job = svc.submit_train("dcgan", options=OPTS, **TINY)
     assert job.state == "queued"
-    svc.run_embedded(job)
+    run_in_process(svc.celery, job.kind, job.id)
     job = svc.get(job.id)
     assert job.state == "succeeded", job.error
     assert job.progress.step == 6 and job.attempt == 1
@@ -36,7 +38,7 @@ def test_submit_runs_the_task_and_lands_in_s3(s3_settings: Settings) -> None:
     runs = []
     for seed in (5, 5, 6):
         sample = svc.submit_sample(job.id, count=4, seed=seed)
-        svc.run_embedded(sample)
+        run_in_process(svc.celery, sample.kind, sample.id)
         assert svc.get(sample.id).state == "succeeded"
         body = boto3.client("s3").get_object(Bucket="wiring", Key=f"gantry/jobs/{sample.id}/images/grid.png")
         runs.append(body["Body"].read())

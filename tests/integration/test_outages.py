@@ -1,0 +1,173 @@
+"""A database that stops answering while an operator command runs: `watch` rides out an outage
+shorter than the lease and exits 4 (with the message, no traceback) after a longer one; `status`
+and `cancel` exit 4. The outage is a TCP proxy in front of this session's PostgreSQL database that
+the test cuts and restores; the server itself is left alone."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+
+from gantry.api.cli import cli
+from gantry.jobs import store as db
+
+GANTRY = [sys.executable, "-m", "gantry.api.cli"]
+
+
+class Proxy:
+    """127.0.0.1:<port> forwarding to `target`; `cut()` closes it and every connection through it
+    (the database is gone), `restore()` listens again on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        assert self._listener is not None
+        # shutdown() wakes the thread blocked in accept(); close() alone leaves it listening.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._conns += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                readable, _, _ = select.select([a, b], [], [], 1.0)
+                for src in readable:
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    (b if src is a else a).sendall(data)
+        except (OSError, ValueError):
+            return
+
+
+@pytest.fixture
+def proxied(postgres_url, tmp_path, monkeypatch) -> Iterator[tuple[Proxy, str]]:
+    """(proxy, database URL through it, with a password that must never be shown)."""
+    from sqlalchemy.engine import make_url
+
+    from gantry.migrations import upgrade
+
+    upgrade(postgres_url)
+    url = make_url(postgres_url)
+    proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
+    through = url.set(host="127.0.0.1", port=proxy.port, password="pw-secret")
+    through_url = through.render_as_string(hide_password=False)
+    for var in ("GANTRY_STORAGE_URL", "GANTRY_BROKER_URL", "GANTRY_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GANTRY_HOME", str(tmp_path))
+    monkeypatch.setenv("GANTRY_DATABASE_URL", through_url)
+    monkeypatch.setenv("GANTRY_LEASE_SECONDS", "5")  # how long `watch` waits out an outage
+    yield proxy, through_url
+    proxy.cut()
+
+
+def _running_job(postgres_url: str) -> str:
+    sessions = db.connect(postgres_url)
+    with db.session_scope(sessions) as s:
+        job_id = db.create_job(s, kind="train", model="gan", spec={"steps": 5}, total_steps=5).id
+    with db.session_scope(sessions) as s:
+        db.claim_job(s, job_id, worker="gpu-1:1", lease_seconds=60)
+    return job_id
+
+
+def _watch(job_id: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*GANTRY, "watch", job_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ
+    )
+
+
+def _started(proc: subprocess.Popen) -> None:
+    time.sleep(3)  # its first reads went through
+    assert proc.poll() is None, proc.communicate()
+
+
+def test_watch_exits_4_when_the_database_stays_away(proxied, postgres_url) -> None:
+    proxy, _ = proxied
+    job_id = _running_job(postgres_url)
+    proc = _watch(job_id)
+    try:
+        _started(proc)
+        proxy.cut()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 4, stderr
+    assert "database" in stderr and f"127.0.0.1:{proxy.port}" in stderr
+    assert "Traceback" not in stderr and "pw-secret" not in stderr
+
+
+def test_watch_rides_out_a_short_database_outage(proxied, postgres_url) -> None:
+    proxy, _ = proxied
+    job_id = _running_job(postgres_url)
+    proc = _watch(job_id)
+    try:
+        _started(proc)
+        proxy.cut()
+        time.sleep(1.5)
+        proxy.restore()
+        time.sleep(1.5)
+        assert proc.poll() is None, proc.communicate()
+        with db.session_scope(db.connect(postgres_url)) as s:
+            db.finish_job(s, job_id, state="succeeded")
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("command", ["status", "cancel"])
+def test_status_and_cancel_exit_4_when_the_database_goes_mid_command(
+    proxied, postgres_url, monkeypatch, command
+) -> None:
+    proxy, _ = proxied
+    job_id = _running_job(postgres_url)
+    real = db.schema_revision
+
+    def then_cut(engine):  # the schema check passes; then the database goes away
+        found = real(engine)
+        proxy.cut()
+        return found
+
+    monkeypatch.setattr(db, "schema_revision", then_cut)
+    result = CliRunner().invoke(cli, [command, job_id])
+    assert result.exit_code == 4, result.output
+    assert "database" in result.output and f"127.0.0.1:{proxy.port}" in result.output
+    assert "pw-secret" not in result.output
+    assert isinstance(result.exception, SystemExit)  # a clean exit, not an uncaught error
