@@ -335,7 +335,9 @@ def _print_status(job: JobView) -> None:
     if job.error:
         out.print(f"  [red]error[/red]      {job.error.splitlines()[0]}")
     # What to look at: an evaluation's figures (the walks it measured, a scatter plot) too.
-    shown = [a for a in job.artifacts if a.kind in ("grid", "checkpoint", "manifest", "evaluation", "warnings")]
+    shown = [
+        a for a in job.artifacts if a.kind in ("grid", "checkpoint", "manifest", "evaluation", "warnings")
+    ]
     samples = [a for a in job.artifacts if a.kind == "samples"]
     images = [a for a in job.artifacts if a.kind == "image"]
     if samples:
