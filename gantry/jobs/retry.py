@@ -61,6 +61,15 @@ class Outage:
         self.not_before = now + delay
         return delay
 
+    def absorb(self, exc: Exception) -> tuple[str, float]:
+        """A failed try of a retried call: raise `exc` again unless it is transient (gantry's own
+        errors, LeaseLost among them, never are); else record it, and return (the service, the delay
+        before the next try)."""
+        service = transient_service(exc)
+        if service is None:
+            raise exc
+        return service, self.failed(exc, service)
+
     def due(self) -> bool:
         """False while an outage's backoff delay runs: a call that may be skipped (a progress write,
         a liveness check) is not even tried, so a dead service is not hammered every step."""
@@ -77,13 +86,8 @@ class Outage:
         while True:
             try:
                 result = fn()
-            except LeaseLost:
-                raise
             except Exception as exc:
-                service = transient_service(exc)
-                if service is None:
-                    raise
-                delay = self.failed(exc, service)
+                service, delay = self.absorb(exc)
                 log.warning("%s unavailable (%s); retrying in %.1f s", service, type(exc).__name__, delay)
                 self.sleep(delay)
                 if between is not None:

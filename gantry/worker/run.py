@@ -130,13 +130,8 @@ class JobContext:
             return
         try:
             self._cancel = self._in_session(self._flush)
-        except LeaseLost:
-            raise
-        except Exception as exc:
-            service = transient_service(exc)
-            if service is None:
-                raise
-            delay = self.database.failed(exc, service)
+        except Exception as exc:  # LeaseLost and the job's own errors go up at once
+            service, delay = self.database.absorb(exc)
             log.warning(
                 "job %s: %s unavailable (%s); progress kept, next try in %.1f s",
                 self.job_id,
