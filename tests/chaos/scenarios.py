@@ -65,7 +65,7 @@ class Size:
     grace: float = 12.0  # (f): SIGKILL after this long, as a pod's grace period
 
 
-BOUNDED = Size("bounded", 3, 1, 2, 1, 2000, 100, 3, (2.0, 5.0), 20.0, 90.0)
+BOUNDED = Size("bounded", 3, 1, 2, 1, 1500, 100, 3, (2.0, 5.0), 20.0, 90.0)
 FULL = Size("full", 7, 3, 4, 2, 3000, 100, 20, (2.0, 7.0), 30.0, 300.0, twin_steps=1000)
 
 
@@ -538,10 +538,11 @@ def kill_workers(run: Run) -> None:
     run.start_worker("celery")
     run.reference_run()
     ids = run.plan(size.train_jobs, size.sample_jobs, twin=True)
+
     # The first kill hits the deterministic twin past its first checkpoint, so that it resumes from one.
-    twin_past_checkpoint = lambda: (
-        run.poller.latest.get(ids[0], {}).get("step", 0) >= size.checkpoint_every + 10
-    )  # noqa: E731
+    def twin_past_checkpoint() -> bool:
+        return run.poller.latest.get(ids[0], {}).get("step", 0) >= size.checkpoint_every + 10
+
     if not run.wait_for(twin_past_checkpoint, 90):
         run.notes.append("the deterministic twin did not pass its first checkpoint within 90s")
     for n in range(size.kill_rounds):
@@ -673,6 +674,12 @@ def sigterm_scale_in(run: Run) -> None:
             )
     else:
         target.destroy()
+        # What the pod's end does to the job is a fault of its own: resuming is measured from it too.
+        run.fault(
+            f"SIGKILL {target.name} at the end of its {size.grace:.0f}s grace period",
+            time.monotonic(),
+            jobs=[job] if job else [],
+        )
         run.failures.append(
             f"SIGTERM: {target.name} still running {size.grace:.0f}s after SIGTERM "
             f"(GANTRY_STOP_SECONDS={size.stop_seconds}); SIGKILLed as at the end of a grace period"
