@@ -1,0 +1,23 @@
+"""The chaos suite, bounded (`make test`): each of issue 28's faults against real workers and private
+services, judged from the outside. The full sizes run with `make chaos` (bench/chaos.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.chaos.conftest import RESULTS
+from tests.chaos.scenarios import BOUNDED, SCENARIOS, run_scenario
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
+
+@pytest.mark.parametrize(
+    "key", list(SCENARIOS), ids=[f"{k}-{t.split()[1].lower()}" for k, (t, _) in SCENARIOS.items()]
+)
+def test_every_job_succeeds_once_through_the_fault(chaos_services, key: str) -> None:
+    seed = int(os.environ["CHAOS_SEED"]) if "CHAOS_SEED" in os.environ else None
+    result = run_scenario(chaos_services, key, BOUNDED, seed=seed, say=print)
+    RESULTS.append(result)
+    assert result.ok, result.report()
