@@ -63,7 +63,8 @@ def requeue_pass(
         if not db.try_reaper_lock(s):
             return Requeued(skipped=True)
         stale = db.requeue_stale(s, lease_seconds=lease_seconds, host=host)
-        kinds = dict(s.execute(select(db.Job.id, db.Job.kind).where(db.Job.id.in_(stale))).tuples())
+        rows = s.execute(select(db.Job.id, db.Job.kind).where(db.Job.id.in_(stale)))
+        kinds = {job_id: kind for job_id, kind in rows}
         to_send += [(job_id, kinds[job_id]) for job_id in stale]
         found = 0
         for job_id, kind in db.unsent_jobs(s, older_than=resend_after):
