@@ -36,8 +36,10 @@ class Shutdown:
     def __init__(self) -> None:
         self._requested = threading.Event()
         self.busy = False
-        # A pool process exits once a job was handed back at the deadline (see `running`).
-        self.exit_after_deadline = False
+        # In a pool process: SIGTERM is taken while a job runs, and the process exits once a job
+        # was handed back at the deadline (see `running`).
+        self.pool_process = False
+        self.idle_sigterm: Any = signal.SIG_DFL  # the handler SIGTERM had before: used when idle
 
     def requested(self) -> bool:
         return self._requested.is_set()
@@ -49,7 +51,7 @@ class Shutdown:
     def running(self, *, stop_seconds: float, on_deadline: Callable[[], bool]) -> Iterator[None]:
         """While a job runs here. After a stop request, the job has `stop_seconds` to end (hand
         itself back); past that a watchdog thread calls `on_deadline` (True: it handed the job
-        back), then ends this process if `exit_after_deadline`."""
+        back), then ends this process if it is a pool process."""
         done = threading.Event()
 
         def watch() -> None:
@@ -57,10 +59,12 @@ class Shutdown:
                 pass
             if done.wait(stop_seconds):
                 return
-            if on_deadline() and self.exit_after_deadline:
+            if on_deadline() and self.pool_process:
                 logging.shutdown()
                 os._exit(1)
 
+        if self.pool_process and threading.current_thread() is threading.main_thread():
+            self._take_sigterm()
         self.busy = True
         watchdog = threading.Thread(target=watch, name="gantry-stop-watchdog", daemon=True)
         watchdog.start()
@@ -70,24 +74,35 @@ class Shutdown:
             self.busy = False
             done.set()
 
+    def _take_sigterm(self) -> None:
+        current = signal.getsignal(signal.SIGTERM)
+        if current is not on_pool_sigterm:
+            self.idle_sigterm = current
+            signal.signal(signal.SIGTERM, on_pool_sigterm)
+
 
 SHUTDOWN = Shutdown()  # the process's own: signals are process-wide
 
 
-def on_pool_sigterm(signum: int, _frame: Any) -> None:
-    """SIGTERM in a pool process: a stop request while a job runs; death when idle (Celery's own
-    behaviour, which its cold shutdown relies on)."""
+def on_pool_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM in a pool process: a stop request while a job runs; when idle, what it did before
+    (billiard's exit, which Celery's cold shutdown relies on)."""
     if SHUTDOWN.busy:
         SHUTDOWN.request()
+        return
+    previous = SHUTDOWN.idle_sigterm
+    if previous == signal.SIG_IGN:
+        return
+    if callable(previous):
+        previous(signum, frame)
         return
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
 
 def install_pool_handler() -> None:
-    """In a pool process (Celery's `worker_process_init`)."""
-    SHUTDOWN.exit_after_deadline = True
-    signal.signal(signal.SIGTERM, on_pool_sigterm)
+    """In a pool process (Celery's `worker_process_init`): SIGTERM is taken when a job starts."""
+    SHUTDOWN.pool_process = True
 
 
 def forward_stop() -> None:

@@ -204,12 +204,11 @@ def test_sigterm_in_a_pool_process_is_a_stop_request_while_a_job_runs_and_death_
         "import os, signal, time\n"
         "from gantry.worker.lifecycle import SHUTDOWN, install_pool_handler\n"
         "install_pool_handler()\n"
-        "SHUTDOWN.busy = True\n"
-        "os.kill(os.getpid(), signal.SIGTERM)\n"
-        "os.kill(os.getpid(), signal.SIGTERM)\n"  # a second one (the group's and the main's) too
-        "print('stop requested', SHUTDOWN.requested(), flush=True)\n"
-        "SHUTDOWN.busy = False\n"
-        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "with SHUTDOWN.running(stop_seconds=60, on_deadline=lambda: False):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"  # a second one (the group's and the main's) too
+        "    print('stop requested', SHUTDOWN.requested(), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"  # idle: the handler it had before (here: death)
         "time.sleep(5)\n"
         "print('still alive', flush=True)\n"
     )
