@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import time
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -16,9 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from gantry.api.schemas import ArtifactView, JobView, MetricPoint, Progress
 from gantry.jobs import store as db
 from gantry.jobs.datasets import DATASETS
-from gantry.jobs.errors import InvalidInput
+from gantry.jobs.errors import InvalidInput, ServiceUnavailable, transient_service
 from gantry.jobs.keys import checkpoint_key, job_prefix, manifest_key
 from gantry.jobs.queue import check_broker, check_worker_installed, enqueue, make_celery, run_in_process
+from gantry.jobs.requeue import Requeued, requeue_pass
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import (
     TrainSpec,
@@ -182,6 +184,29 @@ class Service:
         with db.session_scope(self.sessions) as s:
             db.request_cancel(s, job_id)
         return self.get(job_id)
+
+    def requeue(self, *, stale: bool = False) -> Requeued:
+        """Rebuild the queue from the store: send the message of every queued job not on the queue
+        and, with `stale`, first queue again the running jobs whose lease ran out (attempt + 1).
+        The SQL rows decide; a message sent twice is harmless (see gantry.jobs.requeue)."""
+        if self.settings.embedded:
+            raise InvalidInput(
+                "GANTRY_BROKER_URL",
+                "is unset: embedded mode has no queue (jobs run where they are submitted)",
+            )
+        check_broker(self.celery, self.settings.broker_url or "")
+        lease = self.settings.lease_seconds if stale else None
+        for _ in range(20):  # a reaper's pass takes a moment: wait for its lock
+            try:
+                done = requeue_pass(self.sessions, self.celery, lease_seconds=lease, resend_after=0)
+            except Exception as exc:
+                if (service := transient_service(exc)) is None:
+                    raise
+                raise ServiceUnavailable(service, f"requeue failed ({type(exc).__name__})") from None
+            if not done.skipped:
+                return done
+            time.sleep(0.5)
+        raise ServiceUnavailable("database", "another reaper held the requeue lock for 10 s; try again")
 
     def download(self, job_id: str, to: Path) -> list[Path]:
         """Copy every object under `jobs/<id>/` to `to`, keeping the layout.
