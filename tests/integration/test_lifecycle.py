@@ -204,7 +204,10 @@ def test_gantry_requeue_rebuilds_the_queue_from_the_store(service_env) -> None:
         _flush(env)
 
 
-def test_sigterm_checkpoints_the_running_job_and_another_worker_finishes_it(service_env, tmp_path) -> None:
+@pytest.mark.parametrize("to", ["main process", "process group"])
+def test_sigterm_checkpoints_the_running_job_and_another_worker_finishes_it(
+    service_env, tmp_path, to
+) -> None:
     env = {**service_env, "GANTRY_STOP_SECONDS": "30"}
     _flush(env)
     first = Worker(env, tmp_path / "first.log")
@@ -212,7 +215,10 @@ def test_sigterm_checkpoints_the_running_job_and_another_worker_finishes_it(serv
     try:
         job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "600", "--checkpoint-every", "500")
         wait_for(env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 60)
-        os.kill(first.proc.pid, signal.SIGTERM)  # what Kubernetes sends the container's main process
+        if to == "main process":
+            os.kill(first.proc.pid, signal.SIGTERM)  # what Kubernetes sends the container's main process
+        else:
+            os.killpg(first.proc.pid, signal.SIGTERM)  # systemd, `kill -- -PGID`: the pool process too
         first.proc.wait(60)  # within GANTRY_STOP_SECONDS, not after the whole job
         job = status(env, job_id)
         stopped_at = job["progress"]["step"]
