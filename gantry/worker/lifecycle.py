@@ -84,6 +84,33 @@ class Shutdown:
 SHUTDOWN = Shutdown()  # the process's own: signals are process-wide
 
 
+@contextmanager
+def renewing(beat: Callable[[], object], *, every: float) -> Iterator[None]:
+    """Call `beat` (a heartbeat) every `every` seconds from a thread while the block runs: a long
+    step that reports no progress (a data set's download) keeps its lease, so the reaper does not
+    take a live job for a dead one. A refused beat (LeaseLost) ends the renewing; the run finds out
+    at its own next write. Any other error is tried again next time."""
+    from gantry.jobs.errors import LeaseLost
+
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(every):
+            try:
+                beat()
+            except LeaseLost:
+                return
+            except Exception as exc:
+                log.debug("lease renewal failed (%s); tried again", type(exc).__name__)
+
+    thread = threading.Thread(target=renew, name="gantry-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 def on_pool_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM in a pool process: a stop request while a job runs; when idle, what it did before
     (billiard's exit, which Celery's cold shutdown relies on)."""

@@ -47,7 +47,7 @@ from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import EvaluateSpec, SampleSpec, load_train_spec
 from gantry.jobs.storage import ObjectNotFound, ObjectStore, open_store
 from gantry.worker.errors import Stopped
-from gantry.worker.lifecycle import SHUTDOWN, Shutdown
+from gantry.worker.lifecycle import SHUTDOWN, Shutdown, renewing
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,13 @@ class JobContext:
 
     # -- object storage, each write fenced and recorded as an artifact --------------------------
     def read(self, fn: Callable[[], T]) -> T:
-        """A read from object storage, retried while it is out (the lease kept meanwhile)."""
-        return self.storage.call(fn, between=self._keep_lease)
+        """A read from object storage, retried while it is out (the lease kept meanwhile, and
+        renewed while a long read such as a data set's download runs: see `renewing`)."""
+        with renewing(self._renew, every=self.settings.lease_seconds / 4):
+            return self.storage.call(fn, between=self._keep_lease)
+
+    def _renew(self) -> None:
+        self._in_session(lambda s: db.check_lease(s, self.job_id, token=self.token))
 
     def put_object(self, key: str, data: bytes) -> str:
         """Write an object while this attempt holds the job (checked right before the write)."""

@@ -48,8 +48,10 @@ def _run(task: Task, job_id: str, token: int | None = None, outage_since: float 
     except RetryLater as later:
         if task.request.is_eager:
             raise
+        # Within half a lease: the retry's claim renews the row's heartbeat before the reaper
+        # would take the job, left `running` meanwhile, for a dead one.
         raise task.retry(
-            countdown=retry_countdown(task.request.retries or 0),
+            countdown=min(retry_countdown(task.request.retries or 0), settings.lease_seconds / 2),
             kwargs={"token": later.token, "outage_since": later.since},
         ) from None
 

@@ -95,18 +95,19 @@ def _sessions(env):
 def test_a_sigkilled_workers_job_is_requeued_by_the_reaper_of_a_plain_celery_worker(
     service_env, tmp_path
 ) -> None:
-    env = {**service_env, "GANTRY_LEASE_SECONDS": "5"}
+    env = {**service_env, "GANTRY_LEASE_SECONDS": "15"}
     _flush(env)
     first = CeleryWorker(env, tmp_path / "first.log", "first")
     second = None
     try:
         job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "300", "--checkpoint-every", "20")
         wait_for(env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 40)
+        # Another worker is up before the first dies: what it does next, its reaper does periodically.
+        second = CeleryWorker(env, tmp_path / "second.log", "second")
         os.kill(first.proc.pid, signal.SIGKILL)  # the main process: its pool process dies with it
         first.proc.wait(30)
-        # Restarted at once. Its message stays unacknowledged in Redis for the visibility timeout
-        # (an hour): only the reaper brings the job back.
-        second = CeleryWorker(env, tmp_path / "second.log", "second")
+        # The job's message stays unacknowledged in Redis for the visibility timeout (an hour): only
+        # the reaper brings the job back.
         job = wait_for(env, job_id, ("succeeded",), timeout=180)
     finally:
         first.stop()

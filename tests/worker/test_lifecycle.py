@@ -137,6 +137,44 @@ def test_after_its_own_database_outage_the_reaper_waits_one_lease_before_judging
     assert reaper.run_once().stale == [stale]  # type: ignore[union-attr]
 
 
+def test_a_long_read_renews_the_lease_so_the_reaper_leaves_a_live_job_alone(settings, sessions) -> None:
+    settings = settings.model_copy(update={"lease_seconds": 5})
+    job_id = _job(sessions, state="running", age=4)  # its last heartbeat is nearly a lease old
+    ctx = JobContext(job_id=job_id, sessions=sessions, objects=None, settings=settings, token=1)  # type: ignore[arg-type]
+    ctx.read(lambda: time.sleep(3))  # a data set's download: no progress to report
+    with db.session_scope(sessions) as s:
+        assert db.requeue_stale(s, lease_seconds=5) == []
+    assert _row(sessions, job_id).state == "running"
+
+
+def test_a_handed_back_jobs_retry_comes_within_half_a_lease(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from gantry.worker import tasks
+    from gantry.worker.run import RetryLater
+
+    class Retry(Exception):
+        pass
+
+    retried = {}
+
+    def retry(**options):
+        retried.update(options)
+        return Retry()
+
+    monkeypatch.setenv("GANTRY_LEASE_SECONDS", "10")
+    monkeypatch.setattr(
+        tasks,
+        "run_job",
+        lambda job_id, **_: (_ for _ in ()).throw(RetryLater(job_id, "database", 1, 0.0, OSError())),
+    )
+    task = SimpleNamespace(request=SimpleNamespace(is_eager=False, retries=6), retry=retry, app=None)
+    with pytest.raises(Retry):
+        tasks._run(task, "j1")  # type: ignore[arg-type]
+    # Its row stays `running` meanwhile: the retry's claim renews it before the reaper would take it.
+    assert 0 < retried["countdown"] <= 5
+
+
 # --- a graceful stop ----------------------------------------------------------------------------
 
 
