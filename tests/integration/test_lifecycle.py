@@ -100,10 +100,11 @@ def test_a_sigkilled_workers_job_is_requeued_by_the_reaper_of_a_plain_celery_wor
     first = CeleryWorker(env, tmp_path / "first.log", "first")
     second = None
     try:
-        job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "300", "--checkpoint-every", "20")
+        job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "1500", "--checkpoint-every", "100")
         wait_for(env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 40)
         # Another worker is up before the first dies: what it does next, its reaper does periodically.
         second = CeleryWorker(env, tmp_path / "second.log", "second")
+        assert status(env, job_id)["state"] == "running"
         os.kill(first.proc.pid, signal.SIGKILL)  # the main process: its pool process dies with it
         first.proc.wait(30)
         # The job's message stays unacknowledged in Redis for the visibility timeout (an hour): only
@@ -113,8 +114,8 @@ def test_a_sigkilled_workers_job_is_requeued_by_the_reaper_of_a_plain_celery_wor
         first.stop()
         if second is not None:
             second.stop()
-    assert job["attempt"] == 2 and job["progress"]["step"] == 300
-    assert _each_step_once(env, job_id) == list(range(10, 301, 10))
+    assert job["attempt"] == 2 and job["progress"]["step"] == 1500
+    assert _each_step_once(env, job_id) == list(range(10, 1501, 10))
     assert f"reaper: job {job_id}: its holder is gone or its lease ran out" in second.log_path.read_text()
 
 
