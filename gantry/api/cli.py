@@ -544,6 +544,24 @@ def upgrade(ctx: click.Context) -> None:
 
 
 @cli.command()
+@click.option("--stale", is_flag=True, help="First queue again the running jobs whose lease ran out.")
+@_JSON
+@click.pass_context
+def requeue(ctx: click.Context, stale: bool, as_json: bool) -> None:
+    """Rebuild the queue from the store: send every queued job's message that is not on the queue."""
+    done = _service(ctx).requeue(stale=stale)
+    if as_json:
+        _print_json({"stale": done.stale, "sent": done.sent, "waiting": done.waiting})
+        return
+    for job_id in done.stale:
+        out.print(f"job {job_id}: its lease ran out; queued again")
+    for job_id in done.sent:
+        out.print(f"job {job_id}: message sent")
+    waiting = "" if done.waiting is None else f"; {done.waiting} already on the queue"
+    out.print(f"{len(done.sent)} sent{waiting}")
+
+
+@cli.command()
 @click.option(
     "--gpus",
     default="all",

@@ -11,6 +11,7 @@ import getpass
 import importlib
 import logging
 import socket
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from gantry.jobs.datasets import DATASETS
 from gantry.jobs.errors import GantryError, InvalidInput, JobFailed, ServiceUnavailable, transient_service
 from gantry.jobs.keys import checkpoint_key, job_prefix, manifest_key
 from gantry.jobs.queue import check_broker, check_worker_installed, enqueue, make_celery
+from gantry.jobs.requeue import Requeued, requeue_pass
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import (
     TrainSpec,
@@ -337,6 +339,29 @@ class Service:
                     error=f"cancelled after its worker ({job.worker}) was gone",
                 )
         return self.get(job_id)
+
+    def requeue(self, *, stale: bool = False) -> Requeued:
+        """Rebuild the queue from the store: send the message of every queued job not on the queue
+        and, with `stale`, first queue again the running jobs whose lease ran out (attempt + 1).
+        The SQL rows decide; a message sent twice is harmless (see gantry.jobs.requeue)."""
+        if self.settings.embedded:
+            raise InvalidInput(
+                "GANTRY_BROKER_URL",
+                "is unset: embedded mode has no queue (jobs run where they are submitted)",
+            )
+        check_broker(self.celery, self.settings.broker_url or "")
+        lease = self.settings.lease_seconds if stale else None
+        for _ in range(20):  # a reaper's pass takes a moment: wait for its lock
+            try:
+                done = requeue_pass(self.sessions, self.celery, lease_seconds=lease, resend_after=0)
+            except Exception as exc:
+                if (service := transient_service(exc)) is None:
+                    raise
+                raise ServiceUnavailable(service, f"requeue failed ({type(exc).__name__})") from None
+            if not done.skipped:
+                return done
+            time.sleep(0.5)
+        raise ServiceUnavailable("database", "another reaper held the requeue lock for 10 s; try again")
 
     def download(self, job_id: str, to: Path) -> list[Path]:
         """Copy every object under `jobs/<id>/` to `to`, keeping the layout.

@@ -3,7 +3,9 @@ source of truth, not a result backend."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import json
 
 from celery import Celery
 
@@ -62,6 +64,32 @@ def enqueue(app: Celery, kind: str, job_id: str) -> None:
     except Exception as exc:
         url = maybe_sanitize_url(str(app.conf.broker_url or ""))
         raise ServiceUnavailable("broker", f"cannot queue on {url} ({type(exc).__name__})") from None
+
+
+def waiting_job_ids(app: Celery) -> set[str] | None:
+    """The ids of the jobs whose message waits on the queue now (what `gantry requeue` and the
+    reaper need not send again); None when the broker cannot be read that way (not Redis). A
+    message a worker has already taken is not counted: at worst such a job is sent twice, which a
+    claim makes harmless."""
+    with app.connection_for_read() as conn:
+        if conn.transport.driver_type != "redis":
+            return None
+        channel = conn.default_channel
+        names = {channel._q_for_pri(QUEUE, pri) for pri in channel.priority_steps}
+        with channel.conn_or_acquire() as client:
+            raw = [message for name in sorted(names) for message in client.lrange(name, 0, -1)]
+    ids = set()
+    for message in raw:
+        try:
+            payload = json.loads(message)
+            body = payload["body"]
+            if payload.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args = json.loads(body)[0]  # Celery's message protocol 2: [args, kwargs, embed]
+            ids.add(str(args[0]))
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue  # not a gantry message
+    return ids
 
 
 def check_worker_installed() -> None:

@@ -24,6 +24,14 @@ class Settings(BaseSettings):
         600, ge=0, description="how long transient infrastructure errors are retried before a job fails"
     )
     max_attempts: int = Field(5, ge=1, description="deaths of a job's own process before it is failed")
+    requeue_seconds: float = Field(
+        300, ge=1, description="a queued job whose message is not on the queue is sent again after this long"
+    )
+    stop_seconds: float = Field(
+        30,
+        ge=1,
+        description="SIGTERM to a worker: its running job is checkpointed and handed back within this",
+    )
     max_input_pixels: int = Field(
         64_000_000, ge=1, description="pixels per image, in every data set and input"
     )

@@ -10,6 +10,10 @@ it out). Every later write a worker makes for the job takes the token and is con
 transaction as the write it guards); a refused write raises LeaseLost, and that attempt stops. A
 newer attempt (a takeover after the lease ran out, or a requeue) bumps `attempt`, so no two
 attempts ever write one job.
+
+The row, not the queue, says what is to be run: a `queued` job whose message was lost is sent
+again (`unsent_jobs`, `mark_sent`), a `running` one whose holder died is queued again
+(`requeue_stale`), each through a conditional UPDATE, so two reapers never do either twice.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable
 
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -85,6 +89,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # When its message was last sent to the queue (None: at `created_at`); see `unsent_jobs`.
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Metric(Base):
@@ -209,6 +215,7 @@ def create_job(
     parent_job_id: str | None = None,
     owner: str | None = None,
 ) -> Job:
+    now = utcnow()
     job = Job(
         id=new_job_id(),
         kind=kind,
@@ -222,7 +229,8 @@ def create_job(
         cancel_requested=False,
         parent_job_id=parent_job_id,
         owner=owner,
-        created_at=utcnow(),
+        created_at=now,
+        enqueued_at=now,  # its message is sent right after this row is committed
     )
     session.add(job)
     session.flush()
@@ -399,15 +407,105 @@ def request_cancel(session: Session, job_id: str) -> Job:
     return job
 
 
-def requeue_stale(session: Session, *, lease_seconds: int) -> list[str]:
-    """Running jobs whose worker stopped heartbeating go back to `queued` with `attempt + 1`."""
-    cutoff = utcnow() - timedelta(seconds=lease_seconds)
-    stale = list(session.scalars(select(Job).where(Job.state == "running", Job.heartbeat_at < cutoff)))
-    for job in stale:
+def hand_back(
+    session: Session,
+    job_id: str,
+    *,
+    token: int | None = None,
+    holder: str | None = None,
+    fence_out: bool = False,
+) -> str:
+    """Give the running job back to the queue (a worker's graceful stop): `queued`, not a death;
+    the caller sends its message. Only while attempt `token` (or process `holder`) holds it, else
+    LeaseLost. The attempt number stays when the run has ended (its last write is this one);
+    `fence_out` bumps it, for a run that may still be writing (past GANTRY_STOP_SECONDS), whose
+    later writes are then refused. Returns the job's kind."""
+    values: dict[str, Any] = {"state": "queued", "worker": None, "enqueued_at": utcnow()}
+    if fence_out:
+        values["attempt"] = Job.attempt + 1
+    query = update(Job).where(Job.id == job_id, Job.state == "running")
+    if token is not None:
+        query = query.where(Job.attempt == token)
+    if holder is not None:
+        query = query.where(Job.worker == holder)
+    result = session.execute(query.values(**values).execution_options(synchronize_session=False))
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise LeaseLost(job_id, token or 0)
+    return str(session.scalar(select(Job.kind).where(Job.id == job_id)))
+
+
+def requeue_stale(session: Session, *, lease_seconds: float | None, host: str | None = None) -> list[str]:
+    """Running jobs whose holder stopped heartbeating for `lease_seconds` (None: none by age) and,
+    with `host`, those held by a process gone from this host (at once) go back to `queued` with `attempt + 1`,
+    counted as a death; the caller sends their messages. Each is a conditional UPDATE on the
+    attempt it saw, so of two reapers one requeues the job and the other finds nothing to do."""
+    cutoff = None if lease_seconds is None else utcnow() - timedelta(seconds=lease_seconds)
+    running = session.execute(
+        select(Job.id, Job.attempt, Job.worker, Job.heartbeat_at).where(Job.state == "running")
+    ).all()
+    requeued = []
+    for job_id, attempt, holder, beat in running:
+        stale = cutoff is not None and (beat is None or _aware(beat) < cutoff)  # type: ignore[operator]
+        dead_here = host is not None and not _holder_may_be_alive(holder, f"{host}:0")
+        if not (stale or dead_here):
+            continue
         # Its holder ended without a word: a death (GANTRY_MAX_ATTEMPTS), and its token is void.
-        job.state, job.attempt, job.worker = "queued", job.attempt + 1, None
-        job.deaths = (job.deaths or 0) + 1
-    return [job.id for job in stale]
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempt == attempt, Job.state == "running")
+            .values(
+                state="queued",
+                attempt=attempt + 1,
+                worker=None,
+                deaths=func.coalesce(Job.deaths, 0) + 1,
+                enqueued_at=utcnow(),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            requeued.append(job_id)
+    return requeued
+
+
+def unsent_jobs(session: Session, *, older_than: float) -> list[tuple[str, str]]:
+    """(id, kind) of the queued jobs whose message was last sent more than `older_than` seconds
+    ago: if it is no longer on the queue, it was lost."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    sent = func.coalesce(Job.enqueued_at, Job.created_at)
+    rows = session.execute(
+        select(Job.id, Job.kind).where(Job.state == "queued", sent <= cutoff).order_by(Job.created_at)
+    )
+    return [(job_id, kind) for job_id, kind in rows]
+
+
+def mark_sent(session: Session, job_id: str, *, older_than: float) -> bool:
+    """Take the re-send of queued job `job_id` (its message last sent more than `older_than`
+    seconds ago): True for the one caller that is to send it now."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.state == "queued",
+            func.coalesce(Job.enqueued_at, Job.created_at) <= cutoff,
+        )
+        .values(enqueued_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# Any fixed number: the key of the PostgreSQL advisory lock that one reaper at a time holds.
+REAPER_LOCK = 0x6A6E7472  # "gntr"
+
+
+def try_reaper_lock(session: Session) -> bool:
+    """One reaper at a time: True when this transaction holds the reaper lock (PostgreSQL: an
+    advisory lock released at commit; elsewhere always True, and the conditional UPDATEs of
+    `requeue_stale` and `mark_sent` keep each job's requeue or re-send to one reaper)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": REAPER_LOCK}))
 
 
 # --- metrics and artifacts --------------------------------------------------------------------

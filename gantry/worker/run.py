@@ -21,6 +21,10 @@ Faults:
   goes on with the same attempt at once. Should that retry be lost, the row's heartbeat goes stale
   and the lease expires: the next claim (a redelivery, or the stale-job requeue) takes it over.
 - The job's own errors fail it at once, with the reason and traceback, and are not retried.
+- A graceful stop (SIGTERM to the worker, gantry.worker.lifecycle) turns `should_stop` True: the
+  training loop checkpoints at that step and returns, and the job is handed back (queued, the same
+  attempt, not a death; `send` sends its message again) for another worker to resume from that
+  step. Past GANTRY_STOP_SECONDS, `hand_back_late` hands it back without that checkpoint.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import EvaluateSpec, SampleSpec, load_train_spec
 from gantry.jobs.storage import ObjectNotFound, ObjectStore, open_store
 from gantry.worker.errors import Stopped
+from gantry.worker.lifecycle import SHUTDOWN, Shutdown, renewing
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,8 @@ class JobContext:
     settings: Settings
     token: int  # this attempt's lease token: the job's attempt number when it was claimed
     poll_seconds: float = 0.5
+    # True once this worker is asked to stop (SIGTERM): the job checkpoints and is handed back.
+    stopping: Callable[[], bool] = field(default=lambda: False)
     _last_poll: float = field(default=0.0, init=False)
     _cancel: bool = field(default=False, init=False)
     # Progress not yet written (the database was out): (step, metrics), written in order later.
@@ -153,8 +160,13 @@ class JobContext:
 
     # -- object storage, each write fenced and recorded as an artifact --------------------------
     def read(self, fn: Callable[[], T]) -> T:
-        """A read from object storage, retried while it is out (the lease kept meanwhile)."""
-        return self.storage.call(fn, between=self._keep_lease)
+        """A read from object storage, retried while it is out (the lease kept meanwhile, and
+        renewed while a long read such as a data set's download runs: see `renewing`)."""
+        with renewing(self._renew, every=self.settings.lease_seconds / 4):
+            return self.storage.call(fn, between=self._keep_lease)
+
+    def _renew(self) -> None:
+        self._in_session(lambda s: db.check_lease(s, self.job_id, token=self.token))
 
     def put_object(self, key: str, data: bytes) -> str:
         """Write an object while this attempt holds the job (checked right before the write)."""
@@ -233,6 +245,8 @@ class JobContext:
     def should_stop(self) -> bool:
         # Polled every step; the DB is read at most once per poll_seconds, so a cancel lands
         # within about a second of being requested. While the database is out: the last answer.
+        if self.stopping():
+            return True
         if not self._cancel and time.monotonic() - self._last_poll >= self.poll_seconds:
             self._report()
         return self._cancel
@@ -392,15 +406,21 @@ def run_job(
     settings: Settings | None = None,
     token: int | None = None,
     outage_since: float | None = None,
+    stop: Shutdown = SHUTDOWN,
+    send: Callable[[str, str], None] | None = None,
 ) -> str | None:
     """Claim and run one job; returns its final state (None when it was not ours to run, or this
-    attempt lost its lease and stopped).
+    attempt lost its lease and stopped; "queued" when it was handed back).
 
     `token`: the lease token of the attempt that a retried task goes on with (see RetryLater);
     `outage_since`: when the outage that handed it back began. A transient infrastructure error
     that outlasts the retries raises RetryLater, the row left `running` for the retried task (or,
     if that is lost, the lease's expiry) to take over. Any other error fails the job with its
     reason and traceback, and is not retried.
+
+    `stop`: this process's stop request (SIGTERM sets the worker's); a job stopped by it is handed
+    back and `send(kind, job_id)` sends its message again (None, or a failed send: the reaper sends
+    it after GANTRY_REQUEUE_SECONDS).
     """
     # Imported here, not at the top: each phase module imports this one.
     from gantry.worker.evaluate import evaluate_job
@@ -436,6 +456,7 @@ def run_job(
         raise
     log.info("job %s: %s attempt %d started", job_id, kind, attempt)
     ctx = JobContext(job_id=job_id, sessions=sessions, objects=objects, settings=settings, token=attempt)
+    ctx.stopping = stop.requested
     try:
         if kind == "train":
             state = "succeeded" if train_job(ctx, load_train_spec(spec_data)) else "cancelled"
@@ -462,6 +483,8 @@ def run_job(
             raise hand_back(exc, service, attempt) from exc
         log.exception("job %s failed", job_id)
         state, error = "failed", f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
+    if state == "cancelled" and not ctx._cancel and stop.requested():
+        return _hand_back(ctx, kind, send)
     try:
         ctx.finish(state, error)
     except LeaseLost:
@@ -474,3 +497,50 @@ def run_job(
         raise
     log.info("job %s: %s", job_id, state)
     return state
+
+
+def _hand_back(ctx: JobContext, kind: str, send: Callable[[str, str], None] | None) -> str | None:
+    """A job stopped by the worker's stop request (its checkpoint written) goes back to the queue
+    as the same attempt: this run has ended, and this is its last write."""
+    try:
+        ctx.write(lambda s: db.hand_back(s, ctx.job_id, token=ctx.token))
+    except LeaseLost:
+        log.warning("job %s: attempt %d lost its lease before handing back", ctx.job_id, ctx.token)
+        return None
+    log.info("job %s: handed back, the worker is stopping", ctx.job_id)
+    _send(send, kind, ctx.job_id)
+    return "queued"
+
+
+def hand_back_late(job_id: str, *, settings: Settings, send: Callable[[str, str], None] | None) -> bool:
+    """The stop watchdog, GANTRY_STOP_SECONDS after the stop request, while the run goes on: the
+    job that this process holds goes back to the queue without a new checkpoint, with attempt + 1
+    so that the run's later writes are refused. True when it was handed back."""
+    try:
+        with db.session_scope(db.connect(settings.database)) as s:
+            kind = db.hand_back(s, job_id, holder=db.worker_name(), fence_out=True)
+    except LeaseLost:
+        return False  # the run ended meanwhile, or this process never held it
+    except Exception:
+        log.exception("job %s: could not be handed back", job_id)
+        return False
+    log.warning(
+        "job %s: no checkpoint within GANTRY_STOP_SECONDS (%.0f s); handed back without it",
+        job_id,
+        settings.stop_seconds,
+    )
+    _send(send, kind, job_id)
+    return True
+
+
+def _send(send: Callable[[str, str], None] | None, kind: str, job_id: str) -> None:
+    if send is None:
+        return
+    try:
+        send(kind, job_id)
+    except Exception as exc:
+        log.warning(
+            "job %s: its message could not be sent (%s); the reaper sends it after GANTRY_REQUEUE_SECONDS",
+            job_id,
+            type(exc).__name__,
+        )

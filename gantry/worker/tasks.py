@@ -1,17 +1,25 @@
 """Celery tasks: thin. Load the job, claim it, call the work function, record the outcome — all
-of which `run_job` does; the task adds the retries: of a job handed back after a transient
-infrastructure error (with its lease token, so it goes on as the same attempt), and a later look
-at a job that another live worker holds. The job's own errors are recorded by `run_job`, never
-retried."""
+of which `run_job` does; the task adds the retries of a job handed back after a transient
+infrastructure error (with its lease token, so it goes on as the same attempt), sends the message
+of a job handed back by a stopping worker, and arms the stop watchdog (gantry.worker.lifecycle).
+A message for a job that another live worker holds (a duplicate: Redis redelivered it, or the
+reaper sent it again) is dropped: should that holder die, the reaper queues the job again. The
+job's own errors are recorded by `run_job`, never retried."""
 
 from __future__ import annotations
 
+import logging
 import random
 
 from celery import Task, shared_task
 
+from gantry.jobs.queue import enqueue
+from gantry.jobs.settings import get_settings
 from gantry.jobs.store import JobBusy
-from gantry.worker.run import RetryLater, run_job
+from gantry.worker.lifecycle import SHUTDOWN
+from gantry.worker.run import RetryLater, hand_back_late, run_job
+
+log = logging.getLogger(__name__)
 
 # No autoretry and no retry limit: run_job decides what is transient, and bounds its retries by
 # time (GANTRY_RETRY_SECONDS) rather than by count; a count ran out while S3 was down and left
@@ -25,19 +33,25 @@ def retry_countdown(retries: int, *, base: float = 5.0, cap: float = 300.0) -> f
 
 
 def _run(task: Task, job_id: str, token: int | None = None, outage_since: float | None = None) -> None:
+    settings = get_settings()
+    send = None if task.request.is_eager else (lambda kind, job: enqueue(task.app, kind, job))
     try:
-        run_job(job_id, token=token, outage_since=outage_since)
+        with SHUTDOWN.running(
+            stop_seconds=settings.stop_seconds,
+            on_deadline=lambda: hand_back_late(job_id, settings=settings, send=send),
+        ):
+            run_job(job_id, settings=settings, token=token, outage_since=outage_since, send=send)
     except JobBusy as busy:
         if task.request.is_eager:
             raise
-        raise task.retry(
-            countdown=busy.retry_in + 1, kwargs={"token": token, "outage_since": outage_since}
-        ) from None
+        log.info("job %s: a duplicate message, dropped (%s)", job_id, busy)
     except RetryLater as later:
         if task.request.is_eager:
             raise
+        # Within half a lease: the retry's claim renews the row's heartbeat before the reaper
+        # would take the job, left `running` meanwhile, for a dead one.
         raise task.retry(
-            countdown=retry_countdown(task.request.retries or 0),
+            countdown=min(retry_countdown(task.request.retries or 0), settings.lease_seconds / 2),
             kwargs={"token": later.token, "outage_since": later.since},
         ) from None
 

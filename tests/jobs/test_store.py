@@ -251,3 +251,118 @@ def test_an_existing_database_upgrades_to_the_deaths_column(tmp_path) -> None:
     with db.session_scope(sessions) as s:
         job = db.get_job(s, "old")
         assert (job.attempt, job.deaths, job.step) == (3, 0, 5)
+
+
+def test_an_existing_database_upgrades_to_the_enqueued_at_column(tmp_path) -> None:
+    from sqlalchemy import text
+
+    from gantry.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    upgrade(url, "0002")
+    with db.make_engine(url).begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, kind, model, state, spec, attempt, deaths, step, total_steps, "
+                "cancel_requested, created_at) VALUES ('old', 'train', 'gan', 'queued', '{}', 1, 0, 0, 10, 0, "
+                "'2025-01-01 00:00:00')"
+            )
+        )
+    upgrade(url)
+    with db.session_scope(db.connect(url)) as s:
+        assert db.get_job(s, "old").enqueued_at is None
+        # An old row's message counts as sent when it was created: long ago, so it is looked at.
+        assert db.unsent_jobs(s, older_than=300) == [("old", "train")]
+
+
+# --- the reaper's writes ------------------------------------------------------------------------
+
+
+def _claimed(sessions, worker: str = "w1:1", *, age: float = 0) -> str:
+    job_id = _new(sessions)
+    with db.session_scope(sessions) as s:
+        db.claim_job(s, job_id, worker=worker, lease_seconds=60)
+        s.execute(
+            update(db.Job)
+            .where(db.Job.id == job_id)
+            .values(heartbeat_at=db.utcnow() - timedelta(seconds=age))
+        )
+    return job_id
+
+
+def test_a_stale_job_is_requeued_once_and_a_second_pass_finds_nothing(sessions) -> None:
+    stale, fresh = _claimed(sessions, age=300), _claimed(sessions, "w2:1")
+    with db.session_scope(sessions) as first:
+        assert db.requeue_stale(first, lease_seconds=60) == [stale]
+    with db.session_scope(sessions) as second:
+        assert db.requeue_stale(second, lease_seconds=60) == []
+    with db.session_scope(sessions) as s:
+        job = db.get_job(s, stale)
+        assert (job.state, job.attempt, job.deaths, job.worker) == ("queued", 2, 1, None)
+        assert job.enqueued_at is not None  # its message is sent by the reaper right after
+        assert db.get_job(s, fresh).state == "running"
+
+
+def test_a_holder_gone_from_this_host_is_requeued_at_once(sessions) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    gone = _claimed(sessions, f"{host}:{int(dead.stdout)}")  # a fresh heartbeat, but its process is gone
+    alive = _claimed(sessions, f"{host}:{os.getpid()}")
+    elsewhere = _claimed(sessions, "another-host:1")
+    with db.session_scope(sessions) as s:
+        assert db.requeue_stale(s, lease_seconds=None, host=host) == [gone]
+    with db.session_scope(sessions) as s:
+        assert [db.get_job(s, j).state for j in (gone, alive, elsewhere)] == ["queued", "running", "running"]
+
+
+def test_a_handed_back_job_is_queued_as_the_same_attempt_and_not_a_death(sessions) -> None:
+    job_id = _claimed(sessions)
+    with db.session_scope(sessions) as s, pytest.raises(LeaseLost):
+        db.hand_back(s, job_id, token=2)  # not the holder's token
+    with db.session_scope(sessions) as s:
+        assert db.hand_back(s, job_id, token=1) == "train"
+    with db.session_scope(sessions) as s:
+        job = db.get_job(s, job_id)
+        assert (job.state, job.attempt, job.deaths, job.worker) == ("queued", 1, 0, None)
+    with db.session_scope(sessions) as s:  # the next worker goes on as attempt 1
+        job = db.claim_job(s, job_id, worker="w2:1", lease_seconds=60)
+        assert job is not None and (job.state, job.attempt) == ("running", 1)
+
+
+def test_a_late_hand_back_fences_out_the_run_that_is_still_going(sessions) -> None:
+    job_id = _claimed(sessions, "w1:7")
+    with db.session_scope(sessions) as s, pytest.raises(LeaseLost):
+        db.hand_back(s, job_id, holder="w1:8", fence_out=True)  # not this process's job
+    with db.session_scope(sessions) as s:
+        db.hand_back(s, job_id, holder="w1:7", fence_out=True)
+    with db.session_scope(sessions) as s:
+        job = db.get_job(s, job_id)
+        assert (job.state, job.attempt, job.deaths) == ("queued", 2, 0)
+    with db.session_scope(sessions) as s:
+        db.claim_job(s, job_id, worker="w2:1", lease_seconds=60)
+    with db.session_scope(sessions) as s, pytest.raises(LeaseLost):
+        db.heartbeat(s, job_id, step=9, token=1)  # the run that went on past the deadline
+
+
+def test_a_queued_jobs_message_is_sent_again_once_after_the_requeue_time(sessions) -> None:
+    young, old = _new(sessions), _new(sessions)
+    with db.session_scope(sessions) as s:
+        s.execute(
+            update(db.Job).where(db.Job.id == old).values(enqueued_at=db.utcnow() - timedelta(seconds=400))
+        )
+        assert db.unsent_jobs(s, older_than=300) == [(old, "train")]
+        assert db.mark_sent(s, old, older_than=300) is True
+    with db.session_scope(sessions) as s:  # another reaper, a moment later: nothing to send
+        assert db.mark_sent(s, old, older_than=300) is False
+        assert db.unsent_jobs(s, older_than=300) == []
+        assert [job_id for job_id, _ in db.unsent_jobs(s, older_than=0)] == [young, old]
+
+
+def test_the_reaper_lock_is_always_free_on_sqlite(sessions) -> None:
+    with db.session_scope(sessions) as s:
+        assert db.try_reaper_lock(s) is True

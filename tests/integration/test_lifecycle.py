@@ -1,0 +1,240 @@
+"""A worker's lifecycle with real services and real worker processes: the reaper requeues the job of
+a worker whose main process was SIGKILLed and sends lost messages again, under a plain `celery
+worker`; one reaper at a time on PostgreSQL; `gantry requeue` rebuilds the queue from the store;
+SIGTERM to a worker checkpoints its job at that step and hands it back, and another worker finishes
+it from there."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from gantry.jobs import keys
+from gantry.jobs import store as db
+from gantry.jobs.queue import QUEUE, make_celery
+from gantry.jobs.requeue import requeue_pass
+from gantry.jobs.settings import Settings
+from tests.integration.conftest import Worker, gantry, s3, status, wait_for
+
+pytestmark = pytest.mark.integration
+
+TINY = ["--dataset", "digits", "--image-size", "16", "--batch-size", "32", "--set", "ngf=8", "--set", "ndf=8"]
+
+
+class CeleryWorker(Worker):
+    """A plain `celery worker` process (not `gantry worker`, which also requeues stale jobs when it
+    starts): whatever it does beyond running tasks comes from gantry.worker.app itself."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, name: str) -> None:
+        self.log_path = log_path
+        self.log = log_path.open("w")
+        command = [sys.executable, "-m", "celery", "-A", "gantry.worker.app", "worker", "-Q", QUEUE]
+        command += [
+            "--concurrency",
+            "1",
+            "--pool",
+            "prefork",
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            f"{name}@%h",
+        ]
+        self.proc = subprocess.Popen(
+            command, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 60
+        while "ready." not in log_path.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker did not start:\n{log_path.read_text()}")
+            time.sleep(0.2)
+
+
+def _flush(env: dict[str, str]) -> None:
+    """Every message gone: Redis restarted without persistence (this session's own Redis DB)."""
+    import redis
+
+    redis.Redis.from_url(env["GANTRY_BROKER_URL"]).flushdb()
+
+
+def _on_queue(env: dict[str, str]) -> int:
+    import redis
+
+    return int(redis.Redis.from_url(env["GANTRY_BROKER_URL"]).llen(QUEUE))
+
+
+def _submit(env, *args: str) -> str:
+    return json.loads(gantry(env, *args, "--json").stdout)["id"]
+
+
+def _each_step_once(env, job_id: str) -> list[int]:
+    points = json.loads(gantry(env, "metrics", job_id, "--json").stdout)
+    seen = [(p["step"], p["name"]) for p in points]
+    assert len(seen) == len(set(seen)), f"a step recorded twice: {sorted(seen)}"
+    return sorted({p["step"] for p in points if p["name"] == "loss_D"})
+
+
+def _manifest_step(env, job_id: str) -> int:
+    body = s3(env).get_object(Bucket="gantry-it", Key=f"runs/{keys.manifest_key(job_id)}")["Body"].read()
+    return keys.Manifest.parse(body).step
+
+
+def _sessions(env):
+    return db.connect(env["GANTRY_DATABASE_URL"])
+
+
+def test_a_sigkilled_workers_job_is_requeued_by_the_reaper_of_a_plain_celery_worker(
+    service_env, tmp_path
+) -> None:
+    env = {**service_env, "GANTRY_LEASE_SECONDS": "15"}
+    _flush(env)
+    first = CeleryWorker(env, tmp_path / "first.log", "first")
+    second = None
+    try:
+        job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "1500", "--checkpoint-every", "100")
+        wait_for(env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 40)
+        # Another worker is up before the first dies: what it does next, its reaper does periodically.
+        second = CeleryWorker(env, tmp_path / "second.log", "second")
+        assert status(env, job_id)["state"] == "running"
+        os.kill(first.proc.pid, signal.SIGKILL)  # the main process: its pool process dies with it
+        first.proc.wait(30)
+        # The job's message stays unacknowledged in Redis for the visibility timeout (an hour): only
+        # the reaper brings the job back.
+        job = wait_for(env, job_id, ("succeeded",), timeout=180)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert job["attempt"] == 2 and job["progress"]["step"] == 1500
+    assert _each_step_once(env, job_id) == list(range(10, 1501, 10))
+    assert f"reaper: job {job_id}: its holder is gone or its lease ran out" in second.log_path.read_text()
+
+
+def test_a_queued_job_whose_message_was_lost_is_sent_again(service_env, tmp_path) -> None:
+    env = {**service_env, "GANTRY_REQUEUE_SECONDS": "2"}
+    _flush(env)
+    job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "20", "--checkpoint-every", "20")
+    _flush(env)  # Redis restarted without persistence before any worker took it
+    assert _on_queue(env) == 0
+    worker = CeleryWorker(env, tmp_path / "worker.log", "lonely")
+    try:
+        job = wait_for(env, job_id, ("succeeded",), timeout=180)
+    finally:
+        worker.stop()
+    assert job["attempt"] == 1
+    assert f"reaper: job {job_id}: queued with no message on the queue; sent again" in (
+        worker.log_path.read_text()
+    )
+
+
+def test_one_reaper_at_a_time_on_postgresql(service_env) -> None:
+    env = {**service_env, "GANTRY_BROKER_URL": service_env["GANTRY_BROKER_URL"]}
+    _flush(env)
+    sessions = _sessions(env)
+    app = make_celery(Settings(broker_url=env["GANTRY_BROKER_URL"], database_url=env["GANTRY_DATABASE_URL"]))
+    with db.session_scope(sessions) as s:
+        job_id = db.create_job(s, kind="train", model="gan", spec={}, total_steps=10).id
+        db.claim_job(s, job_id, worker="gone-host:1", lease_seconds=60)
+        s.execute(
+            update(db.Job).where(db.Job.id == job_id).values(heartbeat_at=db.utcnow() - timedelta(hours=1))
+        )
+    try:
+        with db.session_scope(sessions) as other:
+            assert db.try_reaper_lock(other)  # another worker's reaper, mid-pass
+            done = requeue_pass(sessions, app, lease_seconds=60, resend_after=300)
+            assert done.skipped and done.stale == [] and done.sent == []
+        # Two reapers at once: one requeues the job and sends its message, the other does nothing.
+        results = []
+        passes = [
+            threading.Thread(
+                target=lambda: results.append(requeue_pass(sessions, app, lease_seconds=60, resend_after=300))
+            )
+            for _ in range(2)
+        ]
+        for t in passes:
+            t.start()
+        for t in passes:
+            t.join(60)
+        assert sorted(len(r.stale) for r in results) == [0, 1]
+        with db.session_scope(sessions) as s:
+            job = db.get_job(s, job_id)
+            assert (job.state, job.attempt, job.deaths) == ("queued", 2, 1)
+        assert _on_queue(env) == 1
+    finally:
+        gantry(env, "cancel", job_id)
+        _flush(env)
+
+
+def test_gantry_requeue_rebuilds_the_queue_from_the_store(service_env) -> None:
+    env = service_env
+    _flush(env)
+    first = _submit(env, "train", "dcgan", *TINY, "--steps", "20")
+    second = _submit(env, "train", "dcgan", *TINY, "--steps", "20")
+    try:
+        _flush(env)  # both messages lost
+        result = gantry(env, "requeue")
+        assert (
+            f"job {first}: message sent" in result.stdout
+            and "2 sent; 0 already on the queue" in result.stdout
+        )
+        assert _on_queue(env) == 2
+        assert "0 sent; 2 already on the queue" in gantry(env, "requeue").stdout  # nothing sent twice
+        # The second job's worker died long ago, its row left `running`: --stale queues it again.
+        with db.session_scope(_sessions(env)) as s:
+            s.execute(
+                update(db.Job)
+                .where(db.Job.id == second)
+                .values(state="running", worker="gone-host:1", heartbeat_at=db.utcnow() - timedelta(hours=1))
+            )
+        _flush(env)
+        done = json.loads(gantry(env, "requeue", "--stale", "--json").stdout)
+        assert done["stale"] == [second] and sorted(done["sent"]) == sorted([first, second])
+        assert (status(env, second)["state"], status(env, second)["attempt"]) == ("queued", 2)
+        assert _on_queue(env) == 2
+    finally:
+        for job_id in (first, second):
+            gantry(env, "cancel", job_id, check=False)
+        _flush(env)
+
+
+@pytest.mark.parametrize("to", ["main process", "process group"])
+def test_sigterm_checkpoints_the_running_job_and_another_worker_finishes_it(
+    service_env, tmp_path, to
+) -> None:
+    env = {**service_env, "GANTRY_STOP_SECONDS": "30"}
+    _flush(env)
+    first = Worker(env, tmp_path / "first.log")
+    second = None
+    try:
+        job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "600", "--checkpoint-every", "500")
+        wait_for(env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 60)
+        if to == "main process":
+            os.kill(first.proc.pid, signal.SIGTERM)  # what Kubernetes sends the container's main process
+        else:
+            os.killpg(first.proc.pid, signal.SIGTERM)  # systemd, `kill -- -PGID`: the pool process too
+        first.proc.wait(60)  # within GANTRY_STOP_SECONDS, not after the whole job
+        job = status(env, job_id)
+        stopped_at = job["progress"]["step"]
+        assert (job["state"], job["attempt"]) == ("queued", 1)  # handed back: the same attempt
+        assert 60 <= stopped_at < 500 and _manifest_step(env, job_id) == stopped_at  # checkpointed there
+        assert _on_queue(env) == 1  # its message sent again
+        second = Worker(env, tmp_path / "second.log")
+        job = wait_for(env, job_id, ("succeeded",), timeout=240)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert (job["attempt"], job["progress"]["step"]) == (1, 600)
+    assert f"job {job_id}: resuming from step {stopped_at}" in second.log_path.read_text()
+    assert f"job {job_id}: handed back" in first.log_path.read_text()
+    # Every tenth step once, and the stop step, whose partial window was reported at the stop.
+    assert _each_step_once(env, job_id) == sorted({*range(10, 601, 10), stopped_at})
