@@ -33,6 +33,7 @@ class Outage:
     """The current run of transient failures, shared by every retried call of one job attempt."""
 
     budget: float  # seconds a run of failures may last before giving up
+    cap: float = 30.0  # the longest wait between two tries
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     since: float | None = field(default=None, init=False)  # the first failure's time, None: all well
@@ -57,7 +58,7 @@ class Outage:
                 f"unreachable for {now - self.since:.0f} s (GANTRY_RETRY_SECONDS is {self.budget:.0f}): "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "),
             ) from exc
-        delay = min(backoff_delay(self.failures), max(0.0, self.since + self.budget - now))
+        delay = min(backoff_delay(self.failures, cap=self.cap), max(0.0, self.since + self.budget - now))
         self.not_before = now + delay
         return delay
 

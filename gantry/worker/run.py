@@ -103,8 +103,10 @@ class JobContext:
     storage: Outage = field(init=False)
 
     def __post_init__(self) -> None:
-        self.database = Outage(self.settings.retry_seconds)
-        self.storage = Outage(self.settings.retry_seconds)
+        # Tried at least twice a lease: a service that is back is found within half a lease.
+        cap = min(30.0, self.settings.lease_seconds / 2)
+        self.database = Outage(self.settings.retry_seconds, cap=cap)
+        self.storage = Outage(self.settings.retry_seconds, cap=cap)
 
     # -- the store: fenced writes -----------------------------------------------------------------
     def _in_session(self, fn: Callable[[Session], T]) -> T:
