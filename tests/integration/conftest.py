@@ -132,6 +132,19 @@ def gantry(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Co
     return result
 
 
+def submit(env: dict[str, str], *args: str) -> str:
+    """`gantry ARGS --json`; the new job's id."""
+    return json.loads(gantry(env, *args, "--json").stdout)["id"]
+
+
+def each_step_once(env: dict[str, str], job_id: str) -> list[int]:
+    """The steps of a job's loss_D points, after asserting no (step, metric) was recorded twice."""
+    points = json.loads(gantry(env, "metrics", job_id, "--json").stdout)
+    seen = [(p["step"], p["name"]) for p in points]
+    assert len(seen) == len(set(seen)), f"a step recorded twice: {sorted(seen)}"
+    return sorted({p["step"] for p in points if p["name"] == "loss_D"})
+
+
 def status(env: dict[str, str], job_id: str) -> dict:
     return json.loads(gantry(env, "status", job_id, "--json").stdout)
 

@@ -5,7 +5,6 @@ its job over. Each ends with the job `succeeded` once, every step recorded once.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -17,22 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Worker, _free_port, _need, gantry, status, wait_for
+from tests.integration.conftest import (
+    Worker,
+    _free_port,
+    _need,
+    each_step_once,
+    gantry,
+    status,
+    submit,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 TINY = ["--dataset", "digits", "--image-size", "16", "--batch-size", "32", "--set", "ngf=8", "--set", "ndf=8"]
-
-
-def _submit(env, *args: str) -> str:
-    return json.loads(gantry(env, *args, "--json").stdout)["id"]
-
-
-def _each_step_once(env, job_id: str) -> list[int]:
-    points = json.loads(gantry(env, "metrics", job_id, "--json").stdout)
-    seen = [(p["step"], p["name"]) for p in points]
-    assert len(seen) == len(set(seen)), f"a step recorded twice: {sorted(seen)}"
-    return sorted({p["step"] for p in points if p["name"] == "loss_D"})
 
 
 class PrivatePostgres:
@@ -88,7 +85,7 @@ def test_a_postgresql_restart_mid_training_costs_the_job_nothing(
     gantry(env, "db", "upgrade")
     worker = Worker(env, tmp_path / "worker.log")
     try:
-        job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "200", "--checkpoint-every", "20")
+        job_id = submit(env, "train", "dcgan", *TINY, "--steps", "200", "--checkpoint-every", "20")
         wait_for(env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 30)
         private_postgres.stop()  # several heartbeats and a progress write meet a refused connection
         time.sleep(3)
@@ -97,7 +94,7 @@ def test_a_postgresql_restart_mid_training_costs_the_job_nothing(
     finally:
         worker.stop()
     assert job["attempt"] == 1 and job["progress"]["step"] == 200  # not failed, not taken over
-    assert _each_step_once(env, job_id) == list(range(10, 201, 10))
+    assert each_step_once(env, job_id) == list(range(10, 201, 10))
     assert "database unavailable" in worker.log_path.read_text()  # the outage did meet the job
 
 
@@ -107,7 +104,7 @@ def test_a_worker_paused_past_its_lease_is_fenced_out_when_it_wakes(service_env,
     second = None
     paused: list[int] = []
     try:
-        job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "300", "--checkpoint-every", "20")
+        job_id = submit(env, "train", "dcgan", *TINY, "--steps", "300", "--checkpoint-every", "20")
         wait_for(env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 40)
         children = subprocess.run(["pgrep", "-P", str(first.proc.pid)], capture_output=True, text=True)
         paused = [int(pid) for pid in children.stdout.split()]
@@ -134,7 +131,7 @@ def test_a_worker_paused_past_its_lease_is_fenced_out_when_it_wakes(service_env,
         if second is not None:
             second.stop()
     assert job["attempt"] == 2 and job["progress"]["step"] == 300
-    assert _each_step_once(env, job_id) == list(range(10, 301, 10))
+    assert each_step_once(env, job_id) == list(range(10, 301, 10))
     assert f"job {job_id}: succeeded" in (tmp_path / "second.log").read_text()
     assert f"job {job_id}: succeeded" not in first.log_path.read_text()
     assert status(env, job_id)["state"] == "succeeded"

@@ -24,7 +24,7 @@ from gantry.jobs import store as db
 from gantry.jobs.queue import QUEUE, make_celery
 from gantry.jobs.requeue import requeue_pass
 from gantry.jobs.settings import Settings
-from tests.integration.conftest import Worker, gantry, s3, status, wait_for
+from tests.integration.conftest import Worker, each_step_once, gantry, s3, status, submit, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -72,17 +72,6 @@ def _on_queue(env: dict[str, str]) -> int:
     return int(redis.Redis.from_url(env["GANTRY_BROKER_URL"]).llen(QUEUE))
 
 
-def _submit(env, *args: str) -> str:
-    return json.loads(gantry(env, *args, "--json").stdout)["id"]
-
-
-def _each_step_once(env, job_id: str) -> list[int]:
-    points = json.loads(gantry(env, "metrics", job_id, "--json").stdout)
-    seen = [(p["step"], p["name"]) for p in points]
-    assert len(seen) == len(set(seen)), f"a step recorded twice: {sorted(seen)}"
-    return sorted({p["step"] for p in points if p["name"] == "loss_D"})
-
-
 def _manifest_step(env, job_id: str) -> int:
     body = s3(env).get_object(Bucket="gantry-it", Key=f"runs/{keys.manifest_key(job_id)}")["Body"].read()
     return keys.Manifest.parse(body).step
@@ -100,7 +89,7 @@ def test_a_sigkilled_workers_job_is_requeued_by_the_reaper_of_a_plain_celery_wor
     first = CeleryWorker(env, tmp_path / "first.log", "first")
     second = None
     try:
-        job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "1500", "--checkpoint-every", "100")
+        job_id = submit(env, "train", "dcgan", *TINY, "--steps", "1500", "--checkpoint-every", "100")
         wait_for(env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 40)
         # Another worker is up before the first dies: what it does next, its reaper does periodically.
         second = CeleryWorker(env, tmp_path / "second.log", "second")
@@ -115,14 +104,14 @@ def test_a_sigkilled_workers_job_is_requeued_by_the_reaper_of_a_plain_celery_wor
         if second is not None:
             second.stop()
     assert job["attempt"] == 2 and job["progress"]["step"] == 1500
-    assert _each_step_once(env, job_id) == list(range(10, 1501, 10))
+    assert each_step_once(env, job_id) == list(range(10, 1501, 10))
     assert f"reaper: job {job_id}: its holder is gone or its lease ran out" in second.log_path.read_text()
 
 
 def test_a_queued_job_whose_message_was_lost_is_sent_again(service_env, tmp_path) -> None:
     env = {**service_env, "GANTRY_REQUEUE_SECONDS": "2"}
     _flush(env)
-    job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "20", "--checkpoint-every", "20")
+    job_id = submit(env, "train", "dcgan", *TINY, "--steps", "20", "--checkpoint-every", "20")
     _flush(env)  # Redis restarted without persistence before any worker took it
     assert _on_queue(env) == 0
     worker = CeleryWorker(env, tmp_path / "worker.log", "lonely")
@@ -177,8 +166,8 @@ def test_one_reaper_at_a_time_on_postgresql(service_env) -> None:
 def test_gantry_requeue_rebuilds_the_queue_from_the_store(service_env) -> None:
     env = service_env
     _flush(env)
-    first = _submit(env, "train", "dcgan", *TINY, "--steps", "20")
-    second = _submit(env, "train", "dcgan", *TINY, "--steps", "20")
+    first = submit(env, "train", "dcgan", *TINY, "--steps", "20")
+    second = submit(env, "train", "dcgan", *TINY, "--steps", "20")
     try:
         _flush(env)  # both messages lost
         result = gantry(env, "requeue")
@@ -215,7 +204,7 @@ def test_sigterm_checkpoints_the_running_job_and_another_worker_finishes_it(
     first = Worker(env, tmp_path / "first.log")
     second = None
     try:
-        job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "600", "--checkpoint-every", "500")
+        job_id = submit(env, "train", "dcgan", *TINY, "--steps", "600", "--checkpoint-every", "500")
         wait_for(env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 60)
         if to == "main process":
             os.kill(first.proc.pid, signal.SIGTERM)  # what Kubernetes sends the container's main process
@@ -237,4 +226,4 @@ def test_sigterm_checkpoints_the_running_job_and_another_worker_finishes_it(
     assert f"job {job_id}: resuming from step {stopped_at}" in second.log_path.read_text()
     assert f"job {job_id}: handed back" in first.log_path.read_text()
     # Every tenth step once, and the stop step, whose partial window was reported at the stop.
-    assert _each_step_once(env, job_id) == sorted({*range(10, 601, 10), stopped_at})
+    assert each_step_once(env, job_id) == sorted({*range(10, 601, 10), stopped_at})

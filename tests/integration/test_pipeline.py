@@ -11,15 +11,11 @@ import subprocess
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import gantry, s3, status, wait_for
+from tests.integration.conftest import gantry, s3, status, submit, wait_for
 
 pytestmark = pytest.mark.integration
 
 TINY = ["--dataset", "digits", "--image-size", "16", "--batch-size", "32", "--set", "ngf=8", "--set", "ndf=8"]
-
-
-def _submit(env, *args: str) -> str:
-    return json.loads(gantry(env, *args, "--json").stdout)["id"]
 
 
 def _keys(env, job_id: str) -> list[str]:
@@ -30,9 +26,7 @@ def _keys(env, job_id: str) -> list[str]:
 def test_train_and_sample_jobs_through_a_real_worker(service_env, worker, tmp_path) -> None:
     env = service_env
     train_ids = [
-        _submit(
-            env, "train", "dcgan", *TINY, "--steps", "40", "--checkpoint-every", "20", "--seed", str(seed)
-        )
+        submit(env, "train", "dcgan", *TINY, "--steps", "40", "--checkpoint-every", "20", "--seed", str(seed))
         for seed in range(3)
     ]
     assert all(status(env, i)["state"] in ("queued", "running", "succeeded") for i in train_ids)
@@ -45,7 +39,7 @@ def test_train_and_sample_jobs_through_a_real_worker(service_env, worker, tmp_pa
         assert {"checkpoints/latest.json", "metrics.jsonl"} <= set(keys)
         assert any(k.startswith("samples/") and k.endswith(".png") for k in keys)
 
-    sample_id = _submit(env, "sample", train_ids[0], "--count", "16", "--seed", "3")
+    sample_id = submit(env, "sample", train_ids[0], "--count", "16", "--seed", "3")
     sample = wait_for(env, sample_id, ("succeeded",))
     assert sample["parent_job_id"] == train_ids[0] and sample["kind"] == "sample"
     keys = _keys(env, sample_id)
@@ -66,7 +60,7 @@ def test_train_and_sample_jobs_through_a_real_worker(service_env, worker, tmp_pa
 
 def test_cancel_stops_a_running_job_within_five_seconds(service_env, worker) -> None:
     env = service_env
-    job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "1000000", "--checkpoint-every", "50")
+    job_id = submit(env, "train", "dcgan", *TINY, "--steps", "1000000", "--checkpoint-every", "50")
     wait_for(env, job_id, ("running",), at_checkpoint=lambda j: j["progress"]["step"] >= 60)
     gantry(env, "cancel", job_id)
     job = wait_for(env, job_id, ("cancelled",), timeout=30)
@@ -78,7 +72,7 @@ def test_cancel_stops_a_running_job_within_five_seconds(service_env, worker) -> 
 
 def test_a_killed_worker_process_hands_the_job_back_and_it_resumes(service_env, worker) -> None:
     env = service_env
-    job_id = _submit(env, "train", "dcgan", *TINY, "--steps", "300", "--checkpoint-every", "25")
+    job_id = submit(env, "train", "dcgan", *TINY, "--steps", "300", "--checkpoint-every", "25")
     wait_for(env, job_id, ("running",), past_checkpoint=lambda j: j["progress"]["step"] >= 60)
     children = subprocess.run(
         ["pgrep", "-P", str(worker.proc.pid)], capture_output=True, text=True
