@@ -543,6 +543,61 @@ def upgrade(ctx: click.Context) -> None:
     out.print(f"database {describe_url(settings.database)} is at the current schema")
 
 
+@cli.group()
+def token() -> None:
+    """API accounts: tokens for `gantry serve` (each names an owner; an admin sees every job)."""
+
+
+@token.command(name="create")
+@click.option("--owner", required=True, help="Whose jobs the token submits and sees.")
+@click.option("--admin", is_flag=True, help="See and act on every owner's jobs.")
+@click.option("--expires", default="90d", show_default=True, help="A duration (90d, 12h, 2w) or never.")
+@_JSON
+@click.pass_context
+def token_create(ctx: click.Context, owner: str, admin: bool, expires: str, as_json: bool) -> None:
+    """Create a token and print it once: only its hash is stored."""
+    made = _service(ctx).create_token(owner, admin=admin, expires=expires)
+    if as_json:
+        _print_json(made.model_dump(mode="json"))
+        return
+    until = made.expires_at.strftime("%Y-%m-%d %H:%M UTC") if made.expires_at else "never"
+    out.print(f"token {made.id} for {made.owner}{' (admin)' if admin else ''}, expires {until}:")
+    click.echo(made.token)  # plain, for `T=$(gantry token create ... | tail -1)`
+    out.print("[dim]It is shown only now; keep it as GANTRY_API_TOKEN.[/dim]", highlight=False)
+
+
+@token.command(name="list")
+@_JSON
+@click.pass_context
+def token_list(ctx: click.Context, as_json: bool) -> None:
+    """Every token: id, owner, admin, created, expires, revoked (never the token)."""
+    tokens = _service(ctx).list_tokens()
+    if as_json:
+        _print_json([t.model_dump(mode="json") for t in tokens])
+        return
+    table = Table(box=None)
+    for column in ("id", "owner", "admin", "created", "expires", "revoked"):
+        table.add_column(column)
+
+    def day(moment: Any) -> str:
+        return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+    for t in tokens:
+        table.add_row(
+            t.id, t.owner, "yes" if t.admin else "", day(t.created_at), day(t.expires_at), day(t.revoked_at)
+        )
+    out.print(table)
+
+
+@token.command(name="revoke")
+@click.argument("token_id")
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id: str) -> None:
+    """Revoke token TOKEN_ID (as `gantry token list` shows it), at once."""
+    revoked = _service(ctx).revoke_token(token_id)
+    out.print(f"token {revoked.id} of {revoked.owner} is revoked")
+
+
 @cli.command()
 @click.option("--stale", is_flag=True, help="First queue again the running jobs whose lease ran out.")
 @_JSON

@@ -42,3 +42,20 @@ class MetricPoint(BaseModel):
     step: int
     value: float
     time: datetime
+
+
+class TokenView(BaseModel):
+    id: str
+    owner: str
+    admin: bool
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    token: str | None = None  # only when it is created: it is never stored
+
+
+class JobPage(BaseModel):
+    """One page of a listing, newest first; `next_cursor` fetches the next (None: no more)."""
+
+    jobs: list[JobView]
+    next_cursor: str | None = None

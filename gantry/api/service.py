@@ -22,11 +22,21 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gantry.api.schemas import ArtifactView, JobView, MetricPoint, Progress
+from gantry.api.schemas import ArtifactView, JobView, MetricPoint, Progress, TokenView
+from gantry.jobs import accounts
 from gantry.jobs import store as db
+from gantry.jobs.accounts import Caller
 from gantry.jobs.datasets import DATASETS
-from gantry.jobs.errors import GantryError, InvalidInput, JobFailed, ServiceUnavailable, transient_service
-from gantry.jobs.keys import checkpoint_key, job_prefix, manifest_key
+from gantry.jobs.errors import (
+    GantryError,
+    InvalidInput,
+    JobFailed,
+    JobNotFound,
+    ServiceUnavailable,
+    Throttled,
+    transient_service,
+)
+from gantry.jobs.keys import checkpoint_key, job_prefix, manifest_key, upload_prefix
 from gantry.jobs.queue import check_broker, check_worker_installed, enqueue, make_celery
 from gantry.jobs.requeue import Requeued, requeue_pass
 from gantry.jobs.settings import Settings
@@ -55,8 +65,21 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 
 class Service:
-    def __init__(self, settings: Settings) -> None:
+    """What every front end calls. `caller` is who an HTTP request acts for (None: the CLI on the
+    operator's machine, which reaches the store directly and sees every job): a non-admin caller
+    sees and acts on its own jobs only, and another owner's job is JobNotFound, exactly as a
+    missing one; its submissions are held to the API's limits and data rules (docs/api.md)."""
+
+    def __init__(self, settings: Settings, caller: Caller | None = None) -> None:
         self.settings = settings
+        self.caller = caller
+
+    def scoped(self, caller: Caller | None) -> Service:
+        """This service acting for `caller`, sharing its connections (one per HTTP request)."""
+        other = Service.__new__(Service)
+        other.__dict__.update(self.__dict__)  # the cached engine, object store and Celery app
+        other.caller = caller
+        return other
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
@@ -85,10 +108,31 @@ class Service:
                 raise
             raise down from None
 
+    def _job(self, s: Session, job_id: str) -> db.Job:
+        """Job `job_id` as the caller may see it: another owner's job does not exist for a
+        non-admin caller (the same JobNotFound, so ids cannot be probed)."""
+        job = db.get_job(s, job_id)
+        if self.caller is not None and not self.caller.admin and job.owner != self.caller.owner:
+            raise JobNotFound(job_id)
+        return job
+
+    @property
+    def _owner_filter(self) -> str | None:
+        """The owner whose jobs a listing shows; None: every owner's."""
+        return self.caller.owner if self.caller is not None and not self.caller.admin else None
+
     # -- submitting ------------------------------------------------------------------------
     def submit_train(self, model: str, *, options: dict[str, Any] | None = None, **fields: Any) -> JobView:
         """Validate and record a train job, then queue it (or leave it for `run_embedded`)."""
         spec = parse_train_spec(model, {k: v for k, v in fields.items() if v is not None}, options or {})
+        if self.caller is not None:
+            self._check_api_data("dataset", spec.dataset)
+            if spec.steps * spec.batch_size > self.settings.api_max_train_images:
+                raise InvalidInput(
+                    "steps",
+                    f"steps x batch_size = {spec.steps * spec.batch_size:,} is over this service's "
+                    f"bound of {self.settings.api_max_train_images:,} images (GANTRY_API_MAX_TRAIN_IMAGES)",
+                )
         if spec.dataset not in DATASETS and not uri_exists(
             spec.dataset, endpoint_url=self.settings.s3_endpoint_url
         ):
@@ -108,10 +152,14 @@ class Service:
         )
 
     def _train_job_with_checkpoint(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
-        """(model, spec) of train job `job_id` if it exists and has a checkpoint, else None."""
+        """(model, spec) of train job `job_id` if it exists (for this caller) and has a checkpoint,
+        else None."""
         with self._session() as s:
-            job = s.get(db.Job, job_id)
-            if job is None or job.kind != "train":
+            try:
+                job = self._job(s, job_id)
+            except JobNotFound:
+                return None
+            if job.kind != "train":
                 return None
             model, spec = job.model, dict(job.spec)
         return (model, spec) if self._has_checkpoint(job_id, "latest") else None
@@ -121,6 +169,15 @@ class Service:
         spec = parse_sample_spec({k: v for k, v in fields.items() if v is not None and v != ()})
         train_spec = self._parent(job_id, spec.checkpoint)
         train_spec.check_sample(spec)  # modes, --code-walk and prompts the model takes
+        if self.caller is not None:
+            if spec.input:
+                self._check_api_data("input", spec.input)
+            if spec.total_images() > self.settings.api_max_sample_images:
+                raise InvalidInput(
+                    "count",
+                    f"the job would make {spec.total_images():,} images, over this service's bound of "
+                    f"{self.settings.api_max_sample_images:,} (GANTRY_API_MAX_SAMPLE_IMAGES)",
+                )
         if spec.input and not uri_exists(spec.input, endpoint_url=self.settings.s3_endpoint_url):
             raise InvalidInput("input", f"{spec.input!r} does not exist")
         return self._submit(
@@ -149,7 +206,7 @@ class Service:
     def _parent(self, job_id: str, checkpoint: str) -> TrainSpec:
         """The spec of train job `job_id`, after checking it has checkpoint `checkpoint`."""
         with self._session() as s:
-            parent = db.get_job(s, job_id)
+            parent = self._job(s, job_id)
             if parent.kind != "train":
                 raise InvalidInput("job_id", f"job {job_id} is a {parent.kind} job; use a train job")
             stored, state = dict(parent.spec), parent.state
@@ -163,6 +220,41 @@ class Service:
         if ref == "latest":
             return self.objects.exists(manifest_key(job_id))
         return self.objects.exists(checkpoint_key(job_id, int(ref)))
+
+    def _check_api_data(self, field: str, uri: str) -> None:
+        """Through the API, data is a built-in data set, one of the caller's uploads, or an s3:// URI
+        under a prefix the operator allows: never a path on the machine a worker runs on."""
+        if field == "dataset" and uri in DATASETS:
+            return
+        own = self.objects.uri(upload_prefix(self._caller_owner)) + "/"
+        allowed = [own, *self.settings.data_prefixes]
+        plain = "\\" not in uri and ".." not in uri.split("/") and "%" not in uri
+        if plain and any(uri.startswith(p if p.endswith("/") else p + "/") for p in allowed):
+            return
+        named = ", ".join(self.settings.data_prefixes) or "none (GANTRY_ALLOWED_DATA_PREFIXES is unset)"
+        builtin = f"a built-in data set ({', '.join(sorted(DATASETS))}), " if field == "dataset" else ""
+        raise InvalidInput(
+            field,
+            f"{uri!r} is not allowed through the API: use {builtin}one of your uploads (POST /v1/datasets, "
+            f"under {own}) or an s3:// URI under an allowed prefix ({named}); paths on the server are "
+            "never read",
+        )
+
+    @property
+    def _caller_owner(self) -> str:
+        return self.caller.owner if self.caller is not None else (_owner() or "local")
+
+    def _check_quota(self, s: Session) -> None:
+        """An owner holds at most GANTRY_API_MAX_ACTIVE_JOBS queued + running jobs through the API."""
+        if self.caller is None:
+            return
+        active = db.count_active_jobs(s, owner=self.caller.owner)
+        if active >= self.settings.api_max_active_jobs:
+            raise Throttled(
+                f"{self.caller.owner} has {active} queued or running jobs, this service's limit "
+                f"(GANTRY_API_MAX_ACTIVE_JOBS); submit again when one ends",
+                retry_after=30,
+            )
 
     def _check_services(self) -> None:
         """Refuse, before anything is recorded, what would leave the job with nowhere to run or to
@@ -197,6 +289,7 @@ class Service:
     ) -> JobView:
         self._check_services()
         with self._session() as s:
+            self._check_quota(s)
             job = db.create_job(
                 s,
                 kind=kind,
@@ -204,7 +297,7 @@ class Service:
                 spec=spec,
                 total_steps=total_steps,
                 parent_job_id=parent,
-                owner=_owner(),
+                owner=self._caller_owner,
             )
             job_id = job.id
         if not self.settings.embedded:
@@ -216,6 +309,8 @@ class Service:
         checkpoint. Embedded mode leaves it for `run_embedded`."""
         self._check_services()
         with self._session() as s:
+            self._job(s, job_id)
+            self._check_quota(s)
             kind = db.reopen_job(s, job_id).kind
         if not self.settings.embedded:
             self._enqueue(kind, job_id)
@@ -308,17 +403,18 @@ class Service:
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> JobView:
         with self._session() as s:
-            return self._view(s, db.get_job(s, job_id))
+            return self._view(s, self._job(s, job_id))
 
     def list_jobs(self, *, state: str | None = None, limit: int = 50) -> list[JobView]:
         with self._session() as s:
             return [
-                self._view(s, job, with_artifacts=False) for job in db.list_jobs(s, state=state, limit=limit)
+                self._view(s, job, with_artifacts=False)
+                for job in db.list_jobs(s, state=state, limit=limit, owner=self._owner_filter)
             ]
 
     def metrics(self, job_id: str) -> list[MetricPoint]:
         with self._session() as s:
-            db.get_job(s, job_id)
+            self._job(s, job_id)
             return [
                 MetricPoint(name=m.name, step=m.step, value=m.value, time=_utc(m.time))  # type: ignore[arg-type]
                 for m in db.metric_history(s, job_id)
@@ -328,6 +424,7 @@ class Service:
         """Queued jobs are cancelled at once; a running one stops at its next progress check, or at
         once when its worker is gone (nothing would ever read the request)."""
         with self._session() as s:
+            self._job(s, job_id)
             job = db.request_cancel(s, job_id)
             if job.state == "running" and db.holder_is_gone(job, lease_seconds=self.settings.lease_seconds):
                 db.end_held_job(
@@ -339,6 +436,54 @@ class Service:
                     error=f"cancelled after its worker ({job.worker}) was gone",
                 )
         return self.get(job_id)
+
+    # -- probes ----------------------------------------------------------------------------
+    def readiness(self) -> dict[str, str | None]:
+        """Each service this API needs -> None when it answers, else what is wrong (no secret)."""
+        checks: dict[str, str | None] = {}
+        try:
+            found = db.schema_revision(self.sessions.kw["bind"])
+            checks["database"] = (
+                None
+                if found == db.SCHEMA_REVISION
+                else f"at schema revision {found}, this gantry needs {db.SCHEMA_REVISION}: gantry db upgrade"
+            )
+        except GantryError as exc:
+            checks["database"] = str(exc)
+        except Exception as exc:
+            checks["database"] = str(unavailable(exc, self.settings) or type(exc).__name__)
+        if not self.settings.embedded:
+            try:
+                check_broker(self.celery, self.settings.broker_url or "")
+                checks["broker"] = None
+            except GantryError as exc:
+                checks["broker"] = str(exc)
+        try:
+            check_storage(self.settings.storage, endpoint_url=self.settings.s3_endpoint_url)
+            checks["storage"] = None
+        except GantryError as exc:
+            checks["storage"] = str(exc)
+        return checks
+
+    # -- accounts (the operator's CLI; the HTTP app only authenticates) ------------------------
+    def authenticate(self, token: str) -> Caller | None:
+        """The caller `token` stands for; None when it is unknown, expired or revoked."""
+        with self._session() as s:
+            return accounts.authenticate(s, token)
+
+    def create_token(self, owner: str, *, admin: bool = False, expires: str | None = None) -> TokenView:
+        expires_at = accounts.parse_expiry(expires)
+        with self._session() as s:
+            row, token = accounts.create_token(s, owner=owner, admin=admin, expires_at=expires_at)
+            return _token_view(row, token=token)
+
+    def list_tokens(self) -> list[TokenView]:
+        with self._session() as s:
+            return [_token_view(row) for row in accounts.list_tokens(s)]
+
+    def revoke_token(self, token_id: str) -> TokenView:
+        with self._session() as s:
+            return _token_view(accounts.revoke_token(s, token_id))
 
     def requeue(self, *, stale: bool = False) -> Requeued:
         """Rebuild the queue from the store: send the message of every queued job not on the queue
@@ -444,6 +589,18 @@ def _broker_name(url: str | None) -> str:
     from kombu.utils.url import maybe_sanitize_url
 
     return str(maybe_sanitize_url(url or ""))
+
+
+def _token_view(row: db.ApiToken, *, token: str | None = None) -> TokenView:
+    return TokenView(
+        id=row.id,
+        owner=row.owner,
+        admin=row.admin,
+        created_at=_utc(row.created_at),  # type: ignore[arg-type]
+        expires_at=_utc(row.expires_at),
+        revoked_at=_utc(row.revoked_at),
+        token=token,
+    )
 
 
 def _owner() -> str | None:

@@ -47,6 +47,23 @@ class ServiceUnavailable(GantryError):
         self.transient = transient
 
 
+class Throttled(GantryError):
+    """The service will not take this now (an owner's job quota, a request rate): try again after
+    `retry_after` seconds. HTTP 429 with Retry-After."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotAuthorised(GantryError):
+    """The API refused the caller's token (missing, unknown, expired or revoked). HTTP 401."""
+
+    exit_code = 5
+
+
 class JobFailed(GantryError):
     """Training or sampling failed for a reason of its own (recorded on the job, not retried)."""
 

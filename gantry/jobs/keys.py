@@ -13,6 +13,7 @@ through these functions only, so the layout is spelled once:
                                                     to the next one (one segment per checkpoint)
     jobs/<job_id>/metrics.jsonl                     every metric point, written once at the job's end
     jobs/<job_id>/warnings.txt                      what went wrong without failing the job
+    uploads/<owner>/<name>                          a data set uploaded through the API
 
 Steps in keys are zero-padded, so keys of one kind sort in step order (a listing's newest is its
 last); the step itself is read from the manifest or the checkpoint, never parsed out of a key.
@@ -30,6 +31,11 @@ from pydantic import BaseModel, ConfigDict
 def job_prefix(job_id: str) -> str:
     """The folder of everything job `job_id` wrote (no trailing slash)."""
     return f"jobs/{job_id}"
+
+
+def upload_prefix(owner: str) -> str:
+    """Where an API user's uploaded data sets live (POST /v1/datasets); no trailing slash."""
+    return f"uploads/{owner}"
 
 
 def spec_key(job_id: str) -> str:

@@ -43,6 +43,27 @@ class Settings(BaseSettings):
         256 * 2**20, ge=1, description="bytes of one data file or .zip member, decompressed"
     )
     max_data_bytes: int = Field(8 * 2**30, ge=1, description="bytes of a data set in all, decompressed")
+    # The HTTP API (`gantry serve`; docs/api.md, "Limits").
+    allowed_data_prefixes: str = Field(
+        "", description="comma-separated s3:// prefixes API users may train on besides their uploads"
+    )
+    api_max_body_bytes: int = Field(1 * 2**20, ge=1024, description="bytes of a JSON request body")
+    api_max_upload_bytes: int = Field(2 * 2**30, ge=1024, description="bytes of one data set upload")
+    api_max_active_jobs: int = Field(
+        20, ge=1, description="queued + running jobs per owner; more answers 429"
+    )
+    api_max_train_images: int = Field(
+        50_000_000, ge=1, description="steps x batch size of one train job submitted through the API"
+    )
+    api_max_sample_images: int = Field(
+        10_000, ge=1, description="images one sample job submitted through the API may make"
+    )
+    api_rate: float = Field(50, gt=0, description="requests per second per token (sustained)")
+    api_burst: int = Field(200, ge=1, description="requests per token allowed at once above the rate")
+
+    @property
+    def data_prefixes(self) -> list[str]:
+        return [p.strip() for p in self.allowed_data_prefixes.split(",") if p.strip()]
 
     @property
     def database(self) -> str:

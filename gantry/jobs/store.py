@@ -53,7 +53,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable
 
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0005"
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -68,6 +68,7 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_owner_created", "owner", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
@@ -91,6 +92,21 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # When its message was last sent to the queue (None: at `created_at`); see `unsent_jobs`.
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ApiToken(Base):
+    """An API account's token (gantry.jobs.accounts): only its sha256 is kept, never the token."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Metric(Base):
@@ -244,8 +260,18 @@ def get_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def list_jobs(session: Session, *, state: str | None = None, limit: int = 50) -> list[Job]:
+def count_active_jobs(session: Session, *, owner: str) -> int:
+    """Queued + running jobs of `owner`."""
+    query = select(func.count()).where(Job.owner == owner, Job.state.in_(("queued", "running")))
+    return int(session.scalar(query) or 0)
+
+
+def list_jobs(
+    session: Session, *, state: str | None = None, limit: int = 50, owner: str | None = None
+) -> list[Job]:
     query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
     if state is not None:
         if state not in STATES:
             raise InvalidInput("state", f"unknown state {state!r}; choose one of {', '.join(STATES)}")

@@ -1,0 +1,80 @@
+"""The HTTP app: `create_app(settings)` builds it; `gantry serve` runs it under uvicorn (docs/api.md).
+
+Routes are thin: each validates its input, calls the service layer (gantry.api.service, the same one
+the CLI calls) scoped to the caller, and returns what it returns. The service's errors map to HTTP
+here, once: InvalidInput 422 naming the field, JobNotFound 404, NotAuthorised 401, Throttled 429 with
+Retry-After, ServiceUnavailable 503 naming the service (never a secret)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from gantry.api.http import health, jobs
+from gantry.api.http.auth import RateLimiter
+from gantry.api.http.limits import BodyLimit
+from gantry.api.service import Service
+from gantry.jobs.errors import InvalidInput, JobNotFound, NotAuthorised, ServiceUnavailable, Throttled
+from gantry.jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Train and sample GANs as jobs. Every `/v1` call needs `Authorization: Bearer TOKEN`
+(`gantry token create --owner NAME` prints one); a token sees and acts on its owner's jobs only,
+and another owner's job answers 404 as a missing one does."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="gantry",
+        version="1",
+        description=DESCRIPTION,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.service = Service(settings)
+    app.state.limiter = RateLimiter(settings.api_rate, settings.api_burst)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes, exempt=("/v1/datasets",))
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    _errors(app)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For `uvicorn --factory gantry.api.http.app:app_from_env` (each worker reads the environment)."""
+    return create_app(Settings())
+
+
+def _errors(app: FastAPI) -> None:
+    def problem(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+    @app.exception_handler(InvalidInput)
+    async def invalid(_: Request, exc: InvalidInput) -> JSONResponse:
+        # The shape of FastAPI's own validation errors, so a client reads one shape.
+        return problem(422, [{"loc": ["body", exc.field], "msg": exc.message, "type": "invalid_input"}])
+
+    @app.exception_handler(JobNotFound)
+    async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+        return problem(404, str(exc))
+
+    @app.exception_handler(NotAuthorised)
+    async def not_authorised(_: Request, exc: NotAuthorised) -> JSONResponse:
+        return problem(401, str(exc), {"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Throttled)
+    async def throttled(_: Request, exc: Throttled) -> JSONResponse:
+        return problem(429, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(ServiceUnavailable)
+    async def unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
+        log.warning("answered 503: %s", exc)
+        return problem(503, str(exc), {"Retry-After": "5"})

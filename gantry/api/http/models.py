@@ -1,0 +1,64 @@
+"""Request bodies of the HTTP API. They name the CLI's fields; the job specs (gantry.jobs.specs) are
+what validates them, so the API and the CLI refuse the same input with the same messages."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_Tag = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainRequest(_Request):
+    kind: Literal["train"]
+    model: str = Field(description="a model name: GET /v1/models lists them")
+    dataset: str | None = Field(
+        None, description="built-in name, one of your uploads, or an allowed s3:// URI"
+    )
+    steps: int | None = None
+    batch_size: int | None = None
+    image_size: int | None = None
+    seed: int | None = None
+    checkpoint_every: int | None = None
+    sample_every: int | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="model options, as `--set KEY=VALUE`")
+
+
+class SampleRequest(_Request):
+    kind: Literal["sample"]
+    parent_job_id: str = Field(description="the train job whose checkpoint to sample")
+    checkpoint: str | None = Field(None, description="latest or a step number")
+    count: int | None = None
+    seed: int | None = None
+    interpolate: str | None = Field(None, description="SEED_A:SEED_B")
+    frames: int | None = None
+    interpolation: Literal["slerp", "linear"] | None = None
+    arithmetic: str | None = Field(None, description='e.g. "3,17,42 - 5,8 + 11,12"')
+    prompts: list[str] = Field(default_factory=list)
+    input: str | None = Field(
+        None, description="for super-resolution: one of your uploads or an allowed s3:// URI"
+    )
+    code_walk: str | None = None
+
+
+class EvaluateRequest(_Request):
+    kind: Literal["evaluate"]
+    parent_job_id: str = Field(description="the train job whose checkpoint to measure")
+    checkpoint: str | None = None
+    metrics: list[str] = Field(default_factory=list, description="empty: every metric that applies")
+    seed: int | None = None
+    code_walk: str | None = None
+
+
+JobRequest = Annotated[TrainRequest | SampleRequest | EvaluateRequest, Field(discriminator="kind")]
+
+
+class Problem(BaseModel):
+    """Every error answer: `detail` says what went wrong (a 422 names the field)."""
+
+    detail: Any

@@ -1,0 +1,101 @@
+"""Accounts: every /v1 call needs a valid token; an owner sees only its own jobs; tokens are stored
+hashed and never echoed."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from gantry.jobs import store as db
+from gantry.jobs.settings import Settings
+from tests.api.http.conftest import Api, bearer, make_api
+
+
+def test_no_wrong_expired_or_revoked_token_is_401(api: Api) -> None:
+    job = api.submit(api.alice)
+    expired = api.service.create_token("carol").token
+    with api.service._session() as s:  # an expiry in the past, as if 90 days went by
+        row = s.scalars(select(db.ApiToken).where(db.ApiToken.owner == "carol")).one()
+        row.expires_at = db.utcnow() - timedelta(seconds=1)
+    revoked = api.service.create_token("dave")
+    api.service.revoke_token(revoked.id)
+    for headers in (
+        {},
+        {"Authorization": "Basic YWxpY2U6eA=="},
+        bearer("gty_not-a-token"),
+        bearer(expired),
+        bearer(revoked.token),
+    ):
+        for method, path in (("GET", "/v1/jobs"), ("GET", f"/v1/jobs/{job['id']}"), ("POST", "/v1/jobs")):
+            answer = api.client.request(method, path, headers=headers, json={})
+            assert answer.status_code == 401, (headers, path, answer.text)
+            assert answer.headers["www-authenticate"] == "Bearer"
+    assert api.client.get("/healthz").status_code == 200  # probes need no token
+
+
+def test_another_owners_job_is_404_exactly_as_a_missing_one(api: Api) -> None:
+    job = api.submit(api.alice)
+    missing = api.client.get("/v1/jobs/000000000000", headers=api.bob)
+    for method, path in (
+        ("GET", f"/v1/jobs/{job['id']}"),
+        ("GET", f"/v1/jobs/{job['id']}/metrics"),
+        ("POST", f"/v1/jobs/{job['id']}/cancel"),
+    ):
+        answer = api.client.request(method, path, headers=api.bob)
+        assert answer.status_code == 404
+        assert answer.json()["detail"] == missing.json()["detail"].replace("000000000000", job["id"])
+    assert api.client.get("/v1/jobs", headers=api.bob).json()["jobs"] == []
+    # Sampling or evaluating another owner's train job is the same 404.
+    for kind in ("sample", "evaluate"):
+        answer = api.client.post("/v1/jobs", json={"kind": kind, "parent_job_id": job["id"]}, headers=api.bob)
+        assert answer.status_code == 404, answer.text
+    # Still queued: bob's cancel did nothing.
+    assert api.client.get(f"/v1/jobs/{job['id']}", headers=api.alice).json()["state"] == "queued"
+
+
+def test_an_admin_sees_every_owner(api: Api) -> None:
+    mine, theirs = api.submit(api.alice), api.submit(api.bob)
+    listed = {j["id"] for j in api.client.get("/v1/jobs", headers=api.admin).json()["jobs"]}
+    assert {mine["id"], theirs["id"]} <= listed
+    assert {j["id"] for j in api.client.get("/v1/jobs", headers=api.alice).json()["jobs"]} == {mine["id"]}
+    assert (
+        api.client.post(f"/v1/jobs/{theirs['id']}/cancel", headers=api.admin).json()["state"] == "cancelled"
+    )
+
+
+def test_tokens_are_stored_hashed_and_never_logged(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    api = make_api(settings)
+    token = api.alice["Authorization"].split()[1]
+    api.submit(api.alice)
+    api.client.get("/v1/jobs/nope", headers=api.alice)
+    api.client.get("/v1/jobs", headers=bearer(token + "x"))
+    with api.service._session() as s:
+        stored = [(r.id, r.sha256, r.owner) for r in s.scalars(select(db.ApiToken))]
+    assert all(token not in repr(row) for row in stored)
+    assert token not in caplog.text and token[4:20] not in caplog.text
+
+
+def test_token_cli_prints_once_and_revokes(settings: Settings) -> None:
+    from click.testing import CliRunner
+
+    from gantry.api.cli import cli
+
+    runner = CliRunner()
+    made = runner.invoke(cli, ["token", "create", "--owner", "erin", "--expires", "2w"])
+    assert made.exit_code == 0, made.output
+    token = next(word for word in made.output.split() if word.startswith("gty_"))
+    listed = runner.invoke(cli, ["token", "list"])
+    assert "erin" in listed.output and token not in listed.output
+    token_id = listed.output.split("erin")[0].split()[-1]
+    app = make_api(settings)
+    assert app.client.get("/v1/jobs", headers=bearer(token)).status_code == 200
+    assert runner.invoke(cli, ["token", "revoke", token_id]).exit_code == 0
+    assert app.client.get("/v1/jobs", headers=bearer(token)).status_code == 401
+    bad = runner.invoke(cli, ["token", "create", "--owner", "x", "--expires", "soon"])
+    assert bad.exit_code == 2 and "expires" in bad.output
