@@ -29,6 +29,16 @@ def bearer_token(request: Request) -> str | None:
     return None
 
 
+def request_token(request: Request) -> str | None:
+    """The bearer token; for a GET, the dashboard's session cookie as well (a browser's EventSource
+    and image tags cannot send headers). Only reads take the cookie: it is SameSite=Strict, and a
+    write needs the header or the dashboard's CSRF-checked form."""
+    token = bearer_token(request)
+    if token is None and request.method in ("GET", "HEAD"):
+        token = request.cookies.get(COOKIE) or None
+    return token
+
+
 @dataclass
 class _Bucket:
     tokens: float

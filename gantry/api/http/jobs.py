@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel
 
-from gantry.api.http.auth import authenticate, bearer_token
+from gantry.api.http.auth import authenticate, request_token
 from gantry.api.http.models import EvaluateRequest, JobRequest, Problem, SampleRequest, TrainRequest
 from gantry.api.schemas import JobPage, JobView, MetricPoint
 from gantry.api.service import Service
@@ -30,7 +30,7 @@ INVALID: dict[int | str, dict[str, Any]] = {
 
 def service(request: Request) -> Service:
     """The service layer acting for the request's caller (401 without a valid token)."""
-    caller = authenticate(request, bearer_token(request))
+    caller = authenticate(request, request_token(request))
     svc: Service = request.app.state.service
     return svc.scoped(caller)
 
