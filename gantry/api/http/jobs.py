@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel
 
-from gantry.api.http.auth import authenticate, request_token
-from gantry.api.http.models import EvaluateRequest, JobRequest, Problem, SampleRequest, TrainRequest
+from gantry.api.http.deps import ERRORS, INVALID, NOT_FOUND, Svc
+from gantry.api.http.models import EvaluateRequest, JobRequest, SampleRequest, TrainRequest
 from gantry.api.schemas import JobPage, JobView, MetricPoint
-from gantry.api.service import Service
 from gantry.jobs.specs import MODELS, option_help
 from gantry.jobs.store import STATES
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "no token, or one unknown, expired or revoked"},
-    429: {"model": Problem, "description": "over the token's request rate or the owner's job quota"},
-    503: {"model": Problem, "description": "a service this API needs cannot be reached"},
-}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": Problem, "description": "no such job, or another owner's"}
-}
-INVALID: dict[int | str, dict[str, Any]] = {
-    422: {"model": Problem, "description": "bad input: names the field and the allowed values"}
-}
-
-
-def service(request: Request) -> Service:
-    """The service layer acting for the request's caller (401 without a valid token)."""
-    caller = authenticate(request, request_token(request))
-    svc: Service = request.app.state.service
-    return svc.scoped(caller)
-
-
-Svc = Annotated[Service, Depends(service)]
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
