@@ -59,6 +59,8 @@ from gantry.jobs.storage import (
 
 log = logging.getLogger(__name__)
 
+SERVICES_CHECK_SECONDS = 5.0
+
 
 def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
@@ -73,6 +75,8 @@ class Service:
     def __init__(self, settings: Settings, caller: Caller | None = None) -> None:
         self.settings = settings
         self.caller = caller
+        # When the services were last found usable (monotonic time), shared with scoped copies.
+        self._services_ok_at: list[float] = [float("-inf")]
 
     def scoped(self, caller: Caller | None) -> Service:
         """This service acting for `caller`, sharing its connections (one per HTTP request)."""
@@ -259,12 +263,17 @@ class Service:
     def _check_services(self) -> None:
         """Refuse, before anything is recorded, what would leave the job with nowhere to run or to
         write: no worker packages (embedded mode) or no broker, and object storage that is missing,
-        refused or unreachable."""
+        refused or unreachable. A success holds for a few seconds, so a busy API does not open a
+        broker connection and ask S3 for its bucket on every submission (an enqueue that fails
+        after all is handled by `_enqueue`)."""
+        if time.monotonic() - self._services_ok_at[0] < SERVICES_CHECK_SECONDS:
+            return
         if self.settings.embedded:
             check_worker_installed()
         else:
             check_broker(self.celery, self.settings.broker_url or "")
         check_storage(self.settings.storage, endpoint_url=self.settings.s3_endpoint_url)
+        self._services_ok_at[0] = time.monotonic()
 
     def _enqueue(self, kind: str, job_id: str) -> None:
         """Send the job's message. When the broker does not take it, the row would wait for a
