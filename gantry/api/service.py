@@ -26,7 +26,7 @@ from gantry.api.schemas import ArtifactView, JobView, MetricPoint, Progress
 from gantry.jobs import store as db
 from gantry.jobs.datasets import DATASETS
 from gantry.jobs.errors import GantryError, InvalidInput, JobFailed, ServiceUnavailable, transient_service
-from gantry.jobs.keys import checkpoint_key, job_prefix, manifest_key
+from gantry.jobs.keys import checkpoint_step_prefix, checkpoints_at, job_prefix, manifest_key
 from gantry.jobs.queue import check_broker, check_worker_installed, enqueue, make_celery
 from gantry.jobs.requeue import Requeued, requeue_pass
 from gantry.jobs.settings import Settings
@@ -160,9 +160,13 @@ class Service:
         return load_train_spec(stored)
 
     def _has_checkpoint(self, job_id: str, ref: str) -> bool:
+        """Whether train job `job_id` has checkpoint `ref`: a manifest for `latest`; for a step, a
+        checkpoint listed at it (its key names the attempt that wrote it, so it is listed, not
+        guessed). Whether it loads is the worker's to find out."""
         if ref == "latest":
             return self.objects.exists(manifest_key(job_id))
-        return self.objects.exists(checkpoint_key(job_id, int(ref)))
+        step = int(ref)
+        return bool(checkpoints_at(self.objects.list(checkpoint_step_prefix(job_id, step)), job_id, step))
 
     def _check_services(self) -> None:
         """Refuse, before anything is recorded, what would leave the job with nowhere to run or to
