@@ -78,7 +78,7 @@ def _train(
 
 def _from_job(job_id: str) -> tuple[TrainSpecBase, bytes, float]:
     from gantry.jobs.storage import open_store
-    from gantry.worker.run import resolve_checkpoint
+    from gantry.worker.checkpoints import resolve_checkpoint
 
     settings = get_settings()
     objects = open_store(settings.storage, endpoint_url=settings.s3_endpoint_url)

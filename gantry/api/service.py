@@ -36,7 +36,7 @@ from gantry.jobs.errors import (
     Throttled,
     transient_service,
 )
-from gantry.jobs.keys import checkpoint_key, job_prefix, manifest_key, upload_prefix
+from gantry.jobs.keys import checkpoint_step_prefix, checkpoints_at, job_prefix, manifest_key, upload_prefix
 from gantry.jobs.queue import check_broker, check_worker_installed, enqueue, make_celery
 from gantry.jobs.requeue import Requeued, requeue_pass
 from gantry.jobs.settings import Settings
@@ -221,9 +221,13 @@ class Service:
         return load_train_spec(stored)
 
     def _has_checkpoint(self, job_id: str, ref: str) -> bool:
+        """Whether train job `job_id` has checkpoint `ref`: a manifest for `latest`; for a step, a
+        checkpoint listed at it (its key names the attempt that wrote it, so it is listed, not
+        guessed). Whether it loads is the worker's to find out."""
         if ref == "latest":
             return self.objects.exists(manifest_key(job_id))
-        return self.objects.exists(checkpoint_key(job_id, int(ref)))
+        step = int(ref)
+        return bool(checkpoints_at(self.objects.list(checkpoint_step_prefix(job_id, step)), job_id, step))
 
     def _check_api_data(self, field: str, uri: str) -> None:
         """Through the API, data is a built-in data set, one of the caller's uploads, or an s3:// URI

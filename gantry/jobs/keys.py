@@ -4,7 +4,10 @@ Keys are relative to the storage root (`GANTRY_STORAGE_URL`). The API reads what
 through these functions only, so the layout is spelled once:
 
     jobs/<job_id>/spec.json
-    jobs/<job_id>/checkpoints/step-00001200.pt      one file: weights, optimizers, RNG states, step, spec
+    jobs/<job_id>/checkpoints/step-00001200-attempt-0002.pt
+                                                    one file: weights, optimizers, RNG states, step, spec;
+                                                    written by attempt 2 (`step-00001200.pt`: written
+                                                    before keys carried the attempt)
     jobs/<job_id>/checkpoints/latest.json           the manifest, written after the checkpoint it names
     jobs/<job_id>/samples/step-00001200.png         fixed-noise grid while training
     jobs/<job_id>/images/000000.png ... grid.png    what a sample job made
@@ -16,13 +19,21 @@ through these functions only, so the layout is spelled once:
     uploads/<owner>/<name>                          a data set uploaded through the API
 
 Steps in keys are zero-padded, so keys of one kind sort in step order (a listing's newest is its
-last); the step itself is read from the manifest or the checkpoint, never parsed out of a key.
+last; `newest_first` also orders a step's checkpoints by attempt); the step itself is read from the
+manifest or the checkpoint, never parsed out of a key.
+
+Why a checkpoint's key names its attempt: every write a worker makes is fenced by its lease, but an
+object write is checked right before it is sent, so an attempt fenced out in between (paused, then
+taken over) can still land one write. With the attempt in the key, that write lands on a key of its
+own, never on the checkpoint a newer attempt wrote and whose manifest names it (by its exact key).
+Readers follow the manifest, or list a step's keys (`checkpoints_at`): they never format a key to
+read. Other objects keep one key per job; see `JobContext.put` for why a late write there is harmless.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
@@ -42,8 +53,23 @@ def spec_key(job_id: str) -> str:
     return f"{job_prefix(job_id)}/spec.json"
 
 
-def checkpoint_key(job_id: str, step: int) -> str:
-    return f"{job_prefix(job_id)}/checkpoints/step-{step:08d}.pt"
+_ATTEMPT = "-attempt-"  # between a checkpoint's step and its attempt
+
+
+def checkpoint_key(job_id: str, step: int, *, attempt: int) -> str:
+    """Checkpoint `step` as attempt `attempt` (its lease token) wrote it: each attempt its own key.
+    The attempt is zero-padded, so a step's keys sort in attempt order."""
+    return f"{checkpoint_step_prefix(job_id, step)}{_ATTEMPT}{attempt:04d}.pt"
+
+
+def legacy_checkpoint_key(job_id: str, step: int) -> str:
+    """Checkpoint `step` as gantry wrote it before keys carried the attempt: still read, never written."""
+    return f"{checkpoint_step_prefix(job_id, step)}.pt"
+
+
+def checkpoint_step_prefix(job_id: str, step: int) -> str:
+    """What every key of checkpoint `step` starts with (to list them; see `checkpoints_at`)."""
+    return f"{checkpoints_prefix(job_id)}step-{step:08d}"
 
 
 def checkpoints_prefix(job_id: str) -> str:
@@ -54,6 +80,35 @@ def checkpoints_prefix(job_id: str) -> str:
 def is_checkpoint_key(key: str) -> bool:
     """Whether a key of `checkpoints_prefix` is a checkpoint (not the manifest, not a stray file)."""
     return key.rsplit("/", 1)[-1].startswith("step-") and key.endswith(".pt")
+
+
+def has_attempt(key: str) -> bool:
+    """Whether a checkpoint key names the attempt that wrote it (False: written before they did)."""
+    return _ATTEMPT in key.rsplit("/", 1)[-1]
+
+
+def _order(key: str) -> tuple[str, str]:
+    # (zero-padded step, zero-padded attempt) as text: a key without an attempt is its step's oldest.
+    step, _, attempt = key.rsplit("/", 1)[-1].removesuffix(".pt").partition(_ATTEMPT)
+    return step, attempt
+
+
+def newest_first(checkpoint_keys: Iterable[str]) -> list[str]:
+    """Checkpoint keys newest first: by step, then by attempt within a step."""
+    return sorted(checkpoint_keys, key=_order, reverse=True)
+
+
+def checkpoints_at(listed: Iterable[str], job_id: str, step: int) -> list[str]:
+    """The keys among `listed` of job `job_id`'s checkpoint `step`, the newest attempt's first."""
+    folder, name = checkpoints_prefix(job_id), f"step-{step:08d}"
+    return [
+        key
+        for key in newest_first(listed)
+        if key.startswith(folder)
+        and "/" not in key[len(folder) :]
+        and _order(key)[0] == name
+        and is_checkpoint_key(key)
+    ]
 
 
 def manifest_key(job_id: str) -> str:

@@ -1,6 +1,6 @@
 """Object storage behind one interface: `file://` folders and `s3://bucket/prefix` (boto3).
 
-Keys are relative to the storage root: `jobs/<job_id>/checkpoints/step-00001200.pt`.
+Keys are relative to the storage root: `jobs/<job_id>/spec.json` (gantry.jobs.keys spells them).
 
 A write either lands whole or leaves nothing: FileStore writes a temporary file and renames it (the
 temporary file removed when the write fails); S3Store sends a large body as a multipart upload,

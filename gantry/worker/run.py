@@ -9,8 +9,10 @@ these without Celery.
 Faults:
 - Fencing: every write the context makes for the job is conditional on the attempt's token
   (gantry.jobs.store); an object write checks the lease right before it, so an attempt that lost
-  its lease (paused past it, or taken over) never moves the manifest. A refused write raises
-  LeaseLost and the run stops there, writing nothing more.
+  its lease (paused past it, or taken over) is refused its next write. A refused write raises
+  LeaseLost and the run stops there, writing nothing more. A write already past its check when the
+  lease was lost still lands: checkpoints carry the attempt in their key for that (`put`,
+  `write_manifest` say why the rest is harmless).
 - Transient infrastructure errors (gantry.jobs.errors.is_transient) are retried with backoff and
   jitter within GANTRY_RETRY_SECONDS (gantry.jobs.retry). Progress and heartbeats do not wait: a
   failed one is kept in memory and written with the next that succeeds, so training goes on
@@ -59,6 +61,8 @@ from gantry.jobs.retry import Outage
 from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import EvaluateSpec, SampleSpec, load_train_spec
 from gantry.jobs.storage import ObjectNotFound, ObjectStore, open_store
+from gantry.worker import checkpoints
+from gantry.worker.checkpoints import read_manifest
 from gantry.worker.errors import Stopped
 from gantry.worker.lifecycle import SHUTDOWN, Shutdown, renewing
 
@@ -176,6 +180,24 @@ class JobContext:
         return self.storage.call(lambda: self.objects.put_bytes(key, data), between=self._keep_lease)
 
     def put(self, key: str, data: bytes, *, kind: str) -> str:
+        """Write object `key` and record it as an artifact of the job, both fenced.
+
+        The lease is checked right before the object write, so an attempt fenced out between the
+        check and the write (paused, then taken over) still lands that one write; the record after
+        it is refused and the run stops. Checkpoints therefore carry the attempt in their key
+        (gantry.jobs.keys). The keys written through here do not, because such a late write is
+        harmless there: nothing reads them back to go on from, and none is named by a manifest.
+        - spec.json: the same spec, whichever attempt writes it.
+        - A training's grid (samples/step-N.png): the same step of the same job from the same fixed
+          latents (a resume continues bit for bit); at worst the preview of a path abandoned.
+        - A metrics segment: a copy of the SQL store's points for a download mid-run. A resume reads
+          the store (the source of truth, fenced), and at the end metrics.jsonl is written whole from
+          it and the segments deleted.
+        - A sample job's images and an evaluation's figures: every attempt makes the same files
+          from the same checkpoint and seed. (With `--checkpoint latest` of a train job still
+          training, a later attempt may use a newer checkpoint; then the one late file shows the
+          checkpoint before.)
+        - warnings.txt: one warning of the holder's may be lost to the late attempt's rewrite."""
         uri = self.put_object(key, data)
         self.write(
             lambda s: db.add_artifact(s, self.job_id, key=key, kind=kind, size=len(data), token=self.token)
@@ -278,7 +300,11 @@ class JobContext:
         # Named but past this step: left by a run this one resumed from before them (none after a
         # resume that skipped a checkpoint: it moves the manifest back first).
         abandoned = [e.key for e in named if e.step > step]
-        key = checkpoint_key(self.job_id, step)
+        # Its own key: a write of an attempt fenced out meanwhile lands beside it, never on it.
+        key = checkpoint_key(self.job_id, step, attempt=self.token)
+        # Named at this step under another attempt's key (one before this, fenced out or dead):
+        # this checkpoint replaces it.
+        replaced = [e.key for e in named if e.step == step and e.key != key]
         uri = self.put_checked(key, data, kind="checkpoint")
         # The points since the checkpoint before, written before the manifest moves past them: a run
         # that resumes from that checkpoint rewrites this segment (same first step) if this one dies.
@@ -296,12 +322,18 @@ class JobContext:
         )
         # Checked against the lease right before it is written: a fenced-out attempt never moves it.
         self.write_manifest(manifest)
-        self.delete_objects([e.key for e in dropped] + abandoned)
+        self.delete_objects([e.key for e in dropped] + abandoned + replaced)
         log.info("job %s: checkpoint at step %d -> %s", self.job_id, step, uri)
 
     def write_manifest(self, manifest: Manifest) -> None:
         """Write the manifest, once the checkpoint it names is proven there at its size, and read it
-        back (`put_checked`)."""
+        back (`put_checked`).
+
+        The manifest is one key per job: an attempt fenced out right after its lease check can
+        still land one manifest write. Its checkpoint is its own attempt's, which no other attempt
+        writes over (the key carries the attempt), so it is whole; an older one it names that the
+        holder's retention deleted meanwhile is skipped by a reader as missing; and the holder's
+        next checkpoint replaces that manifest."""
         size = self.read(partial(_size, self.objects, manifest.key))
         if size != manifest.bytes:
             raise GantryError(
@@ -359,12 +391,10 @@ class JobContext:
 
     # -- another train job's checkpoints (sample, evaluate, a run that starts from one) ------
     def checkpoint_bytes(self, train_job_id: str, ref: str) -> tuple[bytes, int]:
-        """The bytes and step of checkpoint `ref` (latest or a step) of train job `train_job_id`."""
-        found = self.read(lambda: resolve_checkpoint(self.objects, train_job_id, ref))
-        if found is None:
-            raise GantryError(f"job {train_job_id} has no checkpoint {ref!r}")
-        key, step = found
-        return self.read(lambda: self.objects.get_bytes(key)), step
+        """The bytes and step of checkpoint `ref` (latest or a step) of train job `train_job_id`:
+        `latest` falls back past one that does not load, with a warning on this job; a step that
+        does not load fails it (gantry.worker.checkpoints)."""
+        return checkpoints.checkpoint_bytes(self, train_job_id, ref)
 
 
 def _metric_line(m: db.Metric) -> str:
@@ -376,23 +406,6 @@ def _size(objects: ObjectStore, key: str) -> int | None:
         return objects.size(key)
     except ObjectNotFound:
         return None
-
-
-def read_manifest(objects: ObjectStore, job_id: str) -> Manifest | None:
-    try:
-        return Manifest.parse(objects.get_bytes(manifest_key(job_id)))
-    except ObjectNotFound:
-        return None
-
-
-def resolve_checkpoint(objects: ObjectStore, job_id: str, ref: str) -> tuple[str, int] | None:
-    """(object key, step) of checkpoint `ref` (latest or a step) of train job `job_id`, or None."""
-    if ref == "latest":
-        manifest = read_manifest(objects, job_id)
-        return (manifest.key, manifest.step) if manifest else None
-    step = int(ref)
-    key = checkpoint_key(job_id, step)
-    return (key, step) if objects.exists(key) else None
 
 
 def device() -> Any:

@@ -29,7 +29,11 @@ def test_submit_runs_the_task_and_lands_in_s3(s3_settings: Settings) -> None:
     assert job.progress.step == 6 and job.attempt == 1
     keys = _keys(f"gantry/jobs/{job.id}/")
     prefix = f"gantry/jobs/{job.id}/"
-    for name in ("spec.json", "checkpoints/step-00000003.pt", "checkpoints/step-00000006.pt"):
+    for name in (
+        "spec.json",
+        "checkpoints/step-00000003-attempt-0001.pt",
+        "checkpoints/step-00000006-attempt-0001.pt",
+    ):
         assert prefix + name in keys
     assert prefix + "checkpoints/latest.json" in keys and prefix + "metrics.jsonl" in keys
     assert {a.kind for a in job.artifacts} >= {"checkpoint", "manifest", "samples", "metrics"}

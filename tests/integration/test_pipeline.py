@@ -35,7 +35,11 @@ def test_train_and_sample_jobs_through_a_real_worker(service_env, worker, tmp_pa
         assert job["progress"] == {"step": 40, "total_steps": 40}
         assert {"loss_D", "loss_G", "D_x", "D_G_z", "images_per_sec"} <= set(job["metrics"])
         keys = _keys(env, job_id)
-        assert {"spec.json", "checkpoints/step-00000020.pt", "checkpoints/step-00000040.pt"} <= set(keys)
+        assert {
+            "spec.json",
+            "checkpoints/step-00000020-attempt-0001.pt",
+            "checkpoints/step-00000040-attempt-0001.pt",
+        } <= set(keys)
         assert {"checkpoints/latest.json", "metrics.jsonl"} <= set(keys)
         assert any(k.startswith("samples/") and k.endswith(".png") for k in keys)
 

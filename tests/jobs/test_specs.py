@@ -267,14 +267,36 @@ def test_options_are_listed_architecture_first_with_defaults_bounds_and_one_line
 
 
 def test_object_keys_follow_the_documented_layout() -> None:
-    assert keys.checkpoint_key("abc", 1200) == "jobs/abc/checkpoints/step-00001200.pt"
+    assert keys.checkpoint_key("abc", 1200, attempt=2) == "jobs/abc/checkpoints/step-00001200-attempt-0002.pt"
     assert keys.manifest_key("abc") == "jobs/abc/checkpoints/latest.json"
     assert keys.samples_key("abc", 5) == "jobs/abc/samples/step-00000005.png"
     assert keys.image_key("abc", "grid.png") == "jobs/abc/images/grid.png"
     assert keys.eval_key("abc", "x.png") == "jobs/abc/eval/x.png"
     assert keys.metrics_key("abc") == "jobs/abc/metrics.jsonl"
     assert keys.spec_key("abc") == "jobs/abc/spec.json"
-    assert keys.checkpoint_key("abc", 7).startswith(keys.job_prefix("abc") + "/")
+    assert keys.checkpoint_key("abc", 7, attempt=1).startswith(keys.job_prefix("abc") + "/")
+
+
+def test_a_steps_checkpoints_are_found_by_listing_newest_attempt_first() -> None:
+    # Each attempt writes its own key; one written before keys carried the attempt still counts.
+    at_20 = [keys.checkpoint_key("abc", 20, attempt=a) for a in (2, 11, 1)]
+    listed = [
+        keys.legacy_checkpoint_key("abc", 20),
+        *at_20,
+        keys.checkpoint_key("abc", 200, attempt=3),  # another step whose digits start alike
+        keys.checkpoint_key("abcd", 20, attempt=4),  # another job
+        keys.manifest_key("abc"),
+    ]
+    assert keys.checkpoints_at(listed, "abc", 20) == [
+        keys.checkpoint_key("abc", 20, attempt=11),
+        keys.checkpoint_key("abc", 20, attempt=2),
+        keys.checkpoint_key("abc", 20, attempt=1),
+        keys.legacy_checkpoint_key("abc", 20),
+    ]
+    assert keys.checkpoints_at(listed, "abc", 30) == []
+    assert keys.newest_first([keys.legacy_checkpoint_key("abc", 30), *at_20])[
+        0
+    ] == keys.legacy_checkpoint_key("abc", 30)
 
 
 def test_the_manifest_carries_the_step_and_old_manifests_still_read() -> None:

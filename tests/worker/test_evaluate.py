@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 import pytest
@@ -19,10 +20,12 @@ def test_an_evaluation_heartbeats_at_each_chunk_and_stops_when_cancelled(
 ) -> None:
     svc = Service(settings)
     train = svc.submit_train("gan", dataset="ring8", steps=10)
-    # A checkpoint the evaluator below never reads: the manifest is all the runner looks at.
-    key = keys.checkpoint_key(train.id, 10)
+    # A checkpoint the evaluator below never loads: the runner checks it against the manifest's
+    # size and checksum only.
+    key = keys.checkpoint_key(train.id, 10, attempt=1)
     uri = svc.objects.put_bytes(key, b"weights")
-    manifest = keys.Manifest(step=10, key=key, uri=uri, bytes=7, time=db.utcnow())
+    sha256 = hashlib.sha256(b"weights").hexdigest()
+    manifest = keys.Manifest(step=10, key=key, uri=uri, bytes=7, time=db.utcnow(), sha256=sha256)
     svc.objects.put_bytes(keys.manifest_key(train.id), manifest.dump())
     evaluation = svc.submit_evaluate(train.id, metrics=["modes_2d"])
     long_ago = db.utcnow().replace(year=2000)

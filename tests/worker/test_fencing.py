@@ -19,6 +19,7 @@ from gantry.jobs import store as db
 from gantry.jobs.errors import LeaseLost, ServiceUnavailable
 from gantry.jobs.settings import Settings
 from gantry.jobs.storage import ObjectNotFound, open_store
+from gantry.worker.checkpoints import stray_checkpoints
 from gantry.worker.run import JobContext, RetryLater, read_manifest, run_job
 
 
@@ -146,7 +147,7 @@ def test_a_checkpoint_waits_out_an_object_storage_outage_and_keeps_its_lease(
     with db.session_scope(sessions) as s:
         s.execute(update(db.Job).values(heartbeat_at=db.utcnow() - timedelta(seconds=50)))
     ctx.checkpoint(20, b"weights")
-    assert attempts[:4] == [keys.checkpoint_key(job_id, 20)] * 4
+    assert attempts[:4] == [keys.checkpoint_key(job_id, 20, attempt=1)] * 4
     manifest = read_manifest(ctx.objects, job_id)
     assert manifest is not None and manifest.step == 20
     heartbeat = db._aware(_row(sessions, job_id).heartbeat_at)
@@ -214,7 +215,7 @@ def test_a_stale_attempt_is_refused_every_write_after_a_takeover(settings, sessi
     manifest = read_manifest(stale.objects, job_id)
     assert manifest is not None and manifest.step == 20  # the manifest never moved back
     for key in (
-        keys.checkpoint_key(job_id, 30),
+        keys.checkpoint_key(job_id, 30, attempt=1),
         keys.samples_key(job_id, 30),
         keys.image_key(job_id, "x.png"),
     ):
@@ -223,6 +224,45 @@ def test_a_stale_attempt_is_refused_every_write_after_a_takeover(settings, sessi
     assert _points(sessions, job_id) == [(10, "loss_D"), (20, "loss_D")]
     row = _row(sessions, job_id)
     assert (row.state, row.step, row.attempt, row.worker) == ("running", 20, 2, "w2:1")
+
+
+def test_a_late_checkpoint_write_of_a_fenced_out_attempt_never_overwrites_the_holders(
+    settings, sessions
+) -> None:
+    job_id = _job(sessions)
+    stale = _context(settings, sessions, job_id, token=1)
+    stale.checkpoint(10, b"attempt 1 at step 10")
+    holder = _context(settings, sessions, job_id, token=2)
+    real_put = stale.objects.put_bytes
+
+    def paused_between_its_lease_check_and_its_write(key: str, data: bytes) -> str:
+        # Attempt 1 passed its lease check for step 20 and is paused (SIGSTOP) before the write
+        # lands; meanwhile attempt 2 takes the job over, resumes from step 10 and checkpoints 20.
+        if keys.is_checkpoint_key(key) and not holder_wrote:
+            holder_wrote.append(_take_over(sessions, job_id))
+            holder.resume_from(10)
+            holder.checkpoint(20, b"attempt 2 at step 20")
+        return real_put(key, data)
+
+    holder_wrote: list[int] = []
+    stale.objects.put_bytes = paused_between_its_lease_check_and_its_write  # type: ignore[method-assign]
+    with pytest.raises(LeaseLost):  # its write landed; the next one (the record) is refused
+        stale.checkpoint(20, b"attempt 1 at step 20, late")
+    assert holder_wrote == [2]
+    # The checkpoint the holder's manifest names is the holder's, whole: what a resume, a sample of
+    # `latest` or of `--checkpoint 20` reads.
+    manifest = read_manifest(holder.objects, job_id)
+    assert manifest is not None and manifest.step == 20
+    assert holder.objects.get_bytes(manifest.key) == b"attempt 2 at step 20"
+    assert holder.checkpoint_bytes(job_id, "latest") == (b"attempt 2 at step 20", 20)
+    assert holder.checkpoint_bytes(job_id, "20") == (b"attempt 2 at step 20", 20)
+    # The late write landed on a key of its own, which the job's end deletes.
+    late = keys.checkpoint_key(job_id, 20, attempt=1)
+    assert holder.objects.get_bytes(late) == b"attempt 1 at step 20, late"
+    assert stray_checkpoints(holder) == [late]
+    holder.delete_objects(stray_checkpoints(holder))
+    listed = [k for k in holder.objects.list(keys.checkpoints_prefix(job_id)) if keys.is_checkpoint_key(k)]
+    assert sorted(listed) == sorted(e.key for e in manifest.checkpoints())
 
 
 def test_progress_kept_through_an_outage_is_refused_if_the_job_was_taken_over_meanwhile(
@@ -356,7 +396,7 @@ def test_a_resumed_training_records_each_step_once(settings: Settings) -> None:
     assert run_job(job.id, settings=settings) == "succeeded"
     # Pretend attempt 1 died at step 30 after its last progress but before its last checkpoint,
     # and a point past step 20 that the resumed run never writes again (it is cancelled early).
-    key = keys.checkpoint_key(job.id, 20)
+    key = keys.checkpoint_key(job.id, 20, attempt=1)
     size = svc.objects.size(key)  # a manifest naming another size reads as a truncated checkpoint
     manifest = keys.Manifest(step=20, key=key, uri=svc.objects.uri(key), bytes=size, time=db.utcnow())
     svc.objects.put_bytes(keys.manifest_key(job.id), manifest.dump())

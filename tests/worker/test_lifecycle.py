@@ -199,7 +199,7 @@ def test_a_stop_request_checkpoints_at_that_step_and_hands_the_job_back(settings
     assert _row(svc.sessions, job.id).deaths == 0
     manifest = read_manifest(svc.objects, job.id)
     assert manifest is not None and manifest.step == 30  # checkpointed at the stop, not at 1000
-    assert svc.objects.exists(keys.checkpoint_key(job.id, 30))
+    assert svc.objects.exists(keys.checkpoint_key(job.id, 30, attempt=1))
     # Another worker resumes it from that step, as attempt 1.
     monkeypatch.setattr(JobContext, "progress", progress)
     monkeypatch.setattr("gantry.worker.run.db.worker_name", lambda: "elsewhere:9")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gantry.jobs import keys
 from gantry.jobs.storage import open_store
-from gantry.worker.run import resolve_checkpoint
+from gantry.worker.checkpoints import resolve_checkpoint
 
 
 def test_the_worker_reads_a_checkpoints_step_from_its_manifest(tmp_path) -> None:
@@ -17,8 +17,23 @@ def test_the_worker_reads_a_checkpoints_step_from_its_manifest(tmp_path) -> None
     )
     assert resolve_checkpoint(store, "j1", "latest") == ("jobs/j1/checkpoints/renamed.pt", 1200)
     assert resolve_checkpoint(store, "j1", "40") is None  # an explicit step: that step's file, if any
-    store.put_bytes(keys.checkpoint_key("j1", 40), b"weights")
-    assert resolve_checkpoint(store, "j1", "40") == (keys.checkpoint_key("j1", 40), 40)
+    store.put_bytes(keys.legacy_checkpoint_key("j1", 40), b"weights")  # from before keys named attempts
+    assert resolve_checkpoint(store, "j1", "40") == (keys.legacy_checkpoint_key("j1", 40), 40)
+    # A step maps to the newest attempt's checkpoint at it.
+    for attempt in (2, 3):
+        store.put_bytes(keys.checkpoint_key("j1", 40, attempt=attempt), b"weights")
+    assert resolve_checkpoint(store, "j1", "40") == (keys.checkpoint_key("j1", 40, attempt=3), 40)
+    # The manifest's own entry for the step wins: its writer proved it whole.
+    named = keys.Manifest(
+        step=50,
+        key=keys.checkpoint_key("j1", 50, attempt=2),
+        uri="x",
+        bytes=1,
+        time="2025-01-01T00:00:00+00:00",
+        history=(keys.CheckpointEntry(step=40, key=keys.checkpoint_key("j1", 40, attempt=2), bytes=7),),
+    )
+    store.put_bytes(keys.manifest_key("j1"), named.dump())
+    assert resolve_checkpoint(store, "j1", "40") == (keys.checkpoint_key("j1", 40, attempt=2), 40)
 
 
 class _Retry(Exception):

@@ -74,7 +74,7 @@ def test_a_checkpoint_that_never_lands_never_gets_a_manifest(settings, tmp_path,
     manifest = read_manifest(objects, ctx.job_id)
     assert manifest is not None and manifest.step == 10  # still the one before, which is there
     assert objects.get_bytes(manifest.key) == b"ten"
-    assert keys.checkpoint_key(ctx.job_id, 20) not in _artifacts(ctx, "checkpoint")
+    assert keys.checkpoint_key(ctx.job_id, 20, attempt=ctx.token) not in _artifacts(ctx, "checkpoint")
 
 
 def test_a_first_checkpoint_that_never_lands_leaves_no_manifest(settings, tmp_path, no_waits) -> None:
@@ -109,7 +109,7 @@ def test_a_failed_checkpoint_upload_is_retried(settings, tmp_path, no_waits) -> 
     objects.put_bytes = put_while_s3_blips  # type: ignore[method-assign]
     ctx = _context(settings, objects)
     ctx.checkpoint(10, b"ten")
-    assert len(failures) == 2 and objects.get_bytes(keys.checkpoint_key(ctx.job_id, 10)) == b"ten"
+    assert len(failures) == 2 and objects.get_bytes(keys.checkpoint_key(ctx.job_id, 10, attempt=1)) == b"ten"
 
 
 # --- retention ---------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ def test_checkpoints_past_the_newest_n_are_deleted_after_the_manifest_moves(sett
         for entry in manifest.checkpoints():  # every checkpoint the manifest names is there
             assert ctx.objects.get_bytes(entry.key) == f"weights {entry.step}".encode()
     assert [e.step for e in manifest.checkpoints()] == [80, 70, 60, 40]
-    expected = sorted(keys.checkpoint_key(ctx.job_id, s) for s in (40, 60, 70, 80))
+    expected = sorted(keys.checkpoint_key(ctx.job_id, s, attempt=1) for s in (40, 60, 70, 80))
     assert _checkpoints(ctx.objects, ctx.job_id) == expected
     assert sorted(_artifacts(ctx, "checkpoint")) == expected  # no record of a deleted object
 
@@ -148,16 +148,18 @@ def test_a_training_keeps_keep_checkpoints(settings: Settings) -> None:
     )
     assert run_job(job.id, settings=settings) == "succeeded"
     steps = (20, 40, 45, 50)
-    assert _checkpoints(svc.objects, job.id) == [keys.checkpoint_key(job.id, s) for s in steps]
+    assert _checkpoints(svc.objects, job.id) == [keys.checkpoint_key(job.id, s, attempt=1) for s in steps]
     shown = {a.key for a in svc.get(job.id).artifacts if a.kind == "checkpoint"}
-    assert shown == {keys.checkpoint_key(job.id, s) for s in steps}
+    assert shown == {keys.checkpoint_key(job.id, s, attempt=1) for s in steps}
 
 
 def test_a_training_keeps_five_checkpoints_by_default(settings: Settings) -> None:
     svc = Service(settings)
     job = svc.submit_train("gan", dataset="ring8", steps=40, checkpoint_every=4, sample_every=40)
     assert run_job(job.id, settings=settings) == "succeeded"
-    assert _checkpoints(svc.objects, job.id) == [keys.checkpoint_key(job.id, s) for s in (24, 28, 32, 36, 40)]
+    assert _checkpoints(svc.objects, job.id) == [
+        keys.checkpoint_key(job.id, s, attempt=1) for s in (24, 28, 32, 36, 40)
+    ]
 
 
 # --- metrics: a segment per checkpoint, metrics.jsonl once at the end ---------------------------------
@@ -281,6 +283,88 @@ def test_when_no_checkpoint_loads_the_run_starts_over_with_a_warning(settings: S
     assert (
         manifest is not None and manifest.step == 20 and [e.step for e in manifest.checkpoints()] == [20, 10]
     )
+
+
+def _trained(settings: Settings) -> tuple[Service, str]:
+    svc = Service(settings)
+    job = svc.submit_train("gan", dataset="ring8", steps=30, checkpoint_every=10, sample_every=30)
+    assert run_job(job.id, settings=settings) == "succeeded"
+    return svc, job.id
+
+
+def _submit(svc: Service, kind: str, job_id: str, checkpoint: str):  # type: ignore[no-untyped-def]
+    if kind == "sample":
+        return svc.submit_sample(job_id, checkpoint=checkpoint, count=8, seed=1)
+    return svc.submit_evaluate(job_id, checkpoint=checkpoint, metrics=["modes_2d"])
+
+
+@pytest.mark.parametrize("kind", ["sample", "evaluate"])
+@pytest.mark.parametrize("how", ["truncated", "corrupt"])
+def test_sample_and_evaluate_of_latest_fall_back_past_a_checkpoint_that_does_not_load(
+    settings: Settings, kind, how
+) -> None:
+    svc, train_id = _trained(settings)
+    job = _submit(svc, kind, train_id, "latest")
+    bad = _spoil(svc, train_id, how)
+    assert run_job(job.id, settings=settings) == "succeeded"
+    done = svc.get(job.id)
+    warnings = svc.objects.get_bytes(keys.warnings_key(job.id)).decode()
+    assert bad in warnings and f"used job {train_id}'s checkpoint at step 20 instead" in warnings
+    assert any(a.kind == "warnings" for a in done.artifacts)
+    if kind == "sample":
+        assert any(a.kind == "image" for a in done.artifacts)
+    else:  # the metric is of the checkpoint it read: step 20's
+        assert {p.step for p in svc.metrics(job.id)} == {20}
+    # The train job's manifest is the train job's: a reader never moves it.
+    manifest = read_manifest(svc.objects, train_id)
+    assert manifest is not None and manifest.key == bad
+
+
+@pytest.mark.parametrize("kind", ["sample", "evaluate"])
+def test_an_explicit_step_that_does_not_load_fails_the_job_naming_the_step(settings: Settings, kind) -> None:
+    svc, train_id = _trained(settings)
+    job = _submit(svc, kind, train_id, "30")
+    _spoil(svc, train_id, "truncated")
+    assert run_job(job.id, settings=settings) == "failed"
+    error = svc.get(job.id).error or ""
+    assert f"checkpoint at step 30 of job {train_id}" in error.splitlines()[0]
+    assert "truncated" in error.splitlines()[0]
+
+
+def test_checkpoints_written_before_keys_named_the_attempt_still_load(settings: Settings) -> None:
+    svc, train_id = _trained(settings)
+    # Move the job's checkpoints to the keys gantry wrote before, under a manifest of that time.
+    manifest = read_manifest(svc.objects, train_id)
+    assert manifest is not None
+    for entry in manifest.checkpoints():
+        svc.objects.put_bytes(
+            keys.legacy_checkpoint_key(train_id, entry.step), svc.objects.get_bytes(entry.key)
+        )
+        svc.objects.delete(entry.key)
+    legacy = keys.legacy_checkpoint_key(train_id, 30)
+    old = {
+        "step": 30,
+        "key": legacy,
+        "uri": svc.objects.uri(legacy),
+        "bytes": manifest.bytes,
+        "time": "2024-01-01T00:00:00",
+    }
+    svc.objects.put_bytes(keys.manifest_key(train_id), json.dumps(old).encode())
+    for checkpoint in ("latest", "20"):  # step 20 is not in that manifest: found by listing
+        sample = svc.submit_sample(train_id, checkpoint=checkpoint, count=4, seed=1)
+        assert run_job(sample.id, settings=settings) == "succeeded", svc.get(sample.id).error
+        assert not svc.objects.exists(keys.warnings_key(sample.id))
+    # A resume continues from the old checkpoint; the next is written under the attempt's key.
+    with db.session_scope(svc.sessions) as s:
+        db.get_job(s, train_id).total_steps = 40
+        row = db.get_job(s, train_id)
+        row.spec = {**row.spec, "steps": 40}
+    _died(svc, train_id)
+    assert run_job(train_id, settings=settings) == "succeeded"
+    manifest = read_manifest(svc.objects, train_id)
+    assert manifest is not None and manifest.step == 40
+    assert manifest.key == keys.checkpoint_key(train_id, 40, attempt=2)
+    assert manifest.history[0].key == legacy  # the old one, named as it is
 
 
 def test_a_manifest_without_history_still_parses() -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gantry.jobs import keys
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import BUILTIN_LABELS, load_train_spec, parse_sample_spec, parse_train_spec
 from gantry.jobs.specs.prompts import parse_label_prompt
@@ -154,7 +155,7 @@ def digits_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         )
         svc.run_embedded(job)
         assert svc.get(job.id).state == "succeeded"
-        checkpoint = (home / "objects" / "jobs" / job.id / "checkpoints" / "step-00000200.pt").read_bytes()
+        checkpoint = svc.objects.get_bytes(keys.checkpoint_key(job.id, 200, attempt=1))
         yield svc, job.id, checkpoint
 
 
