@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from gantry.api import files
 from gantry.api.schemas import ArtifactView, JobView, MetricPoint, Progress, TokenView
 from gantry.jobs import accounts
 from gantry.jobs import store as db
@@ -48,6 +49,7 @@ from gantry.jobs.specs import (
     parse_train_spec,
 )
 from gantry.jobs.storage import (
+    ObjectNotFound,
     ObjectStore,
     check_storage,
     endpoint_name,
@@ -538,6 +540,68 @@ class Service:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.objects.get_bytes(key))
         return paths
+
+    # -- artifacts and uploads (gantry.api.files; docs/api.md, "Artifacts" and "Uploads") ------
+    def artifacts(self, job_id: str) -> list[files.ArtifactFile]:
+        """Every object of job `job_id`: what `download` copies, each with its kind and size."""
+        with self._session() as s:
+            self._job(s, job_id)
+            recorded = {a.key: (a.kind, a.bytes) for a in db.list_artifacts(s, job_id)}
+        return files.job_files(self.objects, job_id, recorded)
+
+    def open_artifact(self, job_id: str, key: str) -> files.ArtifactSource:
+        """Where to read artifact `key` (exactly as `artifacts` lists it) of job `job_id`: a local
+        file, or a presigned S3 URL that lives GANTRY_API_ARTIFACT_URL_SECONDS. Any other key, or an
+        artifact of another owner's job, is JobNotFound (404)."""
+        listed = {f.key: f for f in self.artifacts(job_id)}
+        if key not in listed:
+            raise files.ArtifactNotFound(job_id, key)
+        return files.open_file(
+            self.objects, job_id, listed[key], url_seconds=self.settings.api_artifact_url_seconds
+        )
+
+    def check_new_dataset(self, name: str) -> str:
+        """The key upload `name` of the caller would have; InvalidInput when the name is not allowed
+        or taken (an upload is never replaced: jobs that name it keep their data)."""
+        key = files.dataset_key(self._caller_owner, name)
+        if self.objects.exists(key):
+            raise InvalidInput(
+                "name", f"you already have an upload named {name!r}; upload under another name or delete it"
+            )
+        return key
+
+    def add_dataset(self, name: str, path: Path) -> files.DatasetView:
+        """Store local file `path` (a .zip or .npz, checked first) as the caller's upload `name`;
+        the answer's `dataset` is the URI a train job takes."""
+        key = self.check_new_dataset(name)
+        files.check_archive(path, name, self.settings)
+        digest = files.sha256_of(path)
+        uri = self.objects.put_file(key, path)
+        log.info("%s uploaded %s (%d bytes)", self._caller_owner, key, path.stat().st_size)
+        return files.DatasetView(
+            name=name, owner=self._caller_owner, dataset=uri, bytes=path.stat().st_size, sha256=digest
+        )
+
+    def datasets(self) -> list[files.DatasetView]:
+        """The caller's uploads (every owner's for an admin), by owner and name."""
+        owner = self._owner_filter
+        prefix = (upload_prefix(owner) if owner is not None else "uploads") + "/"
+        found = []
+        for key in self.objects.list(prefix):
+            who, _, name = key.removeprefix("uploads/").partition("/")
+            try:
+                size = self.objects.size(key)
+            except ObjectNotFound:
+                continue
+            found.append(files.DatasetView(name=name, owner=who, dataset=self.objects.uri(key), bytes=size))
+        return found
+
+    def delete_dataset(self, name: str) -> None:
+        """Remove the caller's upload `name` (jobs queued on it will fail to read it)."""
+        key = files.dataset_key(self._caller_owner, name)
+        if not self.objects.exists(key):
+            raise files.DatasetNotFound(name)
+        self.objects.delete(key)
 
     def _view(self, s: Session, job: db.Job, *, with_artifacts: bool = True) -> JobView:
         artifacts = []

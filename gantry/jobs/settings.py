@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     )
     api_max_body_bytes: int = Field(1 * 2**20, ge=1024, description="bytes of a JSON request body")
     api_max_upload_bytes: int = Field(2 * 2**30, ge=1024, description="bytes of one data set upload")
+    api_artifact_url_seconds: int = Field(
+        300,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="life of the presigned S3 URL an artifact download redirects to",
+    )
     api_max_active_jobs: int = Field(
         20, ge=1, description="queued + running jobs per owner; more answers 429"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,6 +98,7 @@ class ObjectStore(Protocol):
     root: str
 
     def put_bytes(self, key: str, data: bytes) -> str: ...
+    def put_file(self, key: str, path: Path) -> str: ...
     def get_bytes(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
@@ -132,6 +134,24 @@ class FileStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return self.uri(key)
+
+    def put_file(self, key: str, path: Path) -> str:
+        """Object `key` from local file `path`, copied a chunk at a time, atomic as `put_bytes`."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+                shutil.copyfileobj(src, out, _CHUNK)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return self.uri(key)
+
+    def local_path(self, key: str) -> Path:
+        """The file of object `key` (checked as every key is: never outside the root)."""
+        return self._path(key)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -237,6 +257,25 @@ class S3Store:
         )
         self._call(self.client.upload_fileobj, Key=self._key(key), Fileobj=io.BytesIO(data), Config=config)
         return self.uri(key)
+
+    def put_file(self, key: str, path: Path) -> str:
+        """Object `key` from local file `path`, streamed (multipart above `multipart_bytes`)."""
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(
+            multipart_threshold=self.multipart_bytes, multipart_chunksize=self.part_bytes, max_concurrency=4
+        )
+        self._call(self.client.upload_file, Key=self._key(key), Filename=str(path), Config=config)
+        return self.uri(key)
+
+    def presigned_get(self, key: str, *, seconds: int, content_type: str | None = None) -> str:
+        """A URL that reads object `key` without credentials for `seconds` (signed here, offline),
+        its answer carrying `content_type` (objects are stored without one)."""
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        if content_type:
+            params["ResponseContentType"] = content_type
+        url: str = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=seconds)
+        return url
 
     def get_bytes(self, key: str) -> bytes:
         return self._call(self.client.get_object, Key=self._key(key))["Body"].read()

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gantry.api.http import health, jobs
+from gantry.api.http import files, health, jobs
 from gantry.api.http.auth import RateLimiter
 from gantry.api.http.limits import BodyLimit
 from gantry.api.service import Service
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes, exempt=("/v1/datasets",))
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(files.router)
     _errors(app)
     return app
 
