@@ -35,6 +35,25 @@ class JobView(BaseModel):
     finished_at: datetime | None
     parent_job_id: str | None
     spec: dict[str, Any]
+    name: str | None = None
+    tags: list[str] = []
+
+
+class JobPage(BaseModel):
+    """A page of `list`: newest first; `next_cursor` fetches the next (None: this is the last)."""
+
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+class LogLine(BaseModel):
+    """A line of a job's log (`gantry logs`): its id orders the lines and resumes a follow."""
+
+    id: int
+    attempt: int
+    time: datetime
+    level: str
+    message: str
 
 
 class MetricPoint(BaseModel):

@@ -86,9 +86,12 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     callbacks = Callbacks(
         progress=ctx.progress, should_stop=ctx.should_stop, checkpoint=checkpoint, samples=ctx.samples
     )
-    # A run may start its G from another train job's checkpoint (srgan's init_from).
+    # A run may start from another train job's weights (`init_from`: fine-tuning).
     init_from = spec.starts_from()
-    init = ctx.checkpoint_bytes(init_from, "latest")[0] if init_from and not resume else None
+    init = None
+    if init_from and not resume:
+        init, at = ctx.checkpoint_bytes(init_from, "latest")
+        log.info("job %s: starting from job %s's weights at step %d", ctx.job_id, init_from, at)
     outcome = train(spec, data, callbacks=callbacks, resume=resume, init=init, device=device())
     if not outcome.stopped and (names := spec.metric_names(auto=True)):
         run_metrics(ctx, names, train_job_id=ctx.job_id, spec=EvaluateSpec(seed=spec.seed))
