@@ -405,7 +405,10 @@ def list_(ctx: click.Context, limit: int, cursor: str | None, as_json: bool, **f
     if as_json:
         _print_json([j.model_dump(mode="json", exclude={"artifacts"}) for j in page.jobs])
     else:
-        table = Table("id", "kind", "model", "state", "progress", "created (UTC)", "name", "tags", box=None)
+        table = Table(box=None)
+        for column in ("id", "kind", "model", "state", "progress", "created (UTC)"):
+            table.add_column(column, no_wrap=column in ("id", "state"))  # what users type: never cut
+        table.add_column("name / tags", overflow="fold", min_width=12)
         for j in page.jobs:
             table.add_row(
                 j.id,
@@ -414,8 +417,7 @@ def list_(ctx: click.Context, limit: int, cursor: str | None, as_json: bool, **f
                 j.state,
                 f"{j.progress.step}/{j.progress.total_steps}",
                 f"{j.created_at:%Y-%m-%d %H:%M}",
-                escape(j.name or ""),
-                ",".join(j.tags),
+                escape(" ".join(filter(None, [j.name, " ".join(f"#{t}" for t in j.tags)]))),
             )
         out.print(table)
     if page.next_cursor:

@@ -74,9 +74,12 @@ def note(session: Session, job_id: str, *, attempt: int, level: str, message: st
     trim(session, job_id)
 
 
-def trim(session: Session, job_id: str, *, head: int = HEAD_LINES, tail: int = TAIL_LINES) -> int:
-    """Keep the job's first `head` lines and newest `tail`; the line after the head becomes (or
-    stays) the one that says how many were dropped. Returns how many this call dropped."""
+def trim(session: Session, job_id: str, *, head: int | None = None, tail: int | None = None) -> int:
+    """Keep the job's first `head` lines and newest `tail` (default HEAD_LINES, TAIL_LINES); the
+    line after the head becomes (or stays) the one that says how many were dropped. Returns how
+    many this call dropped."""
+    head = HEAD_LINES if head is None else head
+    tail = TAIL_LINES if tail is None else tail
     count = session.scalar(select(func.count()).select_from(JobLog).where(JobLog.job_id == job_id)) or 0
     if count <= head + 1 + tail:
         return 0

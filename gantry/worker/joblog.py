@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from gantry.jobs.joblogs import Line
 
 MAX_PENDING = 1000
+_FORMATTER = logging.Formatter()
 
 
 class JobLog(logging.Handler):
@@ -45,7 +46,7 @@ class JobLog(logging.Handler):
                 return
             message = message.removeprefix(self._prefix)
             if record.exc_info:
-                message += "\n" + self.formatException(record.exc_info)
+                message += "\n" + _FORMATTER.formatException(record.exc_info)
             line = Line(datetime.fromtimestamp(record.created, UTC), record.levelname, message)
         except Exception:
             self.handleError(record)
