@@ -86,7 +86,7 @@ def test_the_cursor_pages_through_every_job_once_while_jobs_are_added(sessions) 
         _new(sessions)  # a newer job arrives between pages: it belongs before the first page
         if cursor is None:
             break
-    assert seen == sorted(first[:5], reverse=True) + [first[5]]
+    assert seen == [*sorted(first[:5], reverse=True), first[5]]
     with pytest.raises(InvalidInput) as info:
         _ids(sessions, cursor="not-a-cursor")
     assert info.value.field == "cursor"
