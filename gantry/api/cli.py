@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import threading
 import time
@@ -20,13 +21,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gantry.api.schemas import JobView
+from gantry.api import follow
+from gantry.api.schemas import JobView, LogLine
 from gantry.api.service import Service, unavailable
 from gantry.jobs.datasets import DATASETS
 from gantry.jobs.errors import GantryError, InvalidInput, ServiceUnavailable
 from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import MODELS, CodeWalk, EvaluateSpec, SampleSpec
-from gantry.jobs.store import STATES, TERMINAL
+from gantry.jobs.store import KINDS, STATES, TERMINAL
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -100,6 +102,18 @@ def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
 
 _WAIT = click.option("--wait", is_flag=True, help="Wait for the job to end; exit 1 if it fails.")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _labels(command: Any) -> Any:
+    """`--name` and `--tag`, which every submitting command takes."""
+    command = click.option(
+        "--tag",
+        "tags",
+        multiple=True,
+        metavar="TAG",
+        help="A tag to find the job by (`list --tag`); repeat for several. Letters, digits and _ . : -",
+    )(command)
+    return click.option("--name", help="A name for the job, shown by status and list.")(command)
 
 
 def _after_submit(ctx: click.Context, svc: Service, job: JobView, *, wait: bool, as_json: bool) -> None:
@@ -205,6 +219,12 @@ def _train_default(name: str) -> str:
 @click.option(
     "--sample-every", type=int, help=_shown("Steps between sample grids.", _train_default("sample_every"))
 )
+@click.option(
+    "--init-from",
+    metavar="JOB_ID",
+    help="Start from train job JOB_ID's G and D weights (fine-tuning); the architecture must match.",
+)
+@_labels
 @_WAIT
 @_JSON
 @click.pass_context
@@ -261,6 +281,7 @@ _CHECKPOINT_HELP = _shown("latest or a step number.", _SAMPLE["checkpoint"].defa
     help="Image, folder or S3 prefix to super-resolve (super-resolution models).",
 )
 @_CODE_WALK
+@_labels
 @_WAIT
 @_JSON
 @click.pass_context
@@ -279,6 +300,7 @@ def sample(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields:
     "--seed", type=int, help=_shown("Seeds the metric's samples.", EvaluateSpec.model_fields["seed"].default)
 )
 @_CODE_WALK
+@_labels
 @_WAIT
 @_JSON
 @click.pass_context
@@ -320,6 +342,10 @@ def _print_status(job: JobView) -> None:
     )
     state = f"[{colour}]{job.state}[/{colour}]" if colour else job.state
     out.print(f"[bold]{job.id}[/bold]  {job.kind} {job.model}  {state}  attempt {job.attempt}")
+    if job.name:
+        out.print(f"  name       {escape(job.name)}")
+    if job.tags:
+        out.print(f"  tags       {', '.join(job.tags)}")
     out.print(f"  progress   {job.progress.step}/{job.progress.total_steps}")
     if job.parent_job_id:
         out.print(f"  from job   {job.parent_job_id}")
@@ -363,26 +389,42 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
 
 @cli.command(name="list")
 @click.option("--state", type=click.Choice(STATES))
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--kind", type=click.Choice(KINDS))
+@click.option("--model", type=click.Choice(sorted(MODELS)))
+@click.option("--tag", help="Only jobs with this tag.")
+@click.option("--parent", metavar="JOB_ID", help="Only the sample and evaluate jobs of this train job.")
+@click.option("--since", metavar="DATE", help="Created on or after (ISO date or time, UTC unless it says).")
+@click.option("--until", metavar="DATE", help="Created before (a date: up to the end of that day).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor", help="The next page: the cursor a previous `list` printed.")
 @_JSON
 @click.pass_context
-def list_(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
-    """List jobs, newest first."""
-    jobs = _service(ctx, end_dead=True).list_jobs(state=state, limit=limit)
+def list_(ctx: click.Context, limit: int, cursor: str | None, as_json: bool, **filters: Any) -> None:
+    """List jobs, newest first, a page at a time (the next page's command goes to stderr)."""
+    page = _service(ctx, end_dead=True).list_jobs(limit=limit, cursor=cursor, **filters)
     if as_json:
-        _print_json([j.model_dump(mode="json", exclude={"artifacts"}) for j in jobs])
-        return
-    table = Table("id", "kind", "model", "state", "progress", "created (UTC)", box=None)
-    for j in jobs:
-        table.add_row(
-            j.id,
-            j.kind,
-            j.model,
-            j.state,
-            f"{j.progress.step}/{j.progress.total_steps}",
-            f"{j.created_at:%Y-%m-%d %H:%M}",
-        )
-    out.print(table)
+        _print_json([j.model_dump(mode="json", exclude={"artifacts"}) for j in page.jobs])
+    else:
+        table = Table(box=None)
+        for column in ("id", "kind", "model", "state", "progress", "created (UTC)"):
+            table.add_column(column, no_wrap=column in ("id", "state"))  # what users type: never cut
+        table.add_column("name / tags", overflow="fold", min_width=12)
+        for j in page.jobs:
+            table.add_row(
+                j.id,
+                j.kind,
+                j.model,
+                j.state,
+                f"{j.progress.step}/{j.progress.total_steps}",
+                f"{j.created_at:%Y-%m-%d %H:%M}",
+                escape(" ".join(filter(None, [j.name, " ".join(f"#{t}" for t in j.tags)]))),
+            )
+        out.print(table)
+    if page.next_cursor:
+        given = {**filters, "limit": limit if limit != 50 else None}
+        again = "".join(f" --{k} {shlex.quote(str(v))}" for k, v in given.items() if v is not None)
+        again += " --json" if as_json else ""
+        err.print(f"more jobs: gantry list{escape(again)} --cursor {page.next_cursor}", soft_wrap=True)
 
 
 @cli.command()
@@ -415,23 +457,32 @@ def metrics(ctx: click.Context, job_id: str, as_json: bool) -> None:
 DEAD_HOLDER_CHECK_SECONDS = 5.0
 
 
-def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval: float = 0.5) -> JobView:
-    """Poll the store until the job ends, with a live progress bar. An outage of the database that
-    lasts longer than the lease (GANTRY_LEASE_SECONDS) raises ServiceUnavailable; a shorter one is
-    shown on the bar and waited out."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def _display(*, show: bool, json_lines: bool = False) -> follow.Display:
+    """How to show a job as it goes (gantry.api.follow): JSON lines, a bar on a terminal, plain
+    lines at a steady pace without one, or nothing."""
+    if json_lines:
+        return follow.JsonLines(click.echo)
+    if not show:
+        return follow.Quiet()
+    if out.is_terminal and err.is_terminal:
+        return follow.Bar(err)
+    return follow.Plain(err)
 
+
+def _watch(
+    svc: Service,
+    job_id: str,
+    *,
+    show: bool,
+    alive: Any = None,
+    interval: float = 0.5,
+    display: follow.Display | None = None,
+) -> JobView:
+    """Poll the store until the job ends, showing it as it goes (`display`; default: a bar on a
+    terminal, plain lines without one). An outage of the database that lasts longer than the
+    lease (GANTRY_LEASE_SECONDS) raises ServiceUnavailable; a shorter one is shown and waited out."""
     job = svc.get(job_id)
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-    ]
-    with Progress(*columns, console=err, disable=not show, transient=False) as bar:
-        task = bar.add_task(f"{job.id} {job.state}", total=job.progress.total_steps or None, rate="", info="")
+    with display or _display(show=show) as shown:
         down_since: float | None = None
         looked_for_dead = time.monotonic()
         while True:
@@ -441,18 +492,11 @@ def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval
                 down_since = down_since or time.monotonic()
                 if time.monotonic() - down_since > svc.settings.lease_seconds:
                     raise
-                bar.update(
-                    task, description=f"{job.id} {job.state}", info=f"{exc.service} unreachable, retrying"
-                )
+                shown.unreachable(job, exc.service)
                 time.sleep(interval)
                 continue
             down_since = None
-            m = job.metrics
-            rate = f"{m['images_per_sec']:.0f} img/s" if "images_per_sec" in m else ""
-            info = "  ".join(f"{k}={m[k]:.3f}" for k in ("loss_D", "loss_G") if k in m)
-            bar.update(
-                task, completed=job.progress.step, description=f"{job.id} {job.state}", rate=rate, info=info
-            )
+            shown.update(job)
             if job.state in TERMINAL or (alive is not None and not alive()):
                 return job if job.state in TERMINAL else svc.get(job_id)
             # A job that another gantry process runs here in embedded mode ends if that process is
@@ -465,11 +509,48 @@ def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval
 
 @cli.command()
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: one per state, progress or metric change.")
 @click.pass_context
-def watch(ctx: click.Context, job_id: str) -> None:
-    """Follow a job live until it ends; exit 1 if it failed or was cancelled."""
+def watch(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Follow a job live until it ends; exit 1 if it failed or was cancelled. Without a terminal,
+    progress is plain lines every 10 s or 10% of the steps."""
+    if as_json:
+        lines = follow.JsonLines(click.echo)
+        job = _watch(_service(ctx, end_dead=True), job_id, show=True, display=lines)
+        lines.end(job)
+        sys.exit(0 if job.state == "succeeded" else 1)
     job = _watch(_service(ctx, end_dead=True), job_id, show=True)
     _finish(job, as_json=False, exit_on_failure=True)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines until the job ends.")
+@_JSON
+@click.pass_context
+def logs(ctx: click.Context, job_id: str, follow_: bool, as_json: bool) -> None:
+    """A job's log: its own lines and every infrastructure error it met (retries, lost leases,
+    skipped checkpoints, its final error), recorded on the job by its workers."""
+    svc = _service(ctx)
+    last: int | None = None
+    while True:
+        # Whether it had ended is read before its lines, so the lines its end wrote are printed.
+        ended = not follow_ or svc.get(job_id).state in TERMINAL
+        for line in svc.logs(job_id, since_id=last):
+            last = line.id
+            _print_log_line(line, as_json=as_json)
+        if ended:
+            return
+        time.sleep(1.0)
+
+
+def _print_log_line(line: LogLine, *, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(line.model_dump(mode="json")))
+        return
+    colour = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "red"}.get(line.level)
+    level = f"[{colour}]{line.level:<7}[/{colour}]" if colour else f"{line.level:<7}"
+    out.print(f"{line.time:%Y-%m-%d %H:%M:%S} #{line.attempt} {level} {escape(line.message)}")
 
 
 @cli.command()
@@ -490,13 +571,18 @@ def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("job_id")
+@click.option(
+    "--steps",
+    type=int,
+    help="A train job's new total steps: more than its last checkpoint's step.  [default: as submitted]",
+)
 @_WAIT
 @_JSON
 @click.pass_context
-def resume(ctx: click.Context, job_id: str, wait: bool, as_json: bool) -> None:
+def resume(ctx: click.Context, job_id: str, steps: int | None, wait: bool, as_json: bool) -> None:
     """Run a failed or cancelled job again (attempt + 1); a train job continues from its last checkpoint."""
     svc = _service(ctx, end_dead=True)
-    job = svc.resume(job_id)
+    job = svc.resume(job_id, steps=steps)
     _after_submit(ctx, svc, job, wait=wait, as_json=as_json)
 
 
@@ -514,6 +600,27 @@ def download(ctx: click.Context, job_id: str, to: Path | None, as_json: bool) ->
     for p in paths:
         out.print(str(p))
     out.print(f"{len(paths)} files in {to or Path(job_id)}")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--recursive", is_flag=True, help="Also delete the sample and evaluate jobs made from it.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask.")
+@click.pass_context
+def delete(ctx: click.Context, job_id: str, recursive: bool, yes: bool) -> None:
+    """Delete a finished job: its records, metrics, logs and every object under jobs/JOB_ID/.
+    A queued or running job is refused (cancel it first); so is a train job that other jobs were
+    made from, unless --recursive."""
+    svc = _service(ctx)
+    doomed = svc.deletion(job_id, recursive=recursive)
+    if not yes:
+        what = f"job {job_id}" if len(doomed) == 1 else f"{len(doomed)} jobs ({', '.join(doomed)})"
+        if not sys.stdin.isatty():
+            raise InvalidInput("yes", f"deleting {what} needs --yes when there is no terminal to ask on")
+        click.confirm(f"Delete {what} and all their objects?", abort=True, err=True)
+    svc.delete(job_id, recursive=recursive)
+    for gone in doomed:
+        out.print(f"job {gone} deleted")
 
 
 # --- operating -------------------------------------------------------------------------------

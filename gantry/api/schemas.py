@@ -35,6 +35,25 @@ class JobView(BaseModel):
     finished_at: datetime | None
     parent_job_id: str | None
     spec: dict[str, Any]
+    name: str | None = None
+    tags: list[str] = []
+
+
+class JobPage(BaseModel):
+    """A page of `list`: newest first; `next_cursor` fetches the next (None: this is the last)."""
+
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+class LogLine(BaseModel):
+    """A line of a job's log (`gantry logs`): its id orders the lines and resumes a follow."""
+
+    id: int
+    attempt: int
+    time: datetime
+    level: str
+    message: str
 
 
 class MetricPoint(BaseModel):
@@ -52,10 +71,3 @@ class TokenView(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     token: str | None = None  # only when it is created: it is never stored
-
-
-class JobPage(BaseModel):
-    """One page of a listing, newest first; `next_cursor` fetches the next (None: no more)."""
-
-    jobs: list[JobView]
-    next_cursor: str | None = None

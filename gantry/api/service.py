@@ -15,16 +15,17 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gantry.api import files
-from gantry.api.schemas import ArtifactView, JobView, MetricPoint, Progress, TokenView
-from gantry.jobs import accounts
+from gantry.api.schemas import ArtifactView, JobPage, JobView, LogLine, MetricPoint, Progress, TokenView
+from gantry.jobs import accounts, joblogs
 from gantry.jobs import store as db
 from gantry.jobs.accounts import Caller
 from gantry.jobs.datasets import DATASETS
@@ -37,12 +38,21 @@ from gantry.jobs.errors import (
     Throttled,
     transient_service,
 )
-from gantry.jobs.keys import checkpoint_step_prefix, checkpoints_at, job_prefix, manifest_key, upload_prefix
+from gantry.jobs.keys import (
+    Manifest,
+    checkpoint_step_prefix,
+    checkpoints_at,
+    job_prefix,
+    manifest_key,
+    upload_prefix,
+)
 from gantry.jobs.queue import check_broker, check_worker_installed, enqueue, make_celery
 from gantry.jobs.requeue import Requeued, requeue_pass
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import (
+    MODELS,
     TrainSpec,
+    first_error,
     load_train_spec,
     parse_evaluate_spec,
     parse_sample_spec,
@@ -115,8 +125,9 @@ class Service:
             raise down from None
 
     def _job(self, s: Session, job_id: str) -> db.Job:
-        """Job `job_id` as the caller may see it: another owner's job does not exist for a
-        non-admin caller (the same JobNotFound, so ids cannot be probed)."""
+        """Job `job_id` as the caller may see it: every lookup of a job by its id goes through here.
+        Another owner's job does not exist for a non-admin caller (the same JobNotFound, so ids
+        cannot be probed)."""
         job = db.get_job(s, job_id)
         if self.caller is not None and not self.caller.admin and job.owner != self.caller.owner:
             raise JobNotFound(job_id)
@@ -128,8 +139,18 @@ class Service:
         return self.caller.owner if self.caller is not None and not self.caller.admin else None
 
     # -- submitting ------------------------------------------------------------------------
-    def submit_train(self, model: str, *, options: dict[str, Any] | None = None, **fields: Any) -> JobView:
-        """Validate and record a train job, then queue it (or leave it for `run_embedded`)."""
+    def submit_train(
+        self,
+        model: str,
+        *,
+        options: dict[str, Any] | None = None,
+        name: str | None = None,
+        tags: list[str] | tuple[str, ...] | None = None,
+        **fields: Any,
+    ) -> JobView:
+        """Validate and record a train job, then queue it (or leave it for `run_embedded`).
+        `init_from` (a field): a train job whose G and D weights this one starts from."""
+        labels = _labels(name, tags)
         spec = parse_train_spec(model, {k: v for k, v in fields.items() if v is not None}, options or {})
         if self.caller is not None:
             self._check_api_data("dataset", spec.dataset)
@@ -154,7 +175,12 @@ class Service:
             exists=lambda uri: uri_exists(uri, endpoint_url=self.settings.s3_endpoint_url),
         )
         return self._submit(
-            "train", model=model, spec=spec.model_dump(mode="json"), total_steps=spec.steps, parent=None
+            "train",
+            model=model,
+            spec=spec.model_dump(mode="json"),
+            total_steps=spec.steps,
+            parent=None,
+            **labels,
         )
 
     def _train_job_with_checkpoint(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
@@ -170,8 +196,16 @@ class Service:
             model, spec = job.model, dict(job.spec)
         return (model, spec) if self._has_checkpoint(job_id, "latest") else None
 
-    def submit_sample(self, job_id: str, **fields: Any) -> JobView:
+    def submit_sample(
+        self,
+        job_id: str,
+        *,
+        name: str | None = None,
+        tags: list[str] | tuple[str, ...] | None = None,
+        **fields: Any,
+    ) -> JobView:
         """Validate and record a sample job from train job `job_id`'s checkpoint."""
+        labels = _labels(name, tags)
         spec = parse_sample_spec({k: v for k, v in fields.items() if v is not None and v != ()})
         train_spec = self._parent(job_id, spec.checkpoint)
         train_spec.check_sample(spec)  # modes, --code-walk and prompts the model takes
@@ -192,10 +226,19 @@ class Service:
             spec=spec.model_dump(mode="json"),
             total_steps=spec.total_images(),
             parent=job_id,
+            **labels,
         )
 
-    def submit_evaluate(self, job_id: str, **fields: Any) -> JobView:
+    def submit_evaluate(
+        self,
+        job_id: str,
+        *,
+        name: str | None = None,
+        tags: list[str] | tuple[str, ...] | None = None,
+        **fields: Any,
+    ) -> JobView:
         """Validate and record an evaluation of train job `job_id`'s checkpoint."""
+        labels = _labels(name, tags)
         spec = parse_evaluate_spec({k: v for k, v in fields.items() if v is not None and v != ()})
         train_spec = self._parent(job_id, spec.checkpoint)
         names = train_spec.resolve_metrics(spec.metrics)
@@ -207,6 +250,7 @@ class Service:
             spec=spec.model_dump(mode="json"),
             total_steps=len(names),
             parent=job_id,
+            **labels,
         )
 
     def _parent(self, job_id: str, checkpoint: str) -> TrainSpec:
@@ -300,7 +344,15 @@ class Service:
         log.info("queued %s job %s", kind, job_id)
 
     def _submit(
-        self, kind: str, *, model: str, spec: dict[str, Any], total_steps: int, parent: str | None
+        self,
+        kind: str,
+        *,
+        model: str,
+        spec: dict[str, Any],
+        total_steps: int,
+        parent: str | None,
+        name: str | None,
+        tags: list[str],
     ) -> JobView:
         self._check_services()
         with self._session() as s:
@@ -313,23 +365,54 @@ class Service:
                 total_steps=total_steps,
                 parent_job_id=parent,
                 owner=self._caller_owner,
+                name=name,
+                tags=tags,
             )
             job_id = job.id
         if not self.settings.embedded:
             self._enqueue(kind, job_id)
         return self.get(job_id)
 
-    def resume(self, job_id: str) -> JobView:
+    def resume(self, job_id: str, *, steps: int | None = None) -> JobView:
         """Queue a failed or cancelled job again (attempt + 1); a train job continues from its last
-        checkpoint. Embedded mode leaves it for `run_embedded`."""
+        checkpoint. `steps`: a train job's new total, more than its checkpoint's step and within
+        its spec's bounds. Embedded mode leaves it for `run_embedded`."""
+        if steps is not None:
+            self._check_steps(job_id, steps)
         self._check_services()
         with self._session() as s:
             self._job(s, job_id)
             self._check_quota(s)
-            kind = db.reopen_job(s, job_id).kind
+            kind = db.reopen_job(s, job_id, steps=steps).kind
         if not self.settings.embedded:
             self._enqueue(kind, job_id)
         return self.get(job_id)
+
+    def _check_steps(self, job_id: str, steps: int) -> None:
+        with self._session() as s:
+            job = self._job(s, job_id)
+            kind, stored = job.kind, dict(job.spec)
+        if kind != "train":
+            raise InvalidInput("steps", f"job {job_id} is a {kind} job; --steps changes a train job's total")
+        try:
+            load_train_spec({**stored, "steps": steps})
+        except ValidationError as exc:
+            raise first_error(exc) from None
+        reached = self._checkpoint_step(job_id)
+        if reached is not None and steps <= reached:
+            raise InvalidInput(
+                "steps",
+                f"{steps}: job {job_id}'s last checkpoint is at step {reached}; give more steps than that",
+            )
+
+    def _checkpoint_step(self, job_id: str) -> int | None:
+        """The step of the checkpoint the job's manifest names; None when it has none."""
+        if not self.objects.exists(manifest_key(job_id)):
+            return None
+        try:
+            return Manifest.parse(self.objects.get_bytes(manifest_key(job_id))).step
+        except ValueError:
+            return None  # the worker's resume finds the newest checkpoint that loads
 
     # -- embedded mode ---------------------------------------------------------------------
     def run_embedded(self, job: JobView) -> str:
@@ -420,12 +503,90 @@ class Service:
         with self._session() as s:
             return self._view(s, self._job(s, job_id))
 
-    def list_jobs(self, *, state: str | None = None, limit: int = 50) -> list[JobView]:
+    def list_jobs(
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        model: str | None = None,
+        tag: str | None = None,
+        parent: str | None = None,
+        since: datetime | date | str | None = None,
+        until: datetime | date | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first, filtered, a page at a time: pass `next_cursor` back as `cursor`.
+        `since` and `until` are ISO dates or times (UTC unless they say): a date `until` takes in
+        that whole day."""
+        start, end = _moment("since", since), _moment("until", until, end_of_day=True)
         with self._session() as s:
+            jobs, next_cursor = db.list_jobs(
+                s,
+                state=state,
+                kind=kind,
+                model=model,
+                models=sorted(MODELS),
+                tag=tag,
+                parent=parent,
+                since=start,
+                until=end,
+                owner=self._owner_filter,
+                limit=limit,
+                cursor=cursor,
+            )
+            views = [self._view(s, job, with_artifacts=False) for job in jobs]
+        return JobPage(jobs=views, next_cursor=next_cursor)
+
+    def logs(self, job_id: str, *, since_id: int | None = None) -> list[LogLine]:
+        """The job's log: its own lines and the infrastructure errors it met (gantry.jobs.joblogs),
+        in order; `since_id`: only the lines after that one (a follower's next read)."""
+        with self._session() as s:
+            self._job(s, job_id)
             return [
-                self._view(s, job, with_artifacts=False)
-                for job in db.list_jobs(s, state=state, limit=limit, owner=self._owner_filter)
+                LogLine(
+                    id=row.id, attempt=row.attempt, time=_utc(row.time), level=row.level, message=row.message
+                )  # type: ignore[arg-type]
+                for row in joblogs.read(s, job_id, since_id=since_id)
             ]
+
+    def deletion(self, job_id: str, *, recursive: bool = False) -> list[str]:
+        """The ids `delete` would remove (children first), after checking that it may: what a
+        confirmation shows."""
+        with self._session() as s:
+            return self._deletable(s, self._job(s, job_id), recursive=recursive)
+
+    def delete(self, job_id: str, *, recursive: bool = False) -> None:
+        """Remove a finished job: its objects under jobs/<id>/ first, then its rows (so a storage
+        outage leaves it whole, to delete again). A queued or running job is refused (cancel it
+        first); so is a train job that sample or evaluate jobs name as their parent, unless
+        `recursive`, which deletes them with it (each must be finished)."""
+        for doomed in self.deletion(job_id, recursive=recursive):
+            prefix = job_prefix(doomed) + "/"
+            for key in self.objects.list(prefix):
+                self.objects.delete(key)
+            with self._session() as s:
+                db.delete_job_rows(s, doomed)
+            log.info("job %s: deleted", doomed)
+
+    def _deletable(self, s: Session, job: db.Job, *, recursive: bool) -> list[str]:
+        """The ids to delete for `job` (its children first), after checking each may go."""
+        if job.state not in db.TERMINAL:
+            raise InvalidInput(
+                "job_id",
+                f"job {job.id} is {job.state}: cancel it first (`gantry cancel {job.id}`), then delete",
+            )
+        order: list[str] = []
+        kids = db.children(s, job.id)
+        if kids and not recursive:
+            named = ", ".join(k.id for k in kids[:5]) + (" ..." if len(kids) > 5 else "")
+            raise InvalidInput(
+                "recursive",
+                f"jobs {named} were made from job {job.id}; delete them first, or all together with --recursive",
+            )
+        for kid in kids:
+            order += self._deletable(s, kid, recursive=recursive)
+        return [*order, job.id]
 
     def metrics(self, job_id: str) -> list[MetricPoint]:
         with self._session() as s:
@@ -625,6 +786,8 @@ class Service:
             finished_at=_utc(job.finished_at),
             parent_job_id=job.parent_job_id,
             spec=dict(job.spec),
+            name=job.name,
+            tags=job.tags,
         )
 
 
@@ -678,6 +841,28 @@ def _token_view(row: db.ApiToken, *, token: str | None = None) -> TokenView:
         revoked_at=_utc(row.revoked_at),
         token=token,
     )
+
+
+def _labels(name: str | None, tags: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+    """A job's name and tags, checked before anything is recorded."""
+    return {"name": db.check_name(name), "tags": db.check_tags(tags)}
+
+
+def _moment(field: str, value: datetime | date | str | None, *, end_of_day: bool = False) -> datetime | None:
+    """An ISO date or time as an aware UTC datetime (a naive one is UTC). A plain date is its
+    midnight, or with `end_of_day` the next midnight, so that `until=DAY` takes in all of DAY."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidInput(
+                field, f"{value!r} is not an ISO date or time, e.g. 2026-01-31 or 2026-01-31T12:00:00Z"
+            ) from None
+    if not isinstance(value, datetime):
+        value = datetime.combine(value + timedelta(days=1 if end_of_day else 0), datetime.min.time())
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _owner() -> str | None:

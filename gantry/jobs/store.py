@@ -18,10 +18,13 @@ again (`unsent_jobs`, `mark_sent`), a `running` one whose holder died is queued 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,23 +42,30 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     create_engine,
     delete,
     event,
     func,
+    or_,
     select,
     text,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable
 
 SCHEMA_REVISION = "0005"
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = ("succeeded", "failed", "cancelled")
+KINDS = ("train", "sample", "evaluate")
+NAME_MAX = 200  # characters of a job's name
+TAG_MAX = 64  # characters of a tag
+TAGS_MAX = 20  # tags per job
+TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
 def utcnow() -> datetime:
@@ -68,7 +78,11 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_owner_created", "owner", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_created_at_id", "created_at", "id"),
+        Index("ix_jobs_parent_job_id", "parent_job_id"),
+        Index("ix_jobs_owner_created", "owner", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
@@ -92,6 +106,39 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # When its message was last sent to the queue (None: at `created_at`); see `unsent_jobs`.
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    name: Mapped[str | None] = mapped_column(String(NAME_MAX), nullable=True)
+    # Log lines dropped to keep the job's log bounded (gantry.jobs.joblogs).
+    logs_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tag_rows: Mapped[list[JobTag]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="JobTag.tag", passive_deletes=True
+    )
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.tag_rows]
+
+
+class JobTag(Base):
+    """One tag of a job: a row each, so that `list --tag` is an indexed lookup on any database."""
+
+    __tablename__ = "job_tags"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(TAG_MAX), primary_key=True, index=True)
+
+
+class JobLog(Base):
+    """A log line of a job: its own records and the infrastructure errors it met (gantry.jobs.joblogs)."""
+
+    __tablename__ = "job_logs"
+    __table_args__ = (Index("ix_job_logs_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
 
 
 class ApiToken(Base):
@@ -221,6 +268,30 @@ def new_job_id() -> str:
     return secrets.token_hex(6)
 
 
+def check_name(name: str | None) -> str | None:
+    """A job's name: free text of at most NAME_MAX characters, one line; blank means none."""
+    if name is None or not name.strip():
+        return None
+    name = name.strip()
+    if len(name) > NAME_MAX or any(ch in name for ch in "\r\n\0"):
+        raise InvalidInput("name", f"a job name is one line of at most {NAME_MAX} characters")
+    return name
+
+
+def check_tag(tag: str) -> str:
+    if not (1 <= len(tag) <= TAG_MAX) or not TAG_PATTERN.match(tag):
+        raise InvalidInput("tag", f"{tag!r}: a tag is 1 to {TAG_MAX} of the characters A-Z a-z 0-9 _ . : -")
+    return tag
+
+
+def check_tags(tags: Sequence[str] | None) -> list[str]:
+    """A job's tags, each checked (`check_tag`), duplicates dropped; at most TAGS_MAX."""
+    unique = list(dict.fromkeys(check_tag(tag) for tag in tags or ()))
+    if len(unique) > TAGS_MAX:
+        raise InvalidInput("tag", f"at most {TAGS_MAX} tags per job, not {len(unique)}")
+    return unique
+
+
 def create_job(
     session: Session,
     *,
@@ -230,6 +301,8 @@ def create_job(
     total_steps: int,
     parent_job_id: str | None = None,
     owner: str | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
 ) -> Job:
     now = utcnow()
     job = Job(
@@ -247,7 +320,10 @@ def create_job(
         owner=owner,
         created_at=now,
         enqueued_at=now,  # its message is sent right after this row is committed
+        name=check_name(name),
+        logs_dropped=0,
     )
+    job.tag_rows = [JobTag(tag=tag) for tag in check_tags(tags)]
     session.add(job)
     session.flush()
     return job
@@ -266,17 +342,96 @@ def count_active_jobs(session: Session, *, owner: str) -> int:
     return int(session.scalar(query) or 0)
 
 
+def _choice(field: str, value: str | None, allowed: Sequence[str]) -> None:
+    if value is not None and value not in allowed:
+        raise InvalidInput(field, f"unknown {field} {value!r}; choose one of {', '.join(allowed)}")
+
+
+def encode_cursor(job: Job) -> str:
+    """An opaque cursor: the (created_at, id) of the last job of a page, which the next page starts
+    after. Ordering by both is total, so jobs inserted meanwhile neither repeat nor skip one."""
+    moment = _aware(job.created_at)
+    assert moment is not None
+    raw = json.dumps([moment.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        moment, job_id = json.loads(raw)
+        return _aware(datetime.fromisoformat(moment)), str(job_id)  # type: ignore[return-value]
+    except Exception:
+        raise InvalidInput(
+            "cursor", "not a cursor that `list` handed out (pass next_cursor as given)"
+        ) from None
+
+
 def list_jobs(
-    session: Session, *, state: str | None = None, limit: int = 50, owner: str | None = None
-) -> list[Job]:
-    query = select(Job).order_by(Job.created_at.desc()).limit(limit)
-    if owner is not None:
-        query = query.where(Job.owner == owner)
-    if state is not None:
-        if state not in STATES:
-            raise InvalidInput("state", f"unknown state {state!r}; choose one of {', '.join(STATES)}")
-        query = query.where(Job.state == state)
-    return list(session.scalars(query))
+    session: Session,
+    *,
+    state: str | None = None,
+    kind: str | None = None,
+    model: str | None = None,
+    tag: str | None = None,
+    parent: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    owner: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+    models: Sequence[str] | None = None,
+) -> tuple[list[Job], str | None]:
+    """Jobs newest first (created_at, then id, both descending) matching every filter given, and
+    the cursor of the next page (None: this is the last). `since` <= created_at < `until`; `owner`
+    None: everyone's. `models`: the model names to accept for `model` (InvalidInput otherwise)."""
+    _choice("state", state, STATES)
+    _choice("kind", kind, KINDS)
+    if models is not None:
+        _choice("model", model, models)
+    if tag is not None:
+        check_tag(tag)
+    if not 1 <= limit <= 1000:
+        raise InvalidInput("limit", f"{limit}: from 1 to 1000")
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    for column, value in (
+        (Job.state, state),
+        (Job.kind, kind),
+        (Job.model, model),
+        (Job.parent_job_id, parent),
+        (Job.owner, owner),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if tag is not None:
+        query = query.where(select(JobTag.job_id).where(JobTag.job_id == Job.id, JobTag.tag == tag).exists())
+    if since is not None:
+        query = query.where(Job.created_at >= since)
+    if until is not None:
+        query = query.where(Job.created_at < until)
+    if cursor is not None:
+        moment, last_id = decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < moment, and_(Job.created_at == moment, Job.id < last_id)))
+    jobs = list(session.scalars(query))
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return jobs, (encode_cursor(jobs[-1]) if more else None)
+
+
+def children(session: Session, job_id: str) -> list[Job]:
+    """The jobs that name `job_id` as their parent (its sample and evaluate jobs)."""
+    return list(session.scalars(select(Job).where(Job.parent_job_id == job_id).order_by(Job.created_at)))
+
+
+def delete_job_rows(session: Session, job_id: str) -> None:
+    """Remove a job's rows: its logs, tags, artifacts, metrics and the job itself. The caller
+    checks that it may (finished, no children left)."""
+    for table in (JobLog, JobTag, Artifact, Metric):
+        session.execute(
+            delete(table).where(table.job_id == job_id).execution_options(synchronize_session=False)
+        )
+    session.execute(delete(Job).where(Job.id == job_id).execution_options(synchronize_session=False))
+    session.expunge_all()
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -284,6 +439,12 @@ def _aware(moment: datetime | None) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment
+
+
+def _note(session: Session, job_id: str, attempt: int, level: str, message: str) -> None:
+    """A line on the job's log (gantry.jobs.joblogs) saying what happened to it from outside its
+    run, written in the transaction that makes it so."""
+    session.add(JobLog(job_id=job_id, attempt=attempt, time=utcnow(), level=level, message=message))
 
 
 class JobBusy(Exception):
@@ -357,6 +518,14 @@ def claim_job(
             pass  # the same attempt, retried: same token, no death, no wait
         elif job.worker == worker:
             job.attempt += 1
+            _note(
+                session,
+                job_id,
+                job.attempt,
+                "WARNING",
+                f"attempt {job.attempt - 1} ended on {worker} without recording an end; "
+                f"attempt {job.attempt} takes over",
+            )
         else:
             heartbeat = _aware(job.heartbeat_at) or now
             left = timedelta(seconds=lease_seconds) - (now - heartbeat)
@@ -364,9 +533,19 @@ def claim_job(
                 raise JobBusy(job_id, job.worker or "?", left.total_seconds())
             job.attempt += 1
             job.deaths = (job.deaths or 0) + 1
+            _note(
+                session,
+                job_id,
+                job.attempt,
+                "WARNING",
+                f"attempt {job.attempt - 1} lost its lease: its holder {job.worker} is gone or last "
+                f"heartbeat {(now - heartbeat).total_seconds():.0f} s ago; attempt {job.attempt} "
+                f"takes over on {worker} (its later writes are refused)",
+            )
     if max_attempts is not None and (job.deaths or 0) >= max_attempts:
         job.state, job.finished_at, job.worker = "failed", now, None
         job.error = died_message(job.deaths)
+        _note(session, job_id, job.attempt, "ERROR", job.error)
         return None
     job.state = "running"
     job.worker = worker
@@ -430,6 +609,13 @@ def request_cancel(session: Session, job_id: str) -> Job:
     job.cancel_requested = True
     if job.state == "queued":
         job.state, job.finished_at = "cancelled", utcnow()
+    _note(
+        session,
+        job_id,
+        job.attempt,
+        "INFO",
+        "cancel requested" + (" while queued: cancelled" if job.state == "cancelled" else ""),
+    )
     return job
 
 
@@ -457,7 +643,17 @@ def hand_back(
     result = session.execute(query.values(**values).execution_options(synchronize_session=False))
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise LeaseLost(job_id, token or 0)
-    return str(session.scalar(select(Job.kind).where(Job.id == job_id)))
+    kind, attempt = session.execute(select(Job.kind, Job.attempt).where(Job.id == job_id)).one()
+    if fence_out:
+        _note(
+            session,
+            job_id,
+            attempt,
+            "WARNING",
+            f"handed back to the queue without a new checkpoint (its worker was stopping and the run did "
+            f"not stop in time); attempt {attempt - 1}'s later writes are refused",
+        )
+    return str(kind)
 
 
 def requeue_stale(session: Session, *, lease_seconds: float | None, host: str | None = None) -> list[str]:
@@ -490,6 +686,14 @@ def requeue_stale(session: Session, *, lease_seconds: float | None, host: str | 
         )
         if result.rowcount:  # type: ignore[attr-defined]
             requeued.append(job_id)
+            _note(
+                session,
+                job_id,
+                attempt + 1,
+                "WARNING",
+                f"attempt {attempt}'s holder {holder} is gone or stopped heartbeating; queued again "
+                f"as attempt {attempt + 1}",
+            )
     return requeued
 
 
@@ -673,6 +877,8 @@ def end_held_job(
         .values(state=state, error=error, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount:  # type: ignore[attr-defined]
+        _note(session, job_id, attempt, "ERROR" if state == "failed" else "WARNING", f"{state}: {error}")
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -684,12 +890,16 @@ def fail_queued_job(session: Session, job_id: str, *, error: str) -> bool:
         .values(state="failed", error=error, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount:  # type: ignore[attr-defined]
+        attempt = session.scalar(select(Job.attempt).where(Job.id == job_id)) or 1
+        _note(session, job_id, attempt, "ERROR", error)
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def reopen_job(session: Session, job_id: str) -> Job:
+def reopen_job(session: Session, job_id: str, *, steps: int | None = None) -> Job:
     """Put a failed or cancelled job back to `queued` with `attempt + 1`; a train job resumes
-    from its last checkpoint when it runs again."""
+    from its last checkpoint when it runs again. `steps`: its new total (the caller checks it
+    against the spec's bounds and the checkpoint's step)."""
     job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
     if job is None:
         raise JobNotFound(job_id)
@@ -698,4 +908,10 @@ def reopen_job(session: Session, job_id: str) -> Job:
     job.state, job.attempt, job.worker = "queued", job.attempt + 1, None
     job.error, job.finished_at, job.cancel_requested = None, None, False
     job.deaths = 0  # an operator's resume: a fresh GANTRY_MAX_ATTEMPTS budget
+    change = ""
+    if steps is not None and steps != job.total_steps:
+        change = f", steps {job.total_steps} -> {steps}"
+        job.spec = {**job.spec, "steps": steps}
+        job.total_steps = steps
+    _note(session, job_id, job.attempt, "INFO", f"resumed: queued again as attempt {job.attempt}{change}")
     return job

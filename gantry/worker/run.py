@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from gantry.jobs import joblogs
 from gantry.jobs import store as db
 from gantry.jobs.errors import GantryError, LeaseLost, ServiceUnavailable, transient_service
 from gantry.jobs.keys import (
@@ -64,6 +65,7 @@ from gantry.jobs.storage import ObjectNotFound, ObjectStore, open_store
 from gantry.worker import checkpoints
 from gantry.worker.checkpoints import read_manifest
 from gantry.worker.errors import Stopped
+from gantry.worker.joblog import JobLog, collecting
 from gantry.worker.lifecycle import SHUTDOWN, Shutdown, renewing
 
 log = logging.getLogger(__name__)
@@ -95,9 +97,12 @@ class JobContext:
     objects: ObjectStore
     settings: Settings
     token: int  # this attempt's lease token: the job's attempt number when it was claimed
+    outage_since: float | None = None  # when the outage that handed the job back began
     poll_seconds: float = 0.5
     # True once this worker is asked to stop (SIGTERM): the job checkpoints and is handed back.
     stopping: Callable[[], bool] = field(default=lambda: False)
+    # The job's log lines waiting to be written with its progress (gantry.worker.joblog).
+    joblog: JobLog | None = None
     _last_poll: float = field(default=0.0, init=False)
     _cancel: bool = field(default=False, init=False)
     # Progress not yet written (the database was out): (step, metrics), written in order later.
@@ -113,10 +118,6 @@ class JobContext:
         self.storage = Outage(self.settings.retry_seconds, cap=cap)
 
     # -- the store: fenced writes -----------------------------------------------------------------
-    def _in_session(self, fn: Callable[[Session], T]) -> T:
-        with db.session_scope(self.sessions) as s:
-            return fn(s)
-
     def write(self, fn: Callable[[Session], T]) -> T:
         """`fn(session)` in one transaction, retried while the database is out (within the budget)."""
         return self.database.call(lambda: self._in_session(fn))
@@ -133,7 +134,26 @@ class JobContext:
     def _flush(self, s: Session) -> bool:
         for step, metrics in self._pending:
             db.record_metrics(s, self.job_id, step=step, values=metrics, token=self.token)
+        self._write_log(s)
         return db.heartbeat(s, self.job_id, step=self._pending_step, token=self.token)
+
+    def _write_log(self, s: Session) -> None:
+        """The job's pending log lines, in the caller's fenced transaction; forgotten once it commits."""
+        if self.joblog is None:
+            return
+        lines, mark = self.joblog.pending()
+        if lines:
+            joblogs.append(s, self.job_id, lines, token=self.token)
+            joblog = self.joblog
+            s.info.setdefault("after_commit", []).append(lambda: joblog.written(mark))
+
+    def _in_session(self, fn: Callable[[Session], T]) -> T:
+        with db.session_scope(self.sessions) as s:
+            result = fn(s)
+            done = s.info.pop("after_commit", [])
+        for callback in done:  # the transaction committed
+            callback()
+        return result
 
     def _report(self) -> None:
         """Write the pending progress and a heartbeat, or keep them for later while the database
@@ -256,7 +276,21 @@ class JobContext:
             log.info("job %s: dropped %d metric points past step %s", self.job_id, dropped, step)
 
     def finish(self, state: str, error: str | None) -> None:
-        self.write(lambda s: db.finish_job(s, self.job_id, state=state, error=error, token=self.token))
+        def record(s: Session) -> None:
+            self._write_log(s)  # the lines up to the end (the final error's) with the end
+            db.finish_job(s, self.job_id, state=state, error=error, token=self.token)
+
+        self.write(record)
+
+    def close_log(self) -> None:
+        """Best effort, once the run is over: the lines logged after its last write (its end), only
+        while this attempt is still the job's current one."""
+        if self.joblog is None:
+            return
+        try:
+            self._in_session(self._write_log)
+        except Exception as exc:  # the database is out, or a newer attempt holds the job
+            logging.getLogger(__name__).debug("job %s: last log lines not written (%s)", self.job_id, exc)
 
     # -- liveness and cancel ------------------------------------------------------------------
     def heartbeat(self, step: int | None = None) -> None:
@@ -437,11 +471,6 @@ def run_job(
     back and `send(kind, job_id)` sends its message again (None, or a failed send: the reaper sends
     it after GANTRY_REQUEUE_SECONDS).
     """
-    # Imported here, not at the top: each phase module imports this one.
-    from gantry.worker.evaluate import evaluate_job
-    from gantry.worker.sample import sample_job
-    from gantry.worker.train import train_job
-
     settings = settings or get_settings()
     since = outage_since
 
@@ -469,9 +498,40 @@ def run_job(
         if (service := transient_service(exc)) is not None:
             raise hand_back(exc, service, token) from exc
         raise
-    log.info("job %s: %s attempt %d started", job_id, kind, attempt)
-    ctx = JobContext(job_id=job_id, sessions=sessions, objects=objects, settings=settings, token=attempt)
+    ctx = JobContext(
+        job_id=job_id,
+        sessions=sessions,
+        objects=objects,
+        settings=settings,
+        token=attempt,
+        outage_since=since,
+    )
     ctx.stopping = stop.requested
+    with collecting(job_id) as ctx.joblog:
+        try:
+            return _run_claimed(ctx, kind, spec_data, parent, stop=stop, send=send, hand_back=hand_back)
+        finally:
+            ctx.close_log()
+
+
+def _run_claimed(
+    ctx: JobContext,
+    kind: str,
+    spec_data: dict[str, Any],
+    parent: str | None,
+    *,
+    stop: Shutdown,
+    send: Callable[[str, str], None] | None,
+    hand_back: Callable[[BaseException, str, int | None], RetryLater],
+) -> str | None:
+    """`run_job` once the job is claimed: run its phase and record how it ended."""
+    # Imported here, not at the top: each phase module imports this one.
+    from gantry.worker.evaluate import evaluate_job
+    from gantry.worker.sample import sample_job
+    from gantry.worker.train import train_job
+
+    job_id, attempt, settings, since = ctx.job_id, ctx.token, ctx.settings, ctx.outage_since
+    log.info("job %s: %s attempt %d started", job_id, kind, attempt)
     try:
         if kind == "train":
             state = "succeeded" if train_job(ctx, load_train_spec(spec_data)) else "cancelled"

@@ -77,9 +77,12 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     callbacks = Callbacks(
         progress=ctx.progress, should_stop=ctx.should_stop, checkpoint=checkpoint, samples=ctx.samples
     )
-    # A run may start its G from another train job's checkpoint (srgan's init_from).
+    # A run may start from another train job's weights (`init_from`: fine-tuning).
     init_from = spec.starts_from()
-    init = ctx.checkpoint_bytes(init_from, "latest")[0] if init_from and not resume else None
+    init = None
+    if init_from and not resume:
+        init, at = ctx.checkpoint_bytes(init_from, "latest")
+        log.info("job %s: starting from job %s's weights at step %d", ctx.job_id, init_from, at)
     outcome = train(spec, data, callbacks=callbacks, resume=resume, init=init, device=device())
     # Checkpoints no manifest names (an attempt fenced out, or dead, before it moved the manifest)
     # would outlive retention, which deletes only what a manifest named.

@@ -36,14 +36,14 @@ def _job(settings: Settings, job_id: str) -> db.Job:
 
 def _only_job(settings: Settings) -> db.Job:
     with db.session_scope(db.connect(settings.database)) as s:
-        (job,) = db.list_jobs(s)
+        (job,), _ = db.list_jobs(s)
         return job
 
 
 def _checkpointed_job(settings: Settings) -> str | None:
     """The id of the one job once it has a checkpoint."""
     with db.session_scope(db.connect(settings.database)) as s:
-        jobs = db.list_jobs(s)
+        jobs, _ = db.list_jobs(s)
     return jobs[0].id if jobs and _manifest_step(settings, jobs[0].id) is not None else None
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Body, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from gantry.api.http.deps import ERRORS, INVALID, NOT_FOUND, Svc
 from gantry.api.http.models import EvaluateRequest, JobRequest, SampleRequest, TrainRequest
-from gantry.api.schemas import JobPage, JobView, MetricPoint
+from gantry.api.schemas import JobPage, JobView, LogLine, MetricPoint
 from gantry.jobs.specs import MODELS, option_help
 from gantry.jobs.store import STATES
 
@@ -35,14 +35,20 @@ def list_jobs(
     state: Annotated[str | None, Query(description=f"one of {', '.join(STATES)}")] = None,
     kind: Annotated[str | None, Query(description="train, sample or evaluate")] = None,
     model: Annotated[str | None, Query(description="a model name")] = None,
+    tag: Annotated[str | None, Query(description="jobs carrying this tag")] = None,
+    parent: Annotated[str | None, Query(description="the sample and evaluate jobs of this train job")] = None,
+    since: Annotated[str | None, Query(description="created at or after: an ISO date or time (UTC)")] = None,
+    until: Annotated[
+        str | None, Query(description="created before: an ISO date (that whole day) or time")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(description="the `next_cursor` of the page before")] = None,
 ) -> JobPage:
-    """Your jobs (every job for an admin), newest first, a page at a time."""
-    jobs = svc.list_jobs(state=state, limit=limit)
-    return JobPage(
-        jobs=[j for j in jobs if (kind is None or j.kind == kind) and (model is None or j.model == model)]
-    )
+    """Your jobs (every owner's for an admin), newest first, a page at a time."""
+    return svc.list_jobs(
+        state=state, kind=kind, model=model, tag=tag, parent=parent, since=since, until=until,
+        limit=limit, cursor=cursor,
+    )  # fmt: skip
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=NOT_FOUND)
@@ -85,3 +91,35 @@ def models(svc: Svc) -> dict[str, list[ModelOption]]:
     return {
         name: [ModelOption(**dataclasses.asdict(row)) for row in option_help(name)] for name in sorted(MODELS)
     }
+
+
+@router.get("/jobs/{job_id}/logs", response_model=list[LogLine], tags=["jobs"], responses=NOT_FOUND)
+def job_logs(
+    svc: Svc,
+    job_id: str,
+    since_id: Annotated[int | None, Query(ge=0, description="only the lines after this line id")] = None,
+) -> list[LogLine]:
+    """The job's log: its own lines and every infrastructure error it met, oldest first."""
+    return svc.logs(job_id, since_id=since_id)
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int | None = Field(None, description="a new total of steps; default: the job's own")
+
+
+@router.post("/jobs/{job_id}/resume", response_model=JobView, tags=["jobs"], responses=NOT_FOUND | INVALID)
+def resume(svc: Svc, job_id: str, body: Annotated[ResumeRequest | None, Body()] = None) -> JobView:
+    """Continue a cancelled or failed job (a train job from its last checkpoint) as a new attempt."""
+    return svc.resume(job_id, steps=body.steps if body else None)
+
+
+@router.delete("/jobs/{job_id}", status_code=204, tags=["jobs"], responses=NOT_FOUND | INVALID)
+def delete(
+    svc: Svc,
+    job_id: str,
+    recursive: Annotated[bool, Query(description="a train job's sample and evaluate jobs too")] = False,
+) -> Response:
+    """Remove a finished job: its rows and its objects (cancel a queued or running one first)."""
+    svc.delete(job_id, recursive=recursive)
+    return Response(status_code=204)

@@ -104,6 +104,7 @@ __all__ = [
     "TrainSpecBase",
     "load_train_spec",
     "option_help",
+    "option_section",
     "options_class",
     "parse_arithmetic",
     "parse_evaluate_spec",
@@ -200,6 +201,11 @@ def option_help(model: str) -> list[OptionHelp]:
         for name, field in options.model_fields.items()
     ]
     return sorted(rows, key=lambda row: SECTIONS.index(row.section))  # stable: declaration order within
+
+
+def option_section(options: type[BaseModel], name: str) -> str:
+    """The section (`gantry options`) of option `name` of a model's options class."""
+    return _section(options, name)
 
 
 def _section(options: type[BaseModel], name: str) -> str:

@@ -9,6 +9,7 @@ Torch-free, like all of `gantry.jobs`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -33,6 +34,15 @@ CodeWalk = Literal["blend", "switch", "slide"]
 SampleMode = Literal["interpolate", "arithmetic", "prompts", "input"]
 
 MAX_SEED = 2**31 - 1
+
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+# Options outside the architecture and conditioning sections that add layers to G or D (their
+# values must match to load another run's weights), and ones inside them that do not.
+SHAPING_TECHNIQUES = ("minibatch_discrimination", "mbd_kernels", "mbd_kernel_dim", "virtual_batch_norm")
+NOT_SHAPING = ("info_weight", "code_walk")
+# Options that add layers when non-zero, whatever their value (a loss weight on a layer they add).
+SHAPING_WHEN_ON = ("cond_aug",)
 
 # The order `gantry options MODEL` lists option groups in.
 SECTIONS = ("architecture", "optimiser", "loss", "techniques", "conditioning", "schedule")
@@ -121,6 +131,11 @@ class TrainSpec(Strict):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     checkpoint_every: int = Field(500, ge=1, le=10_000_000)
     sample_every: int = Field(500, ge=1, le=10_000_000)
+    init_from: str | None = Field(
+        None,
+        description="a train job whose G and D weights this run starts from (fine-tuning); its model and "
+        "architecture options must match",
+    )
     model: str
     options: ModelOptions
 
@@ -135,6 +150,17 @@ class TrainSpec(Strict):
     reads_codes: ClassVar[bool] = False
     # Whether the model trains on whole images at their own sizes (super-resolution crops them).
     full_size_data: ClassVar[bool] = False
+    # The models whose train jobs this one can start from (`init_from`); () : its own only.
+    starts_from_models: ClassVar[tuple[str, ...]] = ()
+    # Fields besides the options whose values shape the networks' weights (conv nets: image_size).
+    shaping_fields: ClassVar[tuple[str, ...]] = ("image_size",)
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from_job_id(cls, value: str | None) -> str | None:
+        if value is not None and not JOB_ID.match(value):
+            raise ValueError("must be a job id, e.g. 3f9c2a71b0de")
+        return value
 
     @classmethod
     def name(cls) -> str:
@@ -233,20 +259,75 @@ class TrainSpec(Strict):
 
     # --- references to other jobs and files ------------------------------------------------------
     def starts_from(self) -> str | None:
-        """The train job whose G this run starts from (srgan's `init_from`); None: fresh weights."""
-        return None
+        """The train job whose weights this run starts from (`init_from`); None: fresh weights."""
+        return self.init_from
 
     def check_references(
         self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]
     ) -> None:
-        """Submit-time checks of the files and jobs the options name (the service supplies the lookups:
-        `train_job(id)` -> (model, spec) of a train job with a checkpoint, or None). Default: none."""
+        """Submit-time checks of the files and jobs the spec names (the service supplies the lookups:
+        `train_job(id)` -> (model, spec) of a train job with a checkpoint, or None): `init_from`."""
+        if self.init_from is not None:
+            self.check_start(self.init_from, train_job(self.init_from), field="init_from")
+
+    def network_shape(self) -> dict[str, Any]:
+        """The values that decide the shapes of G's and D's weights: `shaping_fields`, the options of
+        the architecture and conditioning sections and the techniques that add layers, and the data
+        set's channels when it is a built-in one."""
+        from gantry.jobs.specs import option_section  # the registry imports this module
+
+        options = self.options.model_dump()
+        shape = {name: getattr(self, name) for name in self.shaping_fields}
+        for name, value in options.items():
+            section = option_section(type(self.options), name)
+            if name in SHAPING_WHEN_ON:
+                shape[name] = "on" if value else "off"
+            elif name in SHAPING_TECHNIQUES or (
+                section in ("architecture", "conditioning") and name not in NOT_SHAPING
+            ):
+                shape[name] = value
+        info = DATASETS.get(self.dataset)
+        if info is not None:
+            shape["data set channels"] = info.channels
+        return shape
+
+    def check_start(self, job_id: str, found: tuple[str, dict[str, Any]] | None, *, field: str) -> None:
+        """InvalidInput (as `field`) unless train job `job_id` (`found`: its model and spec, None
+        when it is not a train job with a checkpoint) has weights this run can start from: a model
+        of `starts_from_models` (default: this one) whose network-shaping values match, each
+        mismatch named."""
+        if found is None:
+            raise InvalidInput(field, f"{job_id} is not a train job with a checkpoint")
+        model, stored = found
+        allowed = self.starts_from_models or (self.model,)
+        if model not in allowed:
+            raise InvalidInput(
+                field,
+                f"{job_id} is a {model} job; a {self.model} job starts from a {' or '.join(allowed)} job",
+            )
+        from gantry.jobs.specs import load_train_spec  # the registry imports this module
+
+        theirs, ours = load_train_spec(stored).network_shape(), self.network_shape()
+        for name in ours:
+            if name in theirs and theirs[name] != ours[name]:
+                how = "set it to match" if name in type(self.options).model_fields else "match it"
+                raise InvalidInput(
+                    field,
+                    f"{job_id} has {name}={_plain(theirs[name])}; this job has {name}={_plain(ours[name])} "
+                    f"({how}: the weights' shapes depend on it)",
+                )
 
     @property
     def data_kind(self) -> DatasetKind | None:
         """The kind of a built-in data set; None for the user's data (images)."""
         info = DATASETS.get(self.dataset)
         return info.kind if info else None
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "none"
+    return str(value)
 
 
 def _model_names(where: Callable[[type[TrainSpec]], bool]) -> list[str]:

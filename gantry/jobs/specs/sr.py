@@ -109,7 +109,8 @@ class Adversary(OptionGroup):
     )
     init_from: str | None = Field(
         None,
-        description="srresnet train job whose G to start from (the paper does, to avoid bad local optima)",
+        description="srresnet train job whose G to start from (the paper does, to avoid bad local optima); "
+        "the same as --init-from",
     )
 
     @field_validator("init_from")
@@ -126,6 +127,9 @@ class SRGANOptions(SRGANNets, Adversary, SRResNetOptions):
 
 class _SRTrainSpec(TrainSpec):
     """`image_size` is the HR crop side (the paper: 96); the LR crop is image_size / scale."""
+
+    # Fully convolutional: the crop side does not shape the weights.
+    shaping_fields: ClassVar[tuple[str, ...]] = ()
 
     dataset: str = Field("photos", min_length=1, description="built-in name, path or URI")
     batch_size: int = Field(16, ge=1, le=4096)
@@ -159,6 +163,7 @@ class _SRTrainSpec(TrainSpec):
     def check_references(
         self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]
     ) -> None:
+        super().check_references(train_job=train_job, exists=exists)  # init_from
         weights = self.options.vgg_weights
         if self.options.content_loss == "vgg54" and weights and not exists(weights):
             raise InvalidInput("set.vgg_weights", f"{weights!r} does not exist")
@@ -172,27 +177,22 @@ class SRResNetTrainSpec(_SRTrainSpec):
 class SRGANTrainSpec(_SRTrainSpec):
     model: Literal["srgan"] = "srgan"
     options: SRGANOptions = SRGANOptions()
+    # The paper starts SRGAN's G from a trained SRResNet; another srgan run gives D too.
+    starts_from_models: ClassVar[tuple[str, ...]] = ("srresnet", "srgan")
+
+    @model_validator(mode="after")
+    def _one_start(self) -> SRGANTrainSpec:
+        if self.init_from and self.options.init_from and self.init_from != self.options.init_from:
+            raise Conflict("init_from", "give the job to start from once: --init-from or --set init_from")
+        return self
 
     def starts_from(self) -> str | None:
-        return self.options.init_from
+        return self.init_from or self.options.init_from
 
     def check_references(
         self, *, train_job: Callable[[str], tuple[str, dict[str, Any]] | None], exists: Callable[[str], bool]
     ) -> None:
         super().check_references(train_job=train_job, exists=exists)
         job_id = self.options.init_from
-        if job_id is None:
-            return
-        found = train_job(job_id)
-        if found is None:
-            raise InvalidInput("set.init_from", f"{job_id} is not a train job with a checkpoint")
-        model, spec = found
-        if model not in (SRResNetTrainSpec.name(), SRGANTrainSpec.name()):
-            raise InvalidInput("set.init_from", f"{job_id} is a {model} job; use an srresnet job")
-        theirs, ours = spec.get("options", {}), self.options.model_dump()
-        for name in ("blocks", "channels", "scale", "bicubic_skip"):
-            if theirs.get(name) != ours[name]:
-                raise InvalidInput(
-                    "set.init_from",
-                    f"{job_id} has {name}={theirs.get(name)}; this job has {name}={ours[name]} (set it to match)",
-                )
+        if job_id is not None:
+            self.check_start(job_id, train_job(job_id), field="set.init_from")

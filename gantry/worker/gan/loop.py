@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -162,6 +162,23 @@ def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
 
 
+def start_from(model: Any, state: dict[str, Any]) -> None:
+    """Load another run's weights (`init_from`, fine-tuning): G's that sampling uses and D's when
+    both have one (an srresnet run has none: srgan's D then starts fresh). The optimizers start
+    fresh. Shapes that differ are refused at submit; one that slips through fails here, named."""
+    try:
+        model.G.load_state_dict(generator_weights(state))
+        took_D = model.D is not None and bool(state.get("D"))
+        if took_D:
+            model.D.load_state_dict(state["D"])
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ValueError(
+            f"init_from: that run's weights do not fit this model ({detail[0].strip()})"
+        ) from None
+    log.info("G%s initialised from another run's checkpoint", " and D" if took_D else "")
+
+
 def train(
     spec: TrainSpec,
     data: ImageData,
@@ -174,7 +191,8 @@ def train(
 ) -> TrainOutcome:
     """Train `spec.model` on `data` for `spec.steps` steps, or continue from `resume` bytes.
 
-    `init`: another run's checkpoint whose G weights this run starts from when it does not resume
+    `init`: another run's checkpoint whose G (and D, when it has one) weights this run starts from
+    when it does not resume
     (SRGAN starts from a trained SRResNet, Ledig et al. 2016 §3.2, arXiv 1609.04802).
     """
     device = torch.device(device) if device is not None else default_device()
@@ -201,8 +219,7 @@ def train(
         fixed_z, fixed_cond = fixed.z.cpu(), fixed.cond
     step, metrics = 0, {}
     if init is not None and resume is None:
-        model.G.load_state_dict(generator_weights(load_checkpoint(init, map_location="cpu")))
-        log.info("G initialised from another run's checkpoint")
+        start_from(model, load_checkpoint(init, map_location="cpu"))
     ema = spec.options.ema
     G_ema = copy.deepcopy(model.G).eval().requires_grad_(False) if ema else None
     if resume is not None:

@@ -213,11 +213,11 @@ def test_prompts_draw_the_label_values_they_name(digits_job: Any) -> None:
 )
 def test_bad_prompts_are_refused_before_anything_is_written(digits_job: Any, prompt: str, words: str) -> None:
     svc, job_id, _ = digits_job
-    before = len(svc.list_jobs())
+    before = len(svc.list_jobs().jobs)
     with pytest.raises(InvalidInput, match=re.escape(words)) as caught:
         svc.submit_sample(job_id, prompts=(prompt,), count=4)
     assert caught.value.field == "prompts"
-    assert len(svc.list_jobs()) == before
+    assert len(svc.list_jobs().jobs) == before
 
 
 def test_prompts_name_values_phrases_first() -> None:
