@@ -77,7 +77,7 @@ async def follow(events: EventHub, job_id: str, *, since: int) -> AsyncIterator[
     stream = _Stream(cursor=since)
     try:
         batch = await events.replay(job_id, since=since)
-        first = True
+        replayed, first = batch.read, True
         while True:
             for event in stream.events(batch, first=first):
                 yield event
@@ -88,7 +88,8 @@ async def follow(events: EventHub, job_id: str, *, since: int) -> AsyncIterator[
             if sub.lagged:  # batches were dropped: read what they held from the store again
                 sub.drain()
                 batch = await events.replay(job_id, since=stream.cursor)
-            elif batch.read <= sub.stale_up_to:
+                replayed = batch.read
+            elif batch.read < replayed:
                 batch.snapshot = batch.end = None  # read before our replay: its row is older
     finally:
         events.unsubscribe(sub)

@@ -11,6 +11,8 @@ commit, so across jobs a row may appear after rows with higher ids (two workers,
 each poll reads again the rows above the cursor as it was `lookback` seconds ago, and each job's own
 cursor drops what was already handed out. Within one job ids are in commit order (one attempt at a
 time writes it, one transaction after another), which is what a stream's `Last-Event-ID` relies on.
+(On SQLite, whose `metrics.id` has no AUTOINCREMENT, a deleted highest id is handed out again: the
+points a taken-over attempt records again after its checkpoint may reuse ids a stream has passed.)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -62,7 +65,8 @@ class Point:
 class Batch:
     """What one read found for one job: new points (in id order), its row, and when it has ended,
     the job as GET /v1/jobs/{id} answers. `gone`: the job no longer exists (deleted). `read`: the
-    number of the poll that read it (0: a replay)."""
+    read's number; reads (polls and replays) are numbered in the order they happened, so a stream
+    can tell a row older than the one it sent."""
 
     read: int = 0
     points: list[Point] = field(default_factory=list)
@@ -76,11 +80,8 @@ class Subscription:
     reading) is marked `lagged` instead of growing without bound: it reads what it missed from the
     store again (`EventHub.replay`), so nothing is skipped."""
 
-    def __init__(self, job_id: str, queue_size: int, read: int) -> None:
+    def __init__(self, job_id: str, queue_size: int) -> None:
         self.job_id = job_id
-        # Polls numbered up to this one may have read the job before this stream's replay did:
-        # their row is older than what the stream has sent.
-        self.stale_up_to = read
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(queue_size)
         self.lagged = False
 
@@ -108,7 +109,9 @@ class EventHub:
         self._known: dict[str, Snapshot] = {}  # per job: its row as last handed out
         self._last: dict[str, int] = {}  # per job: the highest metric id handed out
         self._marks: deque[tuple[float, int]] = deque()  # (when, global cursor) of recent reads
-        self._reads = 0  # polls begun
+        # Reads hold this lock and take the next number inside it: their numbers are their order.
+        self._read_lock = threading.Lock()
+        self._reads = 0
         self._task: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
 
@@ -120,7 +123,7 @@ class EventHub:
         """A subscription to job `job_id`: every batch the poller reads after this returns (the
         poller has its cursor by then, so a replay read after this call overlaps what comes next)."""
         await self._start()
-        sub = Subscription(job_id, self.queue_size, self._reads)
+        sub = Subscription(job_id, self.queue_size)
         self._subs.setdefault(job_id, set()).add(sub)
         return sub
 
@@ -175,9 +178,7 @@ class EventHub:
         if not ids:
             return
         known = {job_id: self._known.get(job_id) for job_id in ids}
-        self._reads += 1
-        read = self._reads
-        rows, points, top, ended = await to_thread.run_sync(self._read, ids, self._since(), known)
+        read, rows, points, top, ended = await to_thread.run_sync(self._read, ids, self._since(), known)
         self._marks.append((time.monotonic(), max(top, self._marks[-1][1])))
         by_job: dict[str, list[Point]] = {}
         for job_id, point in points:
@@ -205,10 +206,11 @@ class EventHub:
 
     def _read(
         self, ids: Sequence[str], since: int, known: dict[str, Snapshot | None]
-    ) -> tuple[dict[str, Snapshot], list[tuple[str, Point]], int, dict[str, JobView]]:
+    ) -> tuple[int, dict[str, Snapshot], list[tuple[str, Point]], int, dict[str, JobView]]:
         # The rows first, then the points: a point committed before its job's end is always read
         # by the poll that first sees the end.
-        with db.session_scope(self.service.sessions) as s:
+        with self._read_lock, db.session_scope(self.service.sessions) as s:
+            read = self._next_read()
             rows = {
                 job_id: Snapshot(state, step, total, error)
                 for job_id, state, step, total, error in s.execute(
@@ -232,13 +234,18 @@ class EventHub:
             if snapshot.ended and snapshot != old:
                 with contextlib.suppress(JobNotFound):  # deleted meanwhile: its stream ends without it
                     ended[job_id] = self.service.get(job_id)
-        return rows, points, top, ended
+        return read, rows, points, top, ended
+
+    def _next_read(self) -> int:
+        self._reads += 1
+        return self._reads
 
     def _read_one(self, job_id: str, since: int) -> Batch:
-        with db.session_scope(self.service.sessions) as s:
+        with self._read_lock, db.session_scope(self.service.sessions) as s:
+            read = self._next_read()
             job = s.get(db.Job, job_id)
             if job is None:
-                return Batch(gone=True)
+                return Batch(read=read, gone=True)
             snapshot = Snapshot(job.state, job.step, job.total_steps, job.error)
             points = [
                 _point(m)
@@ -248,7 +255,7 @@ class EventHub:
                     .order_by(db.Metric.id)
                 )
             ]
-        batch = Batch(points=points, snapshot=snapshot)
+        batch = Batch(read=read, points=points, snapshot=snapshot)
         if snapshot.ended:
             try:
                 batch.end = self.service.get(job_id)
