@@ -62,6 +62,7 @@ def plan(settings: Settings, *, with_worker: bool | None) -> Plan:
     if with_worker and not installed:
         raise ServiceUnavailable("worker", "--worker needs the worker packages: pip install 'gantry[worker]'")
     if settings.broker_url:
+        env["GANTRY_BROKER_URL"] = settings.broker_url
         start = bool(with_worker)
     elif installed:
         env["GANTRY_BROKER_URL"] = LOCAL_BROKER_URL  # explicit, for the API and the worker alike
@@ -171,7 +172,11 @@ def run_serve(
     database_note = prepare_database(p.settings)
     for line in startup_lines(p, host=host, port=port, api_workers=api_workers, database_note=database_note):
         echo(line)
-    echo("Ctrl-C or SIGTERM stops the API and the worker (a running job is checkpointed and handed back).")
+    echo(
+        "Ctrl-C or SIGTERM stops the API and the worker (its running job is checkpointed and handed back)."
+        if p.start_worker
+        else "Ctrl-C or SIGTERM stops the API."
+    )
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
