@@ -197,7 +197,11 @@ def run_serve(
                 return api.returncode or 1
             now = time.monotonic()
             if p.start_worker and worker is not None and worker.poll() is not None:
-                # Died by itself: start it again, after a longer pause each time it dies soon.
+                # Died by itself: end what it leaves in its session (its pool process, maybe
+                # in the middle of a job, which the reaper then queues again), and start it again,
+                # after a longer pause each time it dies soon.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(worker.pid, signal.SIGKILL)
                 pause = pause * 2 if now - started_at < 60 else 1.0
                 pause = min(pause, MAX_RESTART_PAUSE)
                 echo(f"gantry serve: the worker exited with status {worker.returncode}; "

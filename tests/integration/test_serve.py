@@ -39,6 +39,17 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _worker_pid(serve_pid: int) -> int | None:
+    """The worker serve started (`gantry worker` execs Celery's main process)."""
+    for pid in _children(serve_pid):
+        cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes() if _alive(pid) else b""
+        if b"gantry.worker.app" in cmdline and b"worker" in cmdline:
+            parent = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            if int(parent) == serve_pid:
+                return pid
+    return None
+
+
 def _alive(pid: int) -> bool:
     try:
         state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -132,10 +143,22 @@ def test_serve_alone_runs_a_job_for_its_owner_only_and_stops_with_its_worker(ser
         assert http.get(f"/v1/jobs/{job_id}").status_code == 401
         assert http.get("/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
 
+    # A worker that dies is started again.
+    killed = _worker_pid(serve.proc.pid)
+    assert killed is not None
+    pool = _children(killed)
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while _worker_pid(serve.proc.pid) in (None, killed):
+        assert time.monotonic() < deadline, f"the worker was not restarted:\n{serve.output.read_text()}"
+        time.sleep(0.2)
+    assert "restarting" in serve.output.read_text()
+
+    children = _children(serve.proc.pid) + pool  # the dead worker's pool process ends too
     serve.stop()
     assert serve.proc.returncode == 0, serve.output.read_text()
     deadline = time.monotonic() + 10
-    while (left := [pid for pid in serve.children if _alive(pid)]) and time.monotonic() < deadline:
+    while (left := [pid for pid in children if _alive(pid)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"still running after serve stopped: {left}"
     assert "stopped" in serve.output.read_text()
