@@ -74,3 +74,71 @@ def test_one_job_per_gpu_sets_the_jobs_per_pod() -> None:
     assert int(worker["resources"]["requests"]["nvidia.com/gpu"]) == gpus
     (trigger,) = objects["ScaledObject"]["spec"]["triggers"]
     assert float(trigger["metadata"]["targetQueryValue"]) == gpus
+
+
+# --- the HTTP API (deploy/docker-compose.yml's `api`, deploy/k8s/api.yaml) --------------------------
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def _port_after(args: list[str]) -> int:
+    return int(args[args.index("--port") + 1])
+
+
+def test_compose_api_serves_on_every_interface_after_the_migration_and_the_bucket() -> None:
+    services = compose()["services"]
+    api = services["api"]
+    assert api["build"]["dockerfile"] == "deploy/Dockerfile.api"  # no torch in it
+    assert api["command"][0] == "serve" and "0.0.0.0" in api["command"]
+    assert api["command"][api["command"].index("--workers") + 1] == "2"
+    port = _port_after(api["command"])
+    health = " ".join(api["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}/healthz" in health
+    for needed in ("migrate", "make-bucket"):
+        assert api["depends_on"][needed] == {"condition": "service_completed_successfully"}, needed
+    assert services["migrate"]["command"] == ["db", "upgrade"]
+    # The CLI container is a user's: it reaches the API with a token, not the store.
+    cli = services["cli"]["environment"]
+    assert cli["GANTRY_API_URL"] == f"http://api:{port}" and "GANTRY_API_TOKEN" in cli
+    assert not {"GANTRY_DATABASE_URL", "AWS_SECRET_ACCESS_KEY"} & set(cli)
+    assert services["cli"]["depends_on"]["api"] == {"condition": "service_healthy"}
+
+
+def test_compose_keeps_the_database_and_the_objects_in_volumes() -> None:
+    spec = compose()
+    mounts = {name: spec["services"][name]["volumes"] for name in ("postgres", "minio")}
+    assert "/var/lib/postgresql/data" in mounts["postgres"][0] and ":/data" in mounts["minio"][0]
+    for mount in [*mounts["postgres"], *mounts["minio"]]:
+        volume = mount.split(":")[0]
+        assert volume in spec["volumes"], f"{volume}: a named volume, kept across `down` and `up`"
+
+
+def api_objects() -> dict[str, dict[str, Any]]:
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "api.yaml").read_text()) if d]
+    return {d["kind"]: d for d in docs}
+
+
+def test_k8s_api_is_probed_ready_on_readyz_and_live_on_healthz() -> None:
+    objects = api_objects()
+    pod = objects["Deployment"]["spec"]["template"]
+    (api,) = pod["spec"]["containers"]
+    assert api["args"][0] == "serve" and "0.0.0.0" in api["args"]
+    (port,) = api["ports"]
+    assert port["containerPort"] == _port_after(api["args"])
+    assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+    assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert {"cpu", "memory"} <= set(api["resources"]["requests"])
+    service = objects["Service"]["spec"]
+    assert service["selector"].items() <= pod["metadata"]["labels"].items()
+    assert [p["targetPort"] for p in service["ports"]] == [port["name"]]
+
+
+def test_every_k8s_image_has_a_pinned_tag() -> None:
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        images = re.findall(r"^\s*image:\s*(\S+)", path.read_text(), re.MULTILINE)
+        assert images, path
+        for image in images:
+            name, _, tag = image.rpartition(":")
+            assert name and tag and tag != "latest", f"{path.name}: {image}"

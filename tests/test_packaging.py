@@ -6,10 +6,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -128,6 +132,26 @@ def test_embedded_mode_without_the_worker_packages_refuses_before_recording_a_jo
     assert lines[-1] == "[]"  # nothing recorded
 
 
+def test_serve_without_the_worker_packages_serves_and_says_what_jobs_need(tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        from gantry.api.serve import plan, startup_lines
+        from gantry.jobs.errors import ServiceUnavailable
+        from gantry.jobs.settings import Settings
+        p = plan(Settings(home={str(tmp_path)!r}, broker_url=None), with_worker=None)
+        print(p.start_worker, p.settings.broker_url)
+        print(*startup_lines(p, host="127.0.0.1", port=8000, api_workers=1, database_note=""), sep="\\n")
+        try:
+            plan(Settings(home={str(tmp_path)!r}, broker_url=None), with_worker=True)
+        except ServiceUnavailable as exc:
+            print("refused:", exc)
+    """)
+    result = _without_worker_packages(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "False None"  # no worker, no local queue nobody reads
+    assert "pip install 'gantry[worker]'" in result.stdout and "GANTRY_BROKER_URL" in result.stdout
+    assert "refused: worker" in result.stdout
+
+
 @pytest.mark.slow
 def test_a_fresh_venv_with_the_api_lock_runs_the_cli(tmp_path: Path) -> None:
     """What deploy/Dockerfile.api does, without Docker: a venv that sees no other site-packages, the
@@ -162,3 +186,47 @@ def test_a_fresh_venv_with_the_api_lock_runs_the_cli(tmp_path: Path) -> None:
     assert gantry("list", "--json").stdout.strip() == "[]"
     refused = gantry("train", "dcgan", "--set", "nosuch=1")
     assert refused.returncode == 2 and "nosuch" in refused.stderr
+
+    # The image's other use: the API in front of Redis. Kombu's Redis transport loads (it needs
+    # the redis package, which only the lock brings), and `gantry serve` answers.
+    redis_transport = (
+        "from gantry.jobs.queue import make_celery; from gantry.jobs.settings import Settings; "
+        "print(type(make_celery(Settings(broker_url='redis://127.0.0.1:1/0')).connection_for_write().transport))"
+    )
+    loaded = subprocess.run(
+        [python, "-c", redis_transport], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert "kombu.transport.redis" in loaded.stdout, loaded.stderr
+    port = _free_port()
+    serve = subprocess.Popen(
+        [venv / "bin" / "gantry", "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert _answers(f"http://127.0.0.1:{port}/healthz", serve), "gantry serve did not answer /healthz"
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        output, _ = serve.communicate(timeout=30)
+    assert serve.returncode == 0, output
+    assert "pip install 'gantry[worker]'" in output, output  # what jobs need: said at start
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(url: str, proc: subprocess.Popen[str], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                return answer.status == 200
+        except OSError:
+            time.sleep(0.2)
+    return False

@@ -741,6 +741,39 @@ def worker(ctx: click.Context, gpus: str, queues: str, loglevel: str) -> None:
 
 
 @cli.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one)."
+)
+@click.option("--port", default=8000, type=click.IntRange(1, 65535), show_default=True)
+@click.option(
+    "--workers",
+    "api_workers",
+    default=1,
+    type=click.IntRange(1, 64),
+    show_default=True,
+    help="API (uvicorn) processes. Jobs run in `gantry worker` processes, not these.",
+)
+@click.option(
+    "--worker/--no-worker",
+    "with_worker",
+    default=None,
+    help="Start a `gantry worker` beside the API. Default: only without GANTRY_BROKER_URL, where "
+    "it takes the jobs from the local queue.",
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, api_workers: int, with_worker: bool | None) -> None:
+    """Run the HTTP API (docs/api.md). Alone, a whole service on this machine: SQLite, file storage
+    and a worker beside it; with GANTRY_BROKER_URL, the API of a queued deployment."""
+    from gantry.api.serve import run_serve
+
+    sys.exit(
+        run_serve(
+            ctx.obj, host=host, port=port, api_workers=api_workers, with_worker=with_worker, echo=click.echo
+        )
+    )
+
+
+@cli.command()
 @click.pass_context
 def demo(ctx: click.Context) -> None:
     """Train the demo (a DCGAN on `shapes`) on this machine, sample 64 images, print where everything is."""

@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import os
+from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
@@ -32,19 +35,44 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
-        # Redis redelivers an unacked message after this long: longer than any heartbeat gap, and
-        # a job still alive elsewhere is left alone by claim_job.
-        broker_transport_options={"visibility_timeout": 3600},
+        broker_transport_options=transport_options(settings),
         task_always_eager=settings.embedded,
         task_eager_propagates=True,
     )
     return app
 
 
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """Kombu's options for the broker `settings` names.
+
+    The local queue (`gantry serve` without GANTRY_BROKER_URL) is Kombu's filesystem transport: a
+    message is a file in `queue_dir/messages`, written by the API and taken by the worker (the
+    folder is both its "in" and its "out"); `control` holds its broadcast tables. Created here, as
+    the transport needs them to exist, in every process that uses them."""
+    if settings.local_queue:
+        folders = {name: settings.queue_dir / name for name in ("messages", "control")}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folders["messages"]),
+            "data_folder_out": str(folders["messages"]),
+            "control_folder": str(folders["control"]),
+            "polling_interval": 0.5,  # how soon an idle worker sees a new job
+        }
+    # Redis redelivers an unacked message after this long: longer than any heartbeat gap, and
+    # a job still alive elsewhere is left alone by claim_job.
+    return {"visibility_timeout": 3600}
+
+
 def check_broker(app: Celery, url: str) -> None:
     """Raise ServiceUnavailable (naming the broker, not its password) if it cannot be reached."""
     from kombu.utils.url import maybe_sanitize_url
 
+    folder = app.conf.broker_transport_options.get("data_folder_out")
+    if folder is not None:  # the local queue: "reachable" is a folder this process can write to
+        if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            raise ServiceUnavailable("broker", f"the local queue's folder {folder} is not writable")
+        return
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
@@ -71,13 +99,17 @@ def waiting_job_ids(app: Celery) -> set[str] | None:
     reaper need not send again); None when the broker cannot be read that way (not Redis). A
     message a worker has already taken is not counted: at worst such a job is sent twice, which a
     claim makes harmless."""
-    with app.connection_for_read() as conn:
-        if conn.transport.driver_type != "redis":
-            return None
-        channel = conn.default_channel
-        names = {channel._q_for_pri(QUEUE, pri) for pri in channel.priority_steps}
-        with channel.conn_or_acquire() as client:
-            raw = [message for name in sorted(names) for message in client.lrange(name, 0, -1)]
+    folder = app.conf.broker_transport_options.get("data_folder_in")
+    if folder is not None:
+        raw = _local_messages(Path(folder))
+    else:
+        with app.connection_for_read() as conn:
+            if conn.transport.driver_type != "redis":
+                return None
+            channel = conn.default_channel
+            names = {channel._q_for_pri(QUEUE, pri) for pri in channel.priority_steps}
+            with channel.conn_or_acquire() as client:
+                raw = [message for name in sorted(names) for message in client.lrange(name, 0, -1)]
     ids = set()
     for message in raw:
         try:
@@ -92,18 +124,35 @@ def waiting_job_ids(app: Celery) -> set[str] | None:
     return ids
 
 
-def check_worker_installed() -> None:
-    """Embedded mode runs jobs in this process: refuse before anything is recorded when this install
-    is the API alone (`pip install gantry`, without the `worker` extra)."""
+def _local_messages(folder: Path) -> list[bytes]:
+    """The messages waiting in the local queue: Kombu's filesystem transport names each file
+    `<time>_<uuid>.<queue>.msg` and holds in it what Redis would hold in its list."""
+    raw = []
+    for path in folder.glob(f"*.{QUEUE}.msg"):
+        try:
+            raw.append(path.read_bytes())
+        except OSError:
+            continue  # a worker took it meanwhile
+    return raw
+
+
+def worker_installed() -> bool:
+    """Whether this install can run jobs: `gantry[worker]`, not the API alone (`pip install gantry`)."""
     try:
-        installed = importlib.util.find_spec("torch") is not None
+        return importlib.util.find_spec("torch") is not None
     except ImportError:  # a broken or blocked install counts as none
-        installed = False
-    if not installed:
+        return False
+
+
+def check_worker_installed() -> None:
+    """Without a broker jobs run on this machine (embedded mode runs them in this process): refuse
+    before anything is recorded when this install is the API alone."""
+    if not worker_installed():
         raise ServiceUnavailable(
             "worker",
-            "embedded mode (GANTRY_BROKER_URL unset) runs jobs in this process and needs the worker "
-            "packages: pip install 'gantry[worker]', or set GANTRY_BROKER_URL to queue jobs for workers",
+            "without GANTRY_BROKER_URL jobs run on this machine (embedded mode, or `gantry serve`'s "
+            "local worker) and need the worker packages: pip install 'gantry[worker]', or set "
+            "GANTRY_BROKER_URL to queue jobs for remote workers",
         )
 
 

@@ -7,6 +7,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# `gantry serve` with no broker set queues through Kombu's filesystem transport: one file per message
+# under GANTRY_HOME/queue, which its own worker reads (docs/api.md, "Running the service").
+LOCAL_BROKER_URL = "filesystem://localhost/"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GANTRY_", extra="ignore", frozen=True)
@@ -86,6 +90,15 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.broker_url
+
+    @property
+    def local_queue(self) -> bool:
+        """The broker is the local queue (LOCAL_BROKER_URL): its folders are under `queue_dir`."""
+        return (self.broker_url or "").startswith("filesystem:")
+
+    @property
+    def queue_dir(self) -> Path:
+        return (self.home / "queue").resolve()
 
 
 def get_settings() -> Settings:
