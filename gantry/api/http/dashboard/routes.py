@@ -97,6 +97,17 @@ templates.env.globals.update(
 )
 
 
+def list_jobs(
+    svc: Service, *, state: str | None = None, kind: str | None = None, model: str | None = None
+) -> list[JobView]:
+    """The caller's newest 200 jobs, filtered (the one place the pages list jobs)."""
+    return [
+        job
+        for job in svc.list_jobs(state=state, limit=200)
+        if (kind is None or job.kind == kind) and (model is None or job.model == model)
+    ]
+
+
 def _caller_service(request: Request) -> Service | None:
     """The service acting for the session's caller; None without a valid session."""
     try:
@@ -187,11 +198,7 @@ def jobs_page(
     state, kind, model = state or None, kind or None, model or None
     error, status, jobs = None, 200, []
     try:
-        jobs = [
-            job
-            for job in svc.list_jobs(state=state, limit=200)
-            if (kind is None or job.kind == kind) and (model is None or job.model == model)
-        ]
+        jobs = list_jobs(svc, state=state, kind=kind, model=model)
     except InvalidInput as exc:
         error, status = exc.message, 422
     context = {"jobs": jobs, "now": datetime.now(UTC)}
@@ -272,9 +279,7 @@ def _new_form(
     status: int = 200,
 ) -> HTMLResponse:
     model = forms.model_or_default(model)
-    parents = [
-        j for j in svc.list_jobs(limit=200) if j.kind == "train" and j.state in ("running", "succeeded")
-    ]
+    parents = [j for j in list_jobs(svc, kind="train") if j.state in ("running", "succeeded")]
     return _page(
         request,
         "new.html",
