@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from gantry.api.http import events, files, health, jobs, metrics
+from gantry.api.http import dashboard, events, files, health, jobs, metrics
 from gantry.api.http.auth import RateLimiter
 from gantry.api.http.limits import BodyLimit
 from gantry.api.service import Service
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(events.router)
     metrics.install(app)  # GET /metrics and the request-latency middleware
+    app.include_router(dashboard.router)
     _errors(app)
     return app
 
