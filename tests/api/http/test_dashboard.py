@@ -137,7 +137,7 @@ def test_form_posts_without_the_right_csrf_token_or_from_another_site_are_403(da
     assert post("/new", data={"kind": "train", "model": "dcgan"}, headers=ORIGIN).status_code == 403
     assert post("/signout", data={}, headers=ORIGIN).status_code == 403
     assert dash.state(job) == "queued"
-    assert dash.service.list_jobs() and len(dash.service.list_jobs()) == 1  # the bad submit made nothing
+    assert len(dash.service.list_jobs().jobs) == 1  # the bad submit made nothing
     # Sign-in: the form's value must match its double-submit cookie.
     stranger = TestClient(dash.app, follow_redirects=False)
     answer = stranger.post("/signin", data={"token": dash.alice_token, "csrf": "x"}, headers=ORIGIN)
@@ -225,7 +225,7 @@ def test_the_submit_form_shows_the_models_options_and_names_the_bad_field(dash: 
     assert 'value="20"' in answer.text  # what was typed stays in the form
     answer = dash.alice.client.post("/new", data=base | {"image_size": "16", "set.lr": "5"}, headers=ORIGIN)
     assert answer.status_code == 422 and re.search(r'id="e-set.lr">[^<]+<', answer.text)
-    assert dash.service.list_jobs() == []  # nothing submitted
+    assert dash.service.list_jobs().jobs == []  # nothing submitted
     # Good input: the job exists with the options that were changed, and the page goes to it.
     answer = dash.alice.client.post(
         "/new", data=base | {"image_size": "16", "set.ngf": "32", "set.nz": "100"}, headers=ORIGIN
