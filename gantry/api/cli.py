@@ -1,7 +1,10 @@
 """The `gantry` command line: a thin layer over `gantry.api.service`.
 
 Exit codes (README.md, "Commands"): 0 done; 1 the job failed or was cancelled; 2 bad input; 3 no such job;
-4 a service is unreachable.
+4 a service is unreachable; 5 the API refused the token (GANTRY_API_TOKEN).
+
+With GANTRY_API_URL set, the job commands go to that `gantry serve` over HTTP (gantry.api.client) with
+the same output; the operator's commands (token, db, requeue, worker, demo) always act where they run.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from gantry.api.client import HttpService
 from gantry.api.schemas import JobView
 from gantry.api.service import Service, unavailable
 from gantry.jobs.datasets import DATASETS
@@ -60,7 +64,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """gantry: train and sample GANs as jobs.
 
     Without GANTRY_BROKER_URL a job runs in this process (embedded mode); with it, the job is
-    queued on Redis for `gantry worker` processes.
+    queued on Redis for `gantry worker` processes. With GANTRY_API_URL (and GANTRY_API_TOKEN), the
+    job commands go to that `gantry serve` instead.
     """
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
@@ -69,10 +74,23 @@ def cli(ctx: click.Context, verbose: int) -> None:
     ctx.obj = get_settings()
 
 
-def _service(ctx: click.Context, *, end_dead: bool = False) -> Service:
-    """The service for this command. `end_dead`: first end the jobs that an embedded gantry process
-    on this host left `running` when it was killed (submit, list, status and watch do this)."""
-    svc = Service(ctx.obj)
+def _service(ctx: click.Context, *, end_dead: bool = False) -> Service | HttpService:
+    """The service for a job command: the API at GANTRY_API_URL when it is set, else the store this
+    machine's settings name. `end_dead`: first end the jobs that an embedded gantry process on this
+    host left `running` when it was killed (submit, list, status and watch do this)."""
+    settings: Settings = ctx.find_root().obj
+    if settings.api_url:
+        return HttpService.from_settings(settings)
+    return _local(ctx, end_dead=end_dead)
+
+
+def _local(ctx: click.Context, *, end_dead: bool = False, note: str | None = None) -> Service:
+    """The service on the store this machine's settings name, whatever GANTRY_API_URL says (the
+    operator's commands, `note` naming the command, run where the database is)."""
+    settings: Settings = ctx.find_root().obj
+    if note:
+        _note_store_only(settings, note)
+    svc = Service(settings)
     if end_dead:
         for job_id in svc.end_dead_embedded_jobs():
             err.print(
@@ -80,6 +98,20 @@ def _service(ctx: click.Context, *, end_dead: bool = False) -> Service:
                 f"(`gantry resume {job_id}` continues it from its last checkpoint)"
             )
     return svc
+
+
+def _note_store_only(settings: Settings, command: str) -> None:
+    """An operator's command with GANTRY_API_URL set: say which store it acts on (never the API's,
+    unless this machine's settings name the same database)."""
+    if settings.api_url:
+        from gantry.jobs.store import describe_url
+
+        err.print(
+            f"note: `gantry {command}` acts on the database this machine's settings name "
+            f"({describe_url(settings.database)}), not through GANTRY_API_URL: run it where the service's "
+            "database is",
+            soft_wrap=True,
+        )
 
 
 def _print_json(data: Any) -> None:
@@ -102,9 +134,11 @@ _WAIT = click.option("--wait", is_flag=True, help="Wait for the job to end; exit
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-def _after_submit(ctx: click.Context, svc: Service, job: JobView, *, wait: bool, as_json: bool) -> None:
+def _after_submit(
+    ctx: click.Context, svc: Service | HttpService, job: JobView, *, wait: bool, as_json: bool
+) -> None:
     settings: Settings = ctx.obj
-    if settings.embedded:
+    if settings.embedded and isinstance(svc, Service):
         if not as_json:
             out.print(f"{job.kind} job [bold]{job.id}[/bold] runs in this process (embedded mode)")
         job = _run_embedded(svc, job, show=not as_json)
@@ -291,11 +325,13 @@ def evaluate(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **field
 
 @cli.command()
 @click.argument("model", type=click.Choice(sorted(MODELS)))
-def options(model: str) -> None:
+@click.pass_context
+def options(ctx: click.Context, model: str) -> None:
     """List MODEL's `--set` options: default, allowed values and meaning, architecture first."""
     from gantry.jobs.specs import option_help
 
-    rows = option_help(model)
+    svc = _service(ctx)
+    rows = svc.option_help(model) if isinstance(svc, HttpService) else option_help(model)
     table = Table(box=None)
     # Names and defaults are what users type: never cut or wrapped; the meaning wraps.
     table.add_column("option", no_wrap=True, min_width=max(len(row.name) for row in rows))
@@ -415,10 +451,12 @@ def metrics(ctx: click.Context, job_id: str, as_json: bool) -> None:
 DEAD_HOLDER_CHECK_SECONDS = 5.0
 
 
-def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval: float = 0.5) -> JobView:
-    """Poll the store until the job ends, with a live progress bar. An outage of the database that
-    lasts longer than the lease (GANTRY_LEASE_SECONDS) raises ServiceUnavailable; a shorter one is
-    shown on the bar and waited out."""
+def _watch(
+    svc: Service | HttpService, job_id: str, *, show: bool, alive: Any = None, interval: float = 0.5
+) -> JobView:
+    """Poll the store until the job ends, with a live progress bar (over HTTP: follow the job's
+    event stream). An outage of the database (the API) that lasts longer than the lease
+    (GANTRY_LEASE_SECONDS) raises ServiceUnavailable; a shorter one is shown on the bar and waited out."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     job = svc.get(job_id)
@@ -432,6 +470,21 @@ def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval
     ]
     with Progress(*columns, console=err, disable=not show, transient=False) as bar:
         task = bar.add_task(f"{job.id} {job.state}", total=job.progress.total_steps or None, rate="", info="")
+
+        def shown(job: JobView, down: ServiceUnavailable | None = None) -> None:
+            m = job.metrics
+            rate = f"{m['images_per_sec']:.0f} img/s" if "images_per_sec" in m else ""
+            info = "  ".join(f"{k}={m[k]:.3f}" for k in ("loss_D", "loss_G") if k in m)
+            if down is not None:
+                info = f"{down.service} unreachable, retrying"
+            bar.update(
+                task, completed=job.progress.step, description=f"{job.id} {job.state}", rate=rate, info=info
+            )
+
+        if isinstance(svc, HttpService):
+            for job, down in svc.follow_job(job_id):
+                shown(job, down)
+            return job
         down_since: float | None = None
         looked_for_dead = time.monotonic()
         while True:
@@ -447,12 +500,7 @@ def _watch(svc: Service, job_id: str, *, show: bool, alive: Any = None, interval
                 time.sleep(interval)
                 continue
             down_since = None
-            m = job.metrics
-            rate = f"{m['images_per_sec']:.0f} img/s" if "images_per_sec" in m else ""
-            info = "  ".join(f"{k}={m[k]:.3f}" for k in ("loss_D", "loss_G") if k in m)
-            bar.update(
-                task, completed=job.progress.step, description=f"{job.id} {job.state}", rate=rate, info=info
-            )
+            shown(job)
             if job.state in TERMINAL or (alive is not None and not alive()):
                 return job if job.state in TERMINAL else svc.get(job_id)
             # A job that another gantry process runs here in embedded mode ends if that process is
@@ -532,6 +580,7 @@ def upgrade(ctx: click.Context) -> None:
     from gantry.migrations import upgrade as run_upgrade
 
     settings: Settings = ctx.find_root().obj
+    _note_store_only(settings, "db upgrade")
     try:
         run_upgrade(settings.database)
     except Exception as exc:
@@ -556,7 +605,7 @@ def token() -> None:
 @click.pass_context
 def token_create(ctx: click.Context, owner: str, admin: bool, expires: str, as_json: bool) -> None:
     """Create a token and print it once: only its hash is stored."""
-    made = _service(ctx).create_token(owner, admin=admin, expires=expires)
+    made = _local(ctx, note="token create").create_token(owner, admin=admin, expires=expires)
     if as_json:
         _print_json(made.model_dump(mode="json"))
         return
@@ -571,7 +620,7 @@ def token_create(ctx: click.Context, owner: str, admin: bool, expires: str, as_j
 @click.pass_context
 def token_list(ctx: click.Context, as_json: bool) -> None:
     """Every token: id, owner, admin, created, expires, revoked (never the token)."""
-    tokens = _service(ctx).list_tokens()
+    tokens = _local(ctx, note="token list").list_tokens()
     if as_json:
         _print_json([t.model_dump(mode="json") for t in tokens])
         return
@@ -594,7 +643,7 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def token_revoke(ctx: click.Context, token_id: str) -> None:
     """Revoke token TOKEN_ID (as `gantry token list` shows it), at once."""
-    revoked = _service(ctx).revoke_token(token_id)
+    revoked = _local(ctx, note="token revoke").revoke_token(token_id)
     out.print(f"token {revoked.id} of {revoked.owner} is revoked")
 
 
@@ -604,7 +653,7 @@ def token_revoke(ctx: click.Context, token_id: str) -> None:
 @click.pass_context
 def requeue(ctx: click.Context, stale: bool, as_json: bool) -> None:
     """Rebuild the queue from the store: send every queued job's message that is not on the queue."""
-    done = _service(ctx).requeue(stale=stale)
+    done = _local(ctx, note="requeue").requeue(stale=stale)
     if as_json:
         _print_json({"stale": done.stale, "sent": done.sent, "waiting": done.waiting})
         return
