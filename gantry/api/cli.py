@@ -1,7 +1,10 @@
 """The `gantry` command line: a thin layer over `gantry.api.service`.
 
 Exit codes (README.md, "Commands"): 0 done; 1 the job failed or was cancelled; 2 bad input; 3 no such job;
-4 a service is unreachable.
+4 a service is unreachable; 5 the API refused the token (GANTRY_API_TOKEN).
+
+With GANTRY_API_URL set, the job commands go to that `gantry serve` over HTTP (gantry.api.client) with
+the same output; the operator's commands (token, db, requeue, worker, demo) always act where they run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gantry.api import follow
+from gantry.api.client import HttpService
 from gantry.api.schemas import JobView, LogLine
 from gantry.api.service import Service, unavailable
 from gantry.jobs.datasets import DATASETS
@@ -62,7 +66,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """gantry: train and sample GANs as jobs.
 
     Without GANTRY_BROKER_URL a job runs in this process (embedded mode); with it, the job is
-    queued on Redis for `gantry worker` processes.
+    queued on Redis for `gantry worker` processes. With GANTRY_API_URL (and GANTRY_API_TOKEN), the
+    job commands go to that `gantry serve` instead.
     """
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
@@ -71,10 +76,23 @@ def cli(ctx: click.Context, verbose: int) -> None:
     ctx.obj = get_settings()
 
 
-def _service(ctx: click.Context, *, end_dead: bool = False) -> Service:
-    """The service for this command. `end_dead`: first end the jobs that an embedded gantry process
-    on this host left `running` when it was killed (submit, list, status and watch do this)."""
-    svc = Service(ctx.obj)
+def _service(ctx: click.Context, *, end_dead: bool = False) -> Service | HttpService:
+    """The service for a job command: the API at GANTRY_API_URL when it is set, else the store this
+    machine's settings name. `end_dead`: first end the jobs that an embedded gantry process on this
+    host left `running` when it was killed (submit, list, status and watch do this)."""
+    settings: Settings = ctx.find_root().obj
+    if settings.api_url:
+        return HttpService.from_settings(settings)
+    return _local(ctx, end_dead=end_dead)
+
+
+def _local(ctx: click.Context, *, end_dead: bool = False, note: str | None = None) -> Service:
+    """The service on the store this machine's settings name, whatever GANTRY_API_URL says (the
+    operator's commands, `note` naming the command, run where the database is)."""
+    settings: Settings = ctx.find_root().obj
+    if note:
+        _note_store_only(settings, note)
+    svc = Service(settings)
     if end_dead:
         for job_id in svc.end_dead_embedded_jobs():
             err.print(
@@ -82,6 +100,20 @@ def _service(ctx: click.Context, *, end_dead: bool = False) -> Service:
                 f"(`gantry resume {job_id}` continues it from its last checkpoint)"
             )
     return svc
+
+
+def _note_store_only(settings: Settings, command: str) -> None:
+    """An operator's command with GANTRY_API_URL set: say which store it acts on (never the API's,
+    unless this machine's settings name the same database)."""
+    if settings.api_url:
+        from gantry.jobs.store import describe_url
+
+        err.print(
+            f"note: `gantry {command}` acts on the database this machine's settings name "
+            f"({describe_url(settings.database)}), not through GANTRY_API_URL: run it where the service's "
+            "database is",
+            soft_wrap=True,
+        )
 
 
 def _print_json(data: Any) -> None:
@@ -116,9 +148,11 @@ def _labels(command: Any) -> Any:
     return click.option("--name", help="A name for the job, shown by status and list.")(command)
 
 
-def _after_submit(ctx: click.Context, svc: Service, job: JobView, *, wait: bool, as_json: bool) -> None:
+def _after_submit(
+    ctx: click.Context, svc: Service | HttpService, job: JobView, *, wait: bool, as_json: bool
+) -> None:
     settings: Settings = ctx.obj
-    if settings.embedded:
+    if settings.embedded and isinstance(svc, Service):
         if not as_json:
             out.print(f"{job.kind} job [bold]{job.id}[/bold] runs in this process (embedded mode)")
         job = _run_embedded(svc, job, show=not as_json)
@@ -313,11 +347,13 @@ def evaluate(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **field
 
 @cli.command()
 @click.argument("model", type=click.Choice(sorted(MODELS)))
-def options(model: str) -> None:
+@click.pass_context
+def options(ctx: click.Context, model: str) -> None:
     """List MODEL's `--set` options: default, allowed values and meaning, architecture first."""
     from gantry.jobs.specs import option_help
 
-    rows = option_help(model)
+    svc = _service(ctx)
+    rows = svc.option_help(model) if isinstance(svc, HttpService) else option_help(model)
     table = Table(box=None)
     # Names and defaults are what users type: never cut or wrapped; the meaning wraps.
     table.add_column("option", no_wrap=True, min_width=max(len(row.name) for row in rows))
@@ -470,7 +506,7 @@ def _display(*, show: bool, json_lines: bool = False) -> follow.Display:
 
 
 def _watch(
-    svc: Service,
+    svc: Service | HttpService,
     job_id: str,
     *,
     show: bool,
@@ -483,6 +519,13 @@ def _watch(
     lease (GANTRY_LEASE_SECONDS) raises ServiceUnavailable; a shorter one is shown and waited out."""
     job = svc.get(job_id)
     with display or _display(show=show) as shown:
+        if isinstance(svc, HttpService):
+            for job, down in svc.follow_job(job_id):
+                if down is not None:
+                    shown.unreachable(job, down.service)
+                else:
+                    shown.update(job)
+            return job
         down_since: float | None = None
         looked_for_dead = time.monotonic()
         while True:
@@ -639,6 +682,7 @@ def upgrade(ctx: click.Context) -> None:
     from gantry.migrations import upgrade as run_upgrade
 
     settings: Settings = ctx.find_root().obj
+    _note_store_only(settings, "db upgrade")
     try:
         run_upgrade(settings.database)
     except Exception as exc:
@@ -663,7 +707,7 @@ def token() -> None:
 @click.pass_context
 def token_create(ctx: click.Context, owner: str, admin: bool, expires: str, as_json: bool) -> None:
     """Create a token and print it once: only its hash is stored."""
-    made = _service(ctx).create_token(owner, admin=admin, expires=expires)
+    made = _local(ctx, note="token create").create_token(owner, admin=admin, expires=expires)
     if as_json:
         _print_json(made.model_dump(mode="json"))
         return
@@ -678,7 +722,7 @@ def token_create(ctx: click.Context, owner: str, admin: bool, expires: str, as_j
 @click.pass_context
 def token_list(ctx: click.Context, as_json: bool) -> None:
     """Every token: id, owner, admin, created, expires, revoked (never the token)."""
-    tokens = _service(ctx).list_tokens()
+    tokens = _local(ctx, note="token list").list_tokens()
     if as_json:
         _print_json([t.model_dump(mode="json") for t in tokens])
         return
@@ -701,7 +745,7 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def token_revoke(ctx: click.Context, token_id: str) -> None:
     """Revoke token TOKEN_ID (as `gantry token list` shows it), at once."""
-    revoked = _service(ctx).revoke_token(token_id)
+    revoked = _local(ctx, note="token revoke").revoke_token(token_id)
     out.print(f"token {revoked.id} of {revoked.owner} is revoked")
 
 
@@ -711,7 +755,7 @@ def token_revoke(ctx: click.Context, token_id: str) -> None:
 @click.pass_context
 def requeue(ctx: click.Context, stale: bool, as_json: bool) -> None:
     """Rebuild the queue from the store: send every queued job's message that is not on the queue."""
-    done = _service(ctx).requeue(stale=stale)
+    done = _local(ctx, note="requeue").requeue(stale=stale)
     if as_json:
         _print_json({"stale": done.stale, "sent": done.sent, "waiting": done.waiting})
         return

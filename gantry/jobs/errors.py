@@ -1,7 +1,8 @@
 """The error types that cross the API boundary, each with the CLI exit code it maps to.
 
 README.md, "Commands": 0 done; 1 the job failed or was cancelled; 2 bad input (the message names the field
-and the allowed values); 3 no such job; 4 a service is unreachable (named, never a secret).
+and the allowed values); 3 no such job; 4 a service is unreachable (named, never a secret); 5 the API
+refused the token (GANTRY_API_TOKEN).
 """
 
 from __future__ import annotations
