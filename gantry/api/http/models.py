@@ -13,6 +13,9 @@ _Tag = Annotated[str, Field(min_length=1, max_length=64)]
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    name: str | None = Field(None, description="a name for the job, shown by status and list")
+    tags: list[_Tag] = Field(default_factory=list, description="tags to find the job by (`list?tag=`)")
+
 
 class TrainRequest(_Request):
     kind: Literal["train"]
@@ -26,6 +29,7 @@ class TrainRequest(_Request):
     seed: int | None = None
     checkpoint_every: int | None = None
     sample_every: int | None = None
+    init_from: str | None = Field(None, description="a train job whose G and D weights this one starts from")
     options: dict[str, Any] = Field(default_factory=dict, description="model options, as `--set KEY=VALUE`")
 
 

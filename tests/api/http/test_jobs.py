@@ -129,3 +129,16 @@ def test_readyz_names_what_is_down(settings: Settings) -> None:
     answer = down.client.get("/readyz")
     assert answer.status_code == 503 and "broker" in answer.json()["checks"]
     assert answer.json()["checks"]["database"] == "ok"
+
+
+def test_names_tags_and_init_from_through_the_api(api: Api) -> None:
+    job = api.submit(api.alice, name="first run", tags=["a", "b"])
+    assert job["name"] == "first run" and job["tags"] == ["a", "b"]
+    listed = api.client.get("/v1/jobs", params={"tag": "a"}, headers=api.alice).json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    # Starting from a job with no checkpoint, or from another owner's, is the same refusal.
+    for who in (api.alice, api.bob):
+        answer = api.client.post(
+            "/v1/jobs", json={"kind": "train", "model": "dcgan", "init_from": job["id"]}, headers=who
+        )
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "init_from"]
