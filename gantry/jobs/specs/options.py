@@ -205,7 +205,6 @@ class ImageFiles(OptionGroup):
     )
     captions_file: str = Field(
         "",
-        max_length=200,
         description="captions file in the folder or .zip (CSV or JSON lines: file, caption); default: "
         "captions.csv or .jsonl if there",
     )
@@ -220,7 +219,7 @@ class ImageFiles(OptionGroup):
     @classmethod
     def _relative_name(cls, value: str) -> str:
         text = value.strip()
-        if text.startswith("/") or "\\" in text or ".." in text.split("/"):
+        if len(text) > 200 or text.startswith("/") or "\\" in text or ".." in text.split("/"):
             raise ValueError(f"a file name inside the folder or .zip, e.g. captions.csv, not {value!r}")
         return text
 
