@@ -26,6 +26,7 @@ from rich.table import Table
 
 from gantry.api import follow
 from gantry.api.client import HttpService
+from gantry.api.datacmd import data
 from gantry.api.schemas import JobView, LogLine
 from gantry.api.service import Service, unavailable
 from gantry.jobs.datasets import DATASETS
@@ -824,6 +825,9 @@ def demo(ctx: click.Context) -> None:
     from gantry.api.demo import run_demo
 
     run_demo(ctx.obj, out)
+
+
+cli.add_command(data)  # gantry data inspect (gantry.api.datacmd)
 
 
 def main() -> None:

@@ -48,7 +48,32 @@ def load_data(spec: TrainSpec, settings: Settings, scratch: Path) -> Any:
         )
     # Models that crop whole images (super-resolution) ask for them at their own sizes.
     return load_dataset(
-        source, image_size=spec.image_size, seed=spec.seed, full_size=spec.full_size_data, limits=limits
+        source,
+        image_size=spec.image_size,
+        seed=spec.seed,
+        full_size=spec.full_size_data,
+        limits=limits,
+        options=read_options(spec),
+    )
+
+
+def read_options(spec: TrainSpec) -> Any:
+    """How a folder or .zip of pictures is read for this job: its `data` options (`ImageFiles`), its
+    labels from sub-folders, and whether every picture needs a caption (a model prompted by captions)."""
+    from gantry.jobs.specs.base import FOLDER_LABELS
+    from gantry.jobs.specs.options import ImageFiles, parse_colour
+    from gantry.worker.data.folders import ReadOptions
+
+    opts = spec.options
+    if not isinstance(opts, ImageFiles):
+        return ReadOptions()
+    return ReadOptions(
+        background=parse_colour(opts.background),
+        fit=opts.fit,
+        bad_files=opts.bad_files,
+        labels=FOLDER_LABELS in opts.label_attributes(),
+        captions_file=opts.captions_file,
+        need_captions=spec.prompted_by == "captions",
     )
 
 
@@ -69,6 +94,8 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
             return load_data(spec, ctx.settings, Path(scratch))
 
     data = ctx.read(fetch_and_load)
+    if getattr(data, "warnings", ()):  # bad files skipped, captions that name no picture
+        warn(ctx, list(data.warnings), "training goes on without them")
     options = spec.options
 
     def checkpoint(step: int, payload: bytes) -> None:

@@ -306,3 +306,73 @@ def test_the_manifest_carries_the_step_and_old_manifests_still_read() -> None:
     assert manifest.step == 40 and manifest.key.endswith("step-00000040.pt")
     renamed = manifest.model_copy(update={"key": "jobs/a/checkpoints/elsewhere.pt"})
     assert keys.Manifest.parse(renamed.dump()) == renamed  # the step never comes from the key
+
+
+# --- a folder of pictures: the data options and labels=folder ---------------------------------------
+
+
+def test_the_data_options_read_a_folder_and_are_listed_in_their_section() -> None:
+    spec = parse_train_spec(
+        "dcgan",
+        {"dataset": "s3://bucket/pets.zip"},
+        {
+            "labels": "folder",
+            "background": "#FFF",
+            "fit": "pad",
+            "bad_files": "refuse",
+            "captions_file": "c.csv",
+        },
+    )
+    assert spec.options.labels == ("folder",) and spec.options.background == "#fff"
+    assert load_train_spec(spec.model_dump(mode="json")) == spec
+    for model in ("gan", "dcgan", "text2img"):
+        data = [row.name for row in option_help(model) if row.section == "data"]
+        assert data == ["background", "fit", "bad_files", "captions_file"], model
+    assert not [row for row in option_help("srgan") if row.section == "data"]
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "options", "field", "words"),
+    [
+        ("dcgan", {"dataset": "shapes"}, {"labels": "folder"}, "set.labels", "needs a folder or .zip"),
+        ("dcgan", {"dataset": "/data/pets.npz"}, {"labels": "folder"}, "set.labels", "an .npz has none"),
+        ("dcgan", {"dataset": "/data/pets"}, {"labels": "folder,shape"}, "set.labels", "give it alone"),
+        (
+            "text2img",
+            {"dataset": "/data/pets"},
+            {"labels": "folder"},
+            "set.labels",
+            "labels=folder is for dcgan",
+        ),
+        ("dcgan", {"dataset": "shapes"}, {"fit": "pad"}, "set.fit", "shapes is built in"),
+        ("dcgan", {"dataset": "/data/pets"}, {"background": "#12345"}, "set.background", "#rrggbb"),
+        ("dcgan", {"dataset": "/data/pets"}, {"fit": "stretch"}, "set.fit", "crop"),
+        (
+            "dcgan",
+            {"dataset": "/data/pets"},
+            {"captions_file": "../secrets.csv"},
+            "set.captions_file",
+            "inside",
+        ),
+    ],
+)
+def test_bad_data_options_name_the_option(
+    model: str, fields: dict, options: dict, field: str, words: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_train_spec(model, fields, options)
+    assert info.value.field == field and words in info.value.message
+
+
+def test_prompts_name_a_folder_class_however_it_is_spelt() -> None:
+    from gantry.jobs.specs.prompts import parse_label_prompt
+
+    known = {"folder": ["Smileys-and-Emotion", "animals_and_nature", "flags"]}
+    assert parse_label_prompt("smileys and emotion", "/data/emoji", ["folder"], known) == {"folder": 0}
+    assert parse_label_prompt("an Animals-and-Nature", "/data/emoji", ["folder"], known) == {"folder": 1}
+    assert parse_label_prompt("folder=flags", "/data/emoji", ["folder"], known) == {"folder": 2}
+    with pytest.raises(InvalidInput, match="'food' names no label value"):
+        parse_label_prompt("food", "/data/emoji", ["folder"], known)
+    # At submit the classes are unknown (they are in the checkpoint): the sample job checks them.
+    spec = parse_train_spec("dcgan", {"dataset": "/data/emoji"}, {"labels": "folder"})
+    spec.check_sample(parse_sample_spec({"prompts": ["whatever"]}))

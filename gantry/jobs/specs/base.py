@@ -35,6 +35,9 @@ SampleMode = Literal["interpolate", "arithmetic", "prompts", "input"]
 
 MAX_SEED = 2**31 - 1
 
+# `--set labels=folder`: each picture's class is the name of its sub-folder (a folder or .zip of pictures).
+FOLDER_LABELS = "folder"
+
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 # Options outside the architecture and conditioning sections that add layers to G or D (their
@@ -45,7 +48,7 @@ NOT_SHAPING = ("info_weight", "code_walk")
 SHAPING_WHEN_ON = ("cond_aug",)
 
 # The order `gantry options MODEL` lists option groups in.
-SECTIONS = ("architecture", "optimiser", "loss", "techniques", "conditioning", "schedule")
+SECTIONS = ("architecture", "optimiser", "loss", "techniques", "conditioning", "data", "schedule")
 
 
 class Strict(BaseModel):
@@ -182,6 +185,8 @@ class TrainSpec(Strict):
         wanted = self.options.label_attributes()
         if not wanted:
             return self
+        if FOLDER_LABELS in wanted:
+            return self._folder_labels(wanted)
         info = DATASETS.get(self.dataset)
         if info is None or not info.labels:
             with_labels = ", ".join(
@@ -198,6 +203,37 @@ class TrainSpec(Strict):
                     "options.labels",
                     f"{self.dataset} has no label {name!r}; its labels are {', '.join(info.labels)}",
                 )
+        return self
+
+    def _folder_labels(self, wanted: tuple[str, ...]) -> TrainSpec:
+        if len(wanted) > 1:
+            raise Conflict("options.labels", "labels=folder is a folder's one label: give it alone")
+        if self.dataset in DATASETS:
+            raise Conflict(
+                "options.labels",
+                f"labels=folder takes each picture's class from its sub-folder: it needs a folder or .zip "
+                f"of pictures, not the built-in {self.dataset}",
+            )
+        if self.dataset.lower().endswith(".npz"):
+            raise Conflict(
+                "options.labels",
+                "labels=folder takes each picture's class from its sub-folder: an .npz has none "
+                "(its 'labels' array is for the metrics)",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _image_file_options_need_image_files(self) -> TrainSpec:
+        """The `data` options read a folder or .zip of pictures: refused with a built-in data set."""
+        from gantry.jobs.specs.options import ImageFiles  # options imports this module
+
+        if isinstance(self.options, ImageFiles) and self.dataset in DATASETS:
+            for name in ImageFiles.model_fields:
+                if getattr(self.options, name) != ImageFiles.model_fields[name].default:
+                    raise Conflict(
+                        f"options.{name}",
+                        f"{name} applies to a folder or .zip of pictures; {self.dataset} is built in",
+                    )
         return self
 
     # --- sample jobs ---------------------------------------------------------------------------

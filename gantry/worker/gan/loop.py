@@ -33,6 +33,7 @@ import torch
 
 from gantry.jobs.errors import JobFailed
 from gantry.jobs.specs import TrainSpec
+from gantry.jobs.specs.base import FOLDER_LABELS
 from gantry.worker.gan.checkpoint import (
     generator_weights,
     load_checkpoint,
@@ -202,7 +203,9 @@ def train(
     # Like stylegan2-ada's training_loop, this seeds the process-wide RNG: a worker runs one
     # job at a time, and a variant that draws from it (dropout, say) stays reproducible.
     torch.manual_seed(spec.seed)
-    model = build_model(spec, channels=channels, device=device)
+    # labels=folder: the classes are the data's sub-folders, known once it is read.
+    label_values = data.attributes if FOLDER_LABELS in getattr(spec.options, "labels", ()) else None
+    model = build_model(spec, channels=channels, device=device, label_values=label_values)
     channels_last = model.channels_last_on_cpu and device.type == "cpu" and model.make_batch is None
     if channels_last:  # values unchanged; only the layout of the 4-D weights (and, below, the images)
         for net in (model.G, model.D):
