@@ -712,10 +712,11 @@ def token_create(ctx: click.Context, owner: str, admin: bool, expires: str, as_j
     if as_json:
         _print_json(made.model_dump(mode="json"))
         return
+    # The token alone on stdout, the words around it on stderr: `T=$(gantry token create --owner alice)`.
     until = made.expires_at.strftime("%Y-%m-%d %H:%M UTC") if made.expires_at else "never"
-    out.print(f"token {made.id} for {made.owner}{' (admin)' if admin else ''}, expires {until}:")
-    click.echo(made.token)  # plain, for `T=$(gantry token create ... | tail -1)`
-    out.print("[dim]It is shown only now; keep it as GANTRY_API_TOKEN.[/dim]", highlight=False)
+    err.print(f"token {made.id} for {made.owner}{' (admin)' if admin else ''}, expires {until}:")
+    click.echo(made.token)
+    err.print("[dim]It is shown only now; keep it as GANTRY_API_TOKEN.[/dim]", highlight=False)
 
 
 @token.command(name="list")
