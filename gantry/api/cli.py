@@ -444,7 +444,8 @@ def list_(ctx: click.Context, limit: int, cursor: str | None, as_json: bool, **f
     else:
         table = Table(box=None)
         for column in ("id", "kind", "model", "state", "progress", "created (UTC)"):
-            table.add_column(column, no_wrap=column in ("id", "state"))  # what users type: never cut
+            # What users type, and the date and time: never cut or folded over two lines.
+            table.add_column(column, no_wrap=column in ("id", "state", "created (UTC)"))
         table.add_column("name / tags", overflow="fold", min_width=12)
         for j in page.jobs:
             table.add_row(
