@@ -91,6 +91,28 @@ def test_request_rate_per_token_is_429(settings: Settings) -> None:
     assert api.client.get("/v1/jobs", headers=api.bob).status_code == 200
 
 
+def test_a_json_body_is_read_whatever_content_type_curl_names(api: Api) -> None:
+    # `curl -d '{...}'` says application/x-www-form-urlencoded; a client may name none at all.
+    body = '{"kind":"train","model":"dcgan","dataset":"digits","image_size":16,"steps":100}'
+    for named in ({"content-type": "application/x-www-form-urlencoded"}, {}):
+        made = api.client.post("/v1/jobs", content=body, headers=api.alice | named)
+        assert made.status_code == 201, made.text
+        assert made.json()["spec"]["image_size"] == 16
+    job_id = made.json()["id"]
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    cancelled = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.alice | form)
+    assert cancelled.json()["state"] == "cancelled"
+    resumed = api.client.post(f"/v1/jobs/{job_id}/resume", content='{"steps": 50}', headers=api.alice | form)
+    assert resumed.status_code == 200 and resumed.json()["progress"]["total_steps"] == 50, resumed.text
+    # What is not JSON is still refused, and nothing is recorded for it.
+    bad = api.client.post("/v1/jobs", content="kind=train&model=dcgan", headers=api.alice | form)
+    assert bad.status_code == 422 and "JSON" in bad.text
+    assert count(api) == 2
+    # The schema still says what to send.
+    schema = api.client.get("/openapi.json").json()
+    assert list(schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]) == ["application/json"]
+
+
 def test_body_over_the_limit_is_413(api: Api) -> None:
     big = {"kind": "train", "model": "dcgan", "options": {"x": "y" * 2_000_000}}
     assert api.client.post("/v1/jobs", json=big, headers=api.alice).status_code == 413
