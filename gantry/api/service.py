@@ -764,11 +764,18 @@ class Service:
             raise files.DatasetNotFound(name)
         self.objects.delete(key)
 
+    def _artifact_uri(self, job_id: str, key: str) -> str:
+        """Where a caller reads an artifact: through the HTTP API its route (relative to the API's
+        URL; the storage behind it is the server's business), else the object's own URI."""
+        if self.caller is not None:
+            return f"/v1/jobs/{job_id}/artifacts/{key}"
+        return self.objects.uri(key)
+
     def _view(self, s: Session, job: db.Job, *, with_artifacts: bool = True) -> JobView:
         artifacts = []
         if with_artifacts:
             artifacts = [
-                ArtifactView(key=a.key, uri=self.objects.uri(a.key), kind=a.kind, bytes=a.bytes)
+                ArtifactView(key=a.key, uri=self._artifact_uri(job.id, a.key), kind=a.kind, bytes=a.bytes)
                 for a in db.list_artifacts(s, job.id)
             ]
         return JobView(
