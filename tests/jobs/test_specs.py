@@ -70,11 +70,14 @@ def test_sample_spec_checkpoint_reference() -> None:
     assert info.value.field == "count"
 
 
-def test_best_is_not_a_checkpoint_until_training_chooses_one() -> None:
+def test_a_checkpoint_is_latest_best_or_a_step() -> None:
     for parse in (parse_sample_spec, parse_evaluate_spec):
+        assert parse({"checkpoint": "best"}).checkpoint == "best"  # whether the job has one: at submit
         with pytest.raises(InvalidInput) as info:
-            parse({"checkpoint": "best"})
-        assert info.value.field == "checkpoint" and info.value.message == "must be latest or a step number"
+            parse({"checkpoint": "bestest"})
+        assert (
+            info.value.field == "checkpoint" and info.value.message == "must be latest, best or a step number"
+        )
 
 
 # --- what a model can do: declared on its spec ----------------------------------------------------
