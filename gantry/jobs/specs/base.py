@@ -118,16 +118,16 @@ class ModelOptions(OptionGroup):
         0,
         ge=0,
         le=10_000_000,
-        description="measure eval_metric every N steps (0: never): a metric series, and the best checkpoint "
-        "by it, which retention keeps and --checkpoint best reads",
+        description="measure eval_metric every N steps (0: never) and keep the best checkpoint by it "
+        "(--checkpoint best)",
     )
     eval_samples: int = Field(
         2000, ge=100, le=100_000, description="with eval_every: samples drawn for each measurement"
     )
     eval_metric: str | None = Field(
         None,
-        description="with eval_every: the metric to track (one with a direction, e.g. cas, fd_classifier); "
-        "default: cas for a model conditioned on labels, else fd_classifier",
+        description="with eval_every: the metric to track, e.g. fd_classifier; default: cas for a model "
+        "conditioned on labels, else fd_classifier",
     )
 
     def label_attributes(self) -> tuple[str, ...]:

@@ -21,11 +21,13 @@ import importlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpecBase
 from gantry.worker.errors import Stopped
-from gantry.worker.metrics.cache import Cache
+
+if TYPE_CHECKING:  # a family module: importing the registry imports none
+    from gantry.worker.metrics.cache import Cache
 
 log = logging.getLogger(__name__)
 

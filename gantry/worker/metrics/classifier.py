@@ -168,7 +168,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     with warnings.catch_warnings():  # a singular product (dead ReLU features) is handled below
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean, _ = scipy.linalg.sqrtm(sigma_a @ sigma_b, disp=False)
+        covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
     if not np.isfinite(covmean).all():
         offset = np.eye(len(sigma_a)) * 1e-6
         with warnings.catch_warnings():
