@@ -280,7 +280,9 @@ _CODE_WALK = click.option(
     "(see its code_walk in `gantry options MODEL`).  [default: as trained]",
 )
 _SAMPLE = SampleSpec.model_fields
-_CHECKPOINT_HELP = _shown("latest or a step number.", _SAMPLE["checkpoint"].default)
+_CHECKPOINT_HELP = _shown(
+    "latest, best (by the eval metric, with eval_every) or a step number.", _SAMPLE["checkpoint"].default
+)
 
 
 @cli.command()

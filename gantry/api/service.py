@@ -260,18 +260,26 @@ class Service:
             if parent.kind != "train":
                 raise InvalidInput("job_id", f"job {job_id} is a {parent.kind} job; use a train job")
             stored, state = dict(parent.spec), parent.state
+        train_spec = load_train_spec(stored)
         if not self._has_checkpoint(job_id, checkpoint):
-            raise InvalidInput(
-                "checkpoint", f"job {job_id} has no checkpoint {checkpoint!r} yet (state: {state})"
-            )
-        return load_train_spec(stored)
+            why = f"yet (state: {state})"
+            if checkpoint == "best" and not train_spec.options.eval_every:
+                why = "(it trained without --set eval_every=N, which keeps the best checkpoint by a metric)"
+            raise InvalidInput("checkpoint", f"job {job_id} has no checkpoint {checkpoint!r} {why}")
+        return train_spec
 
     def _has_checkpoint(self, job_id: str, ref: str) -> bool:
-        """Whether train job `job_id` has checkpoint `ref`: a manifest for `latest`; for a step, a
+        """Whether train job `job_id` has checkpoint `ref`: a manifest for `latest`, one that names a
+        best for `best` (`eval_every`); for a step, a
         checkpoint listed at it (its key names the attempt that wrote it, so it is listed, not
         guessed). Whether it loads is the worker's to find out."""
         if ref == "latest":
             return self.objects.exists(manifest_key(job_id))
+        if ref == "best":  # named by the manifest once an evaluation during training found one
+            try:
+                return Manifest.parse(self.objects.get_bytes(manifest_key(job_id))).best is not None
+            except (ObjectNotFound, ValueError):
+                return False
         step = int(ref)
         return bool(checkpoints_at(self.objects.list(checkpoint_step_prefix(job_id, step)), job_id, step))
 

@@ -22,8 +22,8 @@ from gantry.jobs.keys import Manifest, manifest_key, metrics_segment_key, metric
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import EvaluateSpec, TrainSpec
 from gantry.jobs.storage import fetch_to_local
-from gantry.worker.checkpoints import Loadable, newest_that_loads, stray_checkpoints, warn
-from gantry.worker.evaluate import run_metrics
+from gantry.worker.checkpoints import Loadable, newest_that_loads, read_manifest, stray_checkpoints, warn
+from gantry.worker.evaluate import data_loader, measure_during_training, run_metrics
 from gantry.worker.run import JobContext, device
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,19 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     def checkpoint(step: int, payload: bytes) -> None:
         ctx.checkpoint(step, payload, keep=options.keep_checkpoints, keep_every=options.keep_every)
 
+    evaluate = None
+    if options.eval_every:
+        splits = data_loader(ctx, spec, train=data)
+
+        def evaluate(step: int, payload: bytes) -> bool:
+            return measure_during_training(ctx, spec, step, payload, data=splits)
+
     callbacks = Callbacks(
-        progress=ctx.progress, should_stop=ctx.should_stop, checkpoint=checkpoint, samples=ctx.samples
+        progress=ctx.progress,
+        should_stop=ctx.should_stop,
+        checkpoint=checkpoint,
+        samples=ctx.samples,
+        evaluate=evaluate,
     )
     # A run may start from another train job's weights (`init_from`: fine-tuning).
     init_from = spec.starts_from()
@@ -146,6 +157,14 @@ def _resumed(ctx: JobContext, found: Loadable, *, problems: list[str], bad: list
     entry = found.entry
     if problems:
         warn(ctx, problems, f"resumed from step {entry.step} instead")
+        try:
+            before = ctx.read(lambda: read_manifest(ctx.objects, ctx.job_id))
+        except ValueError:  # a manifest that does not parse names no best
+            before = None
+        # The best by the eval metric stays when the run goes back to it or past it and it loads.
+        best = before.best if before is not None else None
+        if best is not None and (best.step > entry.step or best.key in bad):
+            best = None
         manifest = Manifest(
             step=entry.step,
             key=entry.key,
@@ -154,6 +173,7 @@ def _resumed(ctx: JobContext, found: Loadable, *, problems: list[str], bad: list
             time=db.utcnow(),
             sha256=entry.sha256,
             history=tuple(e for e in found.history if e.step < entry.step),
+            best=best,
         )
         ctx.write_manifest(manifest)
         # The segments from the step after it on hold points this run will record again. Their

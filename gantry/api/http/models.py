@@ -36,7 +36,7 @@ class TrainRequest(_Request):
 class SampleRequest(_Request):
     kind: Literal["sample"]
     parent_job_id: str = Field(description="the train job whose checkpoint to sample")
-    checkpoint: str | None = Field(None, description="latest or a step number")
+    checkpoint: str | None = Field(None, description="latest, best or a step number")
     count: int | None = None
     seed: int | None = None
     interpolate: str | None = Field(None, description="SEED_A:SEED_B")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gantry.jobs.datasets import DATASETS, DatasetKind
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs.metrics import METRICS
+from gantry.jobs.specs.metrics import EVAL_DEFAULTS, METRICS
 
 if TYPE_CHECKING:
     from gantry.jobs.specs.jobs import SampleSpec
@@ -116,6 +116,21 @@ class ModelOptions(OptionGroup):
         "fp32",
         description="bf16: train under bfloat16 autocast (weights and losses stay fp32); auto: bf16 on a "
         "CPU with native bfloat16, else fp32",
+    )
+    eval_every: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="measure eval_metric every N steps (0: never) and keep the best checkpoint by it "
+        "(--checkpoint best)",
+    )
+    eval_samples: int = Field(
+        2000, ge=100, le=100_000, description="with eval_every: samples drawn for each measurement"
+    )
+    eval_metric: str | None = Field(
+        None,
+        description="with eval_every: the metric to track, e.g. fd_classifier; default: cas for a model "
+        "conditioned on labels, else fd_classifier",
     )
 
     def label_attributes(self) -> tuple[str, ...]:
@@ -236,6 +251,38 @@ class TrainSpec(Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _eval_metric_applies(self) -> TrainSpec:
+        """`eval_metric` must be a metric with a direction that applies to this job; unset, it is
+        chosen here (EVAL_DEFAULTS) and written into the spec, so every attempt tracks the same one."""
+        options = self.options
+        if not options.eval_every:
+            if options.eval_metric is not None:
+                raise Conflict(
+                    "options.eval_metric", "eval_metric is what eval_every measures: set eval_every=N"
+                )
+            return self
+        trackable = [name for name in self.metric_names() if METRICS[name].better is not None]
+        if options.eval_metric is None:
+            chosen = next((name for name in EVAL_DEFAULTS if name in trackable), None)
+            if chosen is None:
+                raise Conflict(
+                    "options.eval_every",
+                    f"no metric that can be tracked applies to {self.model} on {self.dataset}"
+                    + (f"; set eval_metric to one of {', '.join(trackable)}" if trackable else ""),
+                )
+            return self.model_copy(update={"options": options.model_copy(update={"eval_metric": chosen})})
+        if options.eval_metric not in trackable:
+            known = METRICS.get(options.eval_metric)
+            why = "is not a metric" if known is None else "has no direction to track"
+            if known is not None and known.better is not None:
+                why = f"does not apply to {self.model} on {self.dataset}"
+            raise Conflict(
+                "options.eval_metric",
+                f"{options.eval_metric} {why}; these can be tracked: {', '.join(trackable) or 'none'}",
+            )
+        return self
+
     # --- sample jobs ---------------------------------------------------------------------------
     def check_sample(self, sample: SampleSpec) -> None:
         """InvalidInput (naming the field) unless this model's checkpoint can be sampled as asked."""
@@ -268,10 +315,14 @@ class TrainSpec(Strict):
     # --- metrics -------------------------------------------------------------------------------
     def metric_names(self, *, auto: bool = False) -> list[str]:
         """The metrics that apply to this job (`auto`: those also computed at the end of training)."""
+        conditioned = bool(self.options.label_attributes())
         return [
             name
             for name, info in METRICS.items()
-            if name in self.metrics and info.fits(self.dataset) and (info.auto or not auto)
+            if name in self.metrics
+            and info.fits(self.dataset)
+            and (info.auto or not auto)
+            and (conditioned or not info.conditional)
         ]
 
     def resolve_metrics(self, asked: Sequence[str]) -> list[str]:

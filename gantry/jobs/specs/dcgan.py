@@ -70,6 +70,10 @@ class DCGANTrainSpec(ConvTrainSpec):
         "arithmetic_accuracy",
         "interpolation_validity",
         "sample_validity",
+        "cas",
+        "gan_train",
+        "gan_test",
+        "fd_classifier",
     )
     prompted_by: ClassVar[Literal["labels", "captions"] | None] = "labels"
     reads_codes: ClassVar[bool] = True

@@ -43,7 +43,7 @@ class GANTrainSpec(TrainSpec):
     dataset: str = Field("ring8", min_length=1, description="ring8, grid25, or images (flattened)")
     options: GANOptions = GANOptions()
 
-    metrics: ClassVar[tuple[str, ...]] = ("modes_2d", "modes_stacked")
+    metrics: ClassVar[tuple[str, ...]] = ("modes_2d", "modes_stacked", "fd_classifier")
 
     @field_validator("image_size")
     @classmethod

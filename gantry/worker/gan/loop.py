@@ -72,6 +72,10 @@ class Callbacks:
     checkpoint: Callable[[int, bytes], None]
     # (step, PNG of the fixed-noise grid): every spec.sample_every steps and at the end.
     samples: Callable[[int, bytes], None]
+    # (step, checkpoint file bytes) every `eval_every` steps and at the end (with eval_every set):
+    # measures the eval metric on them; True when it wrote them as a checkpoint (a new best), which
+    # then stands for this step's checkpoint.
+    evaluate: Callable[[int, bytes], bool] | None = None
 
 
 @dataclass
@@ -313,6 +317,16 @@ def train(
         if on_nonfinite == "rollback":
             good = payload
 
+    def emit_evaluation() -> None:
+        """Measure the eval metric on this step's weights; a new best is written as its checkpoint."""
+        nonlocal last_checkpoint, good
+        assert callbacks.evaluate is not None
+        payload = snapshot()
+        if callbacks.evaluate(step, payload):
+            last_checkpoint = step
+            if on_nonfinite == "rollback":
+                good = payload
+
     def emit_samples() -> None:
         nonlocal last_samples
         if model.render is not None:  # outputs that are not images (2-D points): the model's plot
@@ -348,6 +362,8 @@ def train(
         phases.append((phase, opt))
     lr_decay = spec.options.lr_decay
     autocast = mixed_precision(spec.options.precision, device)
+    eval_every = spec.options.eval_every if callbacks.evaluate is not None else 0
+    last_evaluation = step if resume is not None else -1  # a resume's step was measured before it
     while step < spec.steps:
         # Each rollback halves the lr for good: a factor on the schedule's, which starts from the base lr.
         if lr_decay == "linear" or rollbacks:
@@ -374,13 +390,17 @@ def train(
         last = step == spec.steps
         checkpoint_due = step % spec.checkpoint_every == 0 or last
         samples_due = step % spec.sample_every == 0 or last
+        evaluation_due = eval_every > 0 and (step % eval_every == 0 or last)
         trouble = report() if step % log_every == 0 or last else None
-        if trouble is None and (checkpoint_due or samples_due):
+        if trouble is None and (checkpoint_due or samples_due or evaluation_due):
             trouble = nonfinite_state()  # nothing non-finite is handed out
         if trouble is not None:
             roll_back(trouble)  # raises, or goes back to the last good checkpoint
             continue
-        if checkpoint_due:
+        if evaluation_due:  # first: a new best is written as this step's checkpoint
+            emit_evaluation()
+            last_evaluation = step
+        if checkpoint_due and last_checkpoint != step:
             emit_checkpoint()
         if samples_due:
             emit_samples()
@@ -398,6 +418,10 @@ def train(
 
     # A run resumed from its final checkpoint (its worker died after saving it) does no step;
     # it still hands back the end-of-run artifacts, which the caller writes idempotently.
+    if eval_every and last_evaluation != step:
+        if (trouble := nonfinite_state()) is not None:
+            raise TrainingDiverged(f"{trouble} at step {step}")
+        emit_evaluation()
     if last_checkpoint != step:
         if (trouble := nonfinite_state()) is not None:
             raise TrainingDiverged(f"{trouble} at step {step}")
