@@ -11,7 +11,10 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from gantry.api.http import dashboard, events, files, health, jobs, metrics
 from gantry.api.http.auth import RateLimiter
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.install(app)  # GET /metrics and the request-latency middleware
     app.include_router(dashboard.router)
     _errors(app)
+    _parameters_without_null(app)
     return app
 
 
@@ -59,9 +63,39 @@ def app_from_env() -> FastAPI:
     return create_app(Settings())
 
 
+def _parameters_without_null(app: FastAPI) -> None:
+    """FastAPI documents an optional query or header parameter as `anyOf: [T, null]`, but a query
+    string or a header cannot carry a null (a client sends the text "null", which is refused): an
+    optional parameter is one that may be left out, as `required: false` already says."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        built = app.openapi_schema is not None
+        spec = build()
+        for operation in (op for path in spec["paths"].values() for op in path.values()):
+            for parameter in [] if built else operation.get("parameters", []):
+                options = parameter["schema"].get("anyOf", [])
+                rest = [option for option in options if option != {"type": "null"}]
+                if len(rest) == 1 < len(options):
+                    del parameter["schema"]["anyOf"]
+                    parameter["schema"].update(rest[0])
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _errors(app: FastAPI) -> None:
     def problem(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 405:
+            # The router's 405 lists the methods of the first route that matched the path only
+            # (GET of /v1/jobs/{id}, not its DELETE); a 405's Allow names them all (RFC 9110).
+            allowed = [m for m in METHODS if _routed(app, {**request.scope, "method": m})]
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(InvalidInput)
     async def invalid(_: Request, exc: InvalidInput) -> JSONResponse:
@@ -84,3 +118,11 @@ def _errors(app: FastAPI) -> None:
     async def unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
         log.warning("answered 503: %s", exc)
         return problem(503, str(exc), {"Retry-After": "5"})
+
+
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _routed(app: FastAPI, scope: dict[str, Any]) -> bool:
+    """Whether a route of `app` takes this path with this method."""
+    return any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from gantry.api.http.deps import ERRORS, INVALID, NOT_FOUND, Svc
+from gantry.api.http.deps import ERRORS, INVALID, NOT_FOUND, ROW_ID_MAX, Svc
 from gantry.api.http.fanout import Batch, EventHub, Snapshot
 
 router = APIRouter(prefix="/v1")
@@ -51,7 +51,12 @@ def watch(
     job_id: str,
     last_event_id: Annotated[
         int | None,
-        Header(alias="Last-Event-ID", ge=0, description="the `id` of the last event seen, to resume"),
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            le=ROW_ID_MAX,
+            description="the `id` of the last event seen, to resume",
+        ),
     ] = None,
 ) -> Watch:
     """The caller may see job `job_id` (404 otherwise), checked before the stream starts."""

@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message
 
 from gantry.api.files import MEDIA_TYPES, ArtifactFile, DatasetView, inline
-from gantry.api.http.deps import ERRORS, INVALID, NOT_FOUND, Svc
+from gantry.api.http.deps import BODY, ERRORS, INVALID, NOT_FOUND, Svc
 from gantry.api.http.models import Problem
 from gantry.jobs.errors import InvalidInput
 
@@ -45,6 +45,7 @@ _UPLOAD_BODY = {
                     "type": "object",
                     "properties": {"file": {"type": "string", "format": "binary"}},
                     "required": ["file"],
+                    "additionalProperties": False,  # one part: more fields answer 400
                 }
             },
         },
@@ -90,7 +91,7 @@ def get_artifact(svc: Svc, job_id: str, key: str) -> Response:
     status_code=201,
     response_model=DatasetView,
     tags=["datasets"],
-    responses=INVALID | _TOO_LARGE,
+    responses=INVALID | {400: BODY[400]} | _TOO_LARGE,
     openapi_extra=_UPLOAD_BODY,
 )
 async def upload(

@@ -8,16 +8,18 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from gantry.api.http.deps import ERRORS, INVALID, NOT_FOUND, Svc
+from gantry.api.http.deps import BODY, ERRORS, INVALID, NOT_FOUND, ROW_ID_MAX, Svc
 from gantry.api.http.models import EvaluateRequest, JobRequest, SampleRequest, TrainRequest
 from gantry.api.schemas import JobPage, JobView, LogLine, MetricPoint
 from gantry.jobs.specs import MODELS, option_help
-from gantry.jobs.store import STATES
+from gantry.jobs.store import KINDS, STATES
 
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
-@router.post("/jobs", status_code=201, response_model=JobView, tags=["jobs"], responses=INVALID | NOT_FOUND)
+@router.post(
+    "/jobs", status_code=201, response_model=JobView, tags=["jobs"], responses=INVALID | NOT_FOUND | BODY
+)
 def submit(svc: Svc, body: Annotated[JobRequest, Body()]) -> JobView:
     """Submit a train, sample or evaluate job; the answer is the job as `gantry status --json` shows it."""
     if isinstance(body, TrainRequest):
@@ -32,9 +34,10 @@ def submit(svc: Svc, body: Annotated[JobRequest, Body()]) -> JobView:
 @router.get("/jobs", response_model=JobPage, tags=["jobs"], responses=INVALID)
 def list_jobs(
     svc: Svc,
-    state: Annotated[str | None, Query(description=f"one of {', '.join(STATES)}")] = None,
-    kind: Annotated[str | None, Query(description="train, sample or evaluate")] = None,
-    model: Annotated[str | None, Query(description="a model name")] = None,
+    # The allowed values are in the schema (enum) and checked by the service, with its message.
+    state: Annotated[str | None, Query(json_schema_extra={"enum": list(STATES)})] = None,
+    kind: Annotated[str | None, Query(json_schema_extra={"enum": list(KINDS)})] = None,
+    model: Annotated[str | None, Query(json_schema_extra={"enum": sorted(MODELS)})] = None,
     tag: Annotated[str | None, Query(description="jobs carrying this tag")] = None,
     parent: Annotated[str | None, Query(description="the sample and evaluate jobs of this train job")] = None,
     since: Annotated[str | None, Query(description="created at or after: an ISO date or time (UTC)")] = None,
@@ -97,18 +100,22 @@ def models(svc: Svc) -> dict[str, list[ModelOption]]:
 def job_logs(
     svc: Svc,
     job_id: str,
-    since_id: Annotated[int | None, Query(ge=0, description="only the lines after this line id")] = None,
+    since_id: Annotated[
+        int | None, Query(ge=0, le=ROW_ID_MAX, description="only the lines after this line id")
+    ] = None,
 ) -> list[LogLine]:
     """The job's log: its own lines and every infrastructure error it met, oldest first."""
     return svc.logs(job_id, since_id=since_id)
 
 
 class ResumeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     steps: int | None = Field(None, description="a new total of steps; default: the job's own")
 
 
-@router.post("/jobs/{job_id}/resume", response_model=JobView, tags=["jobs"], responses=NOT_FOUND | INVALID)
+@router.post(
+    "/jobs/{job_id}/resume", response_model=JobView, tags=["jobs"], responses=NOT_FOUND | INVALID | BODY
+)
 def resume(svc: Svc, job_id: str, body: Annotated[ResumeRequest | None, Body()] = None) -> JobView:
     """Continue a cancelled or failed job (a train job from its last checkpoint) as a new attempt."""
     return svc.resume(job_id, steps=body.steps if body else None)

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from gantry.jobs.specs import MODELS
+
+_MODEL_NAMES: list[JsonValue] = [*sorted(MODELS)]
 _Tag = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON `false` or "7" is not a seed or a step count (lax mode would read 0 and 7).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = Field(None, description="a name for the job, shown by status and list")
     tags: list[_Tag] = Field(default_factory=list, description="tags to find the job by (`list?tag=`)")
@@ -19,7 +23,10 @@ class _Request(BaseModel):
 
 class TrainRequest(_Request):
     kind: Literal["train"]
-    model: str = Field(description="a model name: GET /v1/models lists them")
+    # The enum documents the names; the job specs check them (the CLI's message, listing them).
+    model: str = Field(
+        description="a model name: GET /v1/models lists them", json_schema_extra={"enum": _MODEL_NAMES}
+    )
     dataset: str | None = Field(
         None, description="built-in name, one of your uploads, or an allowed s3:// URI"
     )
