@@ -17,6 +17,8 @@ through these functions only, so the layout is spelled once:
     jobs/<job_id>/metrics.jsonl                     every metric point, written once at the job's end
     jobs/<job_id>/warnings.txt                      what went wrong without failing the job
     uploads/<owner>/<name>                          a data set uploaded through the API
+    cache/fidelity/<key>.npz                        a real data set's Inception features, shared by
+                                                    every evaluation of that data (see `fidelity_cache_key`)
 
 Steps in keys are zero-padded, so keys of one kind sort in step order (a listing's newest is its
 last; `newest_first` also orders a step's checkpoints by attempt); the step itself is read from the
@@ -141,6 +143,12 @@ def metrics_segment_key(job_id: str, first_step: int) -> str:
     checkpoint. Named by its first step: a run resumed from a checkpoint rewrites the segment that
     follows it, whatever step it next checkpoints at, so segments never overlap."""
     return f"{metrics_segments_prefix(job_id)}from-{first_step:08d}.jsonl"
+
+
+def fidelity_cache_key(reference: str) -> str:
+    """The cached Inception features and statistics of one real data set, named by a hash of its
+    content, image size, extractor weights and torch-fidelity version (gantry.worker.metrics.inception)."""
+    return f"cache/fidelity/{reference}.npz"
 
 
 def warnings_key(job_id: str) -> str:

@@ -29,6 +29,8 @@ def run_metrics(
         should_stop=ctx.should_stop,
         # Each chunk of a long evaluator: the job is alive (its step, the metrics done, stays).
         progress=lambda done, total: ctx.heartbeat(),
+        settings=ctx.settings,
+        objects=ctx.objects,
     )
     values: dict[str, float] = {}
     for i, (name, got) in enumerate(evaluate_each(names, eval_ctx)):
@@ -46,6 +48,10 @@ def run_metrics(
 def evaluate_job(ctx: JobContext, spec: EvaluateSpec, parent_job_id: str) -> None:
     """Compute the metrics an evaluate job asks for (or those that apply) and write metrics.jsonl."""
     with db.session_scope(ctx.sessions) as s:
-        names = load_train_spec(dict(db.get_job(s, parent_job_id).spec)).resolve_metrics(spec.metrics)
+        train_spec = load_train_spec(dict(db.get_job(s, parent_job_id).spec))
+    # The worker's own settings decide: an Inception metric asked for where it has no weights fails the job.
+    names = train_spec.resolve_metrics(
+        spec.metrics, inception_weights=ctx.settings.inception_weights is not None
+    )
     run_metrics(ctx, names, train_job_id=parent_job_id, spec=spec)
     ctx.write_metrics_jsonl()

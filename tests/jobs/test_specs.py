@@ -137,7 +137,16 @@ def test_code_walk_readings_are_asked_of_the_train_spec() -> None:
 
 def test_metrics_apply_where_the_model_declares_them_and_the_data_fits() -> None:
     assert parse_train_spec("gan", {"dataset": "ring8"}, {}).metric_names() == ["modes_2d"]
-    assert parse_train_spec("gan", {"dataset": "stacked-digits"}, {}).metric_names() == ["modes_stacked"]
+    inception = [
+        "fid",
+        "kid",
+        "inception_score",
+        "precision_recall",
+    ]  # image data, any model that makes images
+    assert parse_train_spec("gan", {"dataset": "stacked-digits"}, {}).metric_names() == [
+        "modes_stacked",
+        *inception,
+    ]
     assert parse_train_spec("srgan", {}, {}).metric_names(auto=True) == ["psnr", "ssim"]
     shapes = parse_train_spec("text2img", {"dataset": "shapes"}, {})
     assert shapes.metric_names(auto=True) == []
@@ -149,10 +158,16 @@ def test_metrics_apply_where_the_model_declares_them_and_the_data_fits() -> None
     ]
     with pytest.raises(InvalidInput, match="sample_validity does not apply to text2img on shapes"):
         shapes.resolve_metrics(["sample_validity"])
-    with pytest.raises(InvalidInput, match="unknown metric 'fid'"):
+    with pytest.raises(InvalidInput, match="unknown metric 'fjd'"):
+        shapes.resolve_metrics(["fjd"])
+    # Without GANTRY_INCEPTION_WEIGHTS the Inception metrics are refused, and left out of "all".
+    with pytest.raises(InvalidInput, match="fid needs the Inception weights: set GANTRY_INCEPTION_WEIGHTS"):
         shapes.resolve_metrics(["fid"])
-    with pytest.raises(InvalidInput, match="no evaluation metric applies to dcgan on /data/mine"):
-        parse_train_spec("dcgan", {"dataset": "/data/mine"}, {}).resolve_metrics([])
+    assert shapes.resolve_metrics(["fid"], inception_weights=True) == ["fid"]
+    mine = parse_train_spec("dcgan", {"dataset": "/data/mine"}, {})
+    with pytest.raises(InvalidInput, match="fid, kid, inception_score, precision_recall need the Inception"):
+        mine.resolve_metrics([])
+    assert mine.resolve_metrics([], inception_weights=True) == inception
 
 
 def test_metrics_declare_their_keys_and_which_a_reading_renames() -> None:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gantry.jobs.datasets import DATASETS, DatasetKind
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs.metrics import METRICS
+from gantry.jobs.specs.metrics import INCEPTION_WEIGHTS_HELP, METRICS
 
 if TYPE_CHECKING:
     from gantry.jobs.specs.jobs import SampleSpec
@@ -238,9 +238,10 @@ class TrainSpec(Strict):
             if name in self.metrics and info.fits(self.dataset) and (info.auto or not auto)
         ]
 
-    def resolve_metrics(self, asked: Sequence[str]) -> list[str]:
+    def resolve_metrics(self, asked: Sequence[str], *, inception_weights: bool = False) -> list[str]:
         """The metrics an evaluate job computes: `asked`, or every one that applies; InvalidInput if
-        one does not apply or none does."""
+        one does not apply or none does. `inception_weights`: whether GANTRY_INCEPTION_WEIGHTS is set;
+        without it an Inception metric asked for is refused, and none is among "every one"."""
         applicable = self.metric_names()
         for name in asked:
             if name not in METRICS:
@@ -252,7 +253,14 @@ class TrainSpec(Strict):
                     f"{name} does not apply to {self.model} on {self.dataset}; these do: "
                     f"{', '.join(applicable) or 'none'}",
                 )
-        chosen = list(dict.fromkeys(asked)) or applicable
+            if METRICS[name].inception and not inception_weights:
+                raise InvalidInput("metric", f"{name} needs the Inception weights: {INCEPTION_WEIGHTS_HELP}")
+        usable = [name for name in applicable if inception_weights or not METRICS[name].inception]
+        chosen = list(dict.fromkeys(asked)) or usable
+        if not chosen and applicable:  # only Inception metrics apply, and there are no weights
+            raise InvalidInput(
+                "metric", f"{', '.join(applicable)} need the Inception weights: {INCEPTION_WEIGHTS_HELP}"
+            )
         if not chosen:
             raise InvalidInput("metric", f"no evaluation metric applies to {self.model} on {self.dataset}")
         return chosen

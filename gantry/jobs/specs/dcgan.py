@@ -69,6 +69,10 @@ class DCGANTrainSpec(ConvTrainSpec):
         "arithmetic_accuracy",
         "interpolation_validity",
         "sample_validity",
+        "fid",
+        "kid",
+        "inception_score",
+        "precision_recall",
     )
     prompted_by: ClassVar[Literal["labels", "captions"] | None] = "labels"
     reads_codes: ClassVar[bool] = True

@@ -22,10 +22,15 @@ class MetricInfo:
     # Keys whose values depend on how G reads codes between two values: with `--code-walk` they are
     # recorded as KEY_<reading> (interpolation_validity_slide), beside the train job's own reading's.
     walk_keys: tuple[str, ...] = ()
+    images: bool = False  # needs image data: a built-in image set or the user's (not 2-D points)
+    # Computed in the Inception network's features: needs GANTRY_INCEPTION_WEIGHTS (INCEPTION_WEIGHTS_HELP).
+    inception: bool = False
 
     def fits(self, dataset: str) -> bool:
         """Whether a job on `dataset` has the data this metric needs."""
         if self.datasets is not None and dataset not in self.datasets:
+            return False
+        if self.images and dataset_kind(dataset) == "points":
             return False
         return self.kind is None or dataset_kind(dataset) == self.kind
 
@@ -34,7 +39,18 @@ class MetricInfo:
         return f"{key}_{code_walk}" if code_walk and key in self.walk_keys else key
 
 
-_SHAPES_ACCURACY = "shapes_classifier_accuracy"  # every shapes metric reports its classifier's
+_SHAPES_ACCURACY = "shapes_classifier_accuracy"
+
+# Where the Inception metrics' weights come from: said wherever one is refused for want of them.
+INCEPTION_WEIGHTS_HELP = (
+    "set GANTRY_INCEPTION_WEIGHTS to a path or s3:// URI of the FID Inception weights, the file "
+    "weights-inception-2015-12-05-6726825d.pth of torch-fidelity's GitHub release v0.2.0 (the same file "
+    "as pytorch-fid's pt_inception-2015-12-05-6726825d.pth); gantry downloads nothing"
+)
+_INCEPTION = (
+    "; Inception-v3 features of generated images and of the training images (up to 50,000), computed by "
+    "torch-fidelity (needs GANTRY_INCEPTION_WEIGHTS)"
+)  # every shapes metric reports its classifier's
 
 # metric name -> what it is and where it applies. One entry per metric.
 METRICS: dict[str, MetricInfo] = {
@@ -106,5 +122,33 @@ METRICS: dict[str, MetricInfo] = {
         "pair_coverage: the share of the training (colour, shape) pairs among them",
         keys=("sample_validity", "pair_coverage", _SHAPES_ACCURACY),
         datasets=("shapes",),
+    ),
+    # The field's usual figures for real images, all four from one pass of torch-fidelity.
+    "fid": MetricInfo(
+        "Fréchet Inception Distance, lower is better (Heusel et al. 2017, arXiv 1706.08500)" + _INCEPTION,
+        keys=("fid",),
+        images=True,
+        inception=True,
+    ),
+    "kid": MetricInfo(
+        "Kernel Inception Distance (Bińkowski et al. 2018, arXiv 1801.01401): mean and std over subsets of "
+        "up to 1,000" + _INCEPTION,
+        keys=("kid", "kid_std"),
+        images=True,
+        inception=True,
+    ),
+    "inception_score": MetricInfo(
+        "Inception Score of the generated images, higher is better, mean and std over 10 splits "
+        "(Salimans et al. 2016, arXiv 1606.03498)" + _INCEPTION,
+        keys=("inception_score", "inception_score_std"),
+        images=True,
+        inception=True,
+    ),
+    "precision_recall": MetricInfo(
+        "improved precision and recall (Kynkäänniemi et al. 2019, arXiv 1904.06991), k=3, in the Inception "
+        "pool features rather than the paper's VGG16 (not comparable with VGG16 figures)" + _INCEPTION,
+        keys=("precision", "recall"),
+        images=True,
+        inception=True,
     ),
 }

@@ -3,7 +3,8 @@
 `gantry.jobs.specs.METRICS` says where each metric applies (torch-free, checked at submit time);
 `EVALUATORS` here maps the same name to the function that computes it, one module per family:
 `modes` (PacGAN's mode counts, with the digit classifier in `digits`), `shapes` (text to image and
-latent walks, read by `shapes_classifier`), `sr` (PSNR and SSIM). Families are imported when first
+latent walks, read by `shapes_classifier`), `sr` (PSNR and SSIM), `inception` (FID, KID, IS and
+precision/recall by torch-fidelity). Families are imported when first
 used, so importing this registry imports none of them.
 
 An evaluator takes an `EvalContext` and returns {key: value}; it may return several related values
@@ -19,10 +20,12 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpecBase
+from gantry.jobs.storage import ObjectStore
 from gantry.worker.errors import Stopped
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,10 @@ EVALUATORS: dict[str, str] = {
     "arithmetic_accuracy": "shapes:arithmetic_accuracy",
     "interpolation_validity": "shapes:interpolation_validity",
     "sample_validity": "shapes:sample_validity",
+    "fid": "inception:fidelity",
+    "kid": "inception:fidelity",
+    "inception_score": "inception:fidelity",
+    "precision_recall": "inception:fidelity",
 }
 
 
@@ -54,6 +61,8 @@ class EvalContext:
     save: Callable[[str, bytes], None]  # (file name, bytes) -> an artifact of the job
     should_stop: Callable[[], bool]  # True once the job was asked to stop
     progress: Callable[[int, int], None]  # (done, total) chunks of the evaluator running now
+    settings: Settings = field(default_factory=get_settings)  # the worker's (GANTRY_INCEPTION_WEIGHTS, ...)
+    objects: ObjectStore | None = None  # object storage, for caches shared by evaluations; None: none kept
 
     def report(self, done: int, total: int) -> None:
         """Between two chunks of an evaluation: report progress, and stop if the job was cancelled."""
