@@ -9,6 +9,7 @@ metrics far from zero. On one CPU core Inception at 299x299 costs about 0.8 s an
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,42 @@ def test_an_inception_metric_without_weights_is_refused_at_submit(
     with pytest.raises(InvalidInput, match="GANTRY_INCEPTION_WEIGHTS"):
         folder.resolve_metrics([])
     assert "fid" not in load_train_spec({"model": "gan", "dataset": "ring8"}).metric_names()
+
+
+@pytest.mark.slow  # ~60 s on one CPU core: 12 real and 16 generated images, then 16 more
+def test_gantry_evaluate_measures_a_checkpoint_and_reuses_the_real_side(
+    random_weights: Path, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "pictures.npz"
+    np.savez(data, images=np.concatenate([_images(3, stripes=False), _images(4, stripes=True)])[:12])
+    monkeypatch.setenv("GANTRY_INCEPTION_WEIGHTS", str(random_weights))
+    monkeypatch.setenv("GANTRY_INCEPTION_WEIGHTS_SHA256", file_sha256(random_weights))
+
+    def gantry(*args: str) -> str:
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    train = gantry(
+        "train",
+        "dcgan",
+        "--dataset",
+        str(data),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "16",
+        "--wait",
+        "--json",
+    )
+    train_id = json.loads(train[train.index("{") :])["id"]
+    values = []
+    for _ in range(2):
+        out = gantry("evaluate", train_id, "--samples", "16", "--wait", "--json")
+        values.append(json.loads(out[out.index("{") :])["metrics"])
+    assert set(values[0]) >= {"fid", "kid", "kid_std", "inception_score", "precision", "recall"}
+    assert values[0]["fid"] > 0 and values[1] == values[0]  # same seed, same images, same values
+    objects = FileStore(Path(settings.storage.removeprefix("file://")))
+    assert len(objects.list("cache/fidelity/")) == 1  # written by the first, read by the second
