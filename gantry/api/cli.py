@@ -26,6 +26,7 @@ from rich.table import Table
 
 from gantry.api import follow
 from gantry.api.client import HttpService
+from gantry.api.datacmd import data
 from gantry.api.schemas import JobView, LogLine
 from gantry.api.service import Service, unavailable
 from gantry.jobs.datasets import DATASETS
@@ -279,7 +280,9 @@ _CODE_WALK = click.option(
     "(see its code_walk in `gantry options MODEL`).  [default: as trained]",
 )
 _SAMPLE = SampleSpec.model_fields
-_CHECKPOINT_HELP = _shown("latest or a step number.", _SAMPLE["checkpoint"].default)
+_CHECKPOINT_HELP = _shown(
+    "latest, best (by the eval metric, with eval_every) or a step number.", _SAMPLE["checkpoint"].default
+)
 
 
 @cli.command()
@@ -451,7 +454,8 @@ def list_(ctx: click.Context, limit: int, cursor: str | None, as_json: bool, **f
     else:
         table = Table(box=None)
         for column in ("id", "kind", "model", "state", "progress", "created (UTC)"):
-            table.add_column(column, no_wrap=column in ("id", "state"))  # what users type: never cut
+            # What users type, and the date and time: never cut or folded over two lines.
+            table.add_column(column, no_wrap=column in ("id", "state", "created (UTC)"))
         table.add_column("name / tags", overflow="fold", min_width=12)
         for j in page.jobs:
             table.add_row(
@@ -719,10 +723,11 @@ def token_create(ctx: click.Context, owner: str, admin: bool, expires: str, as_j
     if as_json:
         _print_json(made.model_dump(mode="json"))
         return
+    # The token alone on stdout, the words around it on stderr: `T=$(gantry token create --owner alice)`.
     until = made.expires_at.strftime("%Y-%m-%d %H:%M UTC") if made.expires_at else "never"
-    out.print(f"token {made.id} for {made.owner}{' (admin)' if admin else ''}, expires {until}:")
-    click.echo(made.token)  # plain, for `T=$(gantry token create ... | tail -1)`
-    out.print("[dim]It is shown only now; keep it as GANTRY_API_TOKEN.[/dim]", highlight=False)
+    err.print(f"token {made.id} for {made.owner}{' (admin)' if admin else ''}, expires {until}:")
+    click.echo(made.token)
+    err.print("[dim]It is shown only now; keep it as GANTRY_API_TOKEN.[/dim]", highlight=False)
 
 
 @token.command(name="list")
@@ -832,6 +837,9 @@ def demo(ctx: click.Context) -> None:
     from gantry.api.demo import run_demo
 
     run_demo(ctx.obj, out)
+
+
+cli.add_command(data)  # gantry data inspect (gantry.api.datacmd)
 
 
 def main() -> None:

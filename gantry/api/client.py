@@ -160,20 +160,20 @@ class HttpService:
     # -- submitting ------------------------------------------------------------------------
     def submit_train(self, model: str, *, options: dict[str, Any] | None = None, **fields: Any) -> JobView:
         body = {"kind": "train", "model": model, **_given(fields), "options": options or {}}
-        return JobView.model_validate(self._request("POST", "/v1/jobs", json=body))
+        return _job_view(self.url, self._request("POST", "/v1/jobs", json=body))
 
     def submit_sample(self, job_id: str, **fields: Any) -> JobView:
         body = {"kind": "sample", "parent_job_id": job_id, **_given(fields)}
-        return JobView.model_validate(self._request("POST", "/v1/jobs", json=body, job_id=job_id))
+        return _job_view(self.url, self._request("POST", "/v1/jobs", json=body, job_id=job_id))
 
     def submit_evaluate(self, job_id: str, **fields: Any) -> JobView:
         body = {"kind": "evaluate", "parent_job_id": job_id, **_given(fields)}
-        return JobView.model_validate(self._request("POST", "/v1/jobs", json=body, job_id=job_id))
+        return _job_view(self.url, self._request("POST", "/v1/jobs", json=body, job_id=job_id))
 
     def resume(self, job_id: str, *, steps: int | None = None) -> JobView:
         body = {} if steps is None else {"steps": steps}
-        return JobView.model_validate(
-            self._request("POST", f"/v1/jobs/{_seg(job_id)}/resume", json=body, job_id=job_id)
+        return _job_view(
+            self.url, self._request("POST", f"/v1/jobs/{_seg(job_id)}/resume", json=body, job_id=job_id)
         )
 
     # -- reading ---------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class HttpService:
         return []  # the service's own business: no job runs in this process
 
     def get(self, job_id: str) -> JobView:
-        return JobView.model_validate(self._request("GET", f"/v1/jobs/{_seg(job_id)}", job_id=job_id))
+        return _job_view(self.url, self._request("GET", f"/v1/jobs/{_seg(job_id)}", job_id=job_id))
 
     def list_jobs(self, *, limit: int = 50, cursor: str | None = None, **filters: Any) -> JobPage:
         """One page, newest first, as Service.list_jobs: pass `next_cursor` back as `cursor`."""
@@ -210,7 +210,7 @@ class HttpService:
         return [MetricPoint.model_validate(p) for p in points]
 
     def cancel(self, job_id: str) -> JobView:
-        return JobView.model_validate(self._request("POST", f"/v1/jobs/{_seg(job_id)}/cancel", job_id=job_id))
+        return _job_view(self.url, self._request("POST", f"/v1/jobs/{_seg(job_id)}/cancel", job_id=job_id))
 
     def option_help(self, model: str) -> list[OptionHelp]:
         models = self._request("GET", "/v1/models")
@@ -313,7 +313,8 @@ class HttpService:
                         down_since = None
                         job = apply_event(job, event)
                         if event.name == "end":
-                            yield (job if job.state in TERMINAL else self.get(job_id)), None
+                            ended = job if job.state in TERMINAL else self.get(job_id)
+                            yield _job_view(self.url, ended.model_dump(mode="json")), None
                             return
                         yield job, None
                     log.info("job %s: the event stream ended early; reconnecting", job_id)
@@ -427,3 +428,13 @@ def _invalid(detail: Any) -> InvalidInput:
     field, message = messages[0]
     rest = "".join(f"; {f}: {m}" for f, m in messages[1:])
     return InvalidInput(field, message + rest)
+
+
+def _job_view(api_url: str, data: Any) -> JobView:
+    """The job as the API answers it, its artifacts' URIs made absolute (the API gives its own
+    routes, relative to its URL)."""
+    job = JobView.model_validate(data)
+    for artifact in job.artifacts:
+        if artifact.uri.startswith("/"):
+            artifact.uri = api_url.rstrip("/") + artifact.uri
+    return job

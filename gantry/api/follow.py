@@ -121,12 +121,15 @@ class Plain(Quiet):
         rate, losses = _rate_and_losses(job)
         share = f" ({100 * step / total:.0f}%)" if total else ""
         parts = [f"{job.id} {job.state}", f"step {step}/{total}{share}", rate, losses]
-        self.console.print("  ".join(p for p in parts if p), markup=False, highlight=False)
+        # One whole line per update, however narrow the terminal (or a pipe's 80 columns): scripts read them.
+        self.console.print("  ".join(p for p in parts if p), markup=False, highlight=False, soft_wrap=True)
         self.state, self.step, self.at = job.state, step, self.clock()
 
     def unreachable(self, job: JobView, service: str) -> None:
         if self.clock() - self.at >= PLAIN_SECONDS:
-            self.console.print(f"{job.id} {job.state}  {service} unreachable, retrying", markup=False)
+            self.console.print(
+                f"{job.id} {job.state}  {service} unreachable, retrying", markup=False, soft_wrap=True
+            )
             self.at = self.clock()
 
 

@@ -168,6 +168,7 @@ class Service:
                 "dataset",
                 f"{spec.dataset!r} is not a built-in data set ({builtin}) nor an existing path or URI",
             )
+        spec.check_inception_weights(self.settings.inception_weights is not None)
         # Options that name a file or another job (e.g. a run to start from) are checked by the
         # spec itself, with lookups that only the service has.
         spec.check_references(
@@ -262,18 +263,26 @@ class Service:
             if parent.kind != "train":
                 raise InvalidInput("job_id", f"job {job_id} is a {parent.kind} job; use a train job")
             stored, state = dict(parent.spec), parent.state
+        train_spec = load_train_spec(stored)
         if not self._has_checkpoint(job_id, checkpoint):
-            raise InvalidInput(
-                "checkpoint", f"job {job_id} has no checkpoint {checkpoint!r} yet (state: {state})"
-            )
-        return load_train_spec(stored)
+            why = f"yet (state: {state})"
+            if checkpoint == "best" and not train_spec.options.eval_every:
+                why = "(it trained without --set eval_every=N, which keeps the best checkpoint by a metric)"
+            raise InvalidInput("checkpoint", f"job {job_id} has no checkpoint {checkpoint!r} {why}")
+        return train_spec
 
     def _has_checkpoint(self, job_id: str, ref: str) -> bool:
-        """Whether train job `job_id` has checkpoint `ref`: a manifest for `latest`; for a step, a
+        """Whether train job `job_id` has checkpoint `ref`: a manifest for `latest`, one that names a
+        best for `best` (`eval_every`); for a step, a
         checkpoint listed at it (its key names the attempt that wrote it, so it is listed, not
         guessed). Whether it loads is the worker's to find out."""
         if ref == "latest":
             return self.objects.exists(manifest_key(job_id))
+        if ref == "best":  # named by the manifest once an evaluation during training found one
+            try:
+                return Manifest.parse(self.objects.get_bytes(manifest_key(job_id))).best is not None
+            except (ObjectNotFound, ValueError):
+                return False
         step = int(ref)
         return bool(checkpoints_at(self.objects.list(checkpoint_step_prefix(job_id, step)), job_id, step))
 
@@ -766,11 +775,18 @@ class Service:
             raise files.DatasetNotFound(name)
         self.objects.delete(key)
 
+    def _artifact_uri(self, job_id: str, key: str) -> str:
+        """Where a caller reads an artifact: through the HTTP API its route (relative to the API's
+        URL; the storage behind it is the server's business), else the object's own URI."""
+        if self.caller is not None:
+            return f"/v1/jobs/{job_id}/artifacts/{key}"
+        return self.objects.uri(key)
+
     def _view(self, s: Session, job: db.Job, *, with_artifacts: bool = True) -> JobView:
         artifacts = []
         if with_artifacts:
             artifacts = [
-                ArtifactView(key=a.key, uri=self.objects.uri(a.key), kind=a.kind, bytes=a.bytes)
+                ArtifactView(key=a.key, uri=self._artifact_uri(job.id, a.key), kind=a.kind, bytes=a.bytes)
                 for a in db.list_artifacts(s, job.id)
             ]
         return JobView(

@@ -9,6 +9,7 @@ through these functions only, so the layout is spelled once:
                                                     written by attempt 2 (`step-00001200.pt`: written
                                                     before keys carried the attempt)
     jobs/<job_id>/checkpoints/latest.json           the manifest, written after the checkpoint it names
+                                                    (and the `best` one by the eval metric, if any)
     jobs/<job_id>/samples/step-00001200.png         fixed-noise grid while training
     jobs/<job_id>/images/000000.png ... grid.png    what a sample job made
     jobs/<job_id>/eval/<name>                       an evaluation's figures
@@ -17,8 +18,8 @@ through these functions only, so the layout is spelled once:
     jobs/<job_id>/metrics.jsonl                     every metric point, written once at the job's end
     jobs/<job_id>/warnings.txt                      what went wrong without failing the job
     uploads/<owner>/<name>                          a data set uploaded through the API
-    cache/fidelity/<key>.npz                        a real data set's Inception features, shared by
-                                                    every evaluation of that data (see `fidelity_cache_key`)
+    cache/<name>                                    what metrics cache across jobs: a classifier per
+                                                    data set, a data set's Inception features (fidelity/)
 
 Steps in keys are zero-padded, so keys of one kind sort in step order (a listing's newest is its
 last; `newest_first` also orders a step's checkpoints by attempt); the step itself is read from the
@@ -117,6 +118,12 @@ def manifest_key(job_id: str) -> str:
     return f"{job_prefix(job_id)}/checkpoints/latest.json"
 
 
+def cache_key(name: str) -> str:
+    """Something metrics reuse across jobs and compute once (a classifier trained on a data set, a
+    data set's Inception features: `fidelity/<hash>.npz`), named by what it was computed from."""
+    return f"cache/{name}"
+
+
 def samples_key(job_id: str, step: int) -> str:
     return f"{job_prefix(job_id)}/samples/step-{step:08d}.png"
 
@@ -145,12 +152,6 @@ def metrics_segment_key(job_id: str, first_step: int) -> str:
     return f"{metrics_segments_prefix(job_id)}from-{first_step:08d}.jsonl"
 
 
-def fidelity_cache_key(reference: str) -> str:
-    """The cached Inception features and statistics of one real data set, named by a hash of its
-    content, image size, extractor weights and torch-fidelity version (gantry.worker.metrics.inception)."""
-    return f"cache/fidelity/{reference}.npz"
-
-
 def warnings_key(job_id: str) -> str:
     """Warnings about a job that did not fail it (a checkpoint skipped on resume), one a line."""
     return f"{job_prefix(job_id)}/warnings.txt"
@@ -168,11 +169,19 @@ class CheckpointEntry(BaseModel):
     sha256: str | None = None
 
 
+class BestCheckpoint(CheckpointEntry):
+    """The checkpoint with the best value of a train job's eval metric so far (`eval_every`): what
+    `--checkpoint best` reads. Retention never deletes it."""
+
+    metric: str  # the metric (`eval_metric`) ...
+    value: float  # ... and its value at `step`, the best so far in the metric's direction
+
+
 class Manifest(BaseModel):
     """`checkpoints/latest.json`: the newest checkpoint of a train job, and (`history`, newest first)
     the older checkpoints that retention keeps, which a resume falls back to when the newest does not
-    load. It carries the steps, so no reader parses a step out of a key. Readers of older manifests
-    (without `sha256` and `history`) see an empty history."""
+    load, and the `best` by the eval metric. It carries the steps, so no reader parses a step out of
+    a key. Readers of older manifests (without `sha256`, `history`, `best`) see none of them."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -183,13 +192,21 @@ class Manifest(BaseModel):
     time: datetime
     sha256: str | None = None
     history: tuple[CheckpointEntry, ...] = ()
+    best: BestCheckpoint | None = None
 
     def entry(self) -> CheckpointEntry:
         return CheckpointEntry(step=self.step, key=self.key, bytes=self.bytes, sha256=self.sha256)
 
     def checkpoints(self) -> tuple[CheckpointEntry, ...]:
-        """Every checkpoint the manifest names, newest first: its own, then its history."""
-        return (self.entry(), *self.history)
+        """Every checkpoint the manifest names, newest first: its own, its history, and the best
+        where it is neither (it then sits at its step's place)."""
+        named = [self.entry(), *self.history]
+        best = self.best
+        if best is not None and all(e.key != best.key for e in named):
+            best_entry = CheckpointEntry(step=best.step, key=best.key, bytes=best.bytes, sha256=best.sha256)
+            named.append(best_entry)
+            named.sort(key=lambda e: e.step, reverse=True)  # stable: a step's entries keep their order
+        return tuple(named)
 
     def dump(self) -> builtins.bytes:
         return self.model_dump_json().encode()

@@ -10,6 +10,8 @@ key names the attempt that wrote it: gantry.jobs.keys).
   missing, truncated or corrupt is skipped, with a warning on the job that reads it.
 - A step: the one the manifest names at that step, else the newest attempt's listed at it. One that
   does not load fails the job, naming the step: the user asked for that one.
+- `best`: the one the manifest names as best by the run's eval metric (`eval_every`). One that does
+  not load fails the job, as a step does.
 """
 
 from __future__ import annotations
@@ -63,11 +65,12 @@ def _at_step(objects: ObjectStore, job_id: str, step: int) -> tuple[str, Checkpo
 
 
 def resolve_checkpoint(objects: ObjectStore, job_id: str, ref: str) -> tuple[str, int] | None:
-    """(object key, step) of checkpoint `ref` (latest or a step) of train job `job_id`, or None.
+    """(object key, step) of checkpoint `ref` (latest, best or a step) of train job `job_id`, or None.
     Whether it loads is not checked here (see `checkpoint_bytes`)."""
-    if ref == "latest":
+    if ref in ("latest", "best"):
         manifest = read_manifest(objects, job_id)
-        return (manifest.key, manifest.step) if manifest else None
+        named = manifest.best if manifest and ref == "best" else manifest
+        return (named.key, named.step) if named else None
     found = _at_step(objects, job_id, int(ref))
     return (found[0], int(ref)) if found else None
 
@@ -151,6 +154,19 @@ def checkpoint_bytes(ctx: JobContext, train_job_id: str, ref: str) -> tuple[byte
         if search.problems:
             warn(ctx, search.problems, f"used job {train_job_id}'s checkpoint at step {entry.step} instead")
         return search.found.data, entry.step
+    if ref == "best":
+        manifest = ctx.read(lambda: read_manifest(ctx.objects, train_job_id))
+        if manifest is None or manifest.best is None:
+            raise GantryError(f"job {train_job_id} has no checkpoint 'best' (it needs eval_every)")
+        best = manifest.best
+        data, why = fetch(ctx, best.key)
+        if data is not None:
+            why = differs(best, data)
+        if why is not None or data is None:
+            raise GantryError(
+                f"the best checkpoint (step {best.step}) of job {train_job_id} ({best.key}) {why}"
+            )
+        return data, best.step
     step = int(ref)
     at = ctx.read(lambda: _at_step(ctx.objects, train_job_id, step))
     if at is None:

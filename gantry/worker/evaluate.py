@@ -1,13 +1,54 @@
 """The evaluate phase: metrics of a train job's checkpoint, by name (gantry.worker.metrics), recorded
-on the evaluate job and on the train job. The end of training runs its automatic metrics here too."""
+on the evaluate job and on the train job. The end of training runs its automatic metrics here too,
+and a run with `eval_every` measures its eval metric here every N steps (`measure_during_training`),
+keeping the best checkpoint by it."""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 from gantry.jobs import store as db
+from gantry.jobs.datasets import DATASETS
 from gantry.jobs.keys import eval_key
-from gantry.jobs.specs import METRICS, EvaluateSpec, load_train_spec
+from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpec, load_train_spec
+from gantry.worker.checkpoints import read_manifest
 from gantry.worker.errors import Stopped
 from gantry.worker.run import JobContext, device
+
+
+def job_cache(ctx: JobContext) -> Any:
+    """The metrics' cache in the job's object storage, read and written through its retries and lease."""
+    from gantry.worker.metrics.cache import Cache
+
+    return Cache(get_bytes=lambda key: ctx.read(lambda: ctx.objects.get_bytes(key)), put_bytes=ctx.put_object)
+
+
+def data_loader(ctx: JobContext, spec: TrainSpec, *, train: Any = None) -> Callable[[str], Any]:
+    """The train job's data set by split, each loaded once: built-in splits from their loaders, the
+    user's data fetched once for both (it has no test split). `train`: the train split, already loaded."""
+    from gantry.worker.data import load_dataset
+
+    loaded: dict[str, Any] = {} if train is None else {"train": train}
+
+    def load(split: str) -> Any:
+        if split not in loaded:
+            if spec.dataset in DATASETS:
+                loaded[split] = load_dataset(
+                    spec.dataset, image_size=spec.image_size, seed=spec.seed, split=split
+                )
+            elif loaded:  # the user's data: one set, whichever split
+                loaded[split] = next(iter(loaded.values()))
+            else:
+                from gantry.worker.train import load_data
+
+                with tempfile.TemporaryDirectory(prefix="gantry-data-") as scratch:
+                    loaded[split] = ctx.read(lambda: load_data(spec, ctx.settings, Path(scratch)))
+        return loaded[split]
+
+    return load
 
 
 def run_metrics(
@@ -30,7 +71,8 @@ def run_metrics(
         # Each chunk of a long evaluator: the job is alive (its step, the metrics done, stays).
         progress=lambda done, total: ctx.heartbeat(),
         settings=ctx.settings,
-        objects=ctx.objects,
+        cache=job_cache(ctx),
+        data=data_loader(ctx, train_spec),
     )
     values: dict[str, float] = {}
     for i, (name, got) in enumerate(evaluate_each(names, eval_ctx)):
@@ -45,6 +87,64 @@ def run_metrics(
     return values
 
 
+def measure_during_training(
+    ctx: JobContext, spec: TrainSpec, step: int, checkpoint: bytes, *, data: Any
+) -> bool:
+    """`eval_every`: the eval metric of the weights at `step` (checkpoint bytes), recorded as a point
+    of the job's metric series; when it beats the manifest's best, the weights are written as the
+    step's checkpoint and named the best (True)."""
+    from gantry.worker.metrics import EvalContext, evaluate_each
+
+    name = spec.options.eval_metric
+    assert name is not None, "a spec with eval_every names its eval_metric (chosen at submit)"
+    info = METRICS[name]
+    eval_ctx = EvalContext(
+        checkpoint=checkpoint,
+        step=step,
+        train_spec=spec,
+        spec=EvaluateSpec(seed=spec.seed),
+        device=device(),
+        save=lambda file_name, body: None,
+        should_stop=lambda: False,  # the loop checks after the step, and checkpoints before it stops
+        progress=lambda done, total: ctx.heartbeat(),
+        settings=ctx.settings,
+        cache=job_cache(ctx),
+        data=data,
+        samples=spec.options.eval_samples,
+    )
+    values = dict(evaluate_each([name], eval_ctx))[name]
+    ctx.record_metrics(step, values, job_ids=[ctx.job_id])
+    value = values[info.keys[0]]
+    manifest = ctx.read(lambda: read_manifest(ctx.objects, ctx.job_id))
+    best = manifest.best if manifest is not None else None
+    if best is not None and best.metric == name and not info.improves(value, best.value):
+        return False
+    options = spec.options
+    ctx.checkpoint(
+        step, checkpoint, keep=options.keep_checkpoints, keep_every=options.keep_every, best=(name, value)
+    )
+    return True
+
+
+def save_eval_curve(ctx: JobContext, train_job_id: str, train_spec: TrainSpec) -> None:
+    """The train job's eval metric over its steps as a plot in this job's files (eval_every only)."""
+    from gantry.worker.metrics.curve import curve_png
+
+    name = train_spec.options.eval_metric
+    if not train_spec.options.eval_every or name is None:
+        return
+    key = METRICS[name].keys[0]
+    with db.session_scope(ctx.sessions) as s:
+        points = [(m.step, m.value) for m in db.metric_history(s, train_job_id) if m.name == key]
+    manifest = ctx.read(lambda: read_manifest(ctx.objects, train_job_id))
+    best = manifest.best.step if manifest is not None and manifest.best is not None else None
+    ctx.put(
+        eval_key(ctx.job_id, f"{key}-over-steps.png"),
+        curve_png(key, points, best_step=best),
+        kind="evaluation",
+    )
+
+
 def evaluate_job(ctx: JobContext, spec: EvaluateSpec, parent_job_id: str) -> None:
     """Compute the metrics an evaluate job asks for (or those that apply) and write metrics.jsonl."""
     with db.session_scope(ctx.sessions) as s:
@@ -54,4 +154,5 @@ def evaluate_job(ctx: JobContext, spec: EvaluateSpec, parent_job_id: str) -> Non
         spec.metrics, inception_weights=ctx.settings.inception_weights is not None
     )
     run_metrics(ctx, names, train_job_id=parent_job_id, spec=spec)
+    save_eval_curve(ctx, parent_job_id, train_spec)
     ctx.write_metrics_jsonl()

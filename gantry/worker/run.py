@@ -48,6 +48,7 @@ from gantry.jobs import joblogs
 from gantry.jobs import store as db
 from gantry.jobs.errors import GantryError, LeaseLost, ServiceUnavailable, transient_service
 from gantry.jobs.keys import (
+    BestCheckpoint,
     CheckpointEntry,
     Manifest,
     checkpoint_key,
@@ -315,9 +316,19 @@ class JobContext:
         self._pending_step = step
         self._report()
 
-    def checkpoint(self, step: int, data: bytes, *, keep: int = 0, keep_every: int = 0) -> None:
+    def checkpoint(
+        self,
+        step: int,
+        data: bytes,
+        *,
+        keep: int = 0,
+        keep_every: int = 0,
+        best: tuple[str, float] | None = None,
+    ) -> None:
         """Write checkpoint `step`, then the manifest that names it, then delete the checkpoints
-        retention no longer keeps (`keep` newest, 0: all, and multiples of `keep_every`).
+        retention no longer keeps (`keep` newest, 0: all, and multiples of `keep_every`), never the
+        manifest's `best`. `best`: (eval metric, value) when this checkpoint is the new best by it;
+        otherwise the manifest keeps the best it had.
 
         The checkpoint is proven there at its size before the manifest names it, and the manifest
         is read back, so a manifest never names an object that is not there; either write is
@@ -345,6 +356,19 @@ class JobContext:
         self.write_metrics_segment(older[0].step + 1 if older else 0, step)
         entry = CheckpointEntry(step=step, key=key, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
         kept, dropped = retain([entry, *older], keep=keep, every=keep_every)
+        best_checkpoint = previous.best if previous else None
+        if best is not None:
+            best_checkpoint = BestCheckpoint(**entry.model_dump(), metric=best[0], value=best[1])
+        elif best_checkpoint is not None and best_checkpoint.step == step and best_checkpoint.key == key:
+            # This attempt wrote its step again (the same weights): the best names the new bytes.
+            best_checkpoint = BestCheckpoint(
+                **entry.model_dump(), metric=best_checkpoint.metric, value=best_checkpoint.value
+            )
+        elif best_checkpoint is not None and best_checkpoint.step >= step:
+            best_checkpoint = None  # past this step (abandoned) or replaced by this one: not the best
+        if best_checkpoint is not None:
+            dropped = [e for e in dropped if e.key != best_checkpoint.key]
+            abandoned = [k for k in abandoned if k != best_checkpoint.key]
         manifest = Manifest(
             step=step,
             key=key,
@@ -353,6 +377,7 @@ class JobContext:
             time=db.utcnow(),
             sha256=entry.sha256,
             history=tuple(kept[1:]),
+            best=best_checkpoint,
         )
         # Checked against the lease right before it is written: a fenced-out attempt never moves it.
         self.write_manifest(manifest)
@@ -425,7 +450,7 @@ class JobContext:
 
     # -- another train job's checkpoints (sample, evaluate, a run that starts from one) ------
     def checkpoint_bytes(self, train_job_id: str, ref: str) -> tuple[bytes, int]:
-        """The bytes and step of checkpoint `ref` (latest or a step) of train job `train_job_id`:
+        """The bytes and step of checkpoint `ref` (latest, best or a step) of train job `train_job_id`:
         `latest` falls back past one that does not load, with a warning on this job; a step that
         does not load fails it (gantry.worker.checkpoints)."""
         return checkpoints.checkpoint_bytes(self, train_job_id, ref)

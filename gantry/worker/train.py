@@ -22,8 +22,8 @@ from gantry.jobs.keys import Manifest, manifest_key, metrics_segment_key, metric
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import EvaluateSpec, TrainSpec
 from gantry.jobs.storage import fetch_to_local
-from gantry.worker.checkpoints import Loadable, newest_that_loads, stray_checkpoints, warn
-from gantry.worker.evaluate import run_metrics
+from gantry.worker.checkpoints import Loadable, newest_that_loads, read_manifest, stray_checkpoints, warn
+from gantry.worker.evaluate import data_loader, measure_during_training, run_metrics
 from gantry.worker.run import JobContext, device
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,32 @@ def load_data(spec: TrainSpec, settings: Settings, scratch: Path) -> Any:
         )
     # Models that crop whole images (super-resolution) ask for them at their own sizes.
     return load_dataset(
-        source, image_size=spec.image_size, seed=spec.seed, full_size=spec.full_size_data, limits=limits
+        source,
+        image_size=spec.image_size,
+        seed=spec.seed,
+        full_size=spec.full_size_data,
+        limits=limits,
+        options=read_options(spec),
+    )
+
+
+def read_options(spec: TrainSpec) -> Any:
+    """How a folder or .zip of pictures is read for this job: its `data` options (`ImageFiles`), its
+    labels from sub-folders, and whether every picture needs a caption (a model prompted by captions)."""
+    from gantry.jobs.specs.base import FOLDER_LABELS
+    from gantry.jobs.specs.options import ImageFiles, parse_colour
+    from gantry.worker.data.folders import ReadOptions
+
+    opts = spec.options
+    if not isinstance(opts, ImageFiles):
+        return ReadOptions()
+    return ReadOptions(
+        background=parse_colour(opts.background),
+        fit=opts.fit,
+        bad_files=opts.bad_files,
+        labels=FOLDER_LABELS in opts.label_attributes(),
+        captions_file=opts.captions_file,
+        need_captions=spec.prompted_by == "captions",
     )
 
 
@@ -56,6 +81,9 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     """Train (or resume) a job; True when it ran to the end, False when it was stopped."""
     from gantry.worker.gan.loop import Callbacks, train
 
+    # The worker's own settings decide (as for an evaluate job): eval_metric=fid without the weights
+    # here fails the job now, not at its first evaluation.
+    spec.check_inception_weights(ctx.settings.inception_weights is not None)
     ctx.put_object(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode())
     found = find_resume(ctx)
     resume = found.data if found else None
@@ -69,13 +97,26 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
             return load_data(spec, ctx.settings, Path(scratch))
 
     data = ctx.read(fetch_and_load)
+    if getattr(data, "warnings", ()):  # bad files skipped, captions that name no picture
+        warn(ctx, list(data.warnings), "training goes on without them")
     options = spec.options
 
     def checkpoint(step: int, payload: bytes) -> None:
         ctx.checkpoint(step, payload, keep=options.keep_checkpoints, keep_every=options.keep_every)
 
+    evaluate = None
+    if options.eval_every:
+        splits = data_loader(ctx, spec, train=data)
+
+        def evaluate(step: int, payload: bytes) -> bool:
+            return measure_during_training(ctx, spec, step, payload, data=splits)
+
     callbacks = Callbacks(
-        progress=ctx.progress, should_stop=ctx.should_stop, checkpoint=checkpoint, samples=ctx.samples
+        progress=ctx.progress,
+        should_stop=ctx.should_stop,
+        checkpoint=checkpoint,
+        samples=ctx.samples,
+        evaluate=evaluate,
     )
     # A run may start from another train job's weights (`init_from`: fine-tuning).
     init_from = spec.starts_from()
@@ -119,6 +160,14 @@ def _resumed(ctx: JobContext, found: Loadable, *, problems: list[str], bad: list
     entry = found.entry
     if problems:
         warn(ctx, problems, f"resumed from step {entry.step} instead")
+        try:
+            before = ctx.read(lambda: read_manifest(ctx.objects, ctx.job_id))
+        except ValueError:  # a manifest that does not parse names no best
+            before = None
+        # The best by the eval metric stays when the run goes back to it or past it and it loads.
+        best = before.best if before is not None else None
+        if best is not None and (best.step > entry.step or best.key in bad):
+            best = None
         manifest = Manifest(
             step=entry.step,
             key=entry.key,
@@ -127,6 +176,7 @@ def _resumed(ctx: JobContext, found: Loadable, *, problems: list[str], bad: list
             time=db.utcnow(),
             sha256=entry.sha256,
             history=tuple(e for e in found.history if e.step < entry.step),
+            best=best,
         )
         ctx.write_manifest(manifest)
         # The segments from the step after it on hold points this run will record again. Their

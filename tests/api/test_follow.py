@@ -50,3 +50,14 @@ def test_plain_progress_prints_every_tenth_of_the_steps_or_ten_seconds_and_each_
         now[0] += 1.0
         slow.update(_view("running", step, total=10_000))
     assert len(sink.getvalue().splitlines()) == 3  # the state, then at 10 s and 20 s
+
+
+def test_plain_progress_keeps_each_update_on_one_line_however_narrow_the_output() -> None:
+    # Without a terminal rich assumes 80 columns; a job with a few metrics is longer than that.
+    sink = io.StringIO()
+    plain = follow.Plain(Console(file=sink, width=40))
+    view = _view("succeeded", 1000)
+    view.metrics |= {"loss_D": 0.464, "loss_G": 1.758}
+    plain.update(view)
+    (line,) = sink.getvalue().splitlines()
+    assert line.startswith("j1 succeeded") and line.endswith("loss_G=1.758"), line

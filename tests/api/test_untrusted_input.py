@@ -71,11 +71,11 @@ def test_download_keeps_the_layout_and_prints_the_paths_it_wrote(s3_settings, tm
 
 
 @pytest.mark.parametrize("command", ["sample", "evaluate"])
-@pytest.mark.parametrize("ref", ["²", "١٢", "12\n", "+5", "1" * 5000, "best"])
+@pytest.mark.parametrize("ref", ["²", "١٢", "12\n", "+5", "1" * 5000, "bestest"])
 def test_a_checkpoint_ref_of_anything_but_ascii_digits_exits_2(settings, command, ref) -> None:
     parent = _train_job(settings)
     result = run(command, parent, "--checkpoint", ref)
     assert result.exit_code == 2, result.output
-    assert "checkpoint" in result.output and "latest or a step number" in result.output
+    assert "checkpoint" in result.output and "latest, best or a step number" in result.output
     with db.session_scope(db.connect(settings.database)) as s:
         assert db.count_jobs(s) == 1

@@ -8,18 +8,42 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.integration.conftest import GANTRY, _free_port
 
 pytestmark = pytest.mark.integration
 
-TRAIN = {"kind": "train", "model": "dcgan", "dataset": "digits", "image_size": 16, "steps": 100}
+# The commands of docs/api.md ("Running the service"), with the checks a user makes by eye.
+DONE_WHEN = r"""
+set -eu
+T=$(gantry token create --owner alice)
+B=$(gantry token create --owner bob)
+curl -H "Authorization: Bearer $T" -d '{"kind":"train","model":"dcgan","dataset":"digits","image_size":16,"steps":100}' localhost:$PORT/v1/jobs > submitted.json
+JOB=$(python -c 'import json,sys; print(json.load(sys.stdin)["id"])' < submitted.json)
+echo "submitted: $JOB"
+for _ in $(seq 300); do
+  STATE=$(curl -sS -H "Authorization: Bearer $T" localhost:$PORT/v1/jobs/$JOB \
+          | python -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+  case $STATE in queued|running) sleep 0.5 ;; *) break ;; esac
+done
+echo "state: $STATE"
+GRID=$(curl -sS -H "Authorization: Bearer $T" localhost:$PORT/v1/jobs/$JOB/artifacts | python -c '
+import json, sys
+print(next(a["key"] for a in json.load(sys.stdin) if a["kind"] == "samples" and a["key"].endswith(".png")))')
+curl -sSf -o grid.png -H "Authorization: Bearer $T" localhost:$PORT/v1/jobs/$JOB/artifacts/$GRID
+echo "bob's job: $(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $B" localhost:$PORT/v1/jobs/$JOB)"
+echo "bob's list: $(curl -sS -H "Authorization: Bearer $B" localhost:$PORT/v1/jobs)"
+echo "no token: $(curl -s -o /dev/null -w '%{http_code}' localhost:$PORT/v1/jobs/$JOB)"
+echo "wrong token: $(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer nope' localhost:$PORT/v1/jobs)"
+"""
 
 
 def _children(pid: int) -> list[int]:
@@ -62,11 +86,12 @@ class Serve:
     def __init__(self, home: Path) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
         self.env |= {"GANTRY_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.port = str(_free_port())
+        self.url = f"http://127.0.0.1:{self.port}"
         self.output = home.parent / "serve.log"
         self.log = self.output.open("w")
         self.proc = subprocess.Popen(
-            [*GANTRY, "serve", "--port", self.url.rsplit(":", 1)[1]],
+            [*GANTRY, "serve", "--port", self.port],
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -82,17 +107,6 @@ class Serve:
                 raise AssertionError(f"gantry serve did not answer:\n{self.output.read_text()}")
             time.sleep(0.2)
         self.children = _children(self.proc.pid)  # the API and the worker, with the worker's pool
-
-    def token(self, owner: str) -> dict[str, str]:
-        made = subprocess.run(
-            [*GANTRY, "token", "create", "--owner", owner, "--json"],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return {"Authorization": f"Bearer {json.loads(made.stdout)['token']}"}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -121,27 +135,26 @@ def test_serve_alone_runs_a_job_for_its_owner_only_and_stops_with_its_worker(ser
     assert "local queue" in startup and "worker.log" in startup, startup
     assert len(serve.children) >= 2, "an API process and a worker beside it"
 
-    alice, bob = serve.token("alice"), serve.token("bob")
-    with httpx.Client(base_url=serve.url, timeout=30) as http:
-        made = http.post("/v1/jobs", json=TRAIN, headers=alice)
-        assert made.status_code == 201, made.text
-        job_id = made.json()["id"]
-
-        deadline = time.monotonic() + 150
-        while (job := http.get(f"/v1/jobs/{job_id}", headers=alice).json())["state"] != "succeeded":
-            assert job["state"] in ("queued", "running"), job
-            assert time.monotonic() < deadline, f"still {job['state']}:\n{serve.output.read_text()}"
-            time.sleep(0.5)
-        assert job["progress"]["step"] == 100
-        grids = [a for a in job["artifacts"] if a["kind"] == "samples" and a["key"].endswith(".png")]
-        assert grids and all(a["bytes"] > 0 for a in grids), job["artifacts"]
-
-        # Another owner's token: the job does not exist for it, and its list is empty.
-        assert http.get(f"/v1/jobs/{job_id}", headers=bob).status_code == 404
-        assert http.get("/v1/jobs", headers=bob).json()["jobs"] == []
-        # No token, or a wrong one: 401.
-        assert http.get(f"/v1/jobs/{job_id}").status_code == 401
-        assert http.get("/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
+    # Issue 29's "Done when", as a user types it: curl, a token from `gantry token create`.
+    shell = serve.env | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PORT": serve.port}
+    done = subprocess.run(
+        ["bash", "-c", DONE_WHEN],
+        env=shell,
+        cwd=serve.output.parent,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{serve.output.read_text()}"
+    said = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert said["state"] == "succeeded", said
+    with Image.open(serve.output.parent / "grid.png") as grid:
+        grid.load()  # a whole PNG
+        assert grid.width > 16 and grid.height > 16  # a grid of 16 x 16 images
+    # Another owner's token: the job does not exist for it, and its list is empty.
+    assert said["bob's job"] == "404" and json.loads(said["bob's list"])["jobs"] == []
+    # No token, or a wrong one: 401.
+    assert said["no token"] == "401" and said["wrong token"] == "401"
 
     # A worker that dies is started again.
     killed = _worker_pid(serve.proc.pid)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -70,11 +71,14 @@ def test_sample_spec_checkpoint_reference() -> None:
     assert info.value.field == "count"
 
 
-def test_best_is_not_a_checkpoint_until_training_chooses_one() -> None:
+def test_a_checkpoint_is_latest_best_or_a_step() -> None:
     for parse in (parse_sample_spec, parse_evaluate_spec):
+        assert parse({"checkpoint": "best"}).checkpoint == "best"  # whether the job has one: at submit
         with pytest.raises(InvalidInput) as info:
-            parse({"checkpoint": "best"})
-        assert info.value.field == "checkpoint" and info.value.message == "must be latest or a step number"
+            parse({"checkpoint": "bestest"})
+        assert (
+            info.value.field == "checkpoint" and info.value.message == "must be latest, best or a step number"
+        )
 
 
 # --- what a model can do: declared on its spec ----------------------------------------------------
@@ -145,6 +149,7 @@ def test_metrics_apply_where_the_model_declares_them_and_the_data_fits() -> None
     ]  # image data, any model that makes images
     assert parse_train_spec("gan", {"dataset": "stacked-digits"}, {}).metric_names() == [
         "modes_stacked",
+        "fd_classifier",
         *inception,
     ]
     assert parse_train_spec("srgan", {}, {}).metric_names(auto=True) == ["psnr", "ssim"]
@@ -164,10 +169,100 @@ def test_metrics_apply_where_the_model_declares_them_and_the_data_fits() -> None
     with pytest.raises(InvalidInput, match="fid needs the Inception weights: set GANTRY_INCEPTION_WEIGHTS"):
         shapes.resolve_metrics(["fid"])
     assert shapes.resolve_metrics(["fid"], inception_weights=True) == ["fid"]
-    mine = parse_train_spec("dcgan", {"dataset": "/data/mine"}, {})
+    captioned = parse_train_spec("text2img", {"dataset": "/data/mine"}, {})  # only the Inception ones apply
     with pytest.raises(InvalidInput, match="fid, kid, inception_score, precision_recall need the Inception"):
-        mine.resolve_metrics([])
-    assert mine.resolve_metrics([], inception_weights=True) == inception
+        captioned.resolve_metrics([])
+    assert captioned.resolve_metrics([], inception_weights=True) == inception
+    # The user's data may have labels (checked when loaded): fd_classifier needs no weights.
+    mine = parse_train_spec("dcgan", {"dataset": "/data/mine"}, {})
+    assert mine.resolve_metrics([]) == ["fd_classifier"]
+    assert mine.resolve_metrics([], inception_weights=True) == ["fd_classifier", *inception]
+
+
+def test_label_metrics_need_labelled_images_and_the_conditional_ones_a_model_given_labels() -> None:
+    # fd_classifier: any image model on labelled data (the user's data: its labels are checked when loaded).
+    assert parse_train_spec("gan", {"dataset": "digits", "image_size": 8}, {}).resolve_metrics([]) == [
+        "fd_classifier"
+    ]
+    assert parse_train_spec("dcgan", {"dataset": "/data/mine.npz"}, {}).resolve_metrics([]) == [
+        "fd_classifier"
+    ]
+    assert "fd_classifier" not in parse_train_spec("gan", {"dataset": "ring8"}, {}).metric_names()
+    # cas, gan_train, gan_test: a model conditioned on the data's labels.
+    unconditioned = parse_train_spec("dcgan", {"dataset": "digits"}, {})
+    with pytest.raises(InvalidInput, match="cas does not apply to dcgan on digits"):
+        unconditioned.resolve_metrics(["cas"])
+    conditioned = parse_train_spec("dcgan", {"dataset": "digits"}, {"labels": "digit"})
+    assert conditioned.resolve_metrics([]) == ["cas", "gan_train", "gan_test", "fd_classifier"]
+    assert [METRICS[n].better for n in ("cas", "gan_train", "gan_test", "fd_classifier")] == [
+        "higher",
+        "higher",
+        "higher",
+        "lower",
+    ]
+    assert METRICS["fd_classifier"].improves(1.0, 2.0) and not METRICS["cas"].improves(0.5, 0.6)
+
+
+def test_eval_every_tracks_a_metric_chosen_at_submit() -> None:
+    def spec(model: str, fields: dict, options: dict) -> Any:
+        return parse_train_spec(model, {"dataset": "digits", "image_size": 16, **fields}, options)
+
+    # Unset, eval_metric is chosen when the spec is validated, and stored with it.
+    conditioned = spec("dcgan", {}, {"labels": "digit", "eval_every": "100"})
+    assert conditioned.options.eval_metric == "cas"
+    assert conditioned.model_dump()["options"]["eval_metric"] == "cas"
+    assert spec("dcgan", {}, {"eval_every": "100"}).options.eval_metric == "fd_classifier"
+    assert (
+        spec(
+            "dcgan", {}, {"labels": "digit", "eval_every": "9", "eval_metric": "gan_test"}
+        ).options.eval_metric
+        == "gan_test"
+    )
+    refused = [
+        (
+            "gan",
+            {"dataset": "ring8"},
+            {"eval_every": "10"},
+            "set.eval_every",
+            "no metric that can be tracked",
+        ),
+        ("dcgan", {}, {"eval_every": "10", "eval_metric": "cas"}, "set.eval_metric", "cas does not apply"),
+        ("dcgan", {}, {"eval_every": "10", "eval_metric": "nosuch"}, "set.eval_metric", "is not a metric"),
+        ("dcgan", {}, {"eval_metric": "fd_classifier"}, "set.eval_metric", "set eval_every=N"),
+        ("dcgan", {}, {"eval_every": "10", "eval_samples": "5"}, "set.eval_samples", "greater than or equal"),
+    ]
+    for model, fields, options, field, words in refused:
+        with pytest.raises(InvalidInput) as info:
+            spec(model, fields, options)
+        assert info.value.field == field and words in info.value.message, info.value
+
+
+def test_eval_every_tracks_an_inception_metric_only_with_the_weights() -> None:
+    def spec(metric: str) -> Any:
+        return parse_train_spec("dcgan", {"dataset": "digits"}, {"eval_every": "100", "eval_metric": metric})
+
+    assert [METRICS[n].better for n in ("fid", "kid", "inception_score", "precision_recall")] == [
+        "lower",
+        "lower",
+        "higher",
+        None,  # two figures that trade against each other: no best by it
+    ]
+    with pytest.raises(InvalidInput, match="precision_recall has no direction to track"):
+        spec("precision_recall")
+    # The spec cannot see GANTRY_INCEPTION_WEIGHTS: whoever has the settings (service, worker) asks.
+    fid = spec("fid")
+    assert fid.options.eval_metric == "fid"
+    fid.check_inception_weights(True)
+    with pytest.raises(
+        InvalidInput, match="fid needs the Inception weights: set GANTRY_INCEPTION_WEIGHTS"
+    ) as info:
+        fid.check_inception_weights(False)
+    assert info.value.field == "set.eval_metric"
+    spec("fd_classifier").check_inception_weights(False)  # needs no weights
+    # The default never needs them, so eval_every alone works on any machine.
+    assert parse_train_spec("dcgan", {"dataset": "/data/mine"}, {"eval_every": "5"}).options.eval_metric == (
+        "fd_classifier"
+    )
 
 
 def test_metrics_declare_their_keys_and_which_a_reading_renames() -> None:
@@ -262,7 +357,7 @@ def test_options_are_listed_architecture_first_with_defaults_bounds_and_one_line
         < dcgan.index("labels")
         < dcgan.index("ema")
     )
-    assert dcgan[-3:] == ["lr_decay", "ema", "precision"]
+    assert dcgan[-6:] == ["lr_decay", "ema", "precision", "eval_every", "eval_samples", "eval_metric"]
     by_name = {row.name: row for row in rows["dcgan"]}
     assert (by_name["nz"].default, by_name["nz"].allowed) == ("100", "1 to 1024")
     assert by_name["lr"].allowed == "> 0, <= 1" and by_name["ema"].allowed == ">= 0, < 1"
@@ -321,3 +416,94 @@ def test_the_manifest_carries_the_step_and_old_manifests_still_read() -> None:
     assert manifest.step == 40 and manifest.key.endswith("step-00000040.pt")
     renamed = manifest.model_copy(update={"key": "jobs/a/checkpoints/elsewhere.pt"})
     assert keys.Manifest.parse(renamed.dump()) == renamed  # the step never comes from the key
+    assert manifest.best is None  # written before eval_every
+
+
+def test_the_manifest_names_its_best_among_its_checkpoints_in_step_order() -> None:
+    def entry(step: int) -> keys.CheckpointEntry:
+        return keys.CheckpointEntry(step=step, key=keys.checkpoint_key("a", step, attempt=1), bytes=step)
+
+    best = keys.BestCheckpoint(**entry(20).model_dump(), metric="cas", value=0.8)
+    manifest = keys.Manifest(
+        step=50,
+        key=entry(50).key,
+        uri="file:///x",
+        bytes=50,
+        time="2025-01-02T03:04:05+00:00",
+        history=(entry(40),),
+        best=best,
+    )
+    assert [e.step for e in manifest.checkpoints()] == [50, 40, 20]
+    assert keys.Manifest.parse(manifest.dump()).best == best
+    kept_too = manifest.model_copy(update={"history": (entry(40), entry(20))})
+    assert [e.step for e in kept_too.checkpoints()] == [50, 40, 20]  # named once
+
+
+# --- a folder of pictures: the data options and labels=folder ---------------------------------------
+
+
+def test_the_data_options_read_a_folder_and_are_listed_in_their_section() -> None:
+    spec = parse_train_spec(
+        "dcgan",
+        {"dataset": "s3://bucket/pets.zip"},
+        {
+            "labels": "folder",
+            "background": "#FFF",
+            "fit": "pad",
+            "bad_files": "refuse",
+            "captions_file": "c.csv",
+        },
+    )
+    assert spec.options.labels == ("folder",) and spec.options.background == "#fff"
+    assert load_train_spec(spec.model_dump(mode="json")) == spec
+    for model in ("gan", "dcgan", "text2img"):
+        data = [row.name for row in option_help(model) if row.section == "data"]
+        assert data == ["background", "fit", "bad_files", "captions_file"], model
+    assert not [row for row in option_help("srgan") if row.section == "data"]
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "options", "field", "words"),
+    [
+        ("dcgan", {"dataset": "shapes"}, {"labels": "folder"}, "set.labels", "needs a folder or .zip"),
+        ("dcgan", {"dataset": "/data/pets.npz"}, {"labels": "folder"}, "set.labels", "an .npz has none"),
+        ("dcgan", {"dataset": "/data/pets"}, {"labels": "folder,shape"}, "set.labels", "give it alone"),
+        (
+            "text2img",
+            {"dataset": "/data/pets"},
+            {"labels": "folder"},
+            "set.labels",
+            "labels=folder is for dcgan",
+        ),
+        ("dcgan", {"dataset": "shapes"}, {"fit": "pad"}, "set.fit", "shapes is built in"),
+        ("dcgan", {"dataset": "/data/pets"}, {"background": "#12345"}, "set.background", "#rrggbb"),
+        ("dcgan", {"dataset": "/data/pets"}, {"fit": "stretch"}, "set.fit", "crop"),
+        (
+            "dcgan",
+            {"dataset": "/data/pets"},
+            {"captions_file": "../secrets.csv"},
+            "set.captions_file",
+            "inside",
+        ),
+    ],
+)
+def test_bad_data_options_name_the_option(
+    model: str, fields: dict, options: dict, field: str, words: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_train_spec(model, fields, options)
+    assert info.value.field == field and words in info.value.message
+
+
+def test_prompts_name_a_folder_class_however_it_is_spelt() -> None:
+    from gantry.jobs.specs.prompts import parse_label_prompt
+
+    known = {"folder": ["Smileys-and-Emotion", "animals_and_nature", "flags"]}
+    assert parse_label_prompt("smileys and emotion", "/data/emoji", ["folder"], known) == {"folder": 0}
+    assert parse_label_prompt("an Animals-and-Nature", "/data/emoji", ["folder"], known) == {"folder": 1}
+    assert parse_label_prompt("folder=flags", "/data/emoji", ["folder"], known) == {"folder": 2}
+    with pytest.raises(InvalidInput, match="'food' names no label value"):
+        parse_label_prompt("food", "/data/emoji", ["folder"], known)
+    # At submit the classes are unknown (they are in the checkpoint): the sample job checks them.
+    spec = parse_train_spec("dcgan", {"dataset": "/data/emoji"}, {"labels": "folder"})
+    spec.check_sample(parse_sample_spec({"prompts": ["whatever"]}))

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from gantry.api.http import dashboard, events, files, health, jobs, metrics
 from gantry.api.http.auth import RateLimiter
+from gantry.api.http.jsonbody import JsonBodies
 from gantry.api.http.limits import BodyLimit
 from gantry.api.service import Service
 from gantry.jobs.errors import InvalidInput, JobNotFound, NotAuthorised, ServiceUnavailable, Throttled
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = Service(settings)
     app.state.limiter = RateLimiter(settings.api_rate, settings.api_burst)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes, exempt=("/v1/datasets",))
+    app.add_middleware(JsonBodies, exempt=("/v1/datasets",))  # `curl -d '{...}'` names a form
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(files.router)

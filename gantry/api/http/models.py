@@ -13,6 +13,9 @@ _Tag = Annotated[str, Field(min_length=1, max_length=64)]
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    name: str | None = Field(None, description="a name for the job, shown by status and list")
+    tags: list[_Tag] = Field(default_factory=list, description="tags to find the job by (`list?tag=`)")
+
 
 class TrainRequest(_Request):
     kind: Literal["train"]
@@ -26,13 +29,14 @@ class TrainRequest(_Request):
     seed: int | None = None
     checkpoint_every: int | None = None
     sample_every: int | None = None
+    init_from: str | None = Field(None, description="a train job whose G and D weights this one starts from")
     options: dict[str, Any] = Field(default_factory=dict, description="model options, as `--set KEY=VALUE`")
 
 
 class SampleRequest(_Request):
     kind: Literal["sample"]
     parent_job_id: str = Field(description="the train job whose checkpoint to sample")
-    checkpoint: str | None = Field(None, description="latest or a step number")
+    checkpoint: str | None = Field(None, description="latest, best or a step number")
     count: int | None = None
     seed: int | None = None
     interpolate: str | None = Field(None, description="SEED_A:SEED_B")
@@ -53,6 +57,9 @@ class EvaluateRequest(_Request):
     metrics: list[str] = Field(default_factory=list, description="empty: every metric that applies")
     seed: int | None = None
     code_walk: str | None = None
+    samples: int | None = Field(
+        None, description="generated images for fid, kid, inception_score, precision_recall"
+    )
 
 
 JobRequest = Annotated[TrainRequest | SampleRequest | EvaluateRequest, Field(discriminator="kind")]

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gantry.jobs.datasets import DATASETS, DatasetKind
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs.metrics import INCEPTION_WEIGHTS_HELP, METRICS
+from gantry.jobs.specs.metrics import EVAL_DEFAULTS, INCEPTION_WEIGHTS_HELP, METRICS
 
 if TYPE_CHECKING:
     from gantry.jobs.specs.jobs import SampleSpec
@@ -35,6 +35,9 @@ SampleMode = Literal["interpolate", "arithmetic", "prompts", "input"]
 
 MAX_SEED = 2**31 - 1
 
+# `--set labels=folder`: each picture's class is the name of its sub-folder (a folder or .zip of pictures).
+FOLDER_LABELS = "folder"
+
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 # Options outside the architecture and conditioning sections that add layers to G or D (their
@@ -45,7 +48,7 @@ NOT_SHAPING = ("info_weight", "code_walk")
 SHAPING_WHEN_ON = ("cond_aug",)
 
 # The order `gantry options MODEL` lists option groups in.
-SECTIONS = ("architecture", "optimiser", "loss", "techniques", "conditioning", "schedule")
+SECTIONS = ("architecture", "optimiser", "loss", "techniques", "conditioning", "data", "schedule")
 
 
 class Strict(BaseModel):
@@ -113,6 +116,21 @@ class ModelOptions(OptionGroup):
         "fp32",
         description="bf16: train under bfloat16 autocast (weights and losses stay fp32); auto: bf16 on a "
         "CPU with native bfloat16, else fp32",
+    )
+    eval_every: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="measure eval_metric every N steps (0: never) and keep the best checkpoint by it "
+        "(--checkpoint best)",
+    )
+    eval_samples: int = Field(
+        2000, ge=100, le=100_000, description="with eval_every: samples drawn for each measurement"
+    )
+    eval_metric: str | None = Field(
+        None,
+        description="with eval_every: the metric to track, e.g. fd_classifier or fid; default: cas for a "
+        "model conditioned on labels, else fd_classifier",
     )
 
     def label_attributes(self) -> tuple[str, ...]:
@@ -182,6 +200,8 @@ class TrainSpec(Strict):
         wanted = self.options.label_attributes()
         if not wanted:
             return self
+        if FOLDER_LABELS in wanted:
+            return self._folder_labels(wanted)
         info = DATASETS.get(self.dataset)
         if info is None or not info.labels:
             with_labels = ", ".join(
@@ -199,6 +219,79 @@ class TrainSpec(Strict):
                     f"{self.dataset} has no label {name!r}; its labels are {', '.join(info.labels)}",
                 )
         return self
+
+    def _folder_labels(self, wanted: tuple[str, ...]) -> TrainSpec:
+        if len(wanted) > 1:
+            raise Conflict("options.labels", "labels=folder is a folder's one label: give it alone")
+        if self.dataset in DATASETS:
+            raise Conflict(
+                "options.labels",
+                f"labels=folder takes each picture's class from its sub-folder: it needs a folder or .zip "
+                f"of pictures, not the built-in {self.dataset}",
+            )
+        if self.dataset.lower().endswith(".npz"):
+            raise Conflict(
+                "options.labels",
+                "labels=folder takes each picture's class from its sub-folder: an .npz has none "
+                "(its 'labels' array is for the metrics)",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _image_file_options_need_image_files(self) -> TrainSpec:
+        """The `data` options read a folder or .zip of pictures: refused with a built-in data set."""
+        from gantry.jobs.specs.options import ImageFiles  # options imports this module
+
+        if isinstance(self.options, ImageFiles) and self.dataset in DATASETS:
+            for name in ImageFiles.model_fields:
+                if getattr(self.options, name) != ImageFiles.model_fields[name].default:
+                    raise Conflict(
+                        f"options.{name}",
+                        f"{name} applies to a folder or .zip of pictures; {self.dataset} is built in",
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _eval_metric_applies(self) -> TrainSpec:
+        """`eval_metric` must be a metric with a direction that applies to this job; unset, it is
+        chosen here (EVAL_DEFAULTS) and written into the spec, so every attempt tracks the same one."""
+        options = self.options
+        if not options.eval_every:
+            if options.eval_metric is not None:
+                raise Conflict(
+                    "options.eval_metric", "eval_metric is what eval_every measures: set eval_every=N"
+                )
+            return self
+        trackable = [name for name in self.metric_names() if METRICS[name].better is not None]
+        if options.eval_metric is None:
+            chosen = next((name for name in EVAL_DEFAULTS if name in trackable), None)
+            if chosen is None:
+                raise Conflict(
+                    "options.eval_every",
+                    f"no metric that can be tracked applies to {self.model} on {self.dataset}"
+                    + (f"; set eval_metric to one of {', '.join(trackable)}" if trackable else ""),
+                )
+            return self.model_copy(update={"options": options.model_copy(update={"eval_metric": chosen})})
+        if options.eval_metric not in trackable:
+            known = METRICS.get(options.eval_metric)
+            why = "is not a metric" if known is None else "has no direction to track"
+            if known is not None and known.better is not None:
+                why = f"does not apply to {self.model} on {self.dataset}"
+            raise Conflict(
+                "options.eval_metric",
+                f"{options.eval_metric} {why}; these can be tracked: {', '.join(trackable) or 'none'}",
+            )
+        return self
+
+    def check_inception_weights(self, inception_weights: bool) -> None:
+        """InvalidInput when `eval_every` tracks an Inception metric (eval_metric=fid, ...) and
+        `inception_weights` (whether GANTRY_INCEPTION_WEIGHTS is set) is False. The validators above
+        cannot see settings: the service calls this at submit and the worker before training."""
+        name = self.options.eval_metric
+        if self.options.eval_every and name is not None and METRICS[name].inception and not inception_weights:
+            raise InvalidInput(
+                "set.eval_metric", f"{name} needs the Inception weights: {INCEPTION_WEIGHTS_HELP}"
+            )
 
     # --- sample jobs ---------------------------------------------------------------------------
     def check_sample(self, sample: SampleSpec) -> None:
@@ -232,10 +325,14 @@ class TrainSpec(Strict):
     # --- metrics -------------------------------------------------------------------------------
     def metric_names(self, *, auto: bool = False) -> list[str]:
         """The metrics that apply to this job (`auto`: those also computed at the end of training)."""
+        conditioned = bool(self.options.label_attributes())
         return [
             name
             for name, info in METRICS.items()
-            if name in self.metrics and info.fits(self.dataset) and (info.auto or not auto)
+            if name in self.metrics
+            and info.fits(self.dataset)
+            and (info.auto or not auto)
+            and (conditioned or not info.conditional)
         ]
 
     def resolve_metrics(self, asked: Sequence[str], *, inception_weights: bool = False) -> list[str]:

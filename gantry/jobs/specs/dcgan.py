@@ -10,13 +10,14 @@ from pydantic import Field, field_validator, model_validator
 from gantry.jobs.datasets import dataset_kind
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs.base import (
+    FOLDER_LABELS,
     Conflict,
     ConvTrainSpec,
     ModelOptions,
     Recipe,
     SampleMode,
 )
-from gantry.jobs.specs.options import Adam, Codes, ConvNets, ImprovedTechniques
+from gantry.jobs.specs.options import Adam, Codes, ConvNets, ImageFiles, ImprovedTechniques
 from gantry.jobs.specs.prompts import parse_label_prompt
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class DCGANCodes(Codes):
         return self
 
 
-class DCGANOptions(DCGANNets, Adam, ImprovedTechniques, DCGANCodes, ModelOptions):
+class DCGANOptions(DCGANNets, Adam, ImprovedTechniques, DCGANCodes, ImageFiles, ModelOptions):
     @model_validator(mode="after")
     def _codes_without_virtual_batch_norm(self) -> DCGANOptions:
         if (self.latent_codes or self.labels) and self.virtual_batch_norm:
@@ -69,6 +70,10 @@ class DCGANTrainSpec(ConvTrainSpec):
         "arithmetic_accuracy",
         "interpolation_validity",
         "sample_validity",
+        "cas",
+        "gan_train",
+        "gan_test",
+        "fd_classifier",
         "fid",
         "kid",
         "inception_score",
@@ -100,6 +105,8 @@ class DCGANTrainSpec(ConvTrainSpec):
                     f"{self.model} prompts draw plain samples; --{mode} walks the latents as they are",
                 )
         super().check_sample(sample)
+        if self.options.labels == (FOLDER_LABELS,):
+            return  # the sub-folder names are in the checkpoint: the sample job reads the prompts
         for prompt in sample.prompts:
             parse_label_prompt(prompt, self.dataset, self.options.labels)  # names the word that is wrong
 

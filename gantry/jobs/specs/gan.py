@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gantry.jobs.specs.base import Conflict, ModelOptions, OptionGroup, TrainSpec
-from gantry.jobs.specs.options import Adam, GeneratorLoss, ImprovedTechniques
+from gantry.jobs.specs.options import Adam, GeneratorLoss, ImageFiles, ImprovedTechniques
 
 
 class MLPNets(OptionGroup):
@@ -24,7 +24,7 @@ class MLPNets(OptionGroup):
     d_depth: int = Field(2, ge=1, le=8, description="D: hidden layers (Linear, LeakyReLU 0.2)")
 
 
-class GANOptions(MLPNets, Adam, GeneratorLoss, ImprovedTechniques, ModelOptions):
+class GANOptions(MLPNets, Adam, GeneratorLoss, ImprovedTechniques, ImageFiles, ModelOptions):
     lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate, G and D")
     beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1")
 
@@ -46,6 +46,7 @@ class GANTrainSpec(TrainSpec):
     metrics: ClassVar[tuple[str, ...]] = (
         "modes_2d",
         "modes_stacked",
+        "fd_classifier",
         "fid",
         "kid",
         "inception_score",

@@ -46,7 +46,10 @@ class _FromCheckpoint(Strict):
     """A job that reads a train job's checkpoint; `--code-walk` reads its codes between two values
     another way than it was trained to (training does not depend on it: z's codes are one-hot there)."""
 
-    checkpoint: str = Field("latest", description="latest or a step number")
+    checkpoint: str = Field(
+        "latest",
+        description="latest, best (by the run's eval metric: trained with eval_every) or a step number",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED)
     code_walk: CodeWalk | None = Field(
         None,
@@ -57,9 +60,9 @@ class _FromCheckpoint(Strict):
     @field_validator("checkpoint")
     @classmethod
     def _checkpoint_ref(cls, value: str) -> str:
-        # "best" waits for a checkpoint chosen by a metric during training; until then: latest or a step.
-        if value != "latest" and not _STEP.fullmatch(value):
-            raise ValueError("must be latest or a step number")
+        # Whether the train job has it (best: it trained with eval_every) is the service's to check.
+        if value not in ("latest", "best") and not _STEP.fullmatch(value):
+            raise ValueError("must be latest, best or a step number")
         return value
 
 

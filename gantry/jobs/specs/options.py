@@ -106,8 +106,8 @@ class Codes(OptionGroup):
     labels: tuple[str, ...] = Field(
         (),
         max_length=5,
-        description="label attributes of the data set to learn, e.g. shape,colour on shapes "
-        "(AC-GAN; TAC-GAN with text), learnt by D from real images",
+        description="label attributes to learn (AC-GAN; TAC-GAN with text), e.g. shape,colour on shapes; "
+        "folder: a folder's sub-folders",
     )
 
     def label_attributes(self) -> tuple[str, ...]:
@@ -160,3 +160,70 @@ class Codes(OptionGroup):
         if self.info_weight != 1.0 and not (self.latent_codes or self.labels):
             raise Conflict("info_weight", "info_weight only applies with latent_codes or labels")
         return self
+
+
+# Named colours `background` takes besides #rrggbb (docs/real-images.md).
+COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (128, 128, 128), "gray": (128, 128, 128)}
+
+
+def parse_colour(value: str) -> tuple[int, int, int]:
+    """(r, g, b) of a colour name in COLOURS or of #rgb / #rrggbb; ValueError naming what is allowed."""
+    text = value.strip().lower()
+    if text in COLOURS:
+        return COLOURS[text]
+    digits = text.removeprefix("#")
+    if len(digits) == 3:
+        digits = "".join(c * 2 for c in digits)
+    if text.startswith("#") and len(digits) == 6:
+        try:
+            return (int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16))
+        except ValueError:
+            pass
+    raise ValueError(f"expected {', '.join(COLOURS)} or #rrggbb, not {value!r}")
+
+
+class ImageFiles(OptionGroup):
+    """How a folder or .zip of the user's pictures is read (gantry.worker.data.folders); built-in data
+    sets and .npz files have nothing to set here."""
+
+    section: ClassVar[str] = "data"
+
+    background: str = Field(
+        "white",
+        description="what transparent pixels are composited on, and fit=pad pads with: white, black, grey "
+        "or #rrggbb",
+    )
+    fit: Literal["crop", "pad"] = Field(
+        "crop",
+        description="a picture that is not square: centre-crop it, or pad it with the background, then "
+        "resize it",
+    )
+    bad_files: Literal["skip", "refuse"] = Field(
+        "skip",
+        description="a picture that cannot be read (truncated, not an image, over GANTRY_MAX_INPUT_PIXELS): "
+        "skip it with a warning, or fail",
+    )
+    captions_file: str = Field(
+        "",
+        description="captions file in the folder or .zip (CSV or JSON lines: file, caption); default: "
+        "captions.csv or .jsonl if there",
+    )
+
+    @field_validator("background")
+    @classmethod
+    def _colour(cls, value: str) -> str:
+        parse_colour(value)
+        return value.strip().lower()
+
+    @field_validator("captions_file")
+    @classmethod
+    def _relative_name(cls, value: str) -> str:
+        text = value.strip()
+        if len(text) > 200 or text.startswith("/") or "\\" in text or ".." in text.split("/"):
+            raise ValueError(f"a file name inside the folder or .zip, e.g. captions.csv, not {value!r}")
+        return text
+
+    def read_defaults(self) -> bool:
+        """True when every option of this group is at its default."""
+        fields = ImageFiles.model_fields
+        return all(getattr(self, name) == fields[name].default for name in fields)

@@ -12,7 +12,7 @@ worker reads them with the same function.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from gantry.jobs.datasets import BUILTIN_LABELS
@@ -21,11 +21,19 @@ from gantry.jobs.errors import InvalidInput
 FILLER: Final = frozenset({"a", "an", "the", "in", "on", "at", "of", "with", "and", "background", "digit"})
 
 
-def parse_label_prompt(prompt: str, dataset: str, labels: Sequence[str]) -> dict[str, int]:
+def _plain(value: str) -> str:
+    """A value as prompts spell it: lower case, "-" and "_" as spaces ("Smileys-and-Emotion")."""
+    return re.sub(r"[-_\s]+", " ", value.lower()).strip()
+
+
+def parse_label_prompt(
+    prompt: str, dataset: str, labels: Sequence[str], known: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, int]:
     """The label values `prompt` names, as {attribute: value index}, for a model conditioned on the
-    attributes `labels` of built-in data set `dataset`. Raises InvalidInput("prompts", ...)."""
-    known = BUILTIN_LABELS.get(dataset, {})
-    values = {name: known[name] for name in labels if name in known}
+    attributes `labels` of built-in data set `dataset`, or of `known` (attribute -> value names: a
+    folder's sub-folders, which its checkpoint keeps). Raises InvalidInput("prompts", ...)."""
+    known = known if known is not None else BUILTIN_LABELS.get(dataset, {})
+    values = {name: [_plain(v) for v in known[name]] for name in labels if name in known}
     if not values:
         raise InvalidInput("prompts", f"the job was trained without labels on {dataset}: nothing to prompt")
     # phrase -> the attributes it is a value of (a digit is a value of each stacked-digits channel).
@@ -33,6 +41,7 @@ def parse_label_prompt(prompt: str, dataset: str, labels: Sequence[str]) -> dict
     for name, names in values.items():
         for value in names:
             phrases.setdefault(value, []).append(name)
+    longest = max(len(phrase.split()) for phrase in phrases)
     chosen: dict[str, int] = {}
 
     def choose(name: str, value: str) -> None:
@@ -48,14 +57,14 @@ def parse_label_prompt(prompt: str, dataset: str, labels: Sequence[str]) -> dict
         if eq:
             if name not in values:
                 raise InvalidInput("prompts", f"{word!r}: the model's labels are {', '.join(values)}")
-            value = value.replace("-", " ").replace("_", " ")
+            value = _plain(value)
             if value not in values[name]:
                 raise InvalidInput("prompts", f"{word!r}: {name} is one of {', '.join(values[name])}")
             choose(name, value)
             i += 1
             continue
-        for length in (2, 1):  # "top left" before "top"
-            phrase = " ".join(words[i : i + length]).replace("-", " ")
+        for length in range(longest, 0, -1):  # "top left" before "top"
+            phrase = _plain(" ".join(words[i : i + length]))
             if length <= len(words) - i and phrase in phrases:
                 owners = phrases[phrase]
                 if len(owners) > 1:

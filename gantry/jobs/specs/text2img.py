@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from gantry.jobs.datasets import CAPTIONED_DATASETS, DATASETS
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs.base import (
+    FOLDER_LABELS,
     CodeWalk,
     Conflict,
     ConvTrainSpec,
@@ -17,7 +18,7 @@ from gantry.jobs.specs.base import (
     OptionGroup,
     SampleMode,
 )
-from gantry.jobs.specs.options import Adam, Codes, ConvNets
+from gantry.jobs.specs.options import Adam, Codes, ConvNets, ImageFiles
 
 if TYPE_CHECKING:
     from gantry.jobs.specs.jobs import SampleSpec
@@ -82,10 +83,12 @@ class TextCodes(Codes):
     )
 
 
-class Text2ImgOptions(TextNets, Adam, TextTechniques, TextCodes, ModelOptions):
+class Text2ImgOptions(TextNets, Adam, TextTechniques, TextCodes, ImageFiles, ModelOptions):
     @model_validator(mode="after")
     def _codes_and_words(self) -> Text2ImgOptions:
         # In the order a user fixes them: codes need labels, words need codes, walks need words.
+        if FOLDER_LABELS in self.labels:
+            raise Conflict("labels", "text2img reads each picture's caption; labels=folder is for dcgan")
         if self.free_label_codes and not self.labels:
             raise Conflict(
                 "free_label_codes", "free_label_codes needs labels, e.g. labels=shape,colour,size,position"
@@ -136,7 +139,7 @@ class Text2ImgTrainSpec(ConvTrainSpec):
         if value in DATASETS and not DATASETS[value].captions:
             raise ValueError(
                 f"{value} has no captions; text2img trains on {', '.join(CAPTIONED_DATASETS)} "
-                "or an .npz with images and captions"
+                "a folder or .zip with a captions file, or an .npz with images and captions"
             )
         return value
 

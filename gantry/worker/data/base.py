@@ -72,6 +72,7 @@ class ImageData:
     captions: list[str] | None = None  # one per image
     attributes: dict[str, list[str]] | None = None  # attribute name -> value names, for labels N x K
     caption_grammar: CaptionGrammar | None = None  # how the captions name the attributes, if declared
+    warnings: tuple[str, ...] = ()  # what the job should be told: bad files skipped, captions unmatched
 
     def __post_init__(self) -> None:
         # Loaders turn bad user data into InvalidInput before this; a failure here is a bug in gantry.
@@ -113,6 +114,7 @@ def load_dataset(
     split: str = "train",
     full_size: bool = False,
     limits: DataLimits | None = None,
+    options: ReadOptions | None = None,
 ) -> ImageData | PhotoData | PointData:
     """A built-in data set by name (see `BUILTIN`), or user data at a local path: an .npz, a .zip of
     images or a folder of images. User data has no held-out split: `split="test"` gives the same images.
@@ -122,6 +124,8 @@ def load_dataset(
 
     User data is read within `limits` (default: from the settings, GANTRY_MAX_INPUT_PIXELS and
     GANTRY_MAX_DATA_*), checked before memory is spent; a breach raises DataLimitExceeded.
+    A folder or .zip is read as `options` say (`folders.ReadOptions`: background, fit, bad files,
+    labels from sub-folders, captions).
 
     Raises InvalidInput("dataset", ...) for anything wrong with the user's data.
     """
@@ -142,11 +146,12 @@ def load_dataset(
         log.info("%s has no test split; using all of it", path)
     if full_size:
         return photos.load_full_size(path, limits=limits)
-    return files.load_files(path, image_size=image_size, limits=limits)
+    return files.load_files(path, image_size=image_size, limits=limits, options=options)
 
 
 # The loaders import ImageData from this module, so they are imported once it is defined.
 from gantry.worker.data import digits, files, photos, points, shapes, stacked  # noqa: E402
+from gantry.worker.data.folders import ReadOptions  # noqa: E402
 from gantry.worker.data.limits import DataLimits  # noqa: E402
 from gantry.worker.data.photos import PhotoData  # noqa: E402
 from gantry.worker.data.points import PointData  # noqa: E402

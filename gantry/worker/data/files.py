@@ -3,12 +3,13 @@
 - .npz: `images` (uint8, N x H x W x C with C = 1 or 3, or N x H x W for grayscale), optional `labels`
   (integers, N or N x K) and `captions` (strings, N). Stored without pickle; captions must be a string
   array, e.g. `np.array(list_of_str)`.
-- .zip or folder: every .png/.jpg/.jpeg/.bmp/.webp inside, searched recursively, in sorted path order;
-  hidden files and folders (and macOS's `__MACOSX`) are skipped, other files are ignored.
+- .zip or folder: the pictures inside, with labels from sub-folders and captions from a sidecar file
+  (`folders` says how each is read). A picture that is not a readable image (truncated, not an image,
+  over GANTRY_MAX_INPUT_PIXELS) is skipped and named in `ImageData.warnings`, or refused with
+  `bad_files="refuse"`; when none is left, the first one's reason is the error.
 
-Images are centre-cropped to a square and resized with Lanczos to the requested size. They are RGB
-unless every image is grayscale (by its file's colour mode), then 1 channel. Transparent pixels are
-composited over black. Anything wrong raises InvalidInput("dataset", ...) naming the path.
+Images are RGB unless every image is grayscale (by its file's colour mode), then 1 channel. Anything
+wrong raises InvalidInput("dataset", ...) naming the path.
 
 Everything is read within `DataLimits` (see `limits`), checked before the memory is spent: files per
 data set, bytes per file or .zip member and in all, pixels per image, an .npz's arrays from their headers.
@@ -20,36 +21,51 @@ import logging
 import math
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Final
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from gantry.jobs.errors import InvalidInput
 from gantry.worker.data.base import ImageData
-from gantry.worker.data.limits import ByteBudget, DataLimitExceeded, DataLimits, open_image, read_capped
+from gantry.worker.data.folders import (
+    IMAGE_EXTENSIONS,
+    Pictures,
+    ReadOptions,
+    folder_image_paths,
+    open_pictures,
+    read_file,
+    square,
+    to_array,
+)
+from gantry.worker.data.limits import DataLimitExceeded, DataLimits, open_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: Final = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-_GRAY_MODES: Final = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+__all__ = ["IMAGE_EXTENSIONS", "ReadOptions", "folder_image_paths", "load_files", "read_file"]
+
 _NPZ_ARRAYS: Final = ("images", "labels", "captions")
+_NAMED: Final = 20  # bad files named one by one in a warning; the rest are counted
 
 
 def _bad(message: str) -> InvalidInput:
     return InvalidInput("dataset", message)
 
 
-def load_files(path: Path, *, image_size: int, limits: DataLimits | None = None) -> ImageData:
+def load_files(
+    path: Path, *, image_size: int, limits: DataLimits | None = None, options: ReadOptions | None = None
+) -> ImageData:
     """Load user data from an existing local path (see the module docstring)."""
     limits = limits if limits is not None else DataLimits.from_settings()
-    if path.is_dir():
-        data = _load_images(_folder_images(path, limits), image_size, where=path, limits=limits)
+    options = options if options is not None else ReadOptions()
+    if path.is_dir() or path.suffix.lower() == ".zip":
+        with open_pictures(path, limits, captions_file=options.captions_file) as pictures:
+            data = load_pictures(pictures, image_size, options, limits)
     elif path.suffix.lower() == ".npz":
+        if options.labels:
+            raise _bad(f"{path}: labels=folder takes classes from sub-folders; an .npz has none")
         data = _load_npz(path, image_size, limits)
-    elif path.suffix.lower() == ".zip":
-        data = _load_images(_zip_images(path, limits), image_size, where=path, limits=limits)
     elif path.suffix.lower() in IMAGE_EXTENSIONS:
         raise _bad(f"{path}: a single image; give a folder or .zip of images, or an .npz")
     else:
@@ -58,126 +74,80 @@ def load_files(path: Path, *, image_size: int, limits: DataLimits | None = None)
     return data
 
 
-def _is_image_name(relative: PurePosixPath) -> bool:
-    hidden = any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
-    return not hidden and relative.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def folder_image_paths(root: Path, limits: DataLimits, *, field: str = "dataset") -> list[PurePosixPath]:
-    """The relative path of each image under root, sorted; refused once there are more than
-    `limits.max_files` (counted while the folder is walked, before any is read)."""
-    found: list[PurePosixPath] = []
-    for p in root.rglob("*"):
-        if p.is_file() and _is_image_name(rel := PurePosixPath(p.relative_to(root))):
-            found.append(rel)
-            limits.check_files(len(found), root, field=field)
-    return sorted(found)
-
-
-def read_file(path: Path, limits: DataLimits, budget: ByteBudget, *, field: str = "dataset") -> bytes:
-    """A file's bytes: its size checked before it is read, and again while it is read."""
-    name = str(path)
-    size = path.stat().st_size
-    limits.check_file_bytes(size, name, field=field)
-    if size > budget.left:
-        budget.take(size, name)
-    with path.open("rb") as f:
-        return read_capped(f, name, limits, budget, field=field)
-
-
-def _folder_images(root: Path, limits: DataLimits) -> Iterator[tuple[str, bytes]]:
-    """(path for messages, file bytes) for each image under root, sorted by relative path."""
-    budget = ByteBudget(limits)
-    for rel in folder_image_paths(root, limits):
-        yield str(root / rel), read_file(root / rel, limits, budget)
-
-
-def _zip_images(path: Path, limits: DataLimits) -> Iterator[tuple[str, bytes]]:
-    """(path: member for messages, member bytes) for each image in the .zip, sorted by name. The
-    count and every member's declared size are checked before anything is extracted; each member
-    is then read with a cap, since a .zip's headers can lie."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise _bad(f"{path}: not a readable .zip file ({exc})") from None
-    with archive:
-        members = sorted(
-            (
-                info
-                for info in archive.infolist()
-                if not info.is_dir() and _is_image_name(PurePosixPath(info.filename))
-            ),
-            key=lambda info: info.filename,
-        )
-        limits.check_files(len(members), path)
-        declared = 0
-        for info in members:
-            limits.check_file_bytes(info.file_size, f"{path}: {info.filename}")
-            declared += info.file_size
-            if declared > limits.max_bytes:
-                raise DataLimitExceeded(
-                    "dataset",
-                    f"{path}: {info.filename}",
-                    f"the .zip's {declared:,} bytes (decompressed) so far",
-                    limits.max_bytes,
-                    "GANTRY_MAX_DATA_BYTES",
-                )
-        budget = ByteBudget(limits, what="bytes decompressed")
-        for info in members:
-            name = f"{path}: {info.filename}"
-            try:
-                with archive.open(info) as member:
-                    content = read_capped(member, name, limits, budget)
-            except (zipfile.BadZipFile, OSError, ValueError) as exc:
-                raise _bad(f"{path}: cannot extract {info.filename} ({exc})") from None
-            yield name, content
-
-
-def _load_images(
-    items: Iterator[tuple[str, bytes]], image_size: int, *, where: Path, limits: DataLimits
-) -> ImageData:
-    arrays: list[np.ndarray] = []  # H x W (grayscale) or H x W x 3
-    for name, content in items:
-        with open_image(content, name, max_pixels=limits.max_pixels) as image:
-            image.load()
-            arrays.append(_to_array(image, image_size))
-    if not arrays:
+def load_pictures(pictures: Pictures, image_size: int, options: ReadOptions, limits: DataLimits) -> ImageData:
+    """The pictures of a folder or .zip at image_size, with their classes and captions as asked."""
+    where = pictures.where
+    if not pictures.entries:
         raise _bad(f"{where}: no images inside (looked for {', '.join(IMAGE_EXTENSIONS)} files)")
+    sidecar = pictures.captions
+    if options.need_captions and sidecar is None:
+        raise _bad(
+            f"{where}: no captions: put captions.csv or captions.jsonl (file, caption) in it, or name "
+            "the file with --set captions_file=NAME"
+        )
+    captions, unmatched = sidecar.lookup(pictures.entries) if sidecar else ({}, [])
+    warnings = []
+    if sidecar and unmatched:
+        warnings.append(
+            f"{where}: {sidecar.name} has captions for {len(unmatched)} files that are not pictures in it "
+            f"({', '.join(unmatched[:5])}{', ...' if len(unmatched) > 5 else ''})"
+        )
+    arrays: list[np.ndarray] = []  # H x W (grayscale) or H x W x 3
+    kept: list[tuple[str, str | None]] = []  # (name, sub-folder) of each picture kept
+    problems: list[InvalidInput] = []
+    for entry in pictures.entries:
+        try:
+            if options.labels and entry.folder is None:
+                raise _bad(f"{entry.where}: not in a sub-folder, so it has no class (labels=folder)")
+            if options.need_captions and entry.name not in captions:
+                raise _bad(f"{entry.where}: no caption in {sidecar.name if sidecar else 'a captions file'}")
+            with open_image(entry.read(), entry.where, max_pixels=limits.max_pixels) as image:
+                image.load()  # decodes it all: a truncated file fails here
+                arrays.append(to_array(image, image_size, options))
+            kept.append((entry.name, entry.folder))
+        except InvalidInput as exc:
+            if isinstance(exc, DataLimitExceeded) and exc.setting != "GANTRY_MAX_INPUT_PIXELS":
+                raise  # a limit of the whole data set, not a fault of one file
+            if options.bad_files == "refuse":
+                raise
+            problems.append(exc)
+    if not arrays:
+        raise problems[0]  # every picture is bad: nothing to train on
+    if problems:
+        named = "; ".join(p.message for p in problems[:_NAMED])
+        more = f"; and {len(problems) - _NAMED} more" if len(problems) > _NAMED else ""
+        warnings.insert(0, f"skipped {len(problems)} bad files (bad_files=skip): {named}{more}")
+    for warning in warnings:
+        log.warning("%s", warning)
+
     if all(a.ndim == 2 for a in arrays):
         images = np.stack(arrays)[..., None]
     else:
         images = np.stack([np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in arrays])
-    return ImageData(images=images)
+    labels, attributes = None, None
+    if options.labels:
+        classes = sorted({folder for _, folder in kept if folder is not None})
+        labels = np.array([[classes.index(folder or "")] for _, folder in kept], dtype=np.int64)
+        attributes = {"folder": classes}
+    texts = [captions.get(name) for name, _ in kept]
+    return ImageData(
+        images=images,
+        labels=labels,
+        captions=[t for t in texts if t is not None] if all(t is not None for t in texts) and texts else None,
+        attributes=attributes,
+        warnings=tuple(warnings),
+    )
 
 
-def _to_array(image: Image.Image, image_size: int) -> np.ndarray:
-    """A decoded image as uint8 H x W (grayscale) or H x W x 3, centre-cropped and resized."""
-    image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
-    gray = image.mode in _GRAY_MODES
-    if image.mode.startswith("I") or image.mode == "F":
-        # 16-bit or float grayscale: scale to 0..255 (Pillow's own conversion clips instead).
-        values = np.asarray(image, dtype=np.float64)
-        top = 1.0 if values.max() <= 1.0 else 255.0 if values.max() <= 255 else 65535.0
-        image = Image.fromarray(np.rint(np.clip(values / top, 0, 1) * 255).astype(np.uint8))
-    elif "A" in image.getbands() or "transparency" in image.info:
-        # Composite over black: transparent pixels often hold arbitrary colours.
-        rgba = np.asarray(image.convert("LA" if gray else "RGBA"), dtype=np.float32)
-        flat = rgba[..., :-1] * (rgba[..., -1:] / 255.0)
-        image = Image.fromarray(np.rint(flat[..., 0] if gray else flat).astype(np.uint8))
-    image = image.convert("L" if gray else "RGB")
-    return np.asarray(_square(image, image_size))
+def _folder_images(root: Path, limits: DataLimits) -> Iterator[tuple[str, bytes]]:
+    """(path for messages, file bytes) for each image under root, sorted by relative path (what
+    super-resolution's full-size photos read)."""
+    with open_pictures(root, limits) as pictures:
+        for entry in pictures.entries:
+            yield entry.where, entry.read()
 
 
-def _square(image: Image.Image, image_size: int) -> Image.Image:
-    """Centre-crop to a square and resize to image_size x image_size."""
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    if side == image_size and (w, h) == (side, side):
-        return image
-    # Crop first: resizing with `box=` would let the filter bleed in pixels from outside the square.
-    square = image.crop((left, top, left + side, top + side)) if (w, h) != (side, side) else image
-    return square.resize((image_size, image_size), Image.Resampling.LANCZOS)
+_zip_images = _folder_images  # a .zip's members are read the same way
 
 
 def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -267,7 +237,7 @@ def _load_npz(path: Path, image_size: int, limits: DataLimits) -> ImageData:
         raise _bad(f"{path}: images have shape {images.shape}; there are no images inside")
     if images.shape[1:3] != (image_size, image_size):
         planes = images[..., 0] if images.shape[-1] == 1 else images  # Pillow wants H x W for one channel
-        resized = [np.asarray(_square(Image.fromarray(im), image_size)) for im in planes]
+        resized = [np.asarray(square(Image.fromarray(im), image_size)) for im in planes]
         images = np.stack(resized).reshape(n, image_size, image_size, -1)
 
     labels = arrays.get("labels")

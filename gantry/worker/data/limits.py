@@ -133,5 +133,7 @@ def open_image(
         raise DataLimitExceeded(
             field, name, f"the image ({exc})", max_pixels, "GANTRY_MAX_INPUT_PIXELS"
         ) from None
+    except Image.UnidentifiedImageError:
+        raise InvalidInput(field, f"{name}: not a readable image (no image format Pillow knows)") from None
     except _DECODE_ERRORS as exc:
         raise InvalidInput(field, f"{name}: not a readable image ({exc})") from None

@@ -33,6 +33,7 @@ import torch
 
 from gantry.jobs.errors import JobFailed
 from gantry.jobs.specs import TrainSpec
+from gantry.jobs.specs.base import FOLDER_LABELS
 from gantry.worker.gan.checkpoint import (
     generator_weights,
     load_checkpoint,
@@ -71,6 +72,10 @@ class Callbacks:
     checkpoint: Callable[[int, bytes], None]
     # (step, PNG of the fixed-noise grid): every spec.sample_every steps and at the end.
     samples: Callable[[int, bytes], None]
+    # (step, checkpoint file bytes) every `eval_every` steps and at the end (with eval_every set):
+    # measures the eval metric on them; True when it wrote them as a checkpoint (a new best), which
+    # then stands for this step's checkpoint.
+    evaluate: Callable[[int, bytes], bool] | None = None
 
 
 @dataclass
@@ -202,7 +207,9 @@ def train(
     # Like stylegan2-ada's training_loop, this seeds the process-wide RNG: a worker runs one
     # job at a time, and a variant that draws from it (dropout, say) stays reproducible.
     torch.manual_seed(spec.seed)
-    model = build_model(spec, channels=channels, device=device)
+    # labels=folder: the classes are the data's sub-folders, known once it is read.
+    label_values = data.attributes if FOLDER_LABELS in getattr(spec.options, "labels", ()) else None
+    model = build_model(spec, channels=channels, device=device, label_values=label_values)
     channels_last = model.channels_last_on_cpu and device.type == "cpu" and model.make_batch is None
     if channels_last:  # values unchanged; only the layout of the 4-D weights (and, below, the images)
         for net in (model.G, model.D):
@@ -310,6 +317,16 @@ def train(
         if on_nonfinite == "rollback":
             good = payload
 
+    def emit_evaluation() -> None:
+        """Measure the eval metric on this step's weights; a new best is written as its checkpoint."""
+        nonlocal last_checkpoint, good
+        assert callbacks.evaluate is not None
+        payload = snapshot()
+        if callbacks.evaluate(step, payload):
+            last_checkpoint = step
+            if on_nonfinite == "rollback":
+                good = payload
+
     def emit_samples() -> None:
         nonlocal last_samples
         if model.render is not None:  # outputs that are not images (2-D points): the model's plot
@@ -345,6 +362,8 @@ def train(
         phases.append((phase, opt))
     lr_decay = spec.options.lr_decay
     autocast = mixed_precision(spec.options.precision, device)
+    eval_every = spec.options.eval_every if callbacks.evaluate is not None else 0
+    last_evaluation = step if resume is not None else -1  # a resume's step was measured before it
     while step < spec.steps:
         # Each rollback halves the lr for good: a factor on the schedule's, which starts from the base lr.
         if lr_decay == "linear" or rollbacks:
@@ -371,13 +390,17 @@ def train(
         last = step == spec.steps
         checkpoint_due = step % spec.checkpoint_every == 0 or last
         samples_due = step % spec.sample_every == 0 or last
+        evaluation_due = eval_every > 0 and (step % eval_every == 0 or last)
         trouble = report() if step % log_every == 0 or last else None
-        if trouble is None and (checkpoint_due or samples_due):
+        if trouble is None and (checkpoint_due or samples_due or evaluation_due):
             trouble = nonfinite_state()  # nothing non-finite is handed out
         if trouble is not None:
             roll_back(trouble)  # raises, or goes back to the last good checkpoint
             continue
-        if checkpoint_due:
+        if evaluation_due:  # first: a new best is written as this step's checkpoint
+            emit_evaluation()
+            last_evaluation = step
+        if checkpoint_due and last_checkpoint != step:
             emit_checkpoint()
         if samples_due:
             emit_samples()
@@ -395,6 +418,10 @@ def train(
 
     # A run resumed from its final checkpoint (its worker died after saving it) does no step;
     # it still hands back the end-of-run artifacts, which the caller writes idempotently.
+    if eval_every and last_evaluation != step:
+        if (trouble := nonfinite_state()) is not None:
+            raise TrainingDiverged(f"{trouble} at step {step}")
+        emit_evaluation()
     if last_checkpoint != step:
         if (trouble := nonfinite_state()) is not None:
             raise TrainingDiverged(f"{trouble} at step {step}")

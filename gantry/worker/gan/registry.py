@@ -134,9 +134,18 @@ def _unknown(model: str) -> ValueError:
     return ValueError(f"no worker model for {model!r}; known: {', '.join(known_models())}")
 
 
-def build_model(spec: TrainSpecBase, *, channels: int, device: torch.device) -> GANModel:
-    """Build the model a train spec names, with weights initialised from the global torch RNG."""
-    model: GANModel = model_module(spec.model).build(spec, channels=channels, device=device)
+def build_model(
+    spec: TrainSpecBase,
+    *,
+    channels: int,
+    device: torch.device,
+    label_values: dict[str, list[str]] | None = None,
+) -> GANModel:
+    """Build the model a train spec names, with weights initialised from the global torch RNG.
+    `label_values`: the classes of labels the data brings (`labels=folder`: its sub-folders), passed
+    on to the models that take them (dcgan); None for labels a built-in data set declares."""
+    more = {"label_values": label_values} if label_values else {}
+    model: GANModel = model_module(spec.model).build(spec, channels=channels, device=device, **more)
     return model
 
 

@@ -69,9 +69,10 @@ def sample_prompts(
         assert isinstance(latents, CodedLatents), "a dcgan with labels draws coded latents"
         z = latents(count, torch.Generator().manual_seed(seed))
         dataset, labels = spec.dataset, list(spec.options.label_attributes())
+        known = (state.get("extra") or {}).get("label_values")  # labels=folder: the sub-folders
 
         def draw(i: int, prompt: str) -> np.ndarray:
-            chosen = parse_label_prompt(prompt, dataset, labels)
+            chosen = parse_label_prompt(prompt, dataset, labels, known)
             return decoder.decode(latents.with_labels(z, {labels.index(n): v for n, v in chosen.items()}))
 
     else:

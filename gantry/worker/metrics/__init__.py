@@ -3,8 +3,9 @@
 `gantry.jobs.specs.METRICS` says where each metric applies (torch-free, checked at submit time);
 `EVALUATORS` here maps the same name to the function that computes it, one module per family:
 `modes` (PacGAN's mode counts, with the digit classifier in `digits`), `shapes` (text to image and
-latent walks, read by `shapes_classifier`), `sr` (PSNR and SSIM), `inception` (FID, KID, IS and
-precision/recall by torch-fidelity). Families are imported when first
+latent walks, read by `shapes_classifier`), `sr` (PSNR and SSIM), `classifier` (CAS, GAN-train,
+GAN-test and the classifier's Fréchet distance, read by `label_classifier`, trained per data set),
+`inception` (FID, KID, IS and precision/recall by torch-fidelity). Families are imported when first
 used, so importing this registry imports none of them.
 
 An evaluator takes an `EvalContext` and returns {key: value}; it may return several related values
@@ -21,12 +22,14 @@ import importlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpecBase
-from gantry.jobs.storage import ObjectStore
 from gantry.worker.errors import Stopped
+
+if TYPE_CHECKING:  # a family module: importing the registry imports none
+    from gantry.worker.metrics.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ EVALUATORS: dict[str, str] = {
     "arithmetic_accuracy": "shapes:arithmetic_accuracy",
     "interpolation_validity": "shapes:interpolation_validity",
     "sample_validity": "shapes:sample_validity",
+    "cas": "classifier:trained_on_samples",
+    "gan_train": "classifier:trained_on_samples",
+    "gan_test": "classifier:gan_test",
+    "fd_classifier": "classifier:fd_classifier",
     "fid": "inception:fidelity",
     "kid": "inception:fidelity",
     "inception_score": "inception:fidelity",
@@ -61,14 +68,32 @@ class EvalContext:
     save: Callable[[str, bytes], None]  # (file name, bytes) -> an artifact of the job
     should_stop: Callable[[], bool]  # True once the job was asked to stop
     progress: Callable[[int, int], None]  # (done, total) chunks of the evaluator running now
-    settings: Settings = field(default_factory=get_settings)  # the worker's (GANTRY_INCEPTION_WEIGHTS, ...)
-    objects: ObjectStore | None = None  # object storage, for caches shared by evaluations; None: none kept
+    # The worker's settings: GANTRY_INCEPTION_WEIGHTS for the Inception metrics, where data is fetched from.
+    settings: Settings = field(default_factory=get_settings)
+    # Where metrics keep what they reuse across jobs (a classifier per data set, a data set's Inception
+    # features); None: nothing kept.
+    cache: Cache | None = None
+    # The train job's data set by split ("train" or "test"); None: `load_dataset` of the spec's data
+    # set (a built-in name or a local path). A job passes one that fetches the user's data once.
+    data: Callable[[str], Any] | None = None
+    # How many samples metrics that take a count draw (eval_every's eval_samples); None: their own
+    # (an evaluate job's --samples for the Inception metrics).
+    samples: int | None = None
 
     def report(self, done: int, total: int) -> None:
         """Between two chunks of an evaluation: report progress, and stop if the job was cancelled."""
         self.progress(done, total)
         if self.should_stop():
             raise Stopped
+
+    def load_data(self, split: str) -> Any:
+        """The train job's data set, split `split` (user data has one: both give all of it)."""
+        if self.data is not None:
+            return self.data(split)
+        from gantry.worker.data import load_dataset
+
+        spec = self.train_spec
+        return load_dataset(spec.dataset, image_size=spec.image_size, seed=spec.seed, split=split)
 
     @classmethod
     def local(cls, checkpoint: bytes, train_spec: TrainSpecBase, *, step: int, seed: int = 0) -> EvalContext:

@@ -10,11 +10,12 @@
   which admits another file of the same network (the tests' randomly initialised one).
 - Precision and recall (Kynkäänniemi et al. 2019) are computed in the same Inception pool features
   as FID: the paper's VGG16 needs torchvision's network and weights, which gantry does not ship.
-- The real side's features are cached in object storage (`cache/fidelity/<reference>.npz`), named by
-  a hash of the images as the metric sees them (content and size), the weights' sha256 and the
-  torch-fidelity version: a later evaluation on the same data extracts the generated side only. The
-  cache holds plain arrays (read with `allow_pickle=False`), written into torch-fidelity's own cache
-  folder (a temporary one) before the call, so the library finds them where it keeps them.
+- The real side's features are cached in object storage through the metrics' cache
+  (`gantry.worker.metrics.cache`, as `cache/fidelity/<reference>.npz`), named by a hash of the images
+  as the metric sees them (content and size), the weights' sha256 and the torch-fidelity version: a
+  later evaluation on the same data extracts the generated side only. The cache holds plain arrays
+  (read with `allow_pickle=False`), written into torch-fidelity's own cache folder (a temporary one)
+  before the call, so the library finds them where it keeps them.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ import torch
 from torch.utils.data import Dataset
 
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.keys import fidelity_cache_key
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs.metrics import INCEPTION_WEIGHTS_HELP
-from gantry.jobs.storage import ObjectNotFound, ObjectStore, split_uri
+from gantry.jobs.storage import ObjectNotFound, split_uri
 from gantry.worker.gan.checkpoint import load_generator
 from gantry.worker.gan.sampler import GENERATE_BATCH, generate
 from gantry.worker.metrics import EvalContext
+from gantry.worker.metrics.cache import Cache
 from gantry.worker.metrics.torchvision_shim import import_torch_fidelity
 
 log = logging.getLogger(__name__)
@@ -154,11 +155,14 @@ def reference_name(real: np.ndarray, weights_sha256: str) -> str:
     return digest.hexdigest()
 
 
-def _restore(objects: ObjectStore, reference: str, cache_dir: Path) -> bool:
+def _cache_name(reference: str) -> str:
+    return f"fidelity/{reference}.npz"
+
+
+def _restore(cache: Cache, reference: str, cache_dir: Path) -> bool:
     """Write the cached arrays of `reference` into torch-fidelity's cache folder; False if none."""
-    try:
-        data = objects.get_bytes(fidelity_cache_key(reference))
-    except ObjectNotFound:
+    data = cache.get(_cache_name(reference))
+    if data is None:
         return False
     files: dict[str, Any] = {}
     with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
@@ -174,7 +178,7 @@ def _restore(objects: ObjectStore, reference: str, cache_dir: Path) -> bool:
     return True
 
 
-def _persist(objects: ObjectStore, reference: str, cache_dir: Path) -> None:
+def _persist(cache: Cache, reference: str, cache_dir: Path) -> None:
     """Store what torch-fidelity cached for `reference` (features, FID statistics) as plain arrays."""
     arrays: dict[str, np.ndarray] = {}
     for path in sorted(cache_dir.glob(f"{reference}*.pt")):
@@ -186,7 +190,7 @@ def _persist(objects: ObjectStore, reference: str, cache_dir: Path) -> None:
             arrays[file] = item.numpy()
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    objects.put_bytes(fidelity_cache_key(reference), buffer.getvalue())
+    cache.put(_cache_name(reference), buffer.getvalue())
 
 
 def fidelity_values(
@@ -197,18 +201,18 @@ def fidelity_values(
     weights_sha256: str,
     device: torch.device,
     seed: int = 0,
-    objects: ObjectStore | None = None,
+    cache: Cache | None = None,
     seen: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[str, float]:
     """fid, kid (kid_std), inception_score (_std), precision and recall of `generated` against `real`
-    (uint8 N x H x W x C), by one `torch_fidelity.calculate_metrics` call. With `objects`, the real
-    side's features are read from and kept in its cache. `seen(done, total)`: images extracted."""
+    (uint8 N x H x W x C), by one `torch_fidelity.calculate_metrics` call. With `cache`, the real
+    side's features are read from and kept in it. `seen(done, total)`: images extracted."""
     tf = import_torch_fidelity()
     reference = reference_name(real, weights_sha256)
     n = min(len(generated), len(real))
     with tempfile.TemporaryDirectory(prefix="gantry-fidelity-") as tmp:
         cache_dir = Path(tmp)
-        cached = objects is not None and _restore(objects, reference, cache_dir)
+        cached = cache is not None and _restore(cache, reference, cache_dir)
         total = len(generated) + (0 if cached else len(real))
         count = [0]
 
@@ -237,8 +241,8 @@ def fidelity_values(
             save_cpu_ram=True,  # read the images in this process (no DataLoader workers)
             verbose=False,
         )
-        if objects is not None and not cached:
-            _persist(objects, reference, cache_dir)
+        if cache is not None and not cached:
+            _persist(cache, reference, cache_dir)
     return {
         "fid": got[tf.KEY_METRIC_FID],
         "kid": got[tf.KEY_METRIC_KID_MEAN],
@@ -252,32 +256,29 @@ def fidelity_values(
 
 def fidelity(ctx: EvalContext) -> dict[str, float]:
     """The evaluator of fid, kid, inception_score and precision_recall (one pass for all four):
-    `ctx.spec.samples` generated images against the train job's data (up to REAL_IMAGES)."""
+    generated images (an evaluate job's `--samples`, or eval_every's `eval_samples`) against the
+    train job's data (up to REAL_IMAGES)."""
     from gantry.worker.data import ImageData
-    from gantry.worker.train import load_data
 
+    data = ctx.load_data("train")
+    if not isinstance(data, ImageData):
+        raise InvalidInput("metric", f"the Inception metrics compare images; {ctx.train_spec.dataset} is not")
     with tempfile.TemporaryDirectory(prefix="gantry-inception-") as tmp:
         weights, digest = inception_weights(ctx.settings, Path(tmp))
-        data = load_data(ctx.train_spec, ctx.settings, Path(tmp))  # type: ignore[arg-type]
-        if not isinstance(data, ImageData):
-            raise InvalidInput(
-                "metric", f"the Inception metrics compare images; {ctx.train_spec.dataset} is not"
-            )
-        real = data.images[:REAL_IMAGES]
         generated = generated_images(
             ctx.checkpoint,
-            count=ctx.spec.samples,
+            count=ctx.samples or ctx.spec.samples,
             seed=ctx.spec.seed,
             captions=data.captions,
             device=ctx.device,
         )
         return fidelity_values(
             generated,
-            real,
+            data.images[:REAL_IMAGES],
             weights=weights,
             weights_sha256=digest,
             device=ctx.device,
             seed=ctx.spec.seed,
-            objects=ctx.objects,
+            cache=ctx.cache,
             seen=ctx.report,
         )

@@ -89,7 +89,10 @@ def test_token_cli_prints_once_and_revokes(settings: Settings) -> None:
     runner = CliRunner()
     made = runner.invoke(cli, ["token", "create", "--owner", "erin", "--expires", "2w"])
     assert made.exit_code == 0, made.output
-    token = next(word for word in made.output.split() if word.startswith("gty_"))
+    # The token alone on stdout (`T=$(gantry token create ...)`), what it is and the hint on stderr.
+    token = made.stdout.strip()
+    assert token.startswith("gty_") and "\n" not in token, made.stdout
+    assert "erin" in made.stderr and "GANTRY_API_TOKEN" in made.stderr and token not in made.stderr
     listed = runner.invoke(cli, ["token", "list"])
     assert "erin" in listed.output and token not in listed.output
     token_id = listed.output.split("erin")[0].split()[-1]

@@ -32,6 +32,7 @@ def test_submit_answers_the_job_as_status_json_shows_it(api: Api) -> None:
         ({"dataset": "file:///etc/passwd"}, "dataset", "GANTRY_ALLOWED_DATA_PREFIXES"),
         ({"dataset": "s3://elsewhere/data.zip"}, "dataset", "GANTRY_ALLOWED_DATA_PREFIXES"),
         ({"steps": 1_000_000, "batch_size": 4096}, "steps", "GANTRY_API_MAX_TRAIN_IMAGES"),
+        ({"options": {"eval_every": 10, "eval_metric": "fid"}}, "eval_metric", "GANTRY_INCEPTION_WEIGHTS"),
     ],
 )
 def test_bad_input_is_422_naming_the_field_and_nothing_is_recorded(
@@ -51,6 +52,13 @@ def test_unknown_kind_or_field_is_422(api: Api) -> None:
     for body in ({"kind": "paint", "model": "dcgan"}, {"kind": "train", "model": "dcgan", "colour": 1}, []):
         assert api.client.post("/v1/jobs", json=body, headers=api.alice).status_code == 422
     assert count(api) == 0
+
+
+def test_evaluate_takes_the_clis_samples(api: Api) -> None:
+    job = api.submit(api.alice)
+    body = {"kind": "evaluate", "parent_job_id": job["id"], "samples": 64}  # --samples: a field it knows
+    answer = api.client.post("/v1/jobs", json=body, headers=api.alice)
+    assert answer.status_code == 422 and "no checkpoint" in answer.text, answer.text  # not an unknown field
 
 
 def test_sample_of_a_job_without_checkpoint_names_the_checkpoint(api: Api) -> None:
@@ -91,6 +99,28 @@ def test_request_rate_per_token_is_429(settings: Settings) -> None:
     assert api.client.get("/v1/jobs", headers=api.bob).status_code == 200
 
 
+def test_a_json_body_is_read_whatever_content_type_curl_names(api: Api) -> None:
+    # `curl -d '{...}'` says application/x-www-form-urlencoded; a client may name none at all.
+    body = '{"kind":"train","model":"dcgan","dataset":"digits","image_size":16,"steps":100}'
+    for named in ({"content-type": "application/x-www-form-urlencoded"}, {}):
+        made = api.client.post("/v1/jobs", content=body, headers=api.alice | named)
+        assert made.status_code == 201, made.text
+        assert made.json()["spec"]["image_size"] == 16
+    job_id = made.json()["id"]
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    cancelled = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.alice | form)
+    assert cancelled.json()["state"] == "cancelled"
+    resumed = api.client.post(f"/v1/jobs/{job_id}/resume", content='{"steps": 50}', headers=api.alice | form)
+    assert resumed.status_code == 200 and resumed.json()["progress"]["total_steps"] == 50, resumed.text
+    # What is not JSON is still refused, and nothing is recorded for it.
+    bad = api.client.post("/v1/jobs", content="kind=train&model=dcgan", headers=api.alice | form)
+    assert bad.status_code == 422 and "JSON" in bad.text
+    assert count(api) == 2
+    # The schema still says what to send.
+    schema = api.client.get("/openapi.json").json()
+    assert list(schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]) == ["application/json"]
+
+
 def test_body_over_the_limit_is_413(api: Api) -> None:
     big = {"kind": "train", "model": "dcgan", "options": {"x": "y" * 2_000_000}}
     assert api.client.post("/v1/jobs", json=big, headers=api.alice).status_code == 413
@@ -129,3 +159,16 @@ def test_readyz_names_what_is_down(settings: Settings) -> None:
     answer = down.client.get("/readyz")
     assert answer.status_code == 503 and "broker" in answer.json()["checks"]
     assert answer.json()["checks"]["database"] == "ok"
+
+
+def test_names_tags_and_init_from_through_the_api(api: Api) -> None:
+    job = api.submit(api.alice, name="first run", tags=["a", "b"])
+    assert job["name"] == "first run" and job["tags"] == ["a", "b"]
+    listed = api.client.get("/v1/jobs", params={"tag": "a"}, headers=api.alice).json()["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    # Starting from a job with no checkpoint, or from another owner's, is the same refusal.
+    for who in (api.alice, api.bob):
+        answer = api.client.post(
+            "/v1/jobs", json={"kind": "train", "model": "dcgan", "init_from": job["id"]}, headers=who
+        )
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["body", "init_from"]

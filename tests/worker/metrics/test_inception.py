@@ -25,6 +25,7 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import load_train_spec
 from gantry.jobs.storage import FileStore
+from gantry.worker.metrics.cache import Cache
 from gantry.worker.metrics.inception import (
     EXTRACTOR,
     PUBLISHED_SHA256_PREFIX,
@@ -137,7 +138,7 @@ def test_values_equal_torch_fidelitys_and_the_real_side_is_cached(
             weights=random_weights,
             weights_sha256=digest,
             device=torch.device("cpu"),
-            objects=objects,
+            cache=Cache.of_store(objects),
         )
         first_count, extracted[:] = sum(extracted), []
         second = fidelity_values(
@@ -146,7 +147,7 @@ def test_values_equal_torch_fidelitys_and_the_real_side_is_cached(
             weights=random_weights,
             weights_sha256=digest,
             device=torch.device("cpu"),
-            objects=objects,
+            cache=Cache.of_store(objects),
         )
         second_count = sum(extracted)
     finally:
@@ -239,8 +240,8 @@ def test_an_inception_metric_without_weights_is_refused_at_submit(
         "inception_score",
         "precision_recall",
     ]
-    # On a user's folder of images only the Inception metrics apply; 2-D points have none of them.
-    folder = load_train_spec({"model": "dcgan", "dataset": "/data/pictures"})
+    # text2img on a user's folder: only the Inception metrics apply; 2-D points have none of them.
+    folder = load_train_spec({"model": "text2img", "dataset": "/data/pictures"})
     with pytest.raises(InvalidInput, match="GANTRY_INCEPTION_WEIGHTS"):
         folder.resolve_metrics([])
     assert "fid" not in load_train_spec({"model": "gan", "dataset": "ring8"}).metric_names()

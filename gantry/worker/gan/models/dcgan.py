@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from gantry.jobs.specs import BUILTIN_LABELS, DCGANTrainSpec
+from gantry.jobs.specs.base import FOLDER_LABELS
 from gantry.worker.data import label_space
 from gantry.worker.gan import improved
 from gantry.worker.gan.infogan import CodedLatents
@@ -145,21 +146,31 @@ def spectral_norm_convs(D: nn.Module) -> None:
             nn.utils.parametrizations.spectral_norm(module)
 
 
-def _latents(spec: DCGANTrainSpec) -> CodedLatents:
+def _latents(spec: DCGANTrainSpec, values: dict[str, list[str]]) -> CodedLatents:
     """How G's latents are drawn. InfoGAN (gantry.worker.gan.infogan): one-hot codes join z, so G's
     input is nz + Σ codes wide; AC-GAN's label codes (`labels`, one per attribute, sized by the data
-    set's values) come last."""
+    set's `values`) come last."""
     opts = spec.options
-    return CodedLatents(
-        opts.nz,
-        opts.latent_codes,
-        label_sizes=_label_sizes(spec),
-        label_rows=torch.from_numpy(label_space(spec.dataset, opts.labels)) if opts.labels else None,
-    )
+    rows = None
+    if opts.labels == (FOLDER_LABELS,):  # one class per sub-folder, each drawn alike
+        rows = torch.arange(len(values[FOLDER_LABELS]), dtype=torch.int64)[:, None]
+    elif opts.labels:
+        rows = torch.from_numpy(label_space(spec.dataset, opts.labels))
+    return CodedLatents(opts.nz, opts.latent_codes, label_sizes=_label_sizes(spec, values), label_rows=rows)
 
 
-def _label_sizes(spec: DCGANTrainSpec) -> tuple[int, ...]:
-    return tuple(len(BUILTIN_LABELS[spec.dataset][name]) for name in spec.options.labels)
+def _label_values(spec: DCGANTrainSpec, given: dict[str, list[str]] | None) -> dict[str, list[str]]:
+    """The values of each label attribute G is conditioned on: a built-in data set's, or `given` (the
+    classes a folder's sub-folders make, from the data when training, from the checkpoint after)."""
+    if spec.options.labels == (FOLDER_LABELS,):
+        if not given or FOLDER_LABELS not in given:
+            raise ValueError("labels=folder: the data set's sub-folder names are missing")
+        return {FOLDER_LABELS: list(given[FOLDER_LABELS])}
+    return {name: BUILTIN_LABELS[spec.dataset][name] for name in spec.options.labels}
+
+
+def _label_sizes(spec: DCGANTrainSpec, values: dict[str, list[str]]) -> tuple[int, ...]:
+    return tuple(len(values[name]) for name in spec.options.labels)
 
 
 def _generator(spec: DCGANTrainSpec, channels: int, latents: CodedLatents) -> Generator:
@@ -195,21 +206,30 @@ def _generator_parts(
 def build_generator(
     spec: DCGANTrainSpec, *, channels: int, device: torch.device, extra: dict[str, Any] | None = None
 ) -> GeneratorParts:
-    """G alone, initialised as `build` initialises it (paper §4)."""
-    latents = _latents(spec)
+    """G alone, initialised as `build` initialises it (paper §4); `extra`: its checkpoint's, which keeps
+    the classes of labels=folder."""
+    latents = _latents(spec, _label_values(spec, (extra or {}).get("label_values")))
     G = _generator(spec, channels, latents)
     G.apply(init_weights)
     return _generator_parts(G, spec, latents, device)
 
 
-def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANModel:
+def build(
+    spec: DCGANTrainSpec,
+    *,
+    channels: int,
+    device: torch.device,
+    label_values: dict[str, list[str]] | None = None,
+) -> GANModel:
     """Networks, Adam optimizers (paper §4: lr 2e-4, beta1 0.5) and the non-saturating loss.
 
     G is made by the functions `build_generator` uses, interleaved with D's making in the order the
     global RNG has always been drawn in (G, D, their initialisation, D's minibatch head, G's
-    reference batch, D's spectral norm, the loss), so a seed trains the same weights as ever."""
+    reference batch, D's spectral norm, the loss), so a seed trains the same weights as ever.
+    `label_values`: with labels=folder, the data's classes (its sub-folders); the checkpoint keeps them."""
     opts = spec.options
-    latents = _latents(spec)
+    values = _label_values(spec, label_values)
+    latents = _latents(spec, values)
     G = _generator(spec, channels, latents)
     D = Discriminator(
         ndf=opts.ndf, channels=channels, image_size=spec.image_size, batch_norm=opts.d_norm == "batch"
@@ -226,7 +246,7 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
         spectral_norm_convs(D)
     if improved.uses_improved_loss(opts):
         loss = improved.build_loss(
-            parts.G, D, opts, feature_size=feature_size, label_codes=_label_sizes(spec)
+            parts.G, D, opts, feature_size=feature_size, label_codes=_label_sizes(spec, values)
         )
     else:
         loss = NonSaturatingLoss(parts.G, D)
@@ -242,4 +262,6 @@ def build(spec: DCGANTrainSpec, *, channels: int, device: torch.device) -> GANMo
         latent_sampler=parts.latent_sampler,
         labels=opts.labels,
         channels_last_on_cpu=True,
+        # Sampling rebuilds G from the checkpoint alone: it keeps the classes of labels=folder.
+        extra_state=(lambda: {"label_values": values}) if opts.labels == (FOLDER_LABELS,) else None,
     )
