@@ -129,8 +129,8 @@ class ModelOptions(OptionGroup):
     )
     eval_metric: str | None = Field(
         None,
-        description="with eval_every: the metric to track, e.g. fd_classifier or fid; default: cas for a "
-        "model conditioned on labels, else fd_classifier",
+        description="with eval_every: the metric to track, e.g. fd_classifier or fid; default: cas with "
+        "labels, else fd_classifier",
     )
 
     def label_attributes(self) -> tuple[str, ...]:
