@@ -14,7 +14,7 @@ from gantry.jobs import store as db
 from gantry.jobs.datasets import DATASETS
 from gantry.jobs.keys import eval_key
 from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpec, load_train_spec
-from gantry.worker.checkpoints import read_manifest
+from gantry.worker.checkpoints import read_manifest, warn
 from gantry.worker.errors import Stopped
 from gantry.worker.run import JobContext, device
 
@@ -52,9 +52,15 @@ def data_loader(ctx: JobContext, spec: TrainSpec, *, train: Any = None) -> Calla
 
 
 def run_metrics(
-    ctx: JobContext, names: list[str], *, train_job_id: str, spec: EvaluateSpec
+    ctx: JobContext,
+    names: list[str],
+    *,
+    train_job_id: str,
+    spec: EvaluateSpec,
+    data: Callable[[str], Any] | None = None,
 ) -> dict[str, float]:
-    """Compute `names` on a train job's checkpoint; record them on `ctx`'s job and the train job."""
+    """Compute `names` on a train job's checkpoint; record them on `ctx`'s job and the train job.
+    `data`: the train job's data by split (`data_loader`), when the caller has already read it."""
     from gantry.worker.metrics import EvalContext, evaluate_each
 
     with db.session_scope(ctx.sessions) as s:
@@ -72,7 +78,7 @@ def run_metrics(
         progress=lambda done, total: ctx.heartbeat(),
         settings=ctx.settings,
         cache=job_cache(ctx),
-        data=data_loader(ctx, train_spec),
+        data=data or data_loader(ctx, train_spec),
     )
     values: dict[str, float] = {}
     for i, (name, got) in enumerate(evaluate_each(names, eval_ctx)):
@@ -145,6 +151,22 @@ def save_eval_curve(ctx: JobContext, train_job_id: str, train_spec: TrainSpec) -
     )
 
 
+def without_missing_labels(
+    ctx: JobContext, train_spec: TrainSpec, names: list[str], data: Callable[[str], Any]
+) -> list[str]:
+    """Every metric that applies (`names`), less the label metrics (fd_classifier, cas...) when the
+    user's data turns out to have no labels, which the service cannot read at submit: a warning, so
+    the others (fid...) are still measured. Asked for by name, or alone, they fail the job naming
+    `dataset`."""
+    labelled = [name for name in names if METRICS[name].labelled]
+    if not labelled or len(labelled) == len(names) or train_spec.dataset in DATASETS:
+        return names
+    if getattr(data("train"), "labels", None) is not None:
+        return names
+    warn(ctx, [f"{train_spec.dataset} has no labels"], f"{', '.join(labelled)} left out")
+    return [name for name in names if name not in labelled]
+
+
 def evaluate_job(ctx: JobContext, spec: EvaluateSpec, parent_job_id: str) -> None:
     """Compute the metrics an evaluate job asks for (or those that apply) and write metrics.jsonl."""
     with db.session_scope(ctx.sessions) as s:
@@ -153,6 +175,9 @@ def evaluate_job(ctx: JobContext, spec: EvaluateSpec, parent_job_id: str) -> Non
     names = train_spec.resolve_metrics(
         spec.metrics, inception_weights=ctx.settings.inception_weights is not None
     )
-    run_metrics(ctx, names, train_job_id=parent_job_id, spec=spec)
+    data = data_loader(ctx, train_spec)
+    if not spec.metrics:
+        names = without_missing_labels(ctx, train_spec, names, data)
+    run_metrics(ctx, names, train_job_id=parent_job_id, spec=spec, data=data)
     save_eval_curve(ctx, parent_job_id, train_spec)
     ctx.write_metrics_jsonl()

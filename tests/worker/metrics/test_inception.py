@@ -282,5 +282,8 @@ def test_gantry_evaluate_measures_a_checkpoint_and_reuses_the_real_side(
         values.append(json.loads(out[out.index("{") :])["metrics"])
     assert set(values[0]) >= {"fid", "kid", "kid_std", "inception_score", "precision", "recall"}
     assert values[0]["fid"] > 0 and values[1] == values[0]  # same seed, same images, same values
+    assert (
+        "fd_classifier" not in values[0]
+    )  # every metric that applies, less those the data has no labels for
     objects = FileStore(Path(settings.storage.removeprefix("file://")))
     assert len(objects.list("cache/fidelity/")) == 1  # written by the first, read by the second
