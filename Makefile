@@ -20,9 +20,10 @@ $(API): pyproject.toml requirements/api.lock | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-# `gantry[worker]`: torch, scikit-learn, scikit-image, numpy, pillow.
+# `gantry[worker]`: torch, scikit-learn, scikit-image, numpy, pillow, torch-fidelity. --no-deps: the lock is
+# the whole tree, less what requirements/lock.py leaves out on purpose (torchvision, see there).
 $(WORKER): requirements/worker.lock $(API)
-	$(BIN)/python -m pip install --quiet -r requirements/worker.lock
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/worker.lock
 	touch $@
 
 # `gantry[dev]`: pytest, moto, ruff, mypy.

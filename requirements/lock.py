@@ -16,6 +16,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCKS = {"api": "", "worker": "[worker]", "dev": "[dev]"}
+# Packages resolved but left out of the locks, which make installs with --no-deps (a lock is the whole
+# tree). torchvision: torch-fidelity declares it for its CIFAR/STL inputs and VGG16, which gantry never
+# uses, and PyPI's build does not import beside other builds of the same torch (this machine's CPU
+# build: "operator torchvision::nms does not exist"). gantry imports torch-fidelity without it
+# (gantry/worker/metrics/torchvision_shim.py); a worker image with a matching torchvision may add it.
+LEFT_OUT = {"torchvision"}
 
 
 def canonical(name: str) -> str:
@@ -44,7 +50,7 @@ def resolve(extras: str, constraints: Path) -> dict[str, tuple[str, str]]:
     resolved = {}
     for item in installs:
         name, version = item["metadata"]["name"], item["metadata"]["version"]
-        if canonical(name) != "gantry":
+        if canonical(name) != "gantry" and canonical(name) not in LEFT_OUT:
             # torch's local label (+cpu) names this machine's build; the pin holds for any build.
             resolved[canonical(name)] = (name, version.split("+")[0])
     return resolved

@@ -16,7 +16,13 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Embedded-mode settings under tmp_path, schema applied."""
     from gantry.migrations import upgrade
 
-    for var in ("GANTRY_DATABASE_URL", "GANTRY_STORAGE_URL", "GANTRY_BROKER_URL", "GANTRY_S3_ENDPOINT_URL"):
+    for var in (
+        "GANTRY_DATABASE_URL",
+        "GANTRY_STORAGE_URL",
+        "GANTRY_BROKER_URL",
+        "GANTRY_S3_ENDPOINT_URL",
+        "GANTRY_INCEPTION_WEIGHTS",  # the Inception metrics are refused unless a test sets it
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("GANTRY_HOME", str(tmp_path / "home"))
     s = Settings()

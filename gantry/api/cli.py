@@ -336,6 +336,14 @@ def sample(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **fields:
 @click.option(
     "--seed", type=int, help=_shown("Seeds the metric's samples.", EvaluateSpec.model_fields["seed"].default)
 )
+@click.option(
+    "--samples",
+    type=int,
+    help=_shown(
+        "Generated images for fid, kid, inception_score and precision_recall.",
+        EvaluateSpec.model_fields["samples"].default,
+    ),
+)
 @_CODE_WALK
 @_labels
 @_WAIT

@@ -168,6 +168,7 @@ class Service:
                 "dataset",
                 f"{spec.dataset!r} is not a built-in data set ({builtin}) nor an existing path or URI",
             )
+        spec.check_inception_weights(self.settings.inception_weights is not None)
         # Options that name a file or another job (e.g. a run to start from) are checked by the
         # spec itself, with lookups that only the service has.
         spec.check_references(
@@ -241,7 +242,9 @@ class Service:
         labels = _labels(name, tags)
         spec = parse_evaluate_spec({k: v for k, v in fields.items() if v is not None and v != ()})
         train_spec = self._parent(job_id, spec.checkpoint)
-        names = train_spec.resolve_metrics(spec.metrics)
+        names = train_spec.resolve_metrics(
+            spec.metrics, inception_weights=self.settings.inception_weights is not None
+        )
         if spec.code_walk:
             train_spec.check_code_walk(spec.code_walk)
         return self._submit(

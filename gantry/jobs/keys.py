@@ -18,7 +18,8 @@ through these functions only, so the layout is spelled once:
     jobs/<job_id>/metrics.jsonl                     every metric point, written once at the job's end
     jobs/<job_id>/warnings.txt                      what went wrong without failing the job
     uploads/<owner>/<name>                          a data set uploaded through the API
-    cache/<name>                                    what metrics cache across jobs (a classifier per data set)
+    cache/<name>                                    what metrics cache across jobs: a classifier per
+                                                    data set, a data set's Inception features (fidelity/)
 
 Steps in keys are zero-padded, so keys of one kind sort in step order (a listing's newest is its
 last; `newest_first` also orders a step's checkpoints by attempt); the step itself is read from the
@@ -118,8 +119,8 @@ def manifest_key(job_id: str) -> str:
 
 
 def cache_key(name: str) -> str:
-    """Something metrics reuse across jobs and compute once (a classifier trained on a data set),
-    named by what it was computed from."""
+    """Something metrics reuse across jobs and compute once (a classifier trained on a data set, a
+    data set's Inception features: `fidelity/<hash>.npz`), named by what it was computed from."""
     return f"cache/{name}"
 
 

@@ -22,6 +22,17 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="unset: embedded mode; redis://...: queued")
     api_url: str | None = None
     api_token: str | None = None
+    # The Inception metrics (fid, kid, inception_score, precision_recall; docs/real-images.md, "Metrics").
+    inception_weights: str | None = Field(
+        None,
+        description="path or s3:// URI of pt_inception-2015-12-05-6726825d.pth, the FID Inception weights "
+        "torch-fidelity publishes; nothing is downloaded",
+    )
+    inception_weights_sha256: str | None = Field(
+        None,
+        description="the full sha256 of another weights file of the same network (tests: a random one); "
+        "unset: the file must match the published hash prefix 6726825d",
+    )
     # Worker tuning (not part of the user-facing contract).
     lease_seconds: int = Field(120, ge=5, description="a running job whose heartbeat is older is stale")
     retry_seconds: float = Field(

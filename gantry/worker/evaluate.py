@@ -14,7 +14,7 @@ from gantry.jobs import store as db
 from gantry.jobs.datasets import DATASETS
 from gantry.jobs.keys import eval_key
 from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpec, load_train_spec
-from gantry.worker.checkpoints import read_manifest
+from gantry.worker.checkpoints import read_manifest, warn
 from gantry.worker.errors import Stopped
 from gantry.worker.run import JobContext, device
 
@@ -52,9 +52,15 @@ def data_loader(ctx: JobContext, spec: TrainSpec, *, train: Any = None) -> Calla
 
 
 def run_metrics(
-    ctx: JobContext, names: list[str], *, train_job_id: str, spec: EvaluateSpec
+    ctx: JobContext,
+    names: list[str],
+    *,
+    train_job_id: str,
+    spec: EvaluateSpec,
+    data: Callable[[str], Any] | None = None,
 ) -> dict[str, float]:
-    """Compute `names` on a train job's checkpoint; record them on `ctx`'s job and the train job."""
+    """Compute `names` on a train job's checkpoint; record them on `ctx`'s job and the train job.
+    `data`: the train job's data by split (`data_loader`), when the caller has already read it."""
     from gantry.worker.metrics import EvalContext, evaluate_each
 
     with db.session_scope(ctx.sessions) as s:
@@ -70,8 +76,9 @@ def run_metrics(
         should_stop=ctx.should_stop,
         # Each chunk of a long evaluator: the job is alive (its step, the metrics done, stays).
         progress=lambda done, total: ctx.heartbeat(),
+        settings=ctx.settings,
         cache=job_cache(ctx),
-        data=data_loader(ctx, train_spec),
+        data=data or data_loader(ctx, train_spec),
     )
     values: dict[str, float] = {}
     for i, (name, got) in enumerate(evaluate_each(names, eval_ctx)):
@@ -106,6 +113,7 @@ def measure_during_training(
         save=lambda file_name, body: None,
         should_stop=lambda: False,  # the loop checks after the step, and checkpoints before it stops
         progress=lambda done, total: ctx.heartbeat(),
+        settings=ctx.settings,
         cache=job_cache(ctx),
         data=data,
         samples=spec.options.eval_samples,
@@ -143,11 +151,33 @@ def save_eval_curve(ctx: JobContext, train_job_id: str, train_spec: TrainSpec) -
     )
 
 
+def without_missing_labels(
+    ctx: JobContext, train_spec: TrainSpec, names: list[str], data: Callable[[str], Any]
+) -> list[str]:
+    """Every metric that applies (`names`), less the label metrics (fd_classifier, cas...) when the
+    user's data turns out to have no labels, which the service cannot read at submit: a warning, so
+    the others (fid...) are still measured. Asked for by name, or alone, they fail the job naming
+    `dataset`."""
+    labelled = [name for name in names if METRICS[name].labelled]
+    if not labelled or len(labelled) == len(names) or train_spec.dataset in DATASETS:
+        return names
+    if getattr(data("train"), "labels", None) is not None:
+        return names
+    warn(ctx, [f"{train_spec.dataset} has no labels"], f"{', '.join(labelled)} left out")
+    return [name for name in names if name not in labelled]
+
+
 def evaluate_job(ctx: JobContext, spec: EvaluateSpec, parent_job_id: str) -> None:
     """Compute the metrics an evaluate job asks for (or those that apply) and write metrics.jsonl."""
     with db.session_scope(ctx.sessions) as s:
         train_spec = load_train_spec(dict(db.get_job(s, parent_job_id).spec))
-    names = train_spec.resolve_metrics(spec.metrics)
-    run_metrics(ctx, names, train_job_id=parent_job_id, spec=spec)
+    # The worker's own settings decide: an Inception metric asked for where it has no weights fails the job.
+    names = train_spec.resolve_metrics(
+        spec.metrics, inception_weights=ctx.settings.inception_weights is not None
+    )
+    data = data_loader(ctx, train_spec)
+    if not spec.metrics:
+        names = without_missing_labels(ctx, train_spec, names, data)
+    run_metrics(ctx, names, train_job_id=parent_job_id, spec=spec, data=data)
     save_eval_curve(ctx, parent_job_id, train_spec)
     ctx.write_metrics_jsonl()

@@ -81,6 +81,9 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     """Train (or resume) a job; True when it ran to the end, False when it was stopped."""
     from gantry.worker.gan.loop import Callbacks, train
 
+    # The worker's own settings decide (as for an evaluate job): eval_metric=fid without the weights
+    # here fails the job now, not at its first evaluation.
+    spec.check_inception_weights(ctx.settings.inception_weights is not None)
     ctx.put_object(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode())
     found = find_resume(ctx)
     resume = found.data if found else None

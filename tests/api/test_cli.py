@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from gantry.api.cli import cli
 from gantry.jobs import store as db
+from gantry.jobs.specs import parse_train_spec
 
 
 def run(*args: str):
@@ -60,7 +61,8 @@ def test_bad_input_exits_with_its_code_and_writes_nothing(settings, args, code, 
 
 def test_sampling_a_job_without_checkpoint_is_refused(settings) -> None:
     with db.session_scope(db.connect(settings.database)) as s:
-        parent = db.create_job(s, kind="train", model="dcgan", spec={}, total_steps=10).id
+        spec = parse_train_spec("dcgan", {"steps": 10}, {}).model_dump(mode="json")  # as submit stores it
+        parent = db.create_job(s, kind="train", model="dcgan", spec=spec, total_steps=10).id
     result = run("sample", parent, "--count", "4")
     assert result.exit_code == 2
     assert "checkpoint" in result.output
@@ -103,7 +105,7 @@ def test_help_shows_each_default() -> None:
     assert "srresnet: 96" in train_help and "16 to 128" not in train_help  # each model's, from its spec
     sample_help = help_of("sample")
     assert "[default: 64]" in sample_help and "[default: latest]" in sample_help
-    assert "best" not in sample_help and "best" not in help_of("evaluate")
+    assert "best (by the eval metric, with eval_every)" in sample_help  # --checkpoint best
 
 
 def test_options_lists_architecture_first_with_defaults_and_bounds() -> None:

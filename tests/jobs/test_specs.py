@@ -141,9 +141,16 @@ def test_code_walk_readings_are_asked_of_the_train_spec() -> None:
 
 def test_metrics_apply_where_the_model_declares_them_and_the_data_fits() -> None:
     assert parse_train_spec("gan", {"dataset": "ring8"}, {}).metric_names() == ["modes_2d"]
+    inception = [
+        "fid",
+        "kid",
+        "inception_score",
+        "precision_recall",
+    ]  # image data, any model that makes images
     assert parse_train_spec("gan", {"dataset": "stacked-digits"}, {}).metric_names() == [
         "modes_stacked",
         "fd_classifier",
+        *inception,
     ]
     assert parse_train_spec("srgan", {}, {}).metric_names(auto=True) == ["psnr", "ssim"]
     shapes = parse_train_spec("text2img", {"dataset": "shapes"}, {})
@@ -156,18 +163,30 @@ def test_metrics_apply_where_the_model_declares_them_and_the_data_fits() -> None
     ]
     with pytest.raises(InvalidInput, match="sample_validity does not apply to text2img on shapes"):
         shapes.resolve_metrics(["sample_validity"])
-    with pytest.raises(InvalidInput, match="unknown metric 'fid'"):
+    with pytest.raises(InvalidInput, match="unknown metric 'fjd'"):
+        shapes.resolve_metrics(["fjd"])
+    # Without GANTRY_INCEPTION_WEIGHTS the Inception metrics are refused, and left out of "all".
+    with pytest.raises(InvalidInput, match="fid needs the Inception weights: set GANTRY_INCEPTION_WEIGHTS"):
         shapes.resolve_metrics(["fid"])
-    with pytest.raises(InvalidInput, match="no evaluation metric applies to text2img on /data/mine"):
-        parse_train_spec("text2img", {"dataset": "/data/mine"}, {}).resolve_metrics([])
+    assert shapes.resolve_metrics(["fid"], inception_weights=True) == ["fid"]
+    captioned = parse_train_spec("text2img", {"dataset": "/data/mine"}, {})  # only the Inception ones apply
+    with pytest.raises(InvalidInput, match="fid, kid, inception_score, precision_recall need the Inception"):
+        captioned.resolve_metrics([])
+    assert captioned.resolve_metrics([], inception_weights=True) == inception
+    # The user's data may have labels (checked when loaded): fd_classifier needs no weights.
+    mine = parse_train_spec("dcgan", {"dataset": "/data/mine"}, {})
+    assert mine.resolve_metrics([]) == ["fd_classifier"]
+    assert mine.resolve_metrics([], inception_weights=True) == ["fd_classifier", *inception]
 
 
 def test_label_metrics_need_labelled_images_and_the_conditional_ones_a_model_given_labels() -> None:
     # fd_classifier: any image model on labelled data (the user's data: its labels are checked when loaded).
-    assert parse_train_spec("gan", {"dataset": "digits", "image_size": 8}, {}).metric_names() == [
+    assert parse_train_spec("gan", {"dataset": "digits", "image_size": 8}, {}).resolve_metrics([]) == [
         "fd_classifier"
     ]
-    assert parse_train_spec("dcgan", {"dataset": "/data/mine.npz"}, {}).metric_names() == ["fd_classifier"]
+    assert parse_train_spec("dcgan", {"dataset": "/data/mine.npz"}, {}).resolve_metrics([]) == [
+        "fd_classifier"
+    ]
     assert "fd_classifier" not in parse_train_spec("gan", {"dataset": "ring8"}, {}).metric_names()
     # cas, gan_train, gan_test: a model conditioned on the data's labels.
     unconditioned = parse_train_spec("dcgan", {"dataset": "digits"}, {})
@@ -216,6 +235,34 @@ def test_eval_every_tracks_a_metric_chosen_at_submit() -> None:
         with pytest.raises(InvalidInput) as info:
             spec(model, fields, options)
         assert info.value.field == field and words in info.value.message, info.value
+
+
+def test_eval_every_tracks_an_inception_metric_only_with_the_weights() -> None:
+    def spec(metric: str) -> Any:
+        return parse_train_spec("dcgan", {"dataset": "digits"}, {"eval_every": "100", "eval_metric": metric})
+
+    assert [METRICS[n].better for n in ("fid", "kid", "inception_score", "precision_recall")] == [
+        "lower",
+        "lower",
+        "higher",
+        None,  # two figures that trade against each other: no best by it
+    ]
+    with pytest.raises(InvalidInput, match="precision_recall has no direction to track"):
+        spec("precision_recall")
+    # The spec cannot see GANTRY_INCEPTION_WEIGHTS: whoever has the settings (service, worker) asks.
+    fid = spec("fid")
+    assert fid.options.eval_metric == "fid"
+    fid.check_inception_weights(True)
+    with pytest.raises(
+        InvalidInput, match="fid needs the Inception weights: set GANTRY_INCEPTION_WEIGHTS"
+    ) as info:
+        fid.check_inception_weights(False)
+    assert info.value.field == "set.eval_metric"
+    spec("fd_classifier").check_inception_weights(False)  # needs no weights
+    # The default never needs them, so eval_every alone works on any machine.
+    assert parse_train_spec("dcgan", {"dataset": "/data/mine"}, {"eval_every": "5"}).options.eval_metric == (
+        "fd_classifier"
+    )
 
 
 def test_metrics_declare_their_keys_and_which_a_reading_renames() -> None:

@@ -106,3 +106,47 @@ def test_a_metric_that_only_worsens_keeps_the_first_measurement(
     assert svc.run_embedded(train) == "succeeded"
     manifest = keys.Manifest.parse(svc.objects.get_bytes(keys.manifest_key(train.id)))
     assert manifest.best is not None and (manifest.best.step, manifest.best.metric) == (2, "cas")
+
+
+def test_fid_is_tracked_with_the_weights_and_refused_without(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eval_metric=fid: lower is better, eval_samples generated images; refused at submit where
+    GANTRY_INCEPTION_WEIGHTS is unset, and by a worker without it (the weights are its to read)."""
+    drawn: list[int | None] = []
+
+    def fidelity(ctx: EvalContext) -> dict[str, float]:  # torch-fidelity's pass, scripted
+        assert ctx.settings.inception_weights == "/weights/inception.pth"  # the worker's settings
+        drawn.append(ctx.samples)
+        fid = SCRIPT[ctx.step]
+        return {
+            "fid": fid,
+            "kid": fid / 10,
+            "kid_std": 0.0,
+            "inception_score": 1.0,
+            "inception_score_std": 0.0,
+        }
+
+    monkeypatch.setattr("gantry.worker.metrics.inception.fidelity", fidelity)
+    without = settings.model_copy(update={"inception_weights": None})
+    with_weights = settings.model_copy(update={"inception_weights": "/weights/inception.pth"})
+    options = {"eval_every": "2", "eval_metric": "fid", "eval_samples": "200"}
+
+    with pytest.raises(
+        InvalidInput, match="fid needs the Inception weights: set GANTRY_INCEPTION_WEIGHTS"
+    ) as info:
+        Service(without).submit_train("gan", steps=8, options=options, **TINY)
+    assert info.value.field == "set.eval_metric"
+
+    train = Service(with_weights).submit_train("gan", steps=8, options=options, **TINY)
+    assert Service(with_weights).run_embedded(train) == "succeeded"
+    assert drawn == [200] * 4
+    manifest = keys.Manifest.parse(Service(settings).objects.get_bytes(keys.manifest_key(train.id)))
+    assert manifest.best is not None and (manifest.best.step, manifest.best.metric) == (4, "fid")
+
+    # Accepted where it was submitted, run by a worker without the weights: failed before training.
+    queued = Service(with_weights).submit_train("gan", steps=8, options=options, **TINY)
+    assert Service(without).run_embedded(queued) == "failed"
+    failed = Service(settings).get(queued.id)
+    assert failed.state == "failed" and "GANTRY_INCEPTION_WEIGHTS" in (failed.error or "")
+    assert not Service(settings).objects.exists(keys.manifest_key(queued.id))

@@ -64,6 +64,9 @@ class EvaluateRequest(_Request):
     metrics: list[str] = Field(default_factory=list, description="empty: every metric that applies")
     seed: int | None = None
     code_walk: str | None = None
+    samples: int | None = Field(
+        None, description="generated images for fid, kid, inception_score, precision_recall"
+    )
 
 
 JobRequest = Annotated[TrainRequest | SampleRequest | EvaluateRequest, Field(discriminator="kind")]

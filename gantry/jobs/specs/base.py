@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gantry.jobs.datasets import DATASETS, DatasetKind
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs.metrics import EVAL_DEFAULTS, METRICS
+from gantry.jobs.specs.metrics import EVAL_DEFAULTS, INCEPTION_WEIGHTS_HELP, METRICS
 
 if TYPE_CHECKING:
     from gantry.jobs.specs.jobs import SampleSpec
@@ -129,8 +129,8 @@ class ModelOptions(OptionGroup):
     )
     eval_metric: str | None = Field(
         None,
-        description="with eval_every: the metric to track, e.g. fd_classifier; default: cas for a model "
-        "conditioned on labels, else fd_classifier",
+        description="with eval_every: the metric to track, e.g. fd_classifier or fid; default: cas with "
+        "labels, else fd_classifier",
     )
 
     def label_attributes(self) -> tuple[str, ...]:
@@ -283,6 +283,16 @@ class TrainSpec(Strict):
             )
         return self
 
+    def check_inception_weights(self, inception_weights: bool) -> None:
+        """InvalidInput when `eval_every` tracks an Inception metric (eval_metric=fid, ...) and
+        `inception_weights` (whether GANTRY_INCEPTION_WEIGHTS is set) is False. The validators above
+        cannot see settings: the service calls this at submit and the worker before training."""
+        name = self.options.eval_metric
+        if self.options.eval_every and name is not None and METRICS[name].inception and not inception_weights:
+            raise InvalidInput(
+                "set.eval_metric", f"{name} needs the Inception weights: {INCEPTION_WEIGHTS_HELP}"
+            )
+
     # --- sample jobs ---------------------------------------------------------------------------
     def check_sample(self, sample: SampleSpec) -> None:
         """InvalidInput (naming the field) unless this model's checkpoint can be sampled as asked."""
@@ -325,9 +335,10 @@ class TrainSpec(Strict):
             and (conditioned or not info.conditional)
         ]
 
-    def resolve_metrics(self, asked: Sequence[str]) -> list[str]:
+    def resolve_metrics(self, asked: Sequence[str], *, inception_weights: bool = False) -> list[str]:
         """The metrics an evaluate job computes: `asked`, or every one that applies; InvalidInput if
-        one does not apply or none does."""
+        one does not apply or none does. `inception_weights`: whether GANTRY_INCEPTION_WEIGHTS is set;
+        without it an Inception metric asked for is refused, and none is among "every one"."""
         applicable = self.metric_names()
         for name in asked:
             if name not in METRICS:
@@ -339,7 +350,14 @@ class TrainSpec(Strict):
                     f"{name} does not apply to {self.model} on {self.dataset}; these do: "
                     f"{', '.join(applicable) or 'none'}",
                 )
-        chosen = list(dict.fromkeys(asked)) or applicable
+            if METRICS[name].inception and not inception_weights:
+                raise InvalidInput("metric", f"{name} needs the Inception weights: {INCEPTION_WEIGHTS_HELP}")
+        usable = [name for name in applicable if inception_weights or not METRICS[name].inception]
+        chosen = list(dict.fromkeys(asked)) or usable
+        if not chosen and applicable:  # only Inception metrics apply, and there are no weights
+            raise InvalidInput(
+                "metric", f"{', '.join(applicable)} need the Inception weights: {INCEPTION_WEIGHTS_HELP}"
+            )
         if not chosen:
             raise InvalidInput("metric", f"no evaluation metric applies to {self.model} on {self.dataset}")
         return chosen

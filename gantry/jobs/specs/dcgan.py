@@ -74,6 +74,10 @@ class DCGANTrainSpec(ConvTrainSpec):
         "gan_train",
         "gan_test",
         "fd_classifier",
+        "fid",
+        "kid",
+        "inception_score",
+        "precision_recall",
     )
     prompted_by: ClassVar[Literal["labels", "captions"] | None] = "labels"
     reads_codes: ClassVar[bool] = True

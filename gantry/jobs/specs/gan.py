@@ -43,7 +43,15 @@ class GANTrainSpec(TrainSpec):
     dataset: str = Field("ring8", min_length=1, description="ring8, grid25, or images (flattened)")
     options: GANOptions = GANOptions()
 
-    metrics: ClassVar[tuple[str, ...]] = ("modes_2d", "modes_stacked", "fd_classifier")
+    metrics: ClassVar[tuple[str, ...]] = (
+        "modes_2d",
+        "modes_stacked",
+        "fd_classifier",
+        "fid",
+        "kid",
+        "inception_score",
+        "precision_recall",
+    )
 
     @field_validator("image_size")
     @classmethod

@@ -129,3 +129,10 @@ class SampleSpec(_FromCheckpoint):
 class EvaluateSpec(_FromCheckpoint):
     kind: Literal["evaluate"] = "evaluate"
     metrics: list[str] = Field(default_factory=list, description="empty: every metric that applies")
+    samples: int = Field(
+        10_000,
+        ge=16,
+        le=100_000,
+        description="generated images the sample-based metrics (fid, kid, inception_score, precision_recall) "
+        "compare with the training images",
+    )

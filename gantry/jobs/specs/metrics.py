@@ -4,7 +4,8 @@ the values it writes. Torch-free: the worker's registry has their code, under th
 A metric applies to a train job when its model's spec lists it (`TrainSpec.metrics`), the job's
 data set fits (`MetricInfo.fits`) and, for one that reads what G was asked for (`conditional`), the
 model is conditioned on the data's labels. A metric with a direction (`better`) can be tracked
-during training (`--set eval_every=N eval_metric=NAME`), which keeps the best checkpoint by it.
+during training (`--set eval_every=N eval_metric=NAME`), which keeps the best checkpoint by it. An
+Inception metric (`inception`) also needs GANTRY_INCEPTION_WEIGHTS where the job is submitted and run.
 """
 
 from __future__ import annotations
@@ -33,10 +34,16 @@ class MetricInfo:
     labelled: bool = False
     # Reads samples with the labels G was given: a model conditioned on the data's labels only.
     conditional: bool = False
+    images: bool = False  # needs image data: a built-in image set or the user's (not 2-D points)
+    # Computed in the Inception network's features: needs GANTRY_INCEPTION_WEIGHTS (INCEPTION_WEIGHTS_HELP),
+    # which the spec cannot see: the service and the worker check it (`TrainSpec.check_inception_weights`).
+    inception: bool = False
 
     def fits(self, dataset: str) -> bool:
         """Whether a job on `dataset` has the data this metric needs."""
         if self.datasets is not None and dataset not in self.datasets:
+            return False
+        if self.images and dataset_kind(dataset) == "points":
             return False
         if self.labelled and dataset in DATASETS:
             info = DATASETS[dataset]
@@ -57,6 +64,17 @@ class MetricInfo:
 _SHAPES_ACCURACY = "shapes_classifier_accuracy"  # every shapes metric reports its classifier's
 # The metrics of gantry's own label classifier report its held-out accuracy when trained on real images.
 _REAL_ACCURACY = "real_classifier_accuracy"
+
+# Where the Inception metrics' weights come from: said wherever one is refused for want of them.
+INCEPTION_WEIGHTS_HELP = (
+    "set GANTRY_INCEPTION_WEIGHTS to a path or s3:// URI of the FID Inception weights, the file "
+    "weights-inception-2015-12-05-6726825d.pth of torch-fidelity's GitHub release v0.2.0 (the same file "
+    "as pytorch-fid's pt_inception-2015-12-05-6726825d.pth); gantry downloads nothing"
+)
+_INCEPTION = (
+    "; Inception-v3 features of generated images and of the training images (up to 50,000), computed by "
+    "torch-fidelity (needs GANTRY_INCEPTION_WEIGHTS)"
+)
 
 # metric name -> what it is and where it applies. One entry per metric.
 METRICS: dict[str, MetricInfo] = {
@@ -162,6 +180,39 @@ METRICS: dict[str, MetricInfo] = {
         keys=("fd_classifier", _REAL_ACCURACY),
         labelled=True,
         better="lower",
+    ),
+    # The field's usual figures for real images, all four from one pass of torch-fidelity
+    # (gantry.worker.metrics.inception). precision_recall has no direction: it is two figures that
+    # trade against each other (fidelity and coverage), so it is not one a best checkpoint is kept by.
+    "fid": MetricInfo(
+        "Fréchet Inception Distance, lower is better (Heusel et al. 2017, arXiv 1706.08500)" + _INCEPTION,
+        keys=("fid",),
+        images=True,
+        inception=True,
+        better="lower",
+    ),
+    "kid": MetricInfo(
+        "Kernel Inception Distance (Bińkowski et al. 2018, arXiv 1801.01401): mean and std over subsets of "
+        "up to 1,000" + _INCEPTION,
+        keys=("kid", "kid_std"),
+        images=True,
+        inception=True,
+        better="lower",
+    ),
+    "inception_score": MetricInfo(
+        "Inception Score of the generated images, higher is better, mean and std over 10 splits "
+        "(Salimans et al. 2016, arXiv 1606.03498)" + _INCEPTION,
+        keys=("inception_score", "inception_score_std"),
+        images=True,
+        inception=True,
+        better="higher",
+    ),
+    "precision_recall": MetricInfo(
+        "improved precision and recall (Kynkäänniemi et al. 2019, arXiv 1904.06991), k=3, in the Inception "
+        "pool features rather than the paper's VGG16 (not comparable with VGG16 figures)" + _INCEPTION,
+        keys=("precision", "recall"),
+        images=True,
+        inception=True,
     ),
 }
 

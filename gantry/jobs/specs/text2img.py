@@ -125,6 +125,10 @@ class Text2ImgTrainSpec(ConvTrainSpec):
         "prompt_diversity",
         "arithmetic_accuracy",
         "interpolation_validity",
+        "fid",
+        "kid",
+        "inception_score",
+        "precision_recall",
     )
     prompted_by: ClassVar[Literal["labels", "captions"] | None] = "captions"
     reads_codes: ClassVar[bool] = True

@@ -4,7 +4,8 @@
 `EVALUATORS` here maps the same name to the function that computes it, one module per family:
 `modes` (PacGAN's mode counts, with the digit classifier in `digits`), `shapes` (text to image and
 latent walks, read by `shapes_classifier`), `sr` (PSNR and SSIM), `classifier` (CAS, GAN-train,
-GAN-test and the classifier's Fréchet distance, read by `label_classifier`, trained per data set). Families are imported when first
+GAN-test and the classifier's Fréchet distance, read by `label_classifier`, trained per data set),
+`inception` (FID, KID, IS and precision/recall by torch-fidelity). Families are imported when first
 used, so importing this registry imports none of them.
 
 An evaluator takes an `EvalContext` and returns {key: value}; it may return several related values
@@ -20,9 +21,10 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpecBase
 from gantry.worker.errors import Stopped
 
@@ -49,6 +51,10 @@ EVALUATORS: dict[str, str] = {
     "gan_train": "classifier:trained_on_samples",
     "gan_test": "classifier:gan_test",
     "fd_classifier": "classifier:fd_classifier",
+    "fid": "inception:fidelity",
+    "kid": "inception:fidelity",
+    "inception_score": "inception:fidelity",
+    "precision_recall": "inception:fidelity",
 }
 
 
@@ -62,12 +68,16 @@ class EvalContext:
     save: Callable[[str, bytes], None]  # (file name, bytes) -> an artifact of the job
     should_stop: Callable[[], bool]  # True once the job was asked to stop
     progress: Callable[[int, int], None]  # (done, total) chunks of the evaluator running now
-    # Where metrics keep what they reuse across jobs (a classifier per data set); None: nothing kept.
+    # The worker's settings: GANTRY_INCEPTION_WEIGHTS for the Inception metrics, where data is fetched from.
+    settings: Settings = field(default_factory=get_settings)
+    # Where metrics keep what they reuse across jobs (a classifier per data set, a data set's Inception
+    # features); None: nothing kept.
     cache: Cache | None = None
     # The train job's data set by split ("train" or "test"); None: `load_dataset` of the spec's data
     # set (a built-in name or a local path). A job passes one that fetches the user's data once.
     data: Callable[[str], Any] | None = None
-    # How many samples metrics that take a count draw (eval_every's eval_samples); None: their own.
+    # How many samples metrics that take a count draw (eval_every's eval_samples); None: their own
+    # (an evaluate job's --samples for the Inception metrics).
     samples: int | None = None
 
     def report(self, done: int, total: int) -> None:

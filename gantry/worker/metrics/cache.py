@@ -1,5 +1,6 @@
-"""What metrics compute once and reuse across jobs (a classifier trained on a data set), kept in
-object storage under `cache/` (gantry.jobs.keys.cache_key), where every worker finds it.
+"""What metrics compute once and reuse across jobs (a classifier trained on a data set, a data set's
+Inception features), kept in object storage under `cache/` (gantry.jobs.keys.cache_key), where every
+worker finds it.
 
 Entries are named by what they were computed from (a content hash), so one is never stale: a
 changed input is another name. Two jobs that compute the same entry at once write the same bytes.

@@ -32,6 +32,7 @@ def test_submit_answers_the_job_as_status_json_shows_it(api: Api) -> None:
         ({"dataset": "file:///etc/passwd"}, "dataset", "GANTRY_ALLOWED_DATA_PREFIXES"),
         ({"dataset": "s3://elsewhere/data.zip"}, "dataset", "GANTRY_ALLOWED_DATA_PREFIXES"),
         ({"steps": 1_000_000, "batch_size": 4096}, "steps", "GANTRY_API_MAX_TRAIN_IMAGES"),
+        ({"options": {"eval_every": 10, "eval_metric": "fid"}}, "eval_metric", "GANTRY_INCEPTION_WEIGHTS"),
     ],
 )
 def test_bad_input_is_422_naming_the_field_and_nothing_is_recorded(
@@ -51,6 +52,13 @@ def test_unknown_kind_or_field_is_422(api: Api) -> None:
     for body in ({"kind": "paint", "model": "dcgan"}, {"kind": "train", "model": "dcgan", "colour": 1}, []):
         assert api.client.post("/v1/jobs", json=body, headers=api.alice).status_code == 422
     assert count(api) == 0
+
+
+def test_evaluate_takes_the_clis_samples(api: Api) -> None:
+    job = api.submit(api.alice)
+    body = {"kind": "evaluate", "parent_job_id": job["id"], "samples": 64}  # --samples: a field it knows
+    answer = api.client.post("/v1/jobs", json=body, headers=api.alice)
+    assert answer.status_code == 422 and "no checkpoint" in answer.text, answer.text  # not an unknown field
 
 
 def test_sample_of_a_job_without_checkpoint_names_the_checkpoint(api: Api) -> None:
