@@ -23,11 +23,11 @@ app = make_celery(get_settings())
 
 
 # What a job imports before its first step. Imported in a pool process, this took 2 to 15 s (torch
-# alone, on a busy machine; the first data set read another 2 s) in every new one: the first, and the one Celery starts after a job's
-# process died (killed, out of memory). Meanwhile the worker held a job's message without having
-# claimed the job, and a job taken over waited that long to resume. Imported once in the main
-# process, before the pool forks, they are shared by every pool process. Importing them starts no
-# thread and does not initialise CUDA, so forking after it is safe.
+# alone, on a busy machine; the first data set read 2 s more) in every new one: the first, and the
+# one Celery starts after a job's process died (killed, out of memory). Meanwhile the worker held a
+# job's message without having claimed the job, and a job taken over waited that long to resume.
+# Imported once in the main process, before the pool forks, they are shared by every pool process.
+# Importing them starts no thread and does not initialise CUDA, so forking after it is safe.
 PRELOAD = (
     "torch",
     "boto3",
