@@ -4,10 +4,13 @@
 - runs the reaper (gantry.jobs.requeue) in a thread of its main process once it is ready: jobs
   whose holder died are queued again, lost messages sent again, one reaper at a time;
 - stops gracefully on SIGTERM (gantry.worker.lifecycle): the running job is checkpointed and
-  handed back within GANTRY_STOP_SECONDS, for another worker to resume from that step."""
+  handed back within GANTRY_STOP_SECONDS, for another worker to resume from that step;
+- imports what a job needs (torch, the phases, the S3 client) in its main process before Celery
+  forks the pool, so that every pool process starts warm (see PRELOAD)."""
 
 from __future__ import annotations
 
+import importlib
 import socket
 from typing import Any
 
@@ -17,6 +20,40 @@ from gantry.jobs.queue import make_celery
 from gantry.jobs.settings import get_settings
 
 app = make_celery(get_settings())
+
+
+# What a job imports before its first step. Imported in a pool process, this took 2 to 15 s (torch
+# alone, on a busy machine; the first data set read 2 s more) in every new one: the first, and the
+# one Celery starts after a job's process died (killed, out of memory). Meanwhile the worker held a
+# job's message without having claimed the job, and a job taken over waited that long to resume.
+# Imported once in the main process, before the pool forks, they are shared by every pool process.
+# Importing them starts no thread and does not initialise CUDA, so forking after it is safe.
+PRELOAD = (
+    "torch",
+    "boto3",
+    "boto3.s3.transfer",
+    "botocore.config",
+    "sqlalchemy.dialects.postgresql.psycopg",
+    "sklearn.datasets",  # the built-in data sets
+    "sklearn.svm",  # the digits classifier of the metrics
+    "gantry.worker.train",
+    "gantry.worker.sample",
+    "gantry.worker.evaluate",
+    "gantry.worker.checkpoints",
+    "gantry.worker.data",
+    "gantry.worker.gan.loop",
+    "gantry.worker.gan.checkpoint",
+    "gantry.worker.gan.sampler",
+    "gantry.worker.metrics",
+)
+
+
+@signals.worker_init.connect
+def preload_job_modules(sender: Any = None, **_: Any) -> None:
+    if sender is not None and getattr(sender, "app", app) is not app:
+        return  # another app's worker (a test's own) in this process
+    for name in PRELOAD:
+        importlib.import_module(name)
 
 
 @signals.worker_ready.connect

@@ -14,7 +14,9 @@ objects in S3):
 - duplicated: the audit saw a superseded attempt write the job, or it turned `succeeded` twice, or
   its metric history or metrics.jsonl holds one (name, step) twice;
 - time to resume: from the fault (the end of it, for outages) to the job's step moving again, counted
-  only while some ready worker was free for it (not held by another job); bound: one checkpoint
+  only while some ready worker was free for it: holding no other job, and not starting another job
+  whose message it had taken (from Celery's "received" in its log to that job's claim: the queue
+  is first in, first out, and until the claim the row does not show it); bound: one checkpoint
   interval (seconds, from the measured step rate) + the lease + TOLERANCE (the 0.25 s poll, a start).
 (a) also checks that a deterministic job run through the kills ends with the same weights as the same
 spec run uninterrupted before them, on the same device.
@@ -214,6 +216,8 @@ class Run:
         self.slow: list[str] = []
         self.notes: list[str] = []
         self.started = time.monotonic()
+        self.mono_offset = time.time() - time.monotonic()  # the workers' logs are on the wall clock
+        self.taken: dict[int, list[tuple[float, float, str | None]]] = {}  # pgid -> Worker.messages
         self.poller = Poller(lambda: self.pg.connect(self.dbname), self._live_groups)
         self.poller.start()
 
@@ -357,9 +361,20 @@ class Run:
                 # Before the first tick: as the last one before `start` saw it (gaps count as free).
                 earlier = [tk for tk in self.poller.ticks if tk[0] < start]
                 tick = earlier[-1] if earlier else None
-            if tick is None or any(tick[2].get(g) in (None, job) for g in tick[1]):
+            if tick is None or any(self._free_for(job, g, tick) for g in tick[1]):
                 free += marks[i + 1] - marks[i]
         return free
+
+    def _free_for(self, job: str, group: int, tick: tuple[float, frozenset[int], dict[int, str]]) -> bool:
+        """Whether worker `group` was free for `job` at `tick`: it held no other job's row and was not
+        starting another job whose message it had taken (a message it never named counts as free)."""
+        held = tick[2].get(group)
+        if held is not None:
+            return held == job
+        return not any(
+            start <= tick[0] < until and other not in (None, job)
+            for start, until, other in self.taken.get(group, [])
+        )
 
     def _checkpoint_seconds(self) -> float:
         rates = []
@@ -484,6 +499,7 @@ class Run:
                 result.duplicated += 1
                 self.failures.append(f"duplicated: {where}: {'; '.join(dup)}")
         # Time to resume.
+        self.taken = {w.pgid: w.messages(self.mono_offset) for w in self.workers}
         ckpt_seconds = self._checkpoint_seconds()
         result.bound = ckpt_seconds + size.lease + TOLERANCE
         worst: float | None = None
@@ -524,9 +540,25 @@ class Run:
                 self.notes.append(f"weights: job {twin} ({claims} attempts) equals its uninterrupted twin")
             if claims < 2:
                 self.notes.append(f"weights: job {twin} was never interrupted, so the check proves little")
+        self._write_timeline()
         result.failures, result.slow, result.notes = self.failures, self.slow, self.notes
         result.seconds = time.monotonic() - self.started
         return result
+
+    def _write_timeline(self) -> None:
+        """timeline.json beside the workers' logs (kept with CHAOS_KEEP=1), for a post-mortem of a
+        time to resume: every read of the poller, the faults, the workers and the messages they took."""
+        data = {
+            "mono_offset": self.mono_offset,
+            "started": self.started,
+            "ticks": [
+                (t, sorted(live), {str(g): j for g, j in held.items()}) for t, live, held in self.poller.ticks
+            ],
+            "history": self.poller.history,
+            "faults": [(f.what, f.t0, f.t_ref, f.jobs) for f in self.faults],
+            "workers": [(w.name, w.pgid, w.started, self.taken.get(w.pgid, [])) for w in self.workers],
+        }
+        (self.dir / "timeline.json").write_text(json.dumps(data))
 
     def close(self) -> None:
         for w in self.workers:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -286,6 +288,13 @@ class S3:
         _end(self.moto)
 
 
+# A worker's log lines (Celery's format) that tell when it took a message and which job it was for.
+LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [^\]]+\] (.*)$")
+RECEIVED = re.compile(r"^Task gantry\.\w+\[[^\]]+\] received")
+CLAIMED = re.compile(r"^job (\w+): (?:\w+ attempt \d+ started|a duplicate message, dropped|not claimed)")
+POOL_DIED = re.compile(r"^Process '[^']+' pid:\d+ exited")
+
+
 class Worker:
     """A real worker: `gantry worker` (which requeues stale jobs, then execs Celery) or plain
     `celery -A gantry.worker.app worker`, prefork with one pool process, in its own process group."""
@@ -316,6 +325,31 @@ class Worker:
         if not self._ready:
             self._ready = "ready." in self.log_path.read_text(errors="replace")
         return self._ready
+
+    def messages(self, mono_offset: float) -> list[tuple[float, float, str | None]]:
+        """(taken, until, job) for each message this worker took off the queue, read from its log,
+        on the time.monotonic() clock (`mono_offset`: time.time() - time.monotonic()): from Celery's
+        "received" to the job's claim (or the message dropped), its pool process's death or the log's
+        end. `job` is None when the worker never said which job it was (killed before the claim)."""
+        out: list[tuple[float, float, str | None]] = []
+        start = None
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if not (m := LOG_LINE.match(line)):
+                continue
+            t = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - mono_offset
+            if RECEIVED.match(m[2]):
+                if start is not None:
+                    out.append((start, t, None))
+                start = t
+            elif start is not None and (claimed := CLAIMED.match(m[2])):
+                out.append((start, t, claimed[1]))
+                start = None
+            elif start is not None and POOL_DIED.match(m[2]):
+                out.append((start, t, None))
+                start = None
+        if start is not None:
+            out.append((start, float("inf"), None))
+        return out
 
     def children(self) -> list[int]:
         try:
