@@ -178,9 +178,10 @@ async def hold_streams(
                 ready.set()
             await release.wait()
             try:  # open: nothing to read yet, or a keep-alive or event; closed: end of file
-                still_open += await asyncio.wait_for(conn.reader.read(100), 0.2) != b""
+                alive = await asyncio.wait_for(conn.reader.read(100), 0.2) != b""
             except TimeoutError:
-                still_open += 1
+                alive = True
+            still_open += alive  # after the await: `still_open += await ...` would add to a stale count
         except (OSError, asyncio.IncompleteReadError, IndexError, ValueError) as exc:
             print(f"  stream {i}: {type(exc).__name__}")
         finally:
