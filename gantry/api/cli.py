@@ -817,15 +817,29 @@ def worker(ctx: click.Context, gpus: str, queues: str, loglevel: str) -> None:
     help="Start a `gantry worker` beside the API. Default: only without GANTRY_BROKER_URL, where "
     "it takes the jobs from the local queue.",
 )
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="uvicorn's line per request on stderr (off: less work per request under heavy load).",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, api_workers: int, with_worker: bool | None) -> None:
+def serve(
+    ctx: click.Context, host: str, port: int, api_workers: int, with_worker: bool | None, access_log: bool
+) -> None:
     """Run the HTTP API (docs/api.md). Alone, a whole service on this machine: SQLite, file storage
     and a worker beside it; with GANTRY_BROKER_URL, the API of a queued deployment."""
     from gantry.api.serve import run_serve
 
     sys.exit(
         run_serve(
-            ctx.obj, host=host, port=port, api_workers=api_workers, with_worker=with_worker, echo=click.echo
+            ctx.obj,
+            host=host,
+            port=port,
+            api_workers=api_workers,
+            with_worker=with_worker,
+            echo=click.echo,
+            access_log=access_log,
         )
     )
 

@@ -132,6 +132,18 @@ def worker_log(settings: Settings) -> Path:
     return settings.home / "logs" / "worker.log"
 
 
+def _raise_open_files() -> None:
+    """Every open connection (an event stream is one) is a file descriptor of an API process: the
+    soft limit, often 1024, is raised to the hard one, for serve and so for its children."""
+    with contextlib.suppress(Exception):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        if soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def _die_with_parent() -> None:
     """In a child, before exec: on Linux it gets SIGTERM should serve itself be killed (SIGKILL gives
     serve no chance to stop it), so no API is left holding the port and no worker runs unwatched."""
@@ -165,10 +177,12 @@ def run_serve(
     api_workers: int,
     with_worker: bool | None,
     echo: Callable[[str], None],
+    access_log: bool = True,
 ) -> int:
     """Start the API (and the worker), supervise them until SIGTERM or Ctrl-C, stop them; the exit
     status is the API's when it ends by itself."""
     p = plan(settings, with_worker=with_worker)
+    _raise_open_files()
     database_note = prepare_database(p.settings)
     for line in startup_lines(p, host=host, port=port, api_workers=api_workers, database_note=database_note):
         echo(line)
@@ -184,7 +198,8 @@ def run_serve(
 
     api = _start(
         [sys.executable, "-m", "uvicorn", APP, "--factory", "--host", host, "--port", str(port),
-         "--workers", str(api_workers), "--timeout-graceful-shutdown", str(GRACEFUL_SECONDS)],
+         "--workers", str(api_workers), "--timeout-graceful-shutdown", str(GRACEFUL_SECONDS),
+         *([] if access_log else ["--no-access-log"])],
         p.env,
     )  # fmt: skip
     worker: subprocess.Popen[bytes] | None = None

@@ -11,6 +11,7 @@ import getpass
 import importlib
 import logging
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -21,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, raiseload, sessionmaker
 
 from gantry.api import files
 from gantry.api.schemas import ArtifactView, JobPage, JobView, LogLine, MetricPoint, Progress, TokenView
-from gantry.jobs import accounts, joblogs
+from gantry.jobs import accounts, joblogs, reads
 from gantry.jobs import store as db
 from gantry.jobs.accounts import Caller
 from gantry.jobs.datasets import DATASETS
@@ -78,29 +79,27 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
-class Service:
-    """What every front end calls. `caller` is who an HTTP request acts for (None: the CLI on the
-    operator's machine, which reaches the store directly and sees every job): a non-admin caller
-    sees and acts on its own jobs only, and another owner's job is JobNotFound, exactly as a
-    missing one; its submissions are held to the API's limits and data rules (docs/api.md)."""
+class _Shared:
+    """What a service and all its scoped copies share, made on first use: the engine and its pool,
+    the object store, the Celery app (and so its pool of broker connections). One per process: a
+    copy made per HTTP request must never build its own."""
 
-    def __init__(self, settings: Settings, caller: Caller | None = None) -> None:
-        self.settings = settings
-        self.caller = caller
-        # When the services were last found usable (monotonic time), shared with scoped copies.
-        self._services_ok_at: list[float] = [float("-inf")]
-
-    def scoped(self, caller: Caller | None) -> Service:
-        """This service acting for `caller`, sharing its connections (one per HTTP request)."""
-        other = Service.__new__(Service)
-        other.__dict__.update(self.__dict__)  # the cached engine, object store and Celery app
-        other.caller = caller
-        return other
+    def __init__(self, settings: Settings, engine_options: dict[str, Any]) -> None:
+        self.settings, self.engine_options = settings, engine_options
+        self._lock = threading.Lock()
+        # When the services were last found usable (monotonic time); see Service._check_services.
+        self.services_ok_at = float("-inf")
+        self.services_lock = threading.Lock()
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
         # A new SQLite store (the embedded default) gets its schema here, on first use.
-        return db.connect(self.settings.database, create_sqlite=True)
+        with self._lock:  # one engine, whichever request comes first
+            return db.connect(self.settings.database, create_sqlite=True, **self.engine_options)
+
+    @cached_property
+    def reads(self) -> sessionmaker[Session]:
+        return db.autocommit(self.sessions)
 
     @cached_property
     def objects(self) -> ObjectStore:
@@ -108,14 +107,72 @@ class Service:
 
     @cached_property
     def celery(self):  # type: ignore[no-untyped-def]
-        return make_celery(self.settings)
+        with self._lock:
+            return make_celery(self.settings)
+
+
+class Service:
+    """What every front end calls. `caller` is who an HTTP request acts for (None: the CLI on the
+    operator's machine, which reaches the store directly and sees every job): a non-admin caller
+    sees and acts on its own jobs only, and another owner's job is JobNotFound, exactly as a
+    missing one; its submissions are held to the API's limits and data rules (docs/api.md).
+
+    `engine_options`: for the database's engine (`gantry.jobs.store.make_engine`); the HTTP app
+    sizes the pool to its threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        caller: Caller | None = None,
+        *,
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.caller = caller
+        self._shared = _Shared(settings, engine_options or {})
+
+    def scoped(self, caller: Caller | None) -> Service:
+        """This service acting for `caller`, sharing its connections (one per HTTP request)."""
+        other = Service.__new__(Service)
+        other.__dict__.update(self.__dict__)
+        other.caller = caller
+        return other
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        return self._shared.sessions
+
+    @property
+    def read_sessions(self) -> sessionmaker[Session]:
+        """Sessions for reads only, in autocommit (see `_read`)."""
+        return self._shared.reads
+
+    @property
+    def objects(self) -> ObjectStore:
+        return self._shared.objects
+
+    @property
+    def celery(self):  # type: ignore[no-untyped-def]
+        return self._shared.celery
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
         """A transaction; a database that stops answering raises ServiceUnavailable."""
+        with self._unavailable(), db.session_scope(self.sessions) as s:
+            yield s
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        """A session for reads only: each statement on its own (no BEGIN or COMMIT round trips),
+        which under READ COMMITTED sees what a transaction's statements would see each."""
+        with self._unavailable(), self.read_sessions() as s:
+            yield s
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """A database that stops answering raises ServiceUnavailable."""
         try:
-            with db.session_scope(self.sessions) as s:
-                yield s
+            yield
         except GantryError:
             raise
         except Exception as exc:
@@ -124,14 +181,22 @@ class Service:
                 raise
             raise down from None
 
-    def _job(self, s: Session, job_id: str) -> db.Job:
+    def _job(self, s: Session, job_id: str, *, tags: bool = True) -> db.Job:
         """Job `job_id` as the caller may see it: every lookup of a job by its id goes through here.
         Another owner's job does not exist for a non-admin caller (the same JobNotFound, so ids
-        cannot be probed)."""
-        job = db.get_job(s, job_id)
+        cannot be probed). `tags=False`: its tags are not loaded (reading `job.tags` raises), saving a
+        query where they are not needed or read otherwise."""
+        job = s.get(db.Job, job_id, options=() if tags else [raiseload(db.Job.tag_rows)])
+        if job is None:
+            raise JobNotFound(job_id)
         if self.caller is not None and not self.caller.admin and job.owner != self.caller.owner:
             raise JobNotFound(job_id)
         return job
+
+    def require(self, job_id: str) -> None:
+        """JobNotFound unless the caller may see job `job_id`: one query, for a check alone."""
+        with self._read() as s:
+            self._job(s, job_id, tags=False)
 
     @property
     def _owner_filter(self) -> str | None:
@@ -187,9 +252,9 @@ class Service:
     def _train_job_with_checkpoint(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
         """(model, spec) of train job `job_id` if it exists (for this caller) and has a checkpoint,
         else None."""
-        with self._session() as s:
+        with self._read() as s:
             try:
-                job = self._job(s, job_id)
+                job = self._job(s, job_id, tags=False)
             except JobNotFound:
                 return None
             if job.kind != "train":
@@ -258,8 +323,8 @@ class Service:
 
     def _parent(self, job_id: str, checkpoint: str) -> TrainSpec:
         """The spec of train job `job_id`, after checking it has checkpoint `checkpoint`."""
-        with self._session() as s:
-            parent = self._job(s, job_id)
+        with self._read() as s:
+            parent = self._job(s, job_id, tags=False)
             if parent.kind != "train":
                 raise InvalidInput("job_id", f"job {job_id} is a {parent.kind} job; use a train job")
             stored, state = dict(parent.spec), parent.state
@@ -327,14 +392,18 @@ class Service:
         refused or unreachable. A success holds for a few seconds, so a busy API does not open a
         broker connection and ask S3 for its bucket on every submission (an enqueue that fails
         after all is handled by `_enqueue`)."""
-        if time.monotonic() - self._services_ok_at[0] < SERVICES_CHECK_SECONDS:
+        shared = self._shared
+        if time.monotonic() - shared.services_ok_at < SERVICES_CHECK_SECONDS:
             return
-        if self.settings.embedded:
-            check_worker_installed()
-        else:
-            check_broker(self.celery, self.settings.broker_url or "")
-        check_storage(self.settings.storage, endpoint_url=self.settings.s3_endpoint_url)
-        self._services_ok_at[0] = time.monotonic()
+        with shared.services_lock:  # one check at a time; those that waited take its success
+            if time.monotonic() - shared.services_ok_at < SERVICES_CHECK_SECONDS:
+                return
+            if self.settings.embedded:
+                check_worker_installed()
+            else:
+                check_broker(self.celery, self.settings.broker_url or "")
+            check_storage(self.settings.storage, endpoint_url=self.settings.s3_endpoint_url)
+            shared.services_ok_at = time.monotonic()
 
     def _enqueue(self, kind: str, job_id: str) -> None:
         """Send the job's message. When the broker does not take it, the row would wait for a
@@ -379,10 +448,11 @@ class Service:
                 name=name,
                 tags=tags,
             )
-            job_id = job.id
+            # A new job has no artifacts nor metrics: its view needs no second read.
+            view = self._view(job, reads.JobDetails(tags=sorted(tags)))
         if not self.settings.embedded:
-            self._enqueue(kind, job_id)
-        return self.get(job_id)
+            self._enqueue(kind, view.id)
+        return view
 
     def resume(self, job_id: str, *, steps: int | None = None) -> JobView:
         """Queue a failed or cancelled job again (attempt + 1); a train job continues from its last
@@ -400,8 +470,8 @@ class Service:
         return self.get(job_id)
 
     def _check_steps(self, job_id: str, steps: int) -> None:
-        with self._session() as s:
-            job = self._job(s, job_id)
+        with self._read() as s:
+            job = self._job(s, job_id, tags=False)
             kind, stored = job.kind, dict(job.spec)
         if kind != "train":
             raise InvalidInput("steps", f"job {job_id} is a {kind} job; --steps changes a train job's total")
@@ -511,8 +581,10 @@ class Service:
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> JobView:
-        with self._session() as s:
-            return self._view(s, self._job(s, job_id))
+        """The job: two queries, its row and then its artifacts, tags and latest metrics."""
+        with self._read() as s:
+            job = self._job(s, job_id, tags=False)
+            return self._view(job, reads.job_details(s, job_id))
 
     def list_jobs(
         self,
@@ -531,7 +603,7 @@ class Service:
         `since` and `until` are ISO dates or times (UTC unless they say): a date `until` takes in
         that whole day."""
         start, end = _moment("since", since), _moment("until", until, end_of_day=True)
-        with self._session() as s:
+        with self._read() as s:
             jobs, next_cursor = db.list_jobs(
                 s,
                 state=state,
@@ -546,14 +618,19 @@ class Service:
                 limit=limit,
                 cursor=cursor,
             )
-            views = [self._view(s, job, with_artifacts=False) for job in jobs]
+            # A page's tags come with its jobs (one query); its metrics in one more; no artifacts.
+            metrics = reads.latest_metrics_of(s, [job.id for job in jobs])
+            views = [
+                self._view(job, reads.JobDetails(metrics=metrics.get(job.id, {}), tags=job.tags))
+                for job in jobs
+            ]
         return JobPage(jobs=views, next_cursor=next_cursor)
 
     def logs(self, job_id: str, *, since_id: int | None = None) -> list[LogLine]:
         """The job's log: its own lines and the infrastructure errors it met (gantry.jobs.joblogs),
         in order; `since_id`: only the lines after that one (a follower's next read)."""
-        with self._session() as s:
-            self._job(s, job_id)
+        with self._read() as s:
+            self._job(s, job_id, tags=False)
             return [
                 LogLine(
                     id=row.id, attempt=row.attempt, time=_utc(row.time), level=row.level, message=row.message
@@ -600,8 +677,8 @@ class Service:
         return [*order, job.id]
 
     def metrics(self, job_id: str) -> list[MetricPoint]:
-        with self._session() as s:
-            self._job(s, job_id)
+        with self._read() as s:
+            self._job(s, job_id, tags=False)
             return [
                 MetricPoint(name=m.name, step=m.step, value=m.value, time=_utc(m.time))  # type: ignore[arg-type]
                 for m in db.metric_history(s, job_id)
@@ -654,8 +731,9 @@ class Service:
 
     # -- accounts (the operator's CLI; the HTTP app only authenticates) ------------------------
     def authenticate(self, token: str) -> Caller | None:
-        """The caller `token` stands for; None when it is unknown, expired or revoked."""
-        with self._session() as s:
+        """The caller `token` stands for; None when it is unknown, expired or revoked. Read on every
+        request (nothing cached), so a revocation holds from the next request on."""
+        with self._read() as s:
             return accounts.authenticate(s, token)
 
     def create_token(self, owner: str, *, admin: bool = False, expires: str | None = None) -> TokenView:
@@ -716,8 +794,8 @@ class Service:
     # -- artifacts and uploads (gantry.api.files; docs/api.md, "Artifacts" and "Uploads") ------
     def artifacts(self, job_id: str) -> list[files.ArtifactFile]:
         """Every object of job `job_id`: what `download` copies, each with its kind and size."""
-        with self._session() as s:
-            self._job(s, job_id)
+        with self._read() as s:
+            self._job(s, job_id, tags=False)
             recorded = {a.key: (a.kind, a.bytes) for a in db.list_artifacts(s, job_id)}
         return files.job_files(self.objects, job_id, recorded)
 
@@ -782,13 +860,8 @@ class Service:
             return f"/v1/jobs/{job_id}/artifacts/{key}"
         return self.objects.uri(key)
 
-    def _view(self, s: Session, job: db.Job, *, with_artifacts: bool = True) -> JobView:
-        artifacts = []
-        if with_artifacts:
-            artifacts = [
-                ArtifactView(key=a.key, uri=self._artifact_uri(job.id, a.key), kind=a.kind, bytes=a.bytes)
-                for a in db.list_artifacts(s, job.id)
-            ]
+    def _view(self, job: db.Job, details: reads.JobDetails) -> JobView:
+        """Job `job` as every front end shows it, with `details` read apart from its row."""
         return JobView(
             id=job.id,
             kind=job.kind,
@@ -796,16 +869,19 @@ class Service:
             state=job.state,
             attempt=job.attempt,
             progress=Progress(step=job.step, total_steps=job.total_steps),
-            metrics=db.latest_metrics(s, job.id),
+            metrics=details.metrics,
             error=job.error,
-            artifacts=artifacts,
+            artifacts=[
+                ArtifactView(key=key, uri=self._artifact_uri(job.id, key), kind=kind, bytes=size)
+                for key, kind, size in details.artifacts
+            ],
             created_at=_utc(job.created_at),  # type: ignore[arg-type]
             started_at=_utc(job.started_at),
             finished_at=_utc(job.finished_at),
             parent_job_id=job.parent_job_id,
             spec=dict(job.spec),
             name=job.name,
-            tags=job.tags,
+            tags=details.tags,
         )
 
 

@@ -183,7 +183,9 @@ class Artifact(Base):
 # --- connecting -------------------------------------------------------------------------------
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, **options: Any) -> Engine:
+    """An engine for `url`. `options` (PostgreSQL etc., not SQLite) replace the defaults given to
+    `create_engine`: the API sizes its pool to its threads and skips the ping (gantry.api.service)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -196,7 +198,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, **({"pool_pre_ping": True} | options))
 
 
 def describe_url(url: str) -> str:
@@ -231,13 +233,15 @@ def _missing_sqlite_file(url: str) -> bool:
     )
 
 
-def connect(url: str, *, check_schema: bool = True, create_sqlite: bool = False) -> sessionmaker[Session]:
+def connect(
+    url: str, *, check_schema: bool = True, create_sqlite: bool = False, **engine_options: Any
+) -> sessionmaker[Session]:
     """A session factory for `url`, after checking that the schema is the one this code expects.
 
     `create_sqlite`: a SQLite database with no gantry schema yet (a new embedded store) gets it now,
     through the same Alembic migrations as `gantry db upgrade`. Any other database, and a SQLite one
-    at another revision, is left to `gantry db upgrade`."""
-    engine = make_engine(url)
+    at another revision, is left to `gantry db upgrade`. `engine_options`: see `make_engine`."""
+    engine = make_engine(url, **engine_options)
     if check_schema:
         found = None if _missing_sqlite_file(url) else schema_revision(engine)
         if found is None and create_sqlite and url.startswith("sqlite"):
@@ -259,6 +263,14 @@ def connect(url: str, *, check_schema: bool = True, create_sqlite: bool = False)
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     with factory() as session, session.begin():
         yield session
+
+
+def autocommit(factory: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions of `factory`'s engine (the same pool) whose statements each commit on their own: no
+    BEGIN and COMMIT round trips. For reads only, where each statement seeing its own snapshot is
+    what READ COMMITTED gives anyway; a write needs `session_scope`'s transaction."""
+    engine = factory.kw["bind"].execution_options(isolation_level="AUTOCOMMIT")
+    return sessionmaker(engine, expire_on_commit=False)
 
 
 # --- jobs -------------------------------------------------------------------------------------

@@ -26,6 +26,14 @@ from gantry.jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# The database pool of each API process. Sync routes run in uvicorn's thread pool (AnyIO's default:
+# 40 threads), each holding at most one connection at a time, so 40 connections never make a
+# request wait for one: 20 are kept open, up to 20 more are opened under load and closed after.
+# No ping before each checkout (a round trip on every request): after a database restart the
+# requests that meet a dead connection answer 503, the pool drops every connection it held then,
+# and the next requests open new ones (docs/api.md, "Running the service").
+ENGINE_OPTIONS = {"pool_size": 20, "max_overflow": 20, "pool_pre_ping": False}
+
 DESCRIPTION = """\
 Train and sample GANs as jobs. Every `/v1` call needs `Authorization: Bearer TOKEN`
 (`gantry token create --owner NAME` prints one); a token sees and acts on its owner's jobs only,
@@ -43,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.service = Service(settings)
+    app.state.service = Service(settings, engine_options=ENGINE_OPTIONS)
     app.state.limiter = RateLimiter(settings.api_rate, settings.api_burst)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes, exempt=("/v1/datasets",))
     app.add_middleware(JsonBodies, exempt=("/v1/datasets",))  # `curl -d '{...}'` names a form

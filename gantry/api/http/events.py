@@ -60,7 +60,7 @@ def watch(
     ] = None,
 ) -> Watch:
     """The caller may see job `job_id` (404 otherwise), checked before the stream starts."""
-    svc.get(job_id)
+    svc.require(job_id)
     return Watch(job_id, last_event_id or 0)
 
 

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 
 from anyio import to_thread
 from sqlalchemy import func, select
+from sqlalchemy.orm import raiseload
 
 from gantry.api.schemas import JobView
 from gantry.api.service import Service
@@ -200,8 +201,10 @@ class EventHub:
                 sub.offer(batch)
 
     # -- reads (in a worker thread) ----------------------------------------------------------------
+    # Reads are in autocommit sessions (Service.read_sessions): each statement on its own, as in a
+    # READ COMMITTED transaction, without its BEGIN and COMMIT round trips.
     def _top(self) -> int:
-        with db.session_scope(self.service.sessions) as s:
+        with self.service.read_sessions() as s:
             return int(s.scalar(select(func.max(db.Metric.id))) or 0)
 
     def _read(
@@ -209,7 +212,7 @@ class EventHub:
     ) -> tuple[int, dict[str, Snapshot], list[tuple[str, Point]], int, dict[str, JobView]]:
         # The rows first, then the points: a point committed before its job's end is always read
         # by the poll that first sees the end.
-        with self._read_lock, db.session_scope(self.service.sessions) as s:
+        with self._read_lock, self.service.read_sessions() as s:
             read = self._next_read()
             rows = {
                 job_id: Snapshot(state, step, total, error)
@@ -241,9 +244,9 @@ class EventHub:
         return self._reads
 
     def _read_one(self, job_id: str, since: int) -> Batch:
-        with self._read_lock, db.session_scope(self.service.sessions) as s:
+        with self._read_lock, self.service.read_sessions() as s:
             read = self._next_read()
-            job = s.get(db.Job, job_id)
+            job = s.get(db.Job, job_id, options=[raiseload(db.Job.tag_rows)])
             if job is None:
                 return Batch(read=read, gone=True)
             snapshot = Snapshot(job.state, job.step, job.total_steps, job.error)

@@ -1,0 +1,77 @@
+"""A job view's reads (gantry.jobs.reads) in one query each give what the row-by-row reads give:
+the same latest metrics in the same order, artifacts and tags. On SQLite and on the machine's
+PostgreSQL (whose UNION needs every column's type to agree)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from gantry.jobs import reads
+from gantry.jobs import store as db
+
+PG_ADMIN_URL = os.environ.get("GANTRY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request: pytest.FixtureRequest, settings) -> Iterator[sessionmaker[Session]]:  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        yield db.connect(settings.database)
+        return
+    import psycopg
+
+    from gantry.migrations import upgrade
+
+    name = f"gantry_reads_{secrets.token_hex(4)}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        if os.environ.get("GANTRY_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"PostgreSQL unavailable: {exc} (GANTRY_REQUIRE_SERVICES=1)")
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    try:
+        upgrade(url)
+        factory = db.connect(url)
+        yield factory
+        factory.kw["bind"].dispose()
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _job(s: Session, **kw: object) -> str:
+    return db.create_job(s, kind="train", model="dcgan", spec={}, total_steps=9, **kw).id  # type: ignore[arg-type]
+
+
+def test_one_query_reads_what_the_row_by_row_reads_read(sessions: sessionmaker[Session]) -> None:
+    with db.session_scope(sessions) as s:
+        job, other, bare = _job(s, tags=["b", "a"]), _job(s, tags=["z"]), _job(s)
+        # Out of step order, a tie at step 3 (the newer row wins), a name first seen late.
+        db.record_metrics(s, job, step=3, values={"loss_G": 1.0, "loss_D": 2.0})
+        db.record_metrics(s, job, step=1, values={"loss_D": 9.0, "fid": 50.0})
+        db.record_metrics(s, job, step=3, values={"loss_G": 1.5})
+        db.record_metrics(s, job, step=7, values={"images_per_sec": 120.0})
+        db.record_metrics(s, other, step=2, values={"loss_D": 0.25})
+        db.add_artifact(s, job, key="jobs/x/samples/b.png", kind="samples", size=20)
+        db.add_artifact(s, job, key="jobs/x/grid.png", kind="grid", size=10)
+    with sessions() as s:
+        expected = db.latest_metrics(s, job)
+        details = reads.job_details(s, job)
+        assert (
+            details.metrics
+            == expected
+            == {"loss_D": 2.0, "fid": 50.0, "loss_G": 1.5, "images_per_sec": 120.0}
+        )
+        assert list(details.metrics) == list(expected)  # the same order: each name's first point
+        assert details.artifacts == [("jobs/x/grid.png", "grid", 10), ("jobs/x/samples/b.png", "samples", 20)]
+        assert details.tags == ["a", "b"]
+        assert reads.job_details(s, bare) == reads.JobDetails()
+        assert reads.latest_metrics_of(s, [job, other, bare]) == {job: expected, other: {"loss_D": 0.25}}
+        assert reads.latest_metrics_of(s, []) == {}
