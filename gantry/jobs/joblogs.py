@@ -49,13 +49,15 @@ def _row(job_id: str, attempt: int, line: Line) -> JobLog:
 
 def append(session: Session, job_id: str, lines: Sequence[Line], *, token: int) -> None:
     """Add a worker's `lines` to job `job_id`, only while attempt `token` is the job's current one
-    (LeaseLost if not; the row stays locked to the end of the transaction). Unlike progress this
-    does not need the job `running`: the lines a run logs after recording its end land too."""
+    and the job is not back on the queue (LeaseLost if not; the row stays locked to the end of the
+    transaction). Unlike progress this does not need the job `running`: the lines a run logs after
+    recording its end land too. A job handed back (`queued`, the same attempt number) belongs to
+    the attempt that takes it next: the run that handed it back writes nothing more."""
     if not lines:
         return
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.attempt == token)
+        .where(Job.id == job_id, Job.attempt == token, Job.state != "queued")
         .values(logs_dropped=Job.logs_dropped)  # a no-op that locks the row and proves the token
         .execution_options(synchronize_session=False)
     )
