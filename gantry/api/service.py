@@ -857,7 +857,7 @@ class Service:
         """Where a caller reads an artifact: through the HTTP API its route (relative to the API's
         URL; the storage behind it is the server's business), else the object's own URI."""
         if self.caller is not None:
-            return f"/v1/jobs/{job_id}/artifacts/{key}"
+            return api_artifact_uri(job_id, key)
         return self.objects.uri(key)
 
     def _view(self, job: db.Job, details: reads.JobDetails) -> JobView:
@@ -883,6 +883,17 @@ class Service:
             name=job.name,
             tags=details.tags,
         )
+
+
+def api_artifact_uri(job_id: str, key: str) -> str:
+    """An artifact's route in the HTTP API, relative to the API's URL."""
+    return f"/v1/jobs/{job_id}/artifacts/{key}"
+
+
+def as_api_view(job: JobView) -> JobView:
+    """`job` as an API caller sees it (read by an unscoped service): artifacts at their routes."""
+    artifacts = [a.model_copy(update={"uri": api_artifact_uri(job.id, a.key)}) for a in job.artifacts]
+    return job.model_copy(update={"artifacts": artifacts})
 
 
 def unavailable(exc: BaseException, settings: Settings) -> ServiceUnavailable | None:

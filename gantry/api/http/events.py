@@ -17,6 +17,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from gantry.api.http.deps import ERRORS, INVALID, NOT_FOUND, ROW_ID_MAX, Svc
 from gantry.api.http.fanout import Batch, EventHub, Snapshot
+from gantry.api.service import as_api_view
 
 router = APIRouter(prefix="/v1")
 
@@ -132,7 +133,7 @@ class _Stream:
         ordered = row + points if first else points + row[::-1]
         if snapshot is not None and snapshot.ended:
             if batch.end is not None:
-                ordered.append(("end", batch.end, None))
+                ordered.append(("end", as_api_view(batch.end), None))
             self.done = True
         out = []
         for name, payload, point_id in ordered:
