@@ -262,7 +262,10 @@ def test_sigkill_then_resume_then_ctrl_c(settings: Settings, tmp_path: Path) -> 
             what="a checkpoint of the resumed run",
         )
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        # A bound on the harness, not a timing goal: in two full runs of the suite this stop took
+        # over 60 s (cause not found; alone and with its neighbours it takes seconds). A run that
+        # never stops still fails here.
+        stdout, stderr = proc.communicate(timeout=180)
     finally:
         proc.kill()
     assert proc.returncode == 1, stderr
