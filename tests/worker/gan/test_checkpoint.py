@@ -235,20 +235,8 @@ PINNED_WEIGHTS_OTHER_HOST = {
     "text2img_codes": "e7053e697f517bdc18600f345d270e4b19c84e93289518bb0ecd64d5a167028e",
     "srresnet": "a87506c77c4b5b6d9c1524a70f2275b993abd1197a6372f3917498fb3c77dd02",
 }
-PINNED_OUTPUTS_OTHER_HOST = {
-    "dcgan_ema sample": "1eea78ab9a1d11c9326bd836df506c255fc68a99cf1b86fb4f673e04a7192008",
-    "dcgan_ema interpolate": "88a0d55c8b5d73eae2b890305fa669082f5d66d2b0fcc7edc401a78ecf0eb404",
-    "dcgan_ema arithmetic": "982c42874eb96cc89f3dda421d27f37a7b24aa6d5f50ac72299879fe818b9405",
-    "dcgan_codes sample": "91e5f76e638e76cfffe49f904c62209afa92eca800a83f9d493bfea6e64d54d7",
-    "dcgan_codes interpolate": "ed368a235b5528d69682ce0926bfb899eba31e7c46cbe42714136aaab917447b",
-    "dcgan_codes prompts": "1cce4c7ed07cf83e9feef1c26f8b33f695251ae2bc0435ea5f868cd09a9d7df1",
-    "dcgan_vbn sample": "eb06ffb013bff87a223353761a24c5b81ca8a9ff6908dc659264af0b58874884",
+PINNED_OUTPUTS_OTHER_HOST = PINNED_OUTPUTS | {
     "gan_points sample": "7e834d0acf4d99cea58e6c317dfe0884f5b6eb1a7a8740e2a985ad1f0e057ce2",
-    "text2img prompts": "54458ba712e9a1d346bd20206fe3a81cb14184223744271fe96e015d2ad0e632",
-    "text2img interpolate": "5ffa9bd54d0c6ab8e208c029add0d47ac905bc05379290a9a137c1669a8622e1",
-    "text2img_codes prompts": "318dd41f9167876e0958bcecccb32612744cded7e3f2e31c1fee6b52178f51ab",
-    "text2img_codes interpolate switch": "e8b10a8a83ba8b263bfd19b060c04c4ccf8c1a7e7f426d8705bc7d28d8fd887f",
-    "srresnet input": "cf9b342f78464003b996b9f1a3e2bbfdb5795c4ed64d6268d395982aa15c3b5b",
 }
 
 
