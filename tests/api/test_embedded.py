@@ -265,7 +265,13 @@ def test_sigkill_then_resume_then_ctrl_c(settings: Settings, tmp_path: Path) -> 
         # A bound on the harness, not a timing goal: in two full runs of the suite this stop took
         # over 60 s (cause not found; alone and with its neighbours it takes seconds). A run that
         # never stops still fails here.
-        stdout, stderr = proc.communicate(timeout=180)
+        try:
+            stdout, stderr = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            status = run("status", job_id, "--json").stdout
+            pytest.fail(f"no exit 180 s after Ctrl-C; job: {status}\nstdout: {out}\nstderr: {err[-4000:]}")
     finally:
         proc.kill()
     assert proc.returncode == 1, stderr
