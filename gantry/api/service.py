@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, raiseload, sessionmaker
@@ -886,8 +887,9 @@ class Service:
 
 
 def api_artifact_uri(job_id: str, key: str) -> str:
-    """An artifact's route in the HTTP API, relative to the API's URL."""
-    return f"/v1/jobs/{job_id}/artifacts/{key}"
+    """An artifact's route in the HTTP API (GET /v1/jobs/{id}/artifacts/{key}), relative to the API's
+    URL: what API callers see as its `uri`, and the dashboard's links (read with its cookie)."""
+    return f"/v1/jobs/{quote(job_id, safe='')}/artifacts/{quote(key, safe='/')}"
 
 
 def as_api_view(job: JobView) -> JobView:

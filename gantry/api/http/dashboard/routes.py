@@ -33,7 +33,7 @@ from gantry.api.http.dashboard.session import (
     to_signin,
 )
 from gantry.api.schemas import JobView
-from gantry.api.service import Service
+from gantry.api.service import Service, api_artifact_uri
 from gantry.jobs.errors import InvalidInput, JobNotFound, NotAuthorised, ServiceUnavailable, Throttled
 from gantry.jobs.specs import MODELS
 from gantry.jobs.store import STATES, TERMINAL
@@ -45,11 +45,6 @@ KINDS = ("train", "sample", "evaluate")
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.trim_blocks = templates.env.lstrip_blocks = True
-
-
-def artifact_url(job_id: str, key: str) -> str:
-    """An artifact's URL (GET /v1/jobs/{id}/artifacts/{key}, read with the session cookie)."""
-    return f"/v1/jobs/{quote(job_id, safe='')}/artifacts/{quote(key, safe='/')}"
 
 
 def age(moment: datetime | None, now: datetime | None = None) -> str:
@@ -87,7 +82,7 @@ def step_of(key: str) -> int | None:
 
 
 templates.env.globals.update(
-    artifact_url=artifact_url,
+    artifact_url=api_artifact_uri,
     step_of=step_of,
     age=age,
     images_per_sec=images_per_sec,
