@@ -7,6 +7,8 @@ import base64
 import importlib.util
 import json
 import os
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +103,43 @@ def waiting_job_ids(app: Celery) -> set[str] | None:
     claim makes harmless."""
     folder = app.conf.broker_transport_options.get("data_folder_in")
     if folder is not None:
-        raw = _local_messages(Path(folder))
-    else:
-        with app.connection_for_read() as conn:
-            if conn.transport.driver_type != "redis":
-                return None
-            channel = conn.default_channel
-            names = {channel._q_for_pri(QUEUE, pri) for pri in channel.priority_steps}
-            with channel.conn_or_acquire() as client:
-                raw = [message for name in sorted(names) for message in client.lrange(name, 0, -1)]
+        return _job_ids(_local_messages(Path(folder)))
+    with app.connection_for_read() as conn:
+        if conn.transport.driver_type != "redis":
+            return None
+        channel = conn.default_channel
+        names = {channel._q_for_pri(QUEUE, pri) for pri in channel.priority_steps}
+        with channel.conn_or_acquire() as client:
+            return _job_ids(message for name in sorted(names) for message in client.lrange(name, 0, -1))
+
+
+def taken_job_ids(app: Celery, *, older_than: float) -> set[str]:
+    """The ids of the jobs whose message a worker took off the queue more than `older_than`
+    seconds ago and has not acknowledged: Kombu's Redis transport keeps such a message in its
+    `unacked` hash, with the time it was taken in `unacked_index`, until the worker acks it or,
+    if the worker died, until `visibility_timeout` (an hour) restores it. Empty for other brokers."""
+    if app.conf.broker_transport_options.get("data_folder_in") is not None:
+        return set()  # the local queue: a taken message is gone from the folder
+    with app.connection_for_read() as conn:
+        if conn.transport.driver_type != "redis":
+            return set()
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as client:
+            tags = client.zrangebyscore(channel.unacked_index_key, 0, time.time() - older_than)
+            if not tags:
+                return set()
+            entries = client.hmget(channel.unacked_key, tags)
+    raw = []
+    for entry in entries:
+        try:
+            raw.append(json.dumps(json.loads(entry)[0]))  # [message, exchange, routing_key]
+        except (TypeError, ValueError, IndexError):
+            continue  # acked meanwhile
+    return _job_ids(raw)
+
+
+def _job_ids(raw: Iterable[bytes | str]) -> set[str]:
+    """The job ids that gantry's messages among `raw` (Kombu's JSON envelopes) carry."""
     ids = set()
     for message in raw:
         try:

@@ -8,7 +8,12 @@ pass (`requeue_pass`):
    the old holder out, and it counts as a death (GANTRY_MAX_ATTEMPTS);
 2. sends again the message of each queued job that was last sent more than
    GANTRY_REQUEUE_SECONDS ago and is not on the queue: Redis restarted without persistence or was
-   flushed, a misconfigured worker consumed it, an enqueue failed after the row was written.
+   flushed, a misconfigured worker consumed it, an enqueue failed after the row was written;
+3. sends again, sooner, the message of each queued job that a worker took off the Redis queue
+   more than `unclaimed_after` seconds ago (GANTRY_LEASE_SECONDS / 2 in the reaper) and neither
+   claimed nor acknowledged: a live worker claims a job within a second of taking its message
+   (it takes one only when idle), so its taker died in between, and without this the message would
+   wait in Kombu's `unacked` hash for an hour.
 
 One pass at a time: PostgreSQL's advisory lock, and on any database conditional UPDATEs, so two
 reapers never requeue or send one job twice. A message sent twice anyway (a worker took it off the
@@ -29,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gantry.jobs import store as db
 from gantry.jobs.errors import transient_service
-from gantry.jobs.queue import enqueue, waiting_job_ids
+from gantry.jobs.queue import enqueue, taken_job_ids, waiting_job_ids
 from gantry.jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,7 @@ class Requeued:
 
     stale: list[str] = field(default_factory=list)  # running jobs queued again (attempt + 1)
     sent: list[str] = field(default_factory=list)  # jobs whose message was sent (stale ones too)
+    unclaimed: list[str] = field(default_factory=list)  # sent: their taker died before claiming
     waiting: int | None = None  # queued jobs whose message was on the queue (None: not known)
     skipped: bool = False  # another reaper held the lock: this one did nothing
 
@@ -51,14 +57,20 @@ def requeue_pass(
     *,
     lease_seconds: float | None,
     resend_after: float,
+    unclaimed_after: float | None = None,
     host: str | None = None,
 ) -> Requeued:
     """One pass: requeue the running jobs whose lease ran out (`lease_seconds`; None: none by
     their heartbeat's age) or, with `host`, whose holder process is gone from this host; then send
-    the messages of those and of the queued jobs last sent more than `resend_after` seconds ago
-    that are not on the queue. Messages are sent after the transaction commits."""
+    the messages of those, of the queued jobs last sent more than `resend_after` seconds ago that
+    are not on the queue, and (with `unclaimed_after`) of the queued jobs whose message a worker
+    took that long ago without claiming them. Messages are sent after the transaction commits."""
     waiting = waiting_job_ids(app)  # read first: a job queued later is new, not lost
+    taken: set[str] = set()
+    if unclaimed_after is not None:
+        taken = taken_job_ids(app, older_than=unclaimed_after) - (waiting or set())
     to_send: list[tuple[str, str]] = []
+    unclaimed: list[str] = []
     with db.session_scope(sessions) as s:
         if not db.try_reaper_lock(s):
             return Requeued(skipped=True)
@@ -74,10 +86,23 @@ def requeue_pass(
                 found += 1
             elif db.mark_sent(s, job_id, older_than=resend_after):
                 to_send.append((job_id, kind))
+        if taken:
+            sending = {job_id for job_id, _ in to_send}
+            for job_id, kind in db.unsent_jobs(s, older_than=unclaimed_after or 0.0):
+                if (
+                    job_id in taken
+                    and job_id not in sending
+                    and db.mark_sent(s, job_id, older_than=unclaimed_after or 0.0)
+                ):
+                    to_send.append((job_id, kind))
+                    unclaimed.append(job_id)
     for job_id, kind in to_send:
         enqueue(app, kind, job_id)
     return Requeued(
-        stale=stale, sent=[job_id for job_id, _ in to_send], waiting=None if waiting is None else found
+        stale=stale,
+        sent=[job_id for job_id, _ in to_send],
+        unclaimed=unclaimed,
+        waiting=None if waiting is None else found,
     )
 
 
@@ -107,6 +132,7 @@ class Reaper:
                 self.app,
                 lease_seconds=self.settings.lease_seconds if by_age else None,
                 resend_after=self.settings.requeue_seconds,
+                unclaimed_after=self.settings.lease_seconds / 2,
                 host=self.host,
             )
         except Exception as exc:
@@ -125,7 +151,11 @@ class Reaper:
             self._hold_until = time.monotonic() + self.settings.lease_seconds
         for job_id in done.stale:
             log.warning("reaper: job %s: its holder is gone or its lease ran out; queued again", job_id)
-        for job_id in set(done.sent) - set(done.stale):
+        for job_id in done.unclaimed:
+            log.warning(
+                "reaper: job %s: its message was taken by a worker that never claimed it; sent again", job_id
+            )
+        for job_id in set(done.sent) - set(done.stale) - set(done.unclaimed):
             log.warning("reaper: job %s: queued with no message on the queue; sent again", job_id)
         return done
 

@@ -21,7 +21,7 @@ from sqlalchemy import update
 
 from gantry.jobs import keys
 from gantry.jobs import store as db
-from gantry.jobs.queue import QUEUE, make_celery
+from gantry.jobs.queue import QUEUE, enqueue, make_celery
 from gantry.jobs.requeue import requeue_pass
 from gantry.jobs.settings import Settings
 from tests.integration.conftest import Worker, each_step_once, gantry, s3, status, submit, wait_for
@@ -123,6 +123,51 @@ def test_a_queued_job_whose_message_was_lost_is_sent_again(service_env, tmp_path
     assert f"reaper: job {job_id}: queued with no message on the queue; sent again" in (
         worker.log_path.read_text()
     )
+
+
+TAKE_AND_DIE = """
+import os, signal, sys
+from gantry.jobs.queue import QUEUE, enqueue, make_celery
+from gantry.jobs.settings import Settings
+app = make_celery(Settings(broker_url=sys.argv[1]))
+with app.connection_for_read() as conn:
+    message = conn.SimpleQueue(QUEUE).get(timeout=10)  # taken, not acknowledged
+    print(message.delivery_tag, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # dead before it could claim the job
+"""
+
+
+def test_a_message_taken_by_a_worker_that_died_before_claiming_is_sent_again(service_env) -> None:
+    env = service_env
+    _flush(env)
+    import redis
+
+    client = redis.Redis.from_url(env["GANTRY_BROKER_URL"])
+    sessions = _sessions(env)
+    app = make_celery(Settings(broker_url=env["GANTRY_BROKER_URL"], database_url=env["GANTRY_DATABASE_URL"]))
+    with db.session_scope(sessions) as s:
+        job_id = db.create_job(s, kind="train", model="gan", spec={}, total_steps=10).id
+    enqueue(app, "train", job_id)
+    try:
+        taker = subprocess.run(
+            [sys.executable, "-c", TAKE_AND_DIE, env["GANTRY_BROKER_URL"]], capture_output=True
+        )
+        assert taker.returncode == -signal.SIGKILL and taker.stdout.strip(), taker.stderr
+        assert _on_queue(env) == 0 and client.hlen("unacked") == 1  # Redis would restore it in an hour
+        # Taken moments ago: its taker may still be about to claim it.
+        done = requeue_pass(sessions, app, lease_seconds=60, resend_after=300, unclaimed_after=60)
+        assert done.sent == [] and _on_queue(env) == 0
+        time.sleep(1.5)
+        done = requeue_pass(sessions, app, lease_seconds=60, resend_after=300, unclaimed_after=1)
+        assert done.unclaimed == [job_id] and done.sent == [job_id]
+        assert _on_queue(env) == 1
+        # Sent once: the new message waits on the queue, and the dead taker's copy is not sent again.
+        time.sleep(1.5)
+        done = requeue_pass(sessions, app, lease_seconds=60, resend_after=300, unclaimed_after=1)
+        assert done.sent == [] and _on_queue(env) == 1
+    finally:
+        gantry(env, "cancel", job_id, check=False)
+        _flush(env)
 
 
 def test_one_reaper_at_a_time_on_postgresql(service_env) -> None:
