@@ -757,7 +757,8 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
 @click.argument("token_id")
 @click.pass_context
 def token_revoke(ctx: click.Context, token_id: str) -> None:
-    """Revoke token TOKEN_ID (as `gantry token list` shows it), at once."""
+    """Revoke token TOKEN_ID (as `gantry token list` shows it): every API process refuses it within
+    GANTRY_API_AUTH_CACHE_SECONDS (1 s by default)."""
     revoked = _local(ctx, note="token revoke").revoke_token(token_id)
     out.print(f"token {revoked.id} of {revoked.owner} is revoked")
 

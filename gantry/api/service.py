@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pydantic import ValidationError
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, raiseload, sessionmaker
 
 from gantry.api import files
@@ -74,6 +75,8 @@ from gantry.jobs.storage import (
 log = logging.getLogger(__name__)
 
 SERVICES_CHECK_SECONDS = 5.0
+JOBS = db.Job.__table__
+JOB_ROW = select(JOBS).where(JOBS.c.id == bindparam("job_id"))  # built once: see Service.get
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -91,6 +94,7 @@ class _Shared:
         # When the services were last found usable (monotonic time); see Service._check_services.
         self.services_ok_at = float("-inf")
         self.services_lock = threading.Lock()
+        self.on_revoke: list[Callable[[], None]] = []  # see Service.on_revoke
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
@@ -188,11 +192,13 @@ class Service:
         cannot be probed). `tags=False`: its tags are not loaded (reading `job.tags` raises), saving a
         query where they are not needed or read otherwise."""
         job = s.get(db.Job, job_id, options=() if tags else [raiseload(db.Job.tag_rows)])
-        if job is None:
-            raise JobNotFound(job_id)
-        if self.caller is not None and not self.caller.admin and job.owner != self.caller.owner:
+        if job is None or not self._may_see(job.owner):
             raise JobNotFound(job_id)
         return job
+
+    def _may_see(self, owner: str | None) -> bool:
+        """Whether the caller may see a job of `owner`."""
+        return self.caller is None or self.caller.admin or owner == self.caller.owner
 
     def require(self, job_id: str) -> None:
         """JobNotFound unless the caller may see job `job_id`: one query, for a check alone."""
@@ -582,10 +588,15 @@ class Service:
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> JobView:
-        """The job: two queries, its row and then its artifacts, tags and latest metrics."""
+        """The job: two queries, its row and then its artifacts, tags and latest metrics (the
+        `_view` of a Core row, which has the columns as `db.Job` has them)."""
         with self._read() as s:
-            job = self._job(s, job_id, tags=False)
-            return self._view(job, reads.job_details(s, job_id))
+            # The row through Core, not the ORM (a read needs no identity map; the most frequent
+            # request of all, a client polling its job); who may see it is `_job`'s rule.
+            row = s.execute(JOB_ROW, {"job_id": job_id}).first()
+            if row is None or not self._may_see(row.owner):
+                raise JobNotFound(job_id)
+            return self._view(row, reads.job_details(s, job_id))  # type: ignore[arg-type]
 
     def list_jobs(
         self,
@@ -732,8 +743,8 @@ class Service:
 
     # -- accounts (the operator's CLI; the HTTP app only authenticates) ------------------------
     def authenticate(self, token: str) -> Caller | None:
-        """The caller `token` stands for; None when it is unknown, expired or revoked. Read on every
-        request (nothing cached), so a revocation holds from the next request on."""
+        """The caller `token` stands for; None when it is unknown, expired or revoked. Read from the
+        store each call (the HTTP API keeps what it found for GANTRY_API_AUTH_CACHE_SECONDS)."""
         with self._read() as s:
             return accounts.authenticate(s, token)
 
@@ -749,7 +760,14 @@ class Service:
 
     def revoke_token(self, token_id: str) -> TokenView:
         with self._session() as s:
-            return _token_view(accounts.revoke_token(s, token_id))
+            revoked = _token_view(accounts.revoke_token(s, token_id))
+        for forget in self._shared.on_revoke:
+            forget()
+        return revoked
+
+    def on_revoke(self, forget: Callable[[], None]) -> None:
+        """Call `forget` after this process revokes a token (the API's cache of checked tokens)."""
+        self._shared.on_revoke.append(forget)
 
     def requeue(self, *, stale: bool = False) -> Requeued:
         """Rebuild the queue from the store: send the message of every queued job not on the queue

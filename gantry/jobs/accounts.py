@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
@@ -32,6 +32,7 @@ class Caller:
 
     owner: str
     admin: bool = False
+    expires_at: datetime | None = field(default=None, compare=False)  # the token's expiry (UTC)
 
 
 def digest(token: str) -> str:
@@ -81,7 +82,9 @@ def authenticate(session: Session, token: str, *, now: datetime | None = None) -
         return None
     if row.expires_at is not None and _aware(row.expires_at) <= now:
         return None
-    return Caller(owner=row.owner, admin=row.admin)
+    return Caller(
+        owner=row.owner, admin=row.admin, expires_at=_aware(row.expires_at) if row.expires_at else None
+    )
 
 
 def list_tokens(session: Session, *, owner: str | None = None) -> list[ApiToken]:

@@ -81,6 +81,18 @@ class Settings(BaseSettings):
     )
     api_rate: float = Field(50, gt=0, description="requests per second per token (sustained)")
     api_burst: int = Field(200, ge=1, description="requests per token allowed at once above the rate")
+    api_threads: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="threads of each API process for its requests' database and storage work",
+    )
+    api_auth_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="how long an API process trusts a token it has checked before checking it in the "
+        "store again (a revoked token is refused within this long; 0: checked on every request)",
+    )
 
     @property
     def data_prefixes(self) -> list[str]:

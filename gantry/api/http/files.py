@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse
@@ -25,6 +27,7 @@ from gantry.api.http.deps import BODY, ERRORS, INVALID, NOT_FOUND, Svc
 from gantry.api.http.models import Problem
 from gantry.jobs.errors import InvalidInput
 
+SLOW_THREADS = 4  # uploads' checks and copies to storage, apart from the requests' threads
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -124,9 +127,19 @@ async def upload(
         else:
             await _receive_raw(request, path, limit)
         assert name is not None
-        return await run_in_threadpool(svc.add_dataset, name, path)
+        return await anyio.to_thread.run_sync(svc.add_dataset, name, path, limiter=_slow_threads(request))
     finally:
         path.unlink(missing_ok=True)
+
+
+def _slow_threads(request: Request) -> anyio.CapacityLimiter:
+    """The threads uploads take turns on (SLOW_THREADS), apart from the requests' own: a few large
+    uploads never hold up the API's other requests."""
+    state = request.app.state
+    if getattr(state, "slow_threads", None) is None:
+        state.slow_threads = anyio.CapacityLimiter(SLOW_THREADS)
+    limiter: anyio.CapacityLimiter = state.slow_threads
+    return limiter
 
 
 @router.get("/datasets", response_model=list[DatasetView], tags=["datasets"])

@@ -4,11 +4,13 @@ hashed and never echoed."""
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
+from gantry.api.service import Service
 from gantry.jobs import store as db
 from gantry.jobs.settings import Settings
 from tests.api.http.conftest import Api, bearer, make_api
@@ -81,6 +83,38 @@ def test_tokens_are_stored_hashed_and_never_logged(
     assert token not in caplog.text and token[4:20] not in caplog.text
 
 
+def test_a_checked_token_is_trusted_for_the_cache_seconds_and_a_revocation_here_is_at_once(
+    settings: Settings,
+) -> None:
+    api = make_api(settings.model_copy(update={"api_auth_cache_seconds": 3600}))
+    other = Service(settings)  # another process's service: the CLI's `token revoke`, say
+    made = api.service.create_token("erin")
+    assert api.client.get("/v1/jobs", headers=bearer(made.token)).status_code == 200
+    other.revoke_token(made.id)
+    # Checked a moment ago: still trusted by this process, within its cache's hour.
+    assert api.client.get("/v1/jobs", headers=bearer(made.token)).status_code == 200
+    # A revocation through this process's own service is refused at once.
+    again = api.service.create_token("erin")
+    assert api.client.get("/v1/jobs", headers=bearer(again.token)).status_code == 200
+    api.service.revoke_token(again.id)
+    assert api.client.get("/v1/jobs", headers=bearer(again.token)).status_code == 401
+    assert api.client.get("/v1/jobs", headers=bearer(made.token)).status_code == 401  # the cache is gone
+    # With 0 every request looks in the store: another process's revocation holds from the next one.
+    strict = make_api(settings.model_copy(update={"api_auth_cache_seconds": 0}))
+    third = strict.service.create_token("erin")
+    assert strict.client.get("/v1/jobs", headers=bearer(third.token)).status_code == 200
+    other.revoke_token(third.id)
+    assert strict.client.get("/v1/jobs", headers=bearer(third.token)).status_code == 401
+
+
+def test_an_expiry_ends_a_cached_token(settings: Settings) -> None:
+    api = make_api(settings.model_copy(update={"api_auth_cache_seconds": 3600}))
+    made = api.service.create_token("erin", expires="2s")
+    assert api.client.get("/v1/jobs", headers=bearer(made.token)).status_code == 200
+    time.sleep(2.1)
+    assert api.client.get("/v1/jobs", headers=bearer(made.token)).status_code == 401
+
+
 def test_token_cli_prints_once_and_revokes(settings: Settings) -> None:
     from click.testing import CliRunner
 
@@ -99,6 +133,9 @@ def test_token_cli_prints_once_and_revokes(settings: Settings) -> None:
     app = make_api(settings)
     assert app.client.get("/v1/jobs", headers=bearer(token)).status_code == 200
     assert runner.invoke(cli, ["token", "revoke", token_id]).exit_code == 0
+    # Revoked by another process (the CLI): refused once this API process's check of the token is
+    # older than GANTRY_API_AUTH_CACHE_SECONDS.
+    time.sleep(settings.api_auth_cache_seconds)
     assert app.client.get("/v1/jobs", headers=bearer(token)).status_code == 401
     bad = runner.invoke(cli, ["token", "create", "--owner", "x", "--expires", "soon"])
     assert bad.exit_code == 2 and "expires" in bad.output
