@@ -28,7 +28,9 @@ def job_cache(ctx: JobContext) -> Any:
 
 def data_loader(ctx: JobContext, spec: TrainSpec, *, train: Any = None) -> Callable[[str], Any]:
     """The train job's data set by split, each loaded once: built-in splits from their loaders, the
-    user's data fetched once for both (it has no test split). `train`: the train split, already loaded."""
+    user's data fetched once for both (it has no test split). `train`: the train split, already
+    loaded. Split `labelled`: the user's folder or zip with its sub-folders as classes (None where it
+    has none), for a model trained without labels."""
     from gantry.worker.data import load_dataset
 
     loaded: dict[str, Any] = {} if train is None else {"train": train}
@@ -39,16 +41,32 @@ def data_loader(ctx: JobContext, spec: TrainSpec, *, train: Any = None) -> Calla
                 loaded[split] = load_dataset(
                     spec.dataset, image_size=spec.image_size, seed=spec.seed, split=split
                 )
-            elif loaded:  # the user's data: one set, whichever split
-                loaded[split] = next(iter(loaded.values()))
+            elif split == "labelled":
+                # A model trained without labels on a folder with classes in sub-folders: the
+                # metrics that need labels (fd_classifier) read them from the sub-folders.
+                loaded[split] = _user_data(ctx, spec, folder_labels=True, quiet=True)
+            elif "train" in loaded or "test" in loaded:  # the user's data: one set, either split
+                loaded[split] = loaded.get("train", loaded.get("test"))
             else:
-                from gantry.worker.train import load_data
-
-                with tempfile.TemporaryDirectory(prefix="gantry-data-") as scratch:
-                    loaded[split] = ctx.read(lambda: load_data(spec, ctx.settings, Path(scratch)))
+                loaded[split] = _user_data(ctx, spec, folder_labels=False)
         return loaded[split]
 
     return load
+
+
+def _user_data(ctx: JobContext, spec: TrainSpec, *, folder_labels: bool, quiet: bool = False) -> Any:
+    """The train job's own data, fetched and read (`folder_labels`: classes from its sub-folders);
+    with `quiet`, None when it cannot be read that way (no sub-folders, an .npz)."""
+    from gantry.jobs.errors import InvalidInput
+    from gantry.worker.train import load_data
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="gantry-data-") as scratch:
+            return ctx.read(lambda: load_data(spec, ctx.settings, Path(scratch), folder_labels=folder_labels))
+    except InvalidInput:
+        if not quiet:
+            raise
+        return None
 
 
 def run_metrics(

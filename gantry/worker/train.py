@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gantry.jobs import store as db
 from gantry.jobs.datasets import DATASETS
+from gantry.jobs.errors import InvalidInput
 from gantry.jobs.keys import Manifest, manifest_key, metrics_segment_key, metrics_segments_prefix, spec_key
 from gantry.jobs.settings import Settings
-from gantry.jobs.specs import EvaluateSpec, TrainSpec
+from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpec
 from gantry.jobs.storage import fetch_to_local
 from gantry.worker.checkpoints import Loadable, newest_that_loads, read_manifest, stray_checkpoints, warn
 from gantry.worker.evaluate import data_loader, measure_during_training, run_metrics
@@ -29,8 +31,10 @@ from gantry.worker.run import JobContext, device
 log = logging.getLogger(__name__)
 
 
-def load_data(spec: TrainSpec, settings: Settings, scratch: Path) -> Any:
-    """The job's data set: a built-in one, or a file or folder fetched from its URI into `scratch`."""
+def load_data(spec: TrainSpec, settings: Settings, scratch: Path, *, folder_labels: bool = False) -> Any:
+    """The job's data set: a built-in one, or a file or folder fetched from its URI into `scratch`.
+    `folder_labels`: a folder's or zip's classes from its sub-folders whatever the job's `labels` (for
+    the metrics that need labels, on a model trained without them)."""
     from gantry.worker.data import load_dataset
     from gantry.worker.data.limits import DataLimits
 
@@ -53,11 +57,11 @@ def load_data(spec: TrainSpec, settings: Settings, scratch: Path) -> Any:
         seed=spec.seed,
         full_size=spec.full_size_data,
         limits=limits,
-        options=read_options(spec),
+        options=read_options(spec, folder_labels=folder_labels),
     )
 
 
-def read_options(spec: TrainSpec) -> Any:
+def read_options(spec: TrainSpec, *, folder_labels: bool = False) -> Any:
     """How a folder or .zip of pictures is read for this job: its `data` options (`ImageFiles`), its
     labels from sub-folders, and whether every picture needs a caption (a model prompted by captions)."""
     from gantry.jobs.specs.base import FOLDER_LABELS
@@ -71,10 +75,23 @@ def read_options(spec: TrainSpec) -> Any:
         background=parse_colour(opts.background),
         fit=opts.fit,
         bad_files=opts.bad_files,
-        labels=FOLDER_LABELS in opts.label_attributes(),
+        labels=folder_labels or FOLDER_LABELS in opts.label_attributes(),
         captions_file=opts.captions_file,
-        need_captions=spec.prompted_by == "captions",
+        need_captions=spec.prompted_by == "captions" and not folder_labels,
     )
+
+
+def _check_labels(spec: TrainSpec, splits: Callable[[str], Any]) -> None:
+    """InvalidInput now when the user's data has no labels for the eval metric to use: none of its
+    own (an .npz's, `labels=folder`'s) and no classes in sub-folders."""
+    if spec.dataset in DATASETS or getattr(splits("train"), "labels", None) is not None:
+        return
+    if splits("labelled") is None:
+        raise InvalidInput(
+            "set.eval_metric",
+            f"{spec.options.eval_metric} needs labelled images: {spec.dataset} has none (classes in "
+            "sub-folders, or an .npz with `labels`); set eval_metric to one that needs none",
+        )
 
 
 def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
@@ -107,6 +124,8 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     evaluate = None
     if options.eval_every:
         splits = data_loader(ctx, spec, train=data)
+        if options.eval_metric and METRICS[options.eval_metric].labelled:
+            _check_labels(spec, splits)  # now, not after eval_every steps of training
 
         def evaluate(step: int, payload: bytes) -> bool:
             return measure_during_training(ctx, spec, step, payload, data=splits)

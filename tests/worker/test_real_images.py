@@ -4,17 +4,19 @@ sidecar of a zip. Bad files are skipped and the job's warnings name them."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from gantry.api.service import Service
 from gantry.jobs import keys
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.settings import Settings
 from gantry.worker.run import run_job
-from tests.pictures import BAD, MAX_PIXELS, make_folder, make_zip
+from tests.pictures import BAD, MAX_PIXELS, make_folder, make_zip, picture_files
 
 TINY = {"image_size": 32, "batch_size": 4, "steps": 3, "checkpoint_every": 3, "sample_every": 3}
 SMALL_NETS = {"ngf": "8", "ndf": "8"}
@@ -45,6 +47,41 @@ def test_dcgan_conditioned_on_sub_folders_samples_a_class_by_name(limited: Setti
     assert run_job(wrong.id, settings=limited) == "failed"
     error = svc.get(wrong.id).error or ""
     assert "'horses' names no label value (folder: cats, dogs)" in error
+
+
+def _classes(n: int) -> dict[str, bytes]:
+    """`n` pictures in each of two sub-folders, red and blue squares of varied sizes."""
+    files = {}
+    for i in range(n):
+        for folder, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            buffer = io.BytesIO()
+            Image.new("RGB", (16 + i, 16 + i), colour).save(buffer, "PNG")
+            files[f"{folder}/{i}.png"] = buffer.getvalue()
+    return files
+
+
+def test_an_unconditioned_run_tracks_fd_classifier_with_the_sub_folders_as_classes(
+    limited: Settings, tmp_path: Path
+) -> None:
+    root = make_folder(tmp_path / "pets", files=_classes(10))
+    svc = Service(limited)
+    options = {**SMALL_NETS, "eval_every": "3", "eval_samples": "100"}  # fd_classifier: no labels=folder
+    job = svc.submit_train("dcgan", dataset=str(root), options=options, **TINY)
+    assert run_job(job.id, settings=limited) == "succeeded", svc.get(job.id).error
+    assert [p.step for p in svc.metrics(job.id) if p.name == "fd_classifier"] == [3]
+
+
+def test_a_labelled_eval_metric_on_pictures_without_classes_fails_before_training(
+    limited: Settings, tmp_path: Path
+) -> None:
+    flat = {name.replace("/", "-"): data for name, data in picture_files().items()}  # no sub-folders
+    root = make_folder(tmp_path / "flat", files=flat)
+    svc = Service(limited)
+    options = {**SMALL_NETS, "eval_every": "3", "eval_samples": "100"}
+    job = svc.submit_train("dcgan", dataset=str(root), options={**options}, **{**TINY, "steps": 300})
+    assert run_job(job.id, settings=limited) == "failed"
+    failed = svc.get(job.id)
+    assert failed.progress.step == 0 and "fd_classifier needs labelled images" in (failed.error or "")
 
 
 def test_bad_files_refused_fail_the_job_naming_the_file(limited: Settings, tmp_path: Path) -> None:

@@ -87,9 +87,12 @@ class EvalContext:
             raise Stopped
 
     def load_data(self, split: str) -> Any:
-        """The train job's data set, split `split` (user data has one: both give all of it)."""
+        """The train job's data set, split `split` (user data has one: both give all of it; split
+        `labelled` is the user's folder with classes from its sub-folders, None without them)."""
         if self.data is not None:
             return self.data(split)
+        if split == "labelled":
+            return self.load_data("train")
         from gantry.worker.data import load_dataset
 
         spec = self.train_spec

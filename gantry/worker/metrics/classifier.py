@@ -80,11 +80,14 @@ def labelled_data(ctx: EvalContext) -> LabelledData:
     """The train job's data set, split for the classifier; InvalidInput when it has no labels."""
     dataset = ctx.train_spec.dataset
     train = ctx.load_data("train")
+    if getattr(train, "labels", None) is None and dataset not in DATASETS:
+        train = ctx.load_data("labelled")  # classes from its sub-folders, for a model trained without
     if getattr(train, "labels", None) is None:
         raise InvalidInput(
             "dataset",
             f"{dataset} has no labels; cas, gan_train, gan_test and fd_classifier need labelled images "
-            "(a built-in set with labels, or an .npz with `labels`)",
+            "(a built-in set with labels, a folder or .zip with classes in sub-folders, or an .npz with "
+            "`labels`)",
         )
     info = DATASETS.get(dataset)
     if info is not None:  # a built-in set: its own held-out split
@@ -164,11 +167,20 @@ def _generate(ctx: EvalContext, G: torch.nn.Module, z: torch.Tensor, device: tor
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||μa - μb||² + Tr(Σa + Σb - 2 (Σa Σb)^½) of features (N, D) and (M, D), as FID computes it
     (pytorch-fid's `calculate_frechet_distance`, float64, with its offset for a singular product)."""
+    if min(len(a), len(b)) < 2:
+        raise InvalidInput(
+            "dataset",
+            f"a Fréchet distance needs at least 2 images on each side (here {len(a)} and {len(b)}): "
+            "the data set's held-out fifth is too small",
+        )
     mu_a, mu_b = a.mean(0), b.mean(0)
     sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     with warnings.catch_warnings():  # a singular product (dead ReLU features) is handled below
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
+        try:
+            covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
+        except np.linalg.LinAlgError:  # SciPy's newer sqrtm raises where older ones returned nan
+            covmean = np.full_like(sigma_a, np.nan)
     if not np.isfinite(covmean).all():
         offset = np.eye(len(sigma_a)) * 1e-6
         with warnings.catch_warnings():
