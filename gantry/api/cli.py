@@ -292,6 +292,15 @@ _CHECKPOINT_HELP = _shown(
 @click.option(
     "--seed", type=int, help=_shown("The same seed gives the same images.", _SAMPLE["seed"].default)
 )
+@click.option(
+    "--format",
+    "format",
+    type=click.Choice(["png", "npz", "tar"]),
+    help=_shown(
+        "Plain samples as a PNG each, or in shards of 10,000: npz (uint8 arrays) or tar (the PNGs).",
+        _SAMPLE["format"].default,
+    ),
+)
 @click.option("--interpolate", metavar="SEED_A:SEED_B", help="Walk the latent space between two seeds.")
 @click.option(
     "--frames",

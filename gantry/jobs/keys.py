@@ -11,7 +11,8 @@ through these functions only, so the layout is spelled once:
     jobs/<job_id>/checkpoints/latest.json           the manifest, written after the checkpoint it names
                                                     (and the `best` one by the eval metric, if any)
     jobs/<job_id>/samples/step-00001200.png         fixed-noise grid while training
-    jobs/<job_id>/images/000000.png ... grid.png    what a sample job made
+    jobs/<job_id>/images/000000.png ... grid.png    what a sample job made (`--format npz|tar`:
+                                                    samples-000000.npz ..., 10,000 images a shard)
     jobs/<job_id>/eval/<name>                       an evaluation's figures
     jobs/<job_id>/metrics/from-00001201.jsonl       while training: the points after a checkpoint, up
                                                     to the next one (one segment per checkpoint)

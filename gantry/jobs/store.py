@@ -47,6 +47,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert,
     or_,
     select,
     text,
@@ -817,6 +818,32 @@ def add_artifact(
         existing.bytes, existing.kind, existing.created_at = size, kind, utcnow()
     else:
         session.add(Artifact(job_id=job_id, key=key, kind=kind, bytes=size, created_at=utcnow()))
+
+
+def add_artifacts(
+    session: Session, job_id: str, rows: Sequence[tuple[str, str, int]], *, token: int | None = None
+) -> None:
+    """Record many objects the job wrote, `(key, kind, size)` each, in one statement (a bulk sample
+    job's batch). With `token`, only while that attempt holds the job. A key recorded before (an
+    earlier attempt's) is recorded again."""
+    if token is not None:
+        _fence(session, job_id, token)
+    if not rows:
+        return
+    keys = [key for key, _, _ in rows]
+    session.execute(
+        delete(Artifact)
+        .where(Artifact.job_id == job_id, Artifact.key.in_(keys))
+        .execution_options(synchronize_session=False)
+    )
+    now = utcnow()
+    session.execute(
+        insert(Artifact),
+        [
+            {"job_id": job_id, "key": key, "kind": kind, "bytes": size, "created_at": now}
+            for key, kind, size in rows
+        ],
+    )
 
 
 def list_artifacts(session: Session, job_id: str) -> list[Artifact]:

@@ -37,6 +37,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -224,6 +225,22 @@ class JobContext:
             lambda s: db.add_artifact(s, self.job_id, key=key, kind=kind, size=len(data), token=self.token)
         )
         return uri
+
+    def put_many(self, objects: list[tuple[str, bytes, str]], pool: Executor) -> None:
+        """Write many objects, `(key, data, kind)` each, at once on `pool`'s threads, then record them
+        as artifacts in one transaction: fenced as `put` is (one lease check before the batch), for
+        a bulk sample job's images."""
+        self.check_lease()
+        writes = [
+            pool.submit(
+                self.storage.call, partial(self.objects.put_bytes, key, data), between=self._keep_lease
+            )
+            for key, data, _ in objects
+        ]
+        for write in writes:
+            write.result()
+        rows = [(key, kind, len(data)) for key, data, kind in objects]
+        self.write(lambda s: db.add_artifacts(s, self.job_id, rows, token=self.token))
 
     def write_metrics_jsonl(self) -> None:
         """Write metrics.jsonl whole, once, at the job's end (from the store, where every point is),

@@ -45,6 +45,9 @@ class SampleRequest(_Request):
     parent_job_id: str = Field(description="the train job whose checkpoint to sample")
     checkpoint: str | None = Field(None, description="latest, best or a step number")
     count: int | None = None
+    format: Literal["png", "npz", "tar"] | None = Field(
+        None, description="plain samples: png (a file each), npz or tar (shards of 10,000)"
+    )
     seed: int | None = None
     interpolate: str | None = Field(None, description="SEED_A:SEED_B")
     frames: int | None = None

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.specs.base import MAX_SEED, CodeWalk, SampleMode, Strict
+from gantry.jobs.specs.base import MAX_SEED, CodeWalk, Conflict, SampleMode, Strict
 
 _SEEDS_TERM = re.compile(r"^\d+(\s*,\s*\d+)*$")
 _STEP = re.compile(r"[0-9]{1,12}")  # ASCII only: "²".isdigit() is True, and int("²") fails
@@ -66,9 +66,23 @@ class _FromCheckpoint(Strict):
         return value
 
 
+MAX_SAMPLES = 1_000_000  # plain samples of one job (streamed: see gantry.worker.sample)
+MAX_OTHER = 10_000  # images of the other sampling modes, made whole in memory
+
+
 class SampleSpec(_FromCheckpoint):
     kind: Literal["sample"] = "sample"
-    count: int = Field(64, ge=1, le=10_000)
+    count: int = Field(
+        64,
+        ge=1,
+        le=MAX_SAMPLES,
+        description=f"plain samples: up to {MAX_SAMPLES:,}; else up to {MAX_OTHER:,}",
+    )
+    format: Literal["png", "npz", "tar"] = Field(
+        "png",
+        description="plain samples: png (a file each), npz (uint8 arrays in shards of 10,000) or tar (the PNGs in "
+        "shards of 10,000)",
+    )
     interpolate: str | None = Field(None, description="SEED_A:SEED_B")
     frames: int = Field(8, ge=2, le=256)
     interpolation: Literal["slerp", "linear"] = "slerp"
@@ -105,6 +119,16 @@ class SampleSpec(_FromCheckpoint):
         if any(not p or len(p) > 300 for p in cleaned):
             raise ValueError("each prompt must have 1 to 300 characters")
         return cleaned
+
+    @model_validator(mode="after")
+    def _bulk_is_plain(self) -> SampleSpec:
+        if self.modes and self.count > MAX_OTHER:
+            raise Conflict("count", f"at most {MAX_OTHER:,} with {', '.join(sorted(self.modes))}")
+        if self.modes and self.format != "png":
+            raise Conflict(
+                "format", f"{self.format} is for plain samples, not with {', '.join(sorted(self.modes))}"
+            )
+        return self
 
     @property
     def modes(self) -> set[SampleMode]:

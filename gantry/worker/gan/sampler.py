@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,6 +65,35 @@ def generate_outputs(G: nn.Module, z: torch.Tensor, *, device: torch.device | No
         return torch.cat([G(z_chunk.to(device)).float().cpu() for z_chunk in z.split(GENERATE_BATCH)])
     finally:
         G.train(was_training)
+
+
+@dataclass
+class Batches:
+    """A checkpoint's samples a batch at a time (`sample_batches`): `render` is set instead for a
+    model whose outputs are not images (its files, made whole)."""
+
+    step: int
+    batches: Iterator[np.ndarray]  # uint8 (n, H, W, C), GENERATE_BATCH at a time, in latent order
+    render: SampleResult | None = None
+
+
+def sample_batches(
+    checkpoint: bytes, *, count: int, seed: int, device: torch.device | str | None = None
+) -> Batches:
+    """`count` images from G in the checkpoint as `sample` makes them (the same latents from `seed`,
+    so the same pixels), a batch at a time: a bulk sample job never holds them all."""
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    device = torch.device(device) if device is not None else default_device()
+    loaded = load_generator(checkpoint, device=device)
+    z = loaded.sample_latents(count, torch.Generator().manual_seed(seed))
+    if loaded.render is not None:
+        return Batches(
+            loaded.step, iter(()), render=loaded.render(generate_outputs(loaded.G, z, device=device))
+        )
+    return Batches(
+        loaded.step, (generate(loaded.G, chunk, device=device) for chunk in z.split(GENERATE_BATCH))
+    )
 
 
 def sample(
