@@ -160,6 +160,7 @@ def test_metrics_apply_where_the_model_declares_them_and_the_data_fits() -> None
         "prompt_diversity",
         "arithmetic_accuracy",
         "interpolation_validity",
+        "fd_classifier",  # its samples drawn for the data's captions
     ]
     with pytest.raises(InvalidInput, match="sample_validity does not apply to text2img on shapes"):
         shapes.resolve_metrics(["sample_validity"])
@@ -169,10 +170,11 @@ def test_metrics_apply_where_the_model_declares_them_and_the_data_fits() -> None
     with pytest.raises(InvalidInput, match="fid needs the Inception weights: set GANTRY_INCEPTION_WEIGHTS"):
         shapes.resolve_metrics(["fid"])
     assert shapes.resolve_metrics(["fid"], inception_weights=True) == ["fid"]
-    captioned = parse_train_spec("text2img", {"dataset": "/data/mine"}, {})  # only the Inception ones apply
-    with pytest.raises(InvalidInput, match="fid, kid, inception_score, precision_recall need the Inception"):
-        captioned.resolve_metrics([])
-    assert captioned.resolve_metrics([], inception_weights=True) == inception
+    # The user's pictures: fd_classifier (their sub-folders are checked when they are read) and the
+    # Inception ones, which need the weights.
+    captioned = parse_train_spec("text2img", {"dataset": "/data/mine"}, {})
+    assert captioned.resolve_metrics([]) == ["fd_classifier"]
+    assert captioned.resolve_metrics([], inception_weights=True) == ["fd_classifier", *inception]
     # The user's data may have labels (checked when loaded): fd_classifier needs no weights.
     mine = parse_train_spec("dcgan", {"dataset": "/data/mine"}, {})
     assert mine.resolve_metrics([]) == ["fd_classifier"]

@@ -71,6 +71,19 @@ def test_an_unconditioned_run_tracks_fd_classifier_with_the_sub_folders_as_class
     assert [p.step for p in svc.metrics(job.id) if p.name == "fd_classifier"] == [3]
 
 
+def test_text2img_tracks_fd_classifier_drawing_the_datas_captions(limited: Settings, tmp_path: Path) -> None:
+    files = _classes(10)
+    root = make_folder(tmp_path / "squares", files=files, captions=None)
+    rows = [f"{name},a {name.split('/')[0]} square" for name in files]
+    (root / "captions.csv").write_text("file,caption\n" + "\n".join(rows) + "\n")
+    svc = Service(limited)
+    options = {"eval_every": "3", "eval_samples": "100", "ngf": "8", "ndf": "8"}
+    job = svc.submit_train("text2img", dataset=str(root), options=options, **TINY)
+    assert job.spec["options"]["eval_metric"] == "fd_classifier"
+    assert run_job(job.id, settings=limited) == "succeeded", svc.get(job.id).error
+    assert [p.step for p in svc.metrics(job.id) if p.name == "fd_classifier"] == [3]
+
+
 def test_a_labelled_eval_metric_on_pictures_without_classes_fails_before_training(
     limited: Settings, tmp_path: Path
 ) -> None:

@@ -125,6 +125,7 @@ class Text2ImgTrainSpec(ConvTrainSpec):
         "prompt_diversity",
         "arithmetic_accuracy",
         "interpolation_validity",
+        "fd_classifier",
         "fid",
         "kid",
         "inception_score",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,3 +114,27 @@ def sample(
         images=[png_bytes(image) for image in images],
         grid=grid_png(images, nrow=math.ceil(math.sqrt(count))),
     )
+
+
+def generated_images(
+    checkpoint: bytes, *, count: int, seed: int, captions: Sequence[str] | None, device: torch.device
+) -> np.ndarray:
+    """`count` uint8 images (N, H, W, C) from the checkpoint's G, latents drawn as sample jobs draw
+    them from `seed`. text2img draws each image for a caption of the training data picked at random
+    (the distribution of G(z, φ(t)) over the data's captions is what FID compares with the data)."""
+    loaded = load_generator(checkpoint, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    if loaded.spec.prompted_by != "captions":
+        return generate(loaded.G, loaded.sample_latents(count, generator), device=device)
+    from gantry.worker.gan.models.text2img import TextGenerator
+
+    if not captions:
+        raise ValueError("a text2img job's data set has captions")
+    text = TextGenerator(loaded)
+    picked = np.random.default_rng(seed).integers(len(captions), size=count)
+    z = text.latents(count, generator)
+    chunks = []
+    for start in range(0, count, GENERATE_BATCH):
+        phi = text.embed([captions[i] for i in picked[start : start + GENERATE_BATCH]])
+        chunks.append(generate(text.G, z[start : start + GENERATE_BATCH], cond=phi, device=device))
+    return np.concatenate(chunks)

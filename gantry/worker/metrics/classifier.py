@@ -35,7 +35,7 @@ import torch
 from gantry.jobs.datasets import DATASETS
 from gantry.jobs.errors import InvalidInput
 from gantry.worker.gan.checkpoint import load_generator
-from gantry.worker.gan.sampler import GENERATE_BATCH, generate
+from gantry.worker.gan.sampler import GENERATE_BATCH, generate, generated_images
 from gantry.worker.metrics import EvalContext
 from gantry.worker.metrics import label_classifier as lc
 
@@ -148,10 +148,16 @@ def conditional_samples(ctx: EvalContext, count: int) -> tuple[np.ndarray, np.nd
 
 
 def samples(ctx: EvalContext, count: int) -> np.ndarray:
-    """`count` samples of the checkpoint's G, uint8 (N, H, W, C)."""
+    """`count` samples of the checkpoint's G, uint8 (N, H, W, C); a text2img G draws each for a
+    caption of the training data (as the Inception metrics do: `generated_images`)."""
     loaded = load_generator(ctx.checkpoint, device=ctx.device)
     if loaded.render is not None:
         raise InvalidInput("metric", "the model's samples are not images")
+    if loaded.spec.prompted_by == "captions":
+        captions = getattr(ctx.load_data("train"), "captions", None)
+        return generated_images(
+            ctx.checkpoint, count=count, seed=ctx.spec.seed, captions=captions, device=ctx.device
+        )
     z = loaded.sample_latents(count, torch.Generator().manual_seed(ctx.spec.seed))
     return _generate(ctx, loaded.G, z, loaded.device)
 

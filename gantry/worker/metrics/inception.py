@@ -24,7 +24,7 @@ import hashlib
 import io
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlparse
@@ -37,8 +37,7 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs.metrics import INCEPTION_WEIGHTS_HELP
 from gantry.jobs.storage import ObjectNotFound, split_uri
-from gantry.worker.gan.checkpoint import load_generator
-from gantry.worker.gan.sampler import GENERATE_BATCH, generate
+from gantry.worker.gan.sampler import generated_images
 from gantry.worker.metrics import EvalContext
 from gantry.worker.metrics.cache import Cache
 from gantry.worker.metrics.torchvision_shim import import_torch_fidelity
@@ -119,30 +118,6 @@ class _Images(Dataset):  # type: ignore[type-arg]
         self.seen(i)
         chw = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
         return chw.expand(3, -1, -1).contiguous() if chw.shape[0] == 1 else chw.contiguous()
-
-
-def generated_images(
-    checkpoint: bytes, *, count: int, seed: int, captions: Sequence[str] | None, device: torch.device
-) -> np.ndarray:
-    """`count` uint8 images (N, H, W, C) from the checkpoint's G, latents drawn as sample jobs draw
-    them from `seed`. text2img draws each image for a caption of the training data picked at random
-    (the distribution of G(z, φ(t)) over the data's captions is what FID compares with the data)."""
-    loaded = load_generator(checkpoint, device=device)
-    generator = torch.Generator().manual_seed(seed)
-    if loaded.spec.prompted_by != "captions":
-        return generate(loaded.G, loaded.sample_latents(count, generator), device=device)
-    from gantry.worker.gan.models.text2img import TextGenerator
-
-    if not captions:
-        raise ValueError("a text2img job's data set has captions")
-    text = TextGenerator(loaded)
-    picked = np.random.default_rng(seed).integers(len(captions), size=count)
-    z = text.latents(count, generator)
-    chunks = []
-    for start in range(0, count, GENERATE_BATCH):
-        phi = text.embed([captions[i] for i in picked[start : start + GENERATE_BATCH]])
-        chunks.append(generate(text.G, z[start : start + GENERATE_BATCH], cond=phi, device=device))
-    return np.concatenate(chunks)
 
 
 # -- torch-fidelity, with the real side cached --------------------------------------------------------

@@ -240,10 +240,12 @@ def test_an_inception_metric_without_weights_is_refused_at_submit(
         "inception_score",
         "precision_recall",
     ]
-    # text2img on a user's folder: only the Inception metrics apply; 2-D points have none of them.
+    # text2img on a user's folder: without the weights, fd_classifier alone, and fid asked for is
+    # refused; 2-D points have none of them.
     folder = load_train_spec({"model": "text2img", "dataset": "/data/pictures"})
+    assert folder.resolve_metrics([]) == ["fd_classifier"]
     with pytest.raises(InvalidInput, match="GANTRY_INCEPTION_WEIGHTS"):
-        folder.resolve_metrics([])
+        folder.resolve_metrics(["fid"])
     assert "fid" not in load_train_spec({"model": "gan", "dataset": "ring8"}).metric_names()
 
 
