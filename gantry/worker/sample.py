@@ -1,7 +1,8 @@
 """The sample phase: samples, an interpolation, latent arithmetic, images for prompts, or
 super-resolved inputs from a train job's checkpoint, written under `jobs/<id>/images/`.
 
-Plain samples stream (`write_samples`): G makes them a batch at a time, threads encode each batch's
+Plain samples stream (`write_samples`): G makes them a batch at a time (the next one on a thread
+of its own while this one is written), threads encode each batch's
 PNGs (Pillow lets go of Python's lock while it compresses, so threads use every core, with no
 process to fork from a worker's pool process and no pixels to pickle), more threads write them to
 storage at once, and one transaction records each batch's artifacts. `--format npz` or `tar` writes
@@ -13,7 +14,10 @@ from __future__ import annotations
 import io
 import math
 import os
+import queue
 import tarfile
+import threading
+from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
@@ -110,7 +114,7 @@ def write_samples(ctx: JobContext, spec: SampleSpec, checkpoint: bytes) -> None:
         ThreadPoolExecutor(encoders, "gantry-png") as encode,
         ThreadPoolExecutor(WRITE_THREADS, "gantry-put") as put,
     ):
-        for images in made.batches:
+        for images in _ahead(made.batches):
             shown = sum(len(g) for g in grid)
             if shown < GRID_IMAGES:
                 grid.append(images[: GRID_IMAGES - shown])
@@ -133,6 +137,41 @@ def write_samples(ctx: JobContext, spec: SampleSpec, checkpoint: bytes) -> None:
     ctx.put(
         image_key(ctx.job_id, "grid.png"), grid_png(kept, nrow=math.ceil(math.sqrt(len(kept)))), kind="grid"
     )
+
+
+def _ahead(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """`batches`, with G making the next batch on a thread of its own while this one is encoded and
+    written (torch lets go of Python's lock while it computes). Stops G when the caller stops."""
+    handoff: queue.Queue[tuple[np.ndarray | None, BaseException | None]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def make() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        handoff.put((batch, None), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put((None, None))
+        except BaseException as exc:  # handed to the caller, raised there
+            handoff.put((None, exc))
+
+    thread = threading.Thread(target=make, name="gantry-generate", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, error = handoff.get()
+            if error is not None:
+                raise error
+            if batch is None:
+                return
+            yield batch
+    finally:
+        stop.set()
 
 
 def _write_shard(ctx: JobContext, shard: _Shard, pool: Executor) -> None:
