@@ -1,0 +1,170 @@
+"""The queue's overhead on tiny jobs, against a raw Celery round trip on the same Redis.
+
+    python bench/queue_overhead.py                 # 40 tiny jobs through one worker
+    python bench/queue_overhead.py --jobs 100
+
+On private services (a redis-server, a PostgreSQL cluster and moto's S3 server, as the chaos suite
+starts them; the machine's own are left alone) with one `gantry worker` (one pool process):
+
+1. the raw round trip: a plain Celery worker on the same Redis runs a no-op task; the time from
+   `apply_async` to its result, median of `--jobs` sequential calls;
+2. tiny gantry jobs (`gan` on `ring8` for 1 step, a checkpoint at it), one at a time: submit to
+   `running` (the job's `started_at` less its `created_at`), and `running` to `succeeded` (all
+   the job's own work: its spec, data, one step, checkpoint, metrics, final state), medians;
+3. throughput: `--jobs` tiny jobs submitted at once, jobs/s from the first submit to the last end.
+
+Goals (issue 30): submit to running <= 2x the raw round trip, and >= 20 tiny jobs/s through one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository, for tests.chaos
+
+from tests.chaos.services import Services, Worker  # noqa: E402
+
+GANTRY = [sys.executable, "-m", "gantry.api.cli"]
+NOOP = """
+from celery import Celery
+app = Celery("noop", broker="{broker}", backend="{backend}")
+app.conf.update(worker_prefetch_multiplier=1, task_acks_late=True)
+@app.task
+def noop():
+    return None
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=40)
+    args = parser.parse_args()
+    services = Services()
+    workers: list[subprocess.Popen | Worker] = []
+    try:
+        assert services.redis and services.postgres and services.s3
+        work = services.workdir
+        services.s3.client().create_bucket(Bucket="overhead")
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")},
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1",
+            "GANTRY_HOME": str(work / "home"),
+            "GANTRY_DATABASE_URL": services.postgres.create_database("overhead"),
+            "GANTRY_BROKER_URL": services.redis.url(0),
+            "GANTRY_STORAGE_URL": "s3://overhead/runs",
+            "GANTRY_S3_ENDPOINT_URL": services.s3.direct,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        subprocess.run([*GANTRY, "db", "upgrade"], env=env, check=True, capture_output=True)
+
+        # 1. The raw round trip.
+        (work / "noop_app.py").write_text(
+            NOOP.format(broker=services.redis.url(1), backend=services.redis.url(2))
+        )
+        noop_env = {**env, "PYTHONPATH": f"{work}{os.pathsep}{ROOT}"}
+        raw_log = (work / "noop.log").open("w")
+        raw = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "noop_app", "worker", "-c", "1", "--pool", "prefork", "-l", "INFO"],
+            env=noop_env, cwd=work, stdout=raw_log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        workers.append(raw)
+        sys.path.insert(0, str(work))
+        import noop_app  # type: ignore[import-not-found]
+
+        noop_app.noop.apply_async().get(timeout=60)  # the worker is up
+        trips = []
+        for _ in range(args.jobs):
+            start = time.perf_counter()
+            noop_app.noop.apply_async().get(timeout=30)
+            trips.append(time.perf_counter() - start)
+        round_trip = statistics.median(trips)
+        print(
+            f"raw Celery no-op round trip: median {round_trip * 1000:.1f} ms ({args.jobs} calls)", flush=True
+        )
+
+        # 2. One tiny job at a time through one gantry worker.
+        worker = Worker(env, work / "worker.log", name="overhead")
+        workers.append(worker)
+        deadline = time.monotonic() + 120
+        while not worker.ready_cached():
+            if not worker.alive or time.monotonic() > deadline:
+                print((work / "worker.log").read_text()[-3000:])
+                return 1
+            time.sleep(0.2)
+
+        from gantry.api.service import Service
+        from gantry.jobs.settings import Settings
+
+        os.environ.update(env)
+        svc = Service(Settings())
+        tiny = {"dataset": "ring8", "steps": 1, "batch_size": 64, "checkpoint_every": 1}
+
+        def wait(job_ids: list[str]) -> list:
+            while True:
+                views = [svc.get(job_id) for job_id in job_ids]
+                if all(v.state in ("succeeded", "failed", "cancelled") for v in views):
+                    bad = [v for v in views if v.state != "succeeded"]
+                    assert not bad, f"{bad[0].id}: {bad[0].state} {bad[0].error}"
+                    return views
+                time.sleep(0.02)
+
+        wait([svc.submit_train("gan", **tiny).id])  # the pool process's first job imports its modules
+        to_running, running_to_end = [], []
+        for _ in range(max(5, args.jobs // 4)):
+            (view,) = wait([svc.submit_train("gan", **tiny).id])
+            to_running.append((view.started_at - view.created_at).total_seconds())
+            running_to_end.append((view.finished_at - view.started_at).total_seconds())
+        queued = statistics.median(to_running)
+        print(
+            f"one at a time: submit -> running median {queued * 1000:.0f} ms, running -> succeeded median "
+            f"{statistics.median(running_to_end) * 1000:.0f} ms",
+            flush=True,
+        )
+
+        # 3. Throughput.
+        start = time.monotonic()
+        ids = [svc.submit_train("gan", **tiny).id for _ in range(args.jobs)]
+        submitted = time.monotonic() - start
+        views = wait(ids)
+        took = max(v.finished_at for v in views) - min(v.created_at for v in views)
+        rate = args.jobs / took.total_seconds()
+        print(f"{args.jobs} jobs at once: {rate:.1f} jobs/s (submitting them took {submitted:.1f} s)")
+        print()
+        print("| measure | figure | goal |")
+        print("|---|---|---|")
+        print(f"| raw Celery no-op round trip (median) | {round_trip * 1000:.1f} ms | |")
+        print(
+            f"| tiny job, submit -> `running` (median) | {queued * 1000:.0f} ms | <= {2 * round_trip * 1000:.1f} ms (2x raw) |"
+        )
+        print(
+            f"| tiny job, `running` -> `succeeded` (median) | {statistics.median(running_to_end) * 1000:.0f} ms | |"
+        )
+        print(f"| tiny jobs through one worker | {rate:.1f} jobs/s | >= 20 |")
+        return 0 if queued <= 2 * round_trip and rate >= 20 else 1
+    finally:
+        for proc in workers:
+            if isinstance(proc, Worker):
+                proc.destroy()
+            else:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        services.destroy()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
