@@ -135,14 +135,20 @@ def real_classifier(ctx: EvalContext, data: LabelledData) -> tuple[lc.LabelClass
     return classifier, accuracy
 
 
-def conditional_samples(ctx: EvalContext, count: int) -> tuple[np.ndarray, np.ndarray]:
+def conditional_samples(ctx: EvalContext, count: int, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`count` samples of the checkpoint's G (uint8 (N, H, W, C)) and the label values G was given
-    (int64 (N, K), one column per conditioned attribute), latents drawn as training draws them."""
+    (int64 (N, K), one column per conditioned attribute): latents drawn as training draws them, with
+    their labels rows of `prior` (the real training labels, (M, K)) drawn at random. So the samples
+    have the data's classes in the data's proportions: a classifier trained on them meets held-out
+    real images of the same prior (CAS on ImageNet draws classes uniformly, which is its prior; on
+    data where one class is most of it, uniform draws would score below always naming that class)."""
     loaded = load_generator(ctx.checkpoint, device=ctx.device)
     codes = loaded.codes
     if codes is None or not codes.label_sizes:
         raise InvalidInput("metric", f"a {loaded.spec.model} job without labels has no conditional samples")
     z = loaded.sample_latents(count, torch.Generator().manual_seed(ctx.spec.seed))
+    rows = prior[np.random.default_rng(ctx.spec.seed).integers(len(prior), size=count)]
+    z = codes.with_label_rows(z, torch.from_numpy(rows.astype(np.int64)))
     labels = torch.stack(codes.label_values(z), 1).numpy().astype(np.int64)
     return _generate(ctx, loaded.G, z, loaded.device), labels
 
@@ -214,7 +220,7 @@ def trained_on_samples(ctx: EvalContext) -> dict[str, float]:
     """`cas` and `gan_train` (one classifier), and the real-data classifier's accuracy beside them."""
     data = labelled_data(ctx)
     columns = data.columns(ctx.train_spec.options.label_attributes())
-    images, labels = conditional_samples(ctx, ctx.samples or SAMPLES)
+    images, labels = conditional_samples(ctx, ctx.samples or SAMPLES, data.train_labels[:, columns])
     score = trained_on(images, labels, data, columns, device=ctx.device)
     _, accuracy = real_classifier(ctx, data)
     real = float(np.mean([accuracy[c] for c in columns]))
@@ -225,7 +231,7 @@ def gan_test(ctx: EvalContext) -> dict[str, float]:
     data = labelled_data(ctx)
     columns = data.columns(ctx.train_spec.options.label_attributes())
     classifier, accuracy = real_classifier(ctx, data)
-    images, labels = conditional_samples(ctx, ctx.samples or SAMPLES)
+    images, labels = conditional_samples(ctx, ctx.samples or SAMPLES, data.train_labels[:, columns])
     return {
         "gan_test": classifier.accuracy(images, labels, heads=columns),
         "real_classifier_accuracy": float(np.mean([accuracy[c] for c in columns])),

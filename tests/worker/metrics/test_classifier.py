@@ -156,3 +156,11 @@ def test_a_conditional_dcgan_checkpoint_gets_every_score(tmp_path: Path) -> None
         assert 0.0 <= values[name] <= 1.0
     assert values["real_classifier_accuracy"] > 0.9
     assert values["fd_classifier"] > 0.0
+    # The samples' labels follow the real labels' proportions (a prior of one class: all of it).
+    from gantry.worker.metrics.classifier import conditional_samples
+
+    images, labels = conditional_samples(ctx, 300, np.full((5, 1), 7))
+    assert images.shape[0] == 300 and labels.tolist() == [[7]] * 300
+    skewed = np.array([[3]] * 90 + [[5]] * 10)
+    _, labels = conditional_samples(ctx, 2000, skewed)
+    assert 0.85 < float(np.mean(labels == 3)) < 0.95
