@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from gantry.jobs.accounts import Caller, digest
 from gantry.jobs.errors import NotAuthorised, Throttled
@@ -121,6 +122,20 @@ def authenticate(request: Request, token: str | None) -> Caller:
     caller = cached(request, key)
     if caller is None:
         caller = admit(request, key, request.app.state.service.authenticate(token))
+    request.app.state.limiter.take(key)
+    return caller
+
+
+async def authenticate_async(request: Request, token: str | None) -> Caller:
+    """`authenticate` for the event loop: the store is read on a thread, and only when the process
+    has not checked the token within GANTRY_API_AUTH_CACHE_SECONDS (no trip to a thread then)."""
+    if token is None:
+        raise NotAuthorised(MISSING)
+    key = digest(token)
+    caller = cached(request, key)
+    if caller is None:
+        found = await run_in_threadpool(request.app.state.service.authenticate, token)
+        caller = admit(request, key, found)
     request.app.state.limiter.take(key)
     return caller
 

@@ -6,13 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
-from gantry.api.http.auth import MISSING, admit, cached, request_token
+from gantry.api.http.auth import authenticate_async, request_token
 from gantry.api.http.models import Problem
 from gantry.api.service import Service
-from gantry.jobs.accounts import digest
-from gantry.jobs.errors import NotAuthorised
 
 ROW_ID_MAX = 2**63 - 1  # ids are SQL BIGINTs: a larger one in a query cannot even be compared
 
@@ -43,15 +40,8 @@ async def service(
 ) -> Service:
     """The service layer acting for the request's caller (401 without a valid token). Async: a
     token this process checked within GANTRY_API_AUTH_CACHE_SECONDS costs no trip to a thread."""
-    token = request_token(request)
-    if token is None:
-        raise NotAuthorised(MISSING)
+    caller = await authenticate_async(request, request_token(request))
     svc: Service = request.app.state.service
-    key = digest(token)
-    caller = cached(request, key)
-    if caller is None:
-        caller = admit(request, key, await run_in_threadpool(svc.authenticate, token))
-    request.app.state.limiter.take(key)
     return svc.scoped(caller)
 
 
