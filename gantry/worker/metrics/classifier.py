@@ -16,8 +16,10 @@ Held-out real images: a built-in data set's test split; for the user's data, a f
 (the same images for every job on the same data; the classifier trains on the rest). The real-data
 classifier trains on the train split (or the rest), once per data set content (cached).
 
-With several label attributes (shapes: shape, colour, ...) the classifier has a head for each and an
-accuracy is the mean over the attributes read: those G was conditioned on for cas / gan_train /
+Accuracy is class-balanced (`label_classifier.balanced_accuracy`): the plain share read right on
+data with equally many pictures of each class, and on data where one class is most of it, no
+credit for always naming that class. With several label attributes (shapes: shape, colour, ...)
+the classifier has a head for each and an accuracy is the mean over the attributes read: those G was conditioned on for cas / gan_train /
 gan_test, all of them for `real_classifier_accuracy` of fd_classifier.
 """
 
@@ -128,7 +130,7 @@ def real_classifier(ctx: EvalContext, data: LabelledData) -> tuple[lc.LabelClass
         return lc.load(cached, ctx.device)
     classifier = lc.train_classifier(data.train_images, data.train_labels, data.sizes, device=ctx.device)
     predicted = classifier.predict(data.test_images)
-    accuracy = [float(a) for a in (predicted == data.test_labels).mean(0)]
+    accuracy = lc.balanced_accuracy(predicted, data.test_labels)
     log.info("real-data label classifier: held-out accuracy %s", ", ".join(f"{a:.4f}" for a in accuracy))
     if ctx.cache is not None:
         ctx.cache.put(name, lc.dump(classifier, accuracy))

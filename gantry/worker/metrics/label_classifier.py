@@ -30,7 +30,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-VERSION: Final = 1  # bump when the network or its training changes: older cached weights are ignored
+VERSION: Final = (
+    2  # bump when the network, its training or its cached accuracy changes: older caches are ignored
+)
 MAX_SIZE: Final = 32
 FEATURES: Final = 64  # the penultimate features fd_classifier compares
 BATCH: Final = 64
@@ -89,6 +91,18 @@ def to_input(images: np.ndarray, size: int, device: torch.device) -> torch.Tenso
     return x
 
 
+def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Per attribute (column of (N, K) arrays), the mean over the classes present in `labels` of the
+    share of that class read right. The plain share read right where the classes are equally many
+    (ImageNet's, digits', shapes'), and 1/classes for a classifier that always names the commonest
+    class of data where one class is most of it (where plain accuracy would give that class's share)."""
+    scores = []
+    for column in range(labels.shape[1]):
+        truth, guess = labels[:, column], predicted[:, column]
+        scores.append(float(np.mean([np.mean(guess[truth == c] == c) for c in np.unique(truth)])))
+    return scores
+
+
 def as_columns(labels: np.ndarray) -> np.ndarray:
     """Labels (N,) or (N, K) -> int64 (N, K): one column per attribute."""
     return (labels[:, None] if labels.ndim == 1 else labels).astype(np.int64)
@@ -119,11 +133,11 @@ class LabelClassifier:
         return self._run(images, self.net.features).astype(np.float64)
 
     def accuracy(self, images: np.ndarray, labels: np.ndarray, heads: Sequence[int] | None = None) -> float:
-        """The share of images whose attribute is read right, averaged over the attributes `heads`
-        (default: all) against labels (N, len(heads)) or (N,) for one."""
+        """Class-balanced accuracy (`balanced_accuracy`) against labels (N, len(heads)) or (N,) for
+        one, averaged over the attributes `heads` (default: all)."""
         heads = list(range(len(self.net.sizes))) if heads is None else list(heads)
         predicted = self.predict(images)[:, heads]
-        return float((predicted == as_columns(labels)).mean(0).mean())
+        return float(np.mean(balanced_accuracy(predicted, as_columns(labels))))
 
 
 def steps_for(count: int) -> int:

@@ -164,3 +164,13 @@ def test_a_conditional_dcgan_checkpoint_gets_every_score(tmp_path: Path) -> None
     skewed = np.array([[3]] * 90 + [[5]] * 10)
     _, labels = conditional_samples(ctx, 2000, skewed)
     assert 0.85 < float(np.mean(labels == 3)) < 0.95
+
+
+def test_accuracy_gives_no_credit_for_always_naming_the_commonest_class() -> None:
+    truth = np.array([[0]] * 90 + [[1]] * 10)
+    always_zero = np.zeros_like(truth)
+    assert lc.balanced_accuracy(always_zero, truth) == [0.5]  # plain accuracy: 0.9
+    assert lc.balanced_accuracy(truth, truth) == [1.0]
+    balanced = np.array([[0]] * 50 + [[1]] * 50)
+    half_right = np.array([[0]] * 50 + [[0]] * 25 + [[1]] * 25)
+    assert lc.balanced_accuracy(half_right, balanced) == [0.75]  # equal classes: the plain share
