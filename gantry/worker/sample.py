@@ -145,20 +145,24 @@ def _ahead(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     handoff: queue.Queue[tuple[np.ndarray | None, BaseException | None]] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
+    def offer(item: tuple[np.ndarray | None, BaseException | None]) -> bool:
+        """Hand `item` over; False once the caller has stopped (so this thread never waits for good)."""
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def make() -> None:
         try:
             for batch in batches:
-                while not stop.is_set():
-                    try:
-                        handoff.put((batch, None), timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((batch, None)):
                     return
-            handoff.put((None, None))
+            offer((None, None))
         except BaseException as exc:  # handed to the caller, raised there
-            handoff.put((None, exc))
+            offer((None, exc))
 
     thread = threading.Thread(target=make, name="gantry-generate", daemon=True)
     thread.start()

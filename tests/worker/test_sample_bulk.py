@@ -97,3 +97,27 @@ def svc_checkpoint(svc: Service, train_id: str) -> tuple[bytes, int]:
 
     manifest = Manifest.parse(svc.objects.get_bytes(manifest_key(train_id)))
     return svc.objects.get_bytes(manifest.key), manifest.step
+
+
+def test_a_stopped_sampler_leaves_no_thread_waiting() -> None:
+    import threading
+    import time
+
+    from gantry.worker.sample import _ahead
+
+    made = (np.zeros((1, 2, 2, 1), dtype=np.uint8) for _ in range(2))  # its end is handed over last
+    batches = _ahead(made)
+    next(batches)
+    time.sleep(0.5)  # G has handed over its last batch and waits to say it is done
+    batches.close()  # the job stopped after its first batch (a cancel)
+    deadline = time.monotonic() + 5
+    while any(t.name == "gantry-generate" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "gantry-generate" for t in threading.enumerate())
+
+    def failing():
+        yield np.zeros((1, 2, 2, 1), dtype=np.uint8)
+        raise RuntimeError("G ran out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(_ahead(failing()))
