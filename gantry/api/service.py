@@ -590,9 +590,10 @@ class Service:
     def get(self, job_id: str) -> JobView:
         """The job: two queries, its row and then its artifacts, tags and latest metrics (the
         `_view` of a Core row, which has the columns as `db.Job` has them)."""
-        with self._read() as s:
-            # The row through Core, not the ORM (a read needs no identity map; the most frequent
-            # request of all, a client polling its job); who may see it is `_job`'s rule.
+        engine = self.read_sessions.kw["bind"]
+        with self._unavailable(), engine.connect() as s:
+            # A plain connection and Core, not an ORM session (a read needs no identity map; the
+            # most frequent request of all, a client polling its job); who may see it is `_job`'s rule.
             row = s.execute(JOB_ROW, {"job_id": job_id}).first()
             if row is None or not self._may_see(row.owner):
                 raise JobNotFound(job_id)

@@ -55,9 +55,10 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses=NOT_FOUND)
-def get_job(svc: Svc, job_id: str) -> JobView:
+def get_job(svc: Svc, job_id: str) -> Response:
     """One job: state, progress, latest metrics, error, artifacts."""
-    return svc.get(job_id)
+    # Serialised once by the model it is (FastAPI would validate it again against response_model).
+    return Response(svc.get(job_id).model_dump_json(), media_type="application/json")
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=list[MetricPoint], tags=["jobs"], responses=NOT_FOUND)
