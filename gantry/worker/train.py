@@ -84,9 +84,9 @@ def read_options(spec: TrainSpec, *, folder_labels: bool = False) -> Any:
 def _check_labels(spec: TrainSpec, splits: Callable[[str], Any]) -> None:
     """InvalidInput now when the user's data has no labels for the eval metric to use: none of its
     own (an .npz's, `labels=folder`'s) and no classes in sub-folders."""
-    if spec.dataset in DATASETS or getattr(splits("train"), "labels", None) is not None:
-        return
-    if splits("labelled") is None:
+    from gantry.worker.metrics import labelled_train
+
+    if labelled_train(splits, spec.dataset) is None:
         raise InvalidInput(
             "set.eval_metric",
             f"{spec.options.eval_metric} needs labelled images: {spec.dataset} has none (classes in "

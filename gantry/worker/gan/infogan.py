@@ -102,29 +102,18 @@ class CodedLatents:
         flat = z.flatten(1)[:, self.nz + sum(self.codes) :]
         return [part.argmax(1) for part in flat.split(self.label_sizes, dim=1)]
 
-    def with_label_rows(self, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """A copy of latents z (n, *latent_shape) whose label codes are row i's values for latent i:
-        `rows` (n, number of label attributes), value indices; everything else as drawn."""
-        z = z.clone()
-        flat = z.view(len(z), -1)
-        start = self.nz + sum(self.codes)
-        index = torch.arange(len(z))
-        for j, size in enumerate(self.label_sizes):
-            flat[:, start : start + size] = 0.0
-            flat[index, start + rows[:, j]] = 1.0
-            start += size
-        return z
-
-    def with_labels(self, z: torch.Tensor, values: dict[int, int]) -> torch.Tensor:
+    def with_labels(self, z: torch.Tensor, values: dict[int, int | torch.Tensor]) -> torch.Tensor:
         """A copy of latents z (n, *latent_shape) whose label codes are set where `values` says:
-        {position among the label attributes: value index}; everything else as drawn."""
+        {position among the label attributes: value index}, one for every latent or an (n,) tensor
+        of one per latent; everything else as drawn."""
         z = z.clone()
         flat = z.view(len(z), -1)  # a view: writing the codes writes z
         start = self.nz + sum(self.codes)
+        rows = torch.arange(len(z))
         for j, size in enumerate(self.label_sizes):
             if j in values:
                 flat[:, start : start + size] = 0.0
-                flat[:, start + values[j]] = 1.0
+                flat[rows, start + values[j]] = 1.0
             start += size
         return z
 

@@ -115,6 +115,18 @@ class EvalContext:
         )
 
 
+def labelled_train(load: Callable[[str], Any], dataset: str) -> Any | None:
+    """The train split (`load(split)`, a data loader by split) with labels: its own, or for the
+    user's folder or zip read by a model trained without labels, its sub-folders as classes (split
+    `labelled`); None when it has neither."""
+    from gantry.jobs.datasets import DATASETS
+
+    train = load("train")
+    if getattr(train, "labels", None) is None and dataset not in DATASETS:
+        train = load("labelled")
+    return train if getattr(train, "labels", None) is not None else None
+
+
 def _function(name: str) -> Callable[[EvalContext], dict[str, Any]]:
     module, _, function = EVALUATORS[name].partition(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), function)

@@ -38,7 +38,7 @@ from gantry.jobs.datasets import DATASETS
 from gantry.jobs.errors import InvalidInput
 from gantry.worker.gan.checkpoint import load_generator
 from gantry.worker.gan.sampler import GENERATE_BATCH, generate, generated_images
-from gantry.worker.metrics import EvalContext
+from gantry.worker.metrics import EvalContext, labelled_train
 from gantry.worker.metrics import label_classifier as lc
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,8 @@ def _subset(n: int, cap: int) -> np.ndarray:
 def labelled_data(ctx: EvalContext) -> LabelledData:
     """The train job's data set, split for the classifier; InvalidInput when it has no labels."""
     dataset = ctx.train_spec.dataset
-    train = ctx.load_data("train")
-    if getattr(train, "labels", None) is None and dataset not in DATASETS:
-        train = ctx.load_data("labelled")  # classes from its sub-folders, for a model trained without
-    if getattr(train, "labels", None) is None:
+    train = labelled_train(ctx.load_data, dataset)
+    if train is None:
         raise InvalidInput(
             "dataset",
             f"{dataset} has no labels; cas, gan_train, gan_test and fd_classifier need labelled images "
@@ -150,7 +148,8 @@ def conditional_samples(ctx: EvalContext, count: int, prior: np.ndarray) -> tupl
         raise InvalidInput("metric", f"a {loaded.spec.model} job without labels has no conditional samples")
     z = loaded.sample_latents(count, torch.Generator().manual_seed(ctx.spec.seed))
     rows = prior[np.random.default_rng(ctx.spec.seed).integers(len(prior), size=count)]
-    z = codes.with_label_rows(z, torch.from_numpy(rows.astype(np.int64)))
+    drawn = torch.from_numpy(rows.astype(np.int64))
+    z = codes.with_labels(z, {j: drawn[:, j] for j in range(len(codes.label_sizes))})
     labels = torch.stack(codes.label_values(z), 1).numpy().astype(np.int64)
     return _generate(ctx, loaded.G, z, loaded.device), labels
 
@@ -158,14 +157,14 @@ def conditional_samples(ctx: EvalContext, count: int, prior: np.ndarray) -> tupl
 def samples(ctx: EvalContext, count: int) -> np.ndarray:
     """`count` samples of the checkpoint's G, uint8 (N, H, W, C); a text2img G draws each for a
     caption of the training data (as the Inception metrics do: `generated_images`)."""
-    loaded = load_generator(ctx.checkpoint, device=ctx.device)
-    if loaded.render is not None:
-        raise InvalidInput("metric", "the model's samples are not images")
-    if loaded.spec.prompted_by == "captions":
+    if ctx.train_spec.prompted_by == "captions":  # G loaded there, once
         captions = getattr(ctx.load_data("train"), "captions", None)
         return generated_images(
             ctx.checkpoint, count=count, seed=ctx.spec.seed, captions=captions, device=ctx.device
         )
+    loaded = load_generator(ctx.checkpoint, device=ctx.device)
+    if loaded.render is not None:
+        raise InvalidInput("metric", "the model's samples are not images")
     z = loaded.sample_latents(count, torch.Generator().manual_seed(ctx.spec.seed))
     return _generate(ctx, loaded.G, z, loaded.device)
 
