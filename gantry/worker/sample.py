@@ -141,7 +141,8 @@ def write_samples(ctx: JobContext, spec: SampleSpec, checkpoint: bytes) -> None:
 
 def _ahead(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """`batches`, with G making the next batch on a thread of its own while this one is encoded and
-    written (torch lets go of Python's lock while it computes). Stops G when the caller stops."""
+    written (torch lets go of Python's lock while it computes). Stops G, and waits for it, when the
+    caller stops."""
     handoff: queue.Queue[tuple[np.ndarray | None, BaseException | None]] = queue.Queue(maxsize=1)
     stop = threading.Event()
 
@@ -176,6 +177,9 @@ def _ahead(batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
             yield batch
     finally:
         stop.set()
+        # G finishes the batch it is making and returns: a process that exits (a cancel by Ctrl-C)
+        # with torch still running on another thread is aborted by the C++ runtime.
+        thread.join()
 
 
 def _write_shard(ctx: JobContext, shard: _Shard, pool: Executor) -> None:

@@ -110,9 +110,8 @@ def test_a_stopped_sampler_leaves_no_thread_waiting() -> None:
     next(batches)
     time.sleep(0.5)  # G has handed over its last batch and waits to say it is done
     batches.close()  # the job stopped after its first batch (a cancel)
-    deadline = time.monotonic() + 5
-    while any(t.name == "gantry-generate" for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # Gone when close returns: a process that exits with torch running on another thread is
+    # aborted by the C++ runtime (Ctrl-C on `gantry sample` ended with SIGABRT, not exit 1).
     assert not any(t.name == "gantry-generate" for t in threading.enumerate())
 
     def failing():
