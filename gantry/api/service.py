@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import quote
 
 from pydantic import ValidationError
-from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, raiseload, sessionmaker
 
 from gantry.api import files
@@ -75,8 +74,6 @@ from gantry.jobs.storage import (
 log = logging.getLogger(__name__)
 
 SERVICES_CHECK_SECONDS = 5.0
-JOBS = db.Job.__table__
-JOB_ROW = select(JOBS).where(JOBS.c.id == bindparam("job_id"))  # built once: see Service.get
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -588,16 +585,16 @@ class Service:
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> JobView:
-        """The job: two queries, its row and then its artifacts, tags and latest metrics (the
-        `_view` of a Core row, which has the columns as `db.Job` has them)."""
+        """The job: one query for its row, artifacts, tags and latest metrics (the `_view` of a
+        Core row, which has the columns as `db.Job` has them)."""
         engine = self.read_sessions.kw["bind"]
         with self._unavailable(), engine.connect() as s:
             # A plain connection and Core, not an ORM session (a read needs no identity map; the
             # most frequent request of all, a client polling its job); who may see it is `_job`'s rule.
-            row = s.execute(JOB_ROW, {"job_id": job_id}).first()
-            if row is None or not self._may_see(row.owner):
-                raise JobNotFound(job_id)
-            return self._view(row, reads.job_details(s, job_id))  # type: ignore[arg-type]
+            row, details = reads.job_and_details(s, job_id)
+        if row is None or not self._may_see(row.owner):
+            raise JobNotFound(job_id)
+        return self._view(row, details)  # type: ignore[arg-type]
 
     def list_jobs(
         self,

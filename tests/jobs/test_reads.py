@@ -1,6 +1,6 @@
 """A job view's reads (gantry.jobs.reads) in one query each give what the row-by-row reads give:
-the same latest metrics in the same order, artifacts and tags. On SQLite and on the machine's
-PostgreSQL (whose UNION needs every column's type to agree)."""
+the same latest metrics in the same order, artifacts and tags (and, for one job, its row). On SQLite
+and on the machine's PostgreSQL (whose UNION needs every column's type to agree)."""
 
 from __future__ import annotations
 
@@ -73,5 +73,12 @@ def test_one_query_reads_what_the_row_by_row_reads_read(sessions: sessionmaker[S
         assert details.artifacts == [("jobs/x/grid.png", "grid", 10), ("jobs/x/samples/b.png", "samples", 20)]
         assert details.tags == ["a", "b"]
         assert reads.job_details(s, bare) == reads.JobDetails()
+        row, same = reads.job_and_details(s, job)  # the row comes in the same query
+        assert same == details
+        assert row is not None
+        assert (row.id, row.kind, row.model, row.state, row.total_steps, row.spec) == (
+            job, "train", "dcgan", "queued", 9, {},
+        )  # fmt: skip
+        assert reads.job_and_details(s, "no-such-job") == (None, reads.JobDetails())
         assert reads.latest_metrics_of(s, [job, other, bare]) == {job: expected, other: {"loss_D": 0.25}}
         assert reads.latest_metrics_of(s, []) == {}
