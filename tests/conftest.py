@@ -1,14 +1,27 @@
 """Shared fixtures: an isolated GANTRY_HOME with a migrated SQLite store for every test that asks, and
-the same with its objects in an S3 bucket (moto)."""
+the same with its objects in an S3 bucket (moto); and, for every test, a worker's connections made
+afresh."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gantry.jobs.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _fresh_worker_connections() -> Iterator[None]:
+    """A worker process keeps its engine and object store from job to job (gantry.worker.run's
+    CONNECTIONS): each test starts without the last test's, so that what it sets up (a database, a
+    patched `db.connect`) is what its jobs use."""
+    run = sys.modules.get("gantry.worker.run")  # only where a test has imported the worker
+    if run is not None:
+        run.CONNECTIONS.clear()
+    yield
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ last; `newest_first` also orders a step's checkpoints by attempt); the step itse
 manifest or the checkpoint, never parsed out of a key.
 
 Why a checkpoint's key names its attempt: every write a worker makes is fenced by its lease, but an
-object write is checked right before it is sent, so an attempt fenced out in between (paused, then
-taken over) can still land one write. With the attempt in the key, that write lands on a key of its
+object write is checked before it is sent (gantry.worker.run's `_prove_lease`), so an attempt fenced
+out in between (paused, then taken over) can still land one write. With the attempt in the key, that write lands on a key of its
 own, never on the checkpoint a newer attempt wrote and whose manifest names it (by its exact key).
 Readers follow the manifest, or list a step's keys (`checkpoints_at`): they never format a key to
 read. Other objects keep one key per job; see `JobContext.put` for why a late write there is harmless.

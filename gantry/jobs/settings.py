@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -124,5 +125,19 @@ class Settings(BaseSettings):
         return (self.home / "queue").resolve()
 
 
+_made: tuple[tuple[str, tuple[tuple[str, str], ...]], Settings] | None = None
+
+
 def get_settings() -> Settings:
-    return Settings()
+    """The settings the environment gives now: made again only when a GANTRY_ variable or the
+    working folder changed (a worker reads them for every job; reading the environment through
+    pydantic costs about a millisecond)."""
+    global _made
+    key = (
+        os.getcwd(),
+        tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("GANTRY_"))),
+    )
+    made = _made
+    if made is None or made[0] != key:
+        made = _made = (key, Settings())
+    return made[1]

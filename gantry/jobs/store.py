@@ -85,6 +85,9 @@ class Job(Base):
         Index("ix_jobs_owner_created", "owner", "created_at"),
     )
 
+    # Not a column: set on the row `claim_job` returns (whether that claim started the job).
+    first_start = False
+
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     model: Mapped[str] = mapped_column(String(32))
@@ -184,9 +187,14 @@ class Artifact(Base):
 # --- connecting -------------------------------------------------------------------------------
 
 
+# A pooled connection idle this long is pinged before it is used again (see `_ping_when_idle`).
+PING_IDLE_SECONDS = 2.0
+
+
 def make_engine(url: str, **options: Any) -> Engine:
     """An engine for `url`. `options` (PostgreSQL etc., not SQLite) replace the defaults given to
-    `create_engine`: the API sizes its pool to its threads and skips the ping (gantry.api.service)."""
+    `create_engine`: the API sizes its pool to its threads and skips the ping (gantry.api.service).
+    By default a connection is pinged only when it sat in the pool `PING_IDLE_SECONDS` or more."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -199,7 +207,37 @@ def make_engine(url: str, **options: Any) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, **({"pool_pre_ping": True} | options))
+    ping = options.pop("pool_pre_ping", None)
+    engine = create_engine(url, **options, **({"pool_pre_ping": True} if ping else {}))
+    if ping is None:
+        _ping_when_idle(engine, PING_IDLE_SECONDS)
+    return engine
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """SQLAlchemy's `pool_pre_ping` for connections that sat in the pool `idle_seconds` or more: a
+    connection the database dropped meanwhile (a restart, an idle timeout) is replaced before use,
+    as `pool_pre_ping` does, without a round trip before every transaction of a busy worker (a job's
+    writes come a few milliseconds apart). A connection that dies while in use raises, and the
+    writes that meet it are retried (gantry.jobs.retry) on a new one: the pool drops every
+    connection it held then."""
+    import time
+
+    from sqlalchemy.exc import DisconnectionError
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_conn, record):  # type: ignore[no-untyped-def]
+        record.info["gantry_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn, record, proxy):  # type: ignore[no-untyped-def]
+        since = record.info.get("gantry_idle_since")
+        if since is None or time.monotonic() - since < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"a pooled connection is gone ({type(exc).__name__})") from exc
 
 
 def describe_url(url: str) -> str:
@@ -516,11 +554,37 @@ def claim_job(
     - otherwise, when its heartbeat is stale or its holder's process is gone from this host: taken
       over with `attempt + 1`, and counted as a death. Held by a worker that may be alive: JobBusy.
     The trainer of a taken-over job resumes from its last checkpoint. A job whose `deaths` reached
-    `max_attempts` ends `failed` with the reason instead of running again."""
+    `max_attempts` ends `failed` with the reason instead of running again.
+
+    The returned row's `first_start` says whether this claim started the job (it never ran before,
+    so nothing of it is in object storage). The usual case, a queued job taken by its first message,
+    is one statement (an UPDATE that returns the row); every other case reads the row locked and
+    decides as above."""
+    now = utcnow()
+    if token is None:
+        fresh = [Job.id == job_id, Job.state == "queued", Job.started_at.is_(None)]
+        fresh.append(Job.cancel_requested.is_(False))
+        if max_attempts is not None:
+            fresh.append(Job.deaths < max_attempts)
+        taken = session.scalars(
+            update(Job)
+            .where(*fresh)
+            .values(
+                state="running",
+                worker=worker,
+                started_at=now,
+                heartbeat_at=now,
+                error=None,
+            )
+            .returning(Job)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        if taken is not None:
+            taken.first_start = True
+            return taken
     job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
     if job is None:
         raise JobNotFound(job_id)
-    now = utcnow()
     if job.state in TERMINAL:
         return None
     if job.cancel_requested:
@@ -560,6 +624,7 @@ def claim_job(
         job.error = died_message(job.deaths)
         _note(session, job_id, job.attempt, "ERROR", job.error)
         return None
+    job.first_start = job.started_at is None
     job.state = "running"
     job.worker = worker
     job.started_at = job.started_at or now
@@ -568,25 +633,27 @@ def claim_job(
     return job
 
 
-def _fence(session: Session, job_id: str, token: int, **values: Any) -> None:
+def _fence(session: Session, job_id: str, token: int, **values: Any) -> bool:
     """The guard of every fenced write: refresh the heartbeat (and `values`) only while attempt
     `token` holds the running job, else LeaseLost. The row stays locked to the end of the
-    transaction, so the write it guards cannot interleave with a takeover."""
-    result = session.execute(
+    transaction, so the write it guards cannot interleave with a takeover. Returns whether a cancel
+    was requested (read by the same statement)."""
+    cancel = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.attempt == token, Job.state == "running")
         .values(heartbeat_at=utcnow(), **values)
+        .returning(Job.cancel_requested)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
+    if cancel is None:
         raise LeaseLost(job_id, token)
+    return bool(cancel)
 
 
 def check_lease(session: Session, job_id: str, *, token: int) -> bool:
     """A heartbeat that proves attempt `token` still holds the job (LeaseLost if not); returns
     True when a cancel was requested."""
-    _fence(session, job_id, token)
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    return _fence(session, job_id, token)
 
 
 def heartbeat(session: Session, job_id: str, *, step: int | None = None, token: int | None = None) -> bool:
@@ -594,10 +661,14 @@ def heartbeat(session: Session, job_id: str, *, step: int | None = None, token: 
     while that attempt holds the job (LeaseLost if not)."""
     values: dict[str, Any] = {} if step is None else {"step": step}
     if token is not None:
-        _fence(session, job_id, token, **values)
-    else:
-        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow(), **values))
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+        return _fence(session, job_id, token, **values)
+    cancel = session.scalar(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(heartbeat_at=utcnow(), **values)
+        .returning(Job.cancel_requested)
+    )
+    return bool(cancel)
 
 
 def finish_job(

@@ -76,13 +76,16 @@ def run_metrics(
     train_job_id: str,
     spec: EvaluateSpec,
     data: Callable[[str], Any] | None = None,
+    train_spec: TrainSpec | None = None,
 ) -> dict[str, float]:
     """Compute `names` on a train job's checkpoint; record them on `ctx`'s job and the train job.
-    `data`: the train job's data by split (`data_loader`), when the caller has already read it."""
+    `data`: the train job's data by split (`data_loader`), when the caller has already read it;
+    `train_spec`: the train job's spec, when the caller has it (the train job itself)."""
     from gantry.worker.metrics import EvalContext, evaluate_each
 
-    with db.session_scope(ctx.sessions) as s:
-        train_spec = load_train_spec(dict(db.get_job(s, train_job_id).spec))
+    if train_spec is None:
+        with db.session_scope(ctx.sessions) as s:
+            train_spec = load_train_spec(dict(db.get_job(s, train_job_id).spec))
     checkpoint, step = ctx.checkpoint_bytes(train_job_id, spec.checkpoint)
     eval_ctx = EvalContext(
         checkpoint=checkpoint,
@@ -139,7 +142,7 @@ def measure_during_training(
     values = dict(evaluate_each([name], eval_ctx))[name]
     ctx.record_metrics(step, values, job_ids=[ctx.job_id])
     value = values[info.keys[0]]
-    manifest = ctx.read(lambda: read_manifest(ctx.objects, ctx.job_id))
+    manifest = ctx.manifest()
     best = manifest.best if manifest is not None else None
     if best is not None and best.metric == name and not info.improves(value, best.value):
         return False

@@ -8,8 +8,9 @@ these without Celery.
 
 Faults:
 - Fencing: every write the context makes for the job is conditional on the attempt's token
-  (gantry.jobs.store); an object write checks the lease right before it, so an attempt that lost
-  its lease (paused past it, or taken over) is refused its next write. A refused write raises
+  (gantry.jobs.store); an object write checks the lease right before it (or within RECHECK_SECONDS
+  of the attempt's last proof of it, less than any takeover needs: `_prove_lease`), so an attempt
+  that lost its lease (paused past it, or taken over) is refused its next write. A refused write raises
   LeaseLost and the run stops there, writing nothing more. A write already past its check when the
   lease was lost still lands: checkpoints carry the attempt in their key for that (`put`,
   `write_manifest` say why the rest is harmless).
@@ -34,6 +35,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -73,6 +76,11 @@ from gantry.worker.lifecycle import SHUTDOWN, Shutdown, renewing
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_UNREAD = object()  # JobContext._manifest before it is read
+# An object write within this long of the attempt's last proof of its lease needs no check of its
+# own (JobContext._prove_lease): far below the shortest lease (5 s), and a job's writes come in runs
+# a few milliseconds apart (a checkpoint, its manifest, a grid).
+RECHECK_SECONDS = 0.5
 
 
 class RetryLater(ServiceUnavailable):
@@ -110,6 +118,20 @@ class JobContext:
     # Progress not yet written (the database was out): (step, metrics), written in order later.
     _pending: list[tuple[int, dict[str, float]]] = field(default_factory=list, init=False)
     _pending_step: int | None = field(default=None, init=False)
+    # True when this attempt's claim started the job: nothing of it is in storage yet (no manifest,
+    # checkpoint or metrics segment), so a run that starts need not look for them (see `run_job`).
+    fresh: bool = False
+    # The job's manifest as this attempt last read or wrote it (`manifest`), and its last checkpoint
+    # when that is the run's final one (`checkpoint(final=True)`): what the end-of-training metrics read.
+    _manifest: Manifest | object | None = field(default=None, init=False)
+    _final: tuple[int, bytes] | None = field(default=None, init=False)
+    _segments: bool = field(default=True, init=False)  # whether metrics segments may exist
+    # Objects written and not yet recorded as artifacts, `(key, kind, bytes)`: the attempt's next
+    # fenced transaction records them (`_record`), so that an object write costs none of its own.
+    _records: list[tuple[str, str, int]] = field(default_factory=list, init=False)
+    # When this attempt last proved its lease (monotonic clock): its claim (the context is made right
+    # after it), a lease check or a progress write. See `_prove_lease`.
+    _proven_at: float = field(default_factory=time.monotonic, init=False)
     database: Outage = field(init=False)
     storage: Outage = field(init=False)
 
@@ -118,26 +140,77 @@ class JobContext:
         cap = min(30.0, self.settings.lease_seconds / 2)
         self.database = Outage(self.settings.retry_seconds, cap=cap)
         self.storage = Outage(self.settings.retry_seconds, cap=cap)
+        self._manifest = None if self.fresh else _UNREAD
+        self._segments = not self.fresh
+
+    def manifest(self) -> Manifest | None:
+        """The job's manifest: read once per attempt, then as this attempt last wrote it (only the
+        attempt that holds the lease writes it, so the copy is what storage holds). ValueError when
+        it does not parse (then read again next time)."""
+        if self._manifest is _UNREAD:
+            self._manifest = self.read(lambda: read_manifest(self.objects, self.job_id))
+        return self._manifest  # type: ignore[return-value]
 
     # -- the store: fenced writes -----------------------------------------------------------------
     def write(self, fn: Callable[[Session], T]) -> T:
-        """`fn(session)` in one transaction, retried while the database is out (within the budget)."""
-        return self.database.call(lambda: self._in_session(fn))
+        """`fn(session)` in one transaction, retried while the database is out (within the budget),
+        with the artifact records of the objects written since the last one (`_record`)."""
+
+        def both(s: Session) -> T:
+            self._record(s)
+            return fn(s)
+
+        return self.database.call(lambda: self._in_session(both))
 
     def check_lease(self) -> None:
         """Prove this attempt still holds the job (LeaseLost if not), waiting out a database blip."""
+        proving = time.monotonic()
         self._cancel = self.write(lambda s: db.check_lease(s, self.job_id, token=self.token))
-        self._last_poll = time.monotonic()
+        self._last_poll = self._proven_at = proving
+
+    def _prove_lease(self) -> None:
+        """Before an object write: `check_lease`, unless this attempt proved its lease less than
+        RECHECK_SECONDS ago. No other attempt can have taken the job since: a takeover needs the
+        heartbeat written then to be GANTRY_LEASE_SECONDS old (at least 5 s), or this process gone,
+        and a pause of the process (SIGSTOP) counts, the clock being monotonic. Once the worker is
+        asked to stop, every write checks: the stop watchdog may hand the job back meanwhile."""
+        if self.stopping() or time.monotonic() - self._proven_at >= RECHECK_SECONDS:
+            self.check_lease()
+
+    def _record(self, s: Session) -> None:
+        """Record the objects written since the last transaction as artifacts, fenced, in the caller's
+        transaction; forgotten once it commits. Until then an object is in storage and not yet in
+        the job's artifact list: should the worker die meanwhile, the next attempt writes the same
+        key again (and `gantry delete` removes a job's objects by their prefix, recorded or not)."""
+        if not self._records or s.info.get("recorded"):
+            return
+        s.info["recorded"] = True
+        count = len(self._records)
+        rows = {key: (key, kind, size) for key, kind, size in self._records}  # a key's last write
+        db.add_artifacts(s, self.job_id, list(rows.values()), token=self.token)
+
+        def recorded() -> None:
+            del self._records[:count]
+
+        s.info.setdefault("after_commit", []).append(recorded)
 
     def _keep_lease(self) -> None:
         # While object storage is down: one heartbeat per wait, so the job keeps its lease.
         self._cancel = self._in_session(lambda s: db.check_lease(s, self.job_id, token=self.token))
 
     def _flush(self, s: Session) -> bool:
+        proving = time.monotonic()
+        self._record(s)
         for step, metrics in self._pending:
             db.record_metrics(s, self.job_id, step=step, values=metrics, token=self.token)
         self._write_log(s)
-        return db.heartbeat(s, self.job_id, step=self._pending_step, token=self.token)
+        cancel = db.heartbeat(s, self.job_id, step=self._pending_step, token=self.token)
+
+        def proven() -> None:
+            self._proven_at = max(self._proven_at, proving)
+
+        s.info.setdefault("after_commit", []).append(proven)
+        return cancel
 
     def _write_log(self, s: Session) -> None:
         """The job's pending log lines, in the caller's fenced transaction; forgotten once it commits."""
@@ -197,16 +270,18 @@ class JobContext:
         self._in_session(lambda s: db.check_lease(s, self.job_id, token=self.token))
 
     def put_object(self, key: str, data: bytes) -> str:
-        """Write an object while this attempt holds the job (checked right before the write)."""
-        self.check_lease()
+        """Write an object while this attempt holds the job (proven right before the write, or less
+        than RECHECK_SECONDS before it: `_prove_lease`)."""
+        self._prove_lease()
         return self.storage.call(lambda: self.objects.put_bytes(key, data), between=self._keep_lease)
 
     def put(self, key: str, data: bytes, *, kind: str) -> str:
-        """Write object `key` and record it as an artifact of the job, both fenced.
+        """Write object `key` and record it as an artifact of the job (with the attempt's next
+        transaction: `_record`), both fenced.
 
-        The lease is checked right before the object write, so an attempt fenced out between the
-        check and the write (paused, then taken over) still lands that one write; the record after
-        it is refused and the run stops. Checkpoints therefore carry the attempt in their key
+        The lease is checked before the object write (`_prove_lease`), so an attempt fenced out
+        between the check and the write (paused, then taken over) still lands that one write; its
+        record is refused and the run stops. Checkpoints therefore carry the attempt in their key
         (gantry.jobs.keys). The keys written through here do not, because such a late write is
         harmless there: nothing reads them back to go on from, and none is named by a manifest.
         - spec.json: the same spec, whichever attempt writes it.
@@ -221,16 +296,14 @@ class JobContext:
           checkpoint before.)
         - warnings.txt: one warning of the holder's may be lost to the late attempt's rewrite."""
         uri = self.put_object(key, data)
-        self.write(
-            lambda s: db.add_artifact(s, self.job_id, key=key, kind=kind, size=len(data), token=self.token)
-        )
+        self._records.append((key, kind, len(data)))
         return uri
 
     def put_many(self, objects: list[tuple[str, bytes, str]], pool: Executor) -> None:
-        """Write many objects, `(key, data, kind)` each, at once on `pool`'s threads, then record them
-        as artifacts in one transaction: fenced as `put` is (one lease check before the batch), for
-        a bulk sample job's images."""
-        self.check_lease()
+        """Write many objects, `(key, data, kind)` each, at once on `pool`'s threads, recorded as
+        artifacts by the next transaction: fenced as `put` is (one lease check before the batch),
+        for a bulk sample job's images."""
+        self._prove_lease()
         writes = [
             pool.submit(
                 self.storage.call, partial(self.objects.put_bytes, key, data), between=self._keep_lease
@@ -239,21 +312,23 @@ class JobContext:
         ]
         for write in writes:
             write.result()
-        rows = [(key, kind, len(data)) for key, data, kind in objects]
-        self.write(lambda s: db.add_artifacts(s, self.job_id, rows, token=self.token))
+        self._records.extend((key, kind, len(data)) for key, data, kind in objects)
 
     def write_metrics_jsonl(self) -> None:
         """Write metrics.jsonl whole, once, at the job's end (from the store, where every point is),
         then remove the segments that checkpoints wrote meanwhile (`write_metrics_segment`)."""
 
         def lines(s: Session) -> list[str]:
+            self._cancel = self._flush(s)  # the points kept through an outage first
             return [_metric_line(m) for m in db.metric_history(s, self.job_id)]
 
-        self.flush()
         rows = self.write(lines)
+        self._pending.clear()
+        self._pending_step = None
         self.put(metrics_key(self.job_id), ("\n".join(rows) + "\n").encode(), kind="metrics")
-        segments = self.read(lambda: self.objects.list(metrics_segments_prefix(self.job_id)))
-        self.delete_objects(segments)
+        if self._segments:  # none when this run started the job and wrote none
+            segments = self.read(lambda: self.objects.list(metrics_segments_prefix(self.job_id)))
+            self.delete_objects(segments)
 
     def write_metrics_segment(self, first: int, last: int) -> None:
         """The metric points of steps `first` to `last` (the last checkpoint's step + 1 to this
@@ -270,6 +345,7 @@ class JobContext:
 
         rows = self.write(lines)
         body = "".join(row + "\n" for row in rows).encode()
+        self._segments = True
         self.put(metrics_segment_key(self.job_id, first), body, kind="metrics")
 
     def record_metrics(self, step: int, values: dict[str, float], *, job_ids: list[str]) -> None:
@@ -285,6 +361,8 @@ class JobContext:
     def resume_from(self, step: int | None) -> None:
         """A resumed attempt drops the metric points a dead attempt recorded past its checkpoint
         (`step`; None: no checkpoint, it starts over), so no step shows twice."""
+        if self.fresh:
+            return  # no attempt before this one: no points
         dropped = self.write(
             lambda s: db.clear_metrics_after(
                 s, self.job_id, step=-1 if step is None else step, token=self.token
@@ -341,11 +419,14 @@ class JobContext:
         keep: int = 0,
         keep_every: int = 0,
         best: tuple[str, float] | None = None,
+        final: bool = False,
     ) -> None:
         """Write checkpoint `step`, then the manifest that names it, then delete the checkpoints
         retention no longer keeps (`keep` newest, 0: all, and multiples of `keep_every`), never the
         manifest's `best`. `best`: (eval metric, value) when this checkpoint is the new best by it;
-        otherwise the manifest keeps the best it had.
+        otherwise the manifest keeps the best it had. `final`: the run's last step, whose points
+        metrics.jsonl holds next (no segment for them), and whose weights the end-of-training
+        metrics read (kept in memory: `checkpoint_bytes`).
 
         The checkpoint is proven there at its size before the manifest names it, and the manifest
         is read back, so a manifest never names an object that is not there; either write is
@@ -353,7 +434,7 @@ class JobContext:
         deleted only after the manifest that drops them is written: never the one it names."""
         self.flush()  # progress kept through an outage lands before the checkpoint that covers it
         try:
-            previous = self.read(lambda: read_manifest(self.objects, self.job_id))
+            previous = self.manifest()
         except ValueError as exc:  # not a manifest (a resume rewrites such a one before this)
             log.warning("job %s: the manifest does not parse (%s); writing a new one", self.job_id, exc)
             previous = None
@@ -370,7 +451,8 @@ class JobContext:
         uri = self.put_checked(key, data, kind="checkpoint")
         # The points since the checkpoint before, written before the manifest moves past them: a run
         # that resumes from that checkpoint rewrites this segment (same first step) if this one dies.
-        self.write_metrics_segment(older[0].step + 1 if older else 0, step)
+        if not final:
+            self.write_metrics_segment(older[0].step + 1 if older else 0, step)
         entry = CheckpointEntry(step=step, key=key, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
         kept, dropped = retain([entry, *older], keep=keep, every=keep_every)
         best_checkpoint = previous.best if previous else None
@@ -397,26 +479,28 @@ class JobContext:
             best=best_checkpoint,
         )
         # Checked against the lease right before it is written: a fenced-out attempt never moves it.
-        self.write_manifest(manifest)
+        self.write_manifest(manifest, proven=True)
+        self._final = (step, data) if final else None
         self.delete_objects([e.key for e in dropped] + abandoned + replaced)
         log.info("job %s: checkpoint at step %d -> %s", self.job_id, step, uri)
 
-    def write_manifest(self, manifest: Manifest) -> None:
-        """Write the manifest, once the checkpoint it names is proven there at its size, and read it
-        back (`put_checked`).
+    def write_manifest(self, manifest: Manifest, *, proven: bool = False) -> None:
+        """Write the manifest, once the checkpoint it names is proven there at its size (`proven`:
+        the caller just wrote it with `put_checked`), and read it back (`put_checked`).
 
         The manifest is one key per job: an attempt fenced out right after its lease check can
         still land one manifest write. Its checkpoint is its own attempt's, which no other attempt
         writes over (the key carries the attempt), so it is whole; an older one it names that the
         holder's retention deleted meanwhile is skipped by a reader as missing; and the holder's
         next checkpoint replaces that manifest."""
-        size = self.read(partial(_size, self.objects, manifest.key))
+        size = manifest.bytes if proven else self.read(partial(_size, self.objects, manifest.key))
         if size != manifest.bytes:
             raise GantryError(
                 f"checkpoint {manifest.key} holds {'nothing' if size is None else f'{size} bytes'}, "
                 f"not {manifest.bytes} bytes: the manifest is left naming the one before"
             )
         self.put_checked(manifest_key(self.job_id), manifest.dump(), kind="manifest", read_back=True)
+        self._manifest = manifest
 
     def put_checked(self, key: str, data: bytes, *, kind: str, read_back: bool = False) -> str:
         """`put`, then prove the object is there: at its size, or (`read_back`) read back equal. An
@@ -440,11 +524,9 @@ class JobContext:
                 )
             return uri
 
-        self.check_lease()
+        self._prove_lease()
         uri = self.storage.call(write_and_check, between=self._keep_lease)
-        self.write(
-            lambda s: db.add_artifact(s, self.job_id, key=key, kind=kind, size=len(data), token=self.token)
-        )
+        self._records.append((key, kind, len(data)))
         return uri
 
     def delete_objects(self, keys: list[str]) -> None:
@@ -452,6 +534,8 @@ class JobContext:
         artifact records go first, so no record names a deleted object."""
         if not keys:
             return
+        if manifest_key(self.job_id) in keys:
+            self._manifest = None
 
         def forget(s: Session) -> None:
             db.check_lease(s, self.job_id, token=self.token)
@@ -469,7 +553,11 @@ class JobContext:
     def checkpoint_bytes(self, train_job_id: str, ref: str) -> tuple[bytes, int]:
         """The bytes and step of checkpoint `ref` (latest, best or a step) of train job `train_job_id`:
         `latest` falls back past one that does not load, with a warning on this job; a step that
-        does not load fails it (gantry.worker.checkpoints)."""
+        does not load fails it (gantry.worker.checkpoints). This job's own `latest`, just after its
+        final checkpoint, is that checkpoint (written, proven and named by the manifest)."""
+        if train_job_id == self.job_id and ref == "latest" and self._final is not None:
+            step, data = self._final
+            return data, step
         return checkpoints.checkpoint_bytes(self, train_job_id, ref)
 
 
@@ -482,6 +570,50 @@ def _size(objects: ObjectStore, key: str) -> int | None:
         return objects.size(key)
     except ObjectNotFound:
         return None
+
+
+class _Connections:
+    """This process's engine (its pool of connections) and object store, made at its first job and
+    kept for the next ones: a new engine per job cost a connection, a schema check and an S3 client
+    (about 20 ms before the claim). Keyed by the settings that name them; the few most recent are
+    kept (a test process runs jobs of many stores). A child forked from a process that made them
+    makes its own: a connection is never shared across a fork."""
+
+    keep = 4
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._made: dict[tuple[str, str, str | None], tuple[sessionmaker[Session], ObjectStore]] = {}
+
+    def get(self, settings: Settings) -> tuple[sessionmaker[Session], ObjectStore]:
+        key = (settings.database, settings.storage, settings.s3_endpoint_url)
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's connections stay the parent's
+                self._drop(list(self._made), close=False)
+                self._pid = os.getpid()
+            made = self._made.pop(key, None)
+            if made is None:
+                sessions = db.connect(settings.database)
+                made = (sessions, open_store(settings.storage, endpoint_url=settings.s3_endpoint_url))
+            self._made[key] = made  # the most recent last
+            self._drop(list(self._made)[: -self.keep])
+            return made
+
+    def clear(self) -> None:
+        """Close and forget them all (the next job makes its own)."""
+        with self._lock:
+            self._drop(list(self._made))
+
+    def _drop(self, keys: list[tuple[str, str, str | None]], *, close: bool = True) -> None:
+        for key in keys:
+            sessions, _ = self._made.pop(key)
+            engine = getattr(sessions, "kw", {}).get("bind")
+            if engine is not None:
+                engine.dispose(close=close)
+
+
+CONNECTIONS = _Connections()
 
 
 def device() -> Any:
@@ -521,8 +653,7 @@ def run_job(
         return RetryLater(job_id, service, token, since or time.time(), exc)
 
     try:
-        sessions = db.connect(settings.database)
-        objects = open_store(settings.storage, endpoint_url=settings.s3_endpoint_url)
+        sessions, objects = CONNECTIONS.get(settings)
         with db.session_scope(sessions) as s:
             job = db.claim_job(
                 s,
@@ -536,6 +667,7 @@ def run_job(
                 log.info("job %s: not claimed (finished, cancelled or failed)", job_id)
                 return None
             kind, spec_data, parent, attempt = job.kind, dict(job.spec), job.parent_job_id, job.attempt
+            fresh = job.first_start
     except Exception as exc:
         if (service := transient_service(exc)) is not None:
             raise hand_back(exc, service, token) from exc
@@ -547,6 +679,7 @@ def run_job(
         settings=settings,
         token=attempt,
         outage_since=since,
+        fresh=fresh,
     )
     ctx.stopping = stop.requested
     with collecting(job_id) as ctx.joblog:

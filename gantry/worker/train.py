@@ -119,7 +119,10 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     options = spec.options
 
     def checkpoint(step: int, payload: bytes) -> None:
-        ctx.checkpoint(step, payload, keep=options.keep_checkpoints, keep_every=options.keep_every)
+        final = step >= spec.steps
+        ctx.checkpoint(
+            step, payload, keep=options.keep_checkpoints, keep_every=options.keep_every, final=final
+        )
 
     evaluate = None
     if options.eval_every:
@@ -146,9 +149,11 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     outcome = train(spec, data, callbacks=callbacks, resume=resume, init=init, device=device())
     # Checkpoints no manifest names (an attempt fenced out, or dead, before it moved the manifest)
     # would outlive retention, which deletes only what a manifest named.
-    ctx.delete_objects(stray_checkpoints(ctx))
+    # (None when this run started the job: no other attempt wrote any.)
+    if not ctx.fresh:
+        ctx.delete_objects(stray_checkpoints(ctx))
     if not outcome.stopped and (names := spec.metric_names(auto=True)):
-        run_metrics(ctx, names, train_job_id=ctx.job_id, spec=EvaluateSpec(seed=spec.seed))
+        run_metrics(ctx, names, train_job_id=ctx.job_id, spec=EvaluateSpec(seed=spec.seed), train_spec=spec)
     ctx.write_metrics_jsonl()
     return not outcome.stopped
 
@@ -162,6 +167,8 @@ class Resume:
 def find_resume(ctx: JobContext) -> Resume | None:
     """The newest checkpoint of the job that loads (None: the run starts from step 0). Without a
     manifest the job never checkpointed: it starts over, as it always has."""
+    if ctx.fresh:
+        return None  # this run started the job: it has nothing in storage
     search = newest_that_loads(ctx, ctx.job_id)
     if search is None:
         return None

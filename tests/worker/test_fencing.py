@@ -20,7 +20,7 @@ from gantry.jobs.errors import LeaseLost, ServiceUnavailable
 from gantry.jobs.settings import Settings
 from gantry.jobs.storage import ObjectNotFound, open_store
 from gantry.worker.checkpoints import stray_checkpoints
-from gantry.worker.run import JobContext, RetryLater, read_manifest, run_job
+from gantry.worker.run import RECHECK_SECONDS, JobContext, RetryLater, read_manifest, run_job
 
 
 class FlakySessions:
@@ -178,6 +178,31 @@ def _new_queued(sessions) -> str:
 # --- fencing --------------------------------------------------------------------------------------
 
 
+def test_an_object_write_soon_after_a_proof_of_the_lease_needs_no_check_of_its_own(
+    settings, sessions
+) -> None:
+    """A job's writes come in runs (a checkpoint, its manifest, a grid): one proof of the lease
+    covers the writes of the next RECHECK_SECONDS, which no takeover can happen within (it needs the
+    heartbeat a lease old). Past them, or once the worker is asked to stop, each write checks."""
+    job_id = _job(sessions)
+    ctx = _context(settings, sessions, job_id, token=1)
+    ctx.progress(1, {"loss_D": 1.0})  # a progress write proves the lease
+    with db.session_scope(sessions) as s:  # taken away behind its back (a clock far off, say)
+        s.execute(update(db.Job).values(attempt=2))
+    ctx.samples(1, b"png")  # within RECHECK_SECONDS of the proof: written, unchecked
+    assert ctx.objects.get_bytes(keys.samples_key(job_id, 1)) == b"png"
+    ctx._proven_at -= RECHECK_SECONDS  # past them: checked, refused
+    with pytest.raises(LeaseLost):
+        ctx.samples(2, b"png")
+    ctx._proven_at = time.monotonic()
+    ctx.stopping = lambda: True  # asked to stop: every write checks
+    with pytest.raises(LeaseLost):
+        ctx.samples(3, b"png")
+    for step in (2, 3):
+        with pytest.raises(ObjectNotFound):
+            ctx.objects.get_bytes(keys.samples_key(job_id, step))
+
+
 def test_a_stale_attempt_is_refused_every_write_after_a_takeover(settings, sessions) -> None:
     job_id = _job(sessions)
     stale = _context(settings, sessions, job_id, token=1)
@@ -188,7 +213,9 @@ def test_a_stale_attempt_is_refused_every_write_after_a_takeover(settings, sessi
     holder.resume_from(10)
     holder.progress(20, {"loss_D": 2.0})
     holder.checkpoint(20, b"attempt 2 at step 20")
-    # Attempt 1 wakes: every write is refused, and none of it lands.
+    # Attempt 1 wakes: its last proof of its lease is a lease old (the pause; a takeover needs it),
+    # so every write is refused, and none of it lands.
+    stale._proven_at -= settings.lease_seconds
     writes = {
         "heartbeat": lambda: stale.heartbeat(step=30),
         "progress": lambda: stale.progress(30, {"loss_D": 9.0}),
