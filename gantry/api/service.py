@@ -452,11 +452,10 @@ class Service:
                 name=name,
                 tags=tags,
             )
-            # A new job has no artifacts nor metrics: its view needs no second read.
-            view = self._view(job, reads.JobDetails(tags=sorted(tags)))
         if not self.settings.embedded:
-            self._enqueue(kind, view.id)
-        return view
+            self._enqueue(kind, job.id)
+        # A new job has no artifacts nor metrics: its view needs no second read.
+        return self._view(job, reads.JobDetails(tags=sorted(tags)))
 
     def resume(self, job_id: str, *, steps: int | None = None) -> JobView:
         """Queue a failed or cancelled job again (attempt + 1); a train job continues from its last
