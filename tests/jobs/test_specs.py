@@ -359,11 +359,14 @@ def test_options_are_listed_architecture_first_with_defaults_bounds_and_one_line
         < dcgan.index("labels")
         < dcgan.index("ema")
     )
-    assert dcgan[-6:] == ["lr_decay", "ema", "precision", "eval_every", "eval_samples", "eval_metric"]
+    assert dcgan[-7:] == [
+        "lr_decay", "ema", "precision", "compile", "eval_every", "eval_samples", "eval_metric",
+    ]  # fmt: skip
     by_name = {row.name: row for row in rows["dcgan"]}
     assert (by_name["nz"].default, by_name["nz"].allowed) == ("100", "1 to 1024")
     assert by_name["lr"].allowed == "> 0, <= 1" and by_name["ema"].allowed == ">= 0, < 1"
     assert by_name["upsample"].allowed == "transposed, nearest"
+    assert (by_name["compile"].default, by_name["compile"].allowed) == ("auto", "auto, graph, eager")
     assert by_name["labels"].default == "none" and by_name["feature_matching"].default == "false"
     assert {row.name: row.allowed for row in rows["srresnet"]}["scale"] == "2, 4, 8"
     for model, listed in rows.items():

@@ -117,6 +117,11 @@ class ModelOptions(OptionGroup):
         description="bf16: train under bfloat16 autocast (weights and losses stay fp32); auto: bf16 on a "
         "CPU with native bfloat16, else fp32",
     )
+    compile: Literal["auto", "graph", "eager"] = Field(
+        "auto",
+        description="graph: each GPU step replayed as a CUDA graph (not with lr_decay); eager: op by op; "
+        "auto: eager until graph is measured",
+    )
     eval_every: int = Field(
         0,
         ge=0,

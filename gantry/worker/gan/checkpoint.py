@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from gantry.jobs.specs import TrainSpecBase, load_train_spec
+from gantry.worker.gan.fast import eager_state
 from gantry.worker.gan.infogan import CodedLatents
 from gantry.worker.gan.registry import GANModel, LatentSampler, Renderer, build_generator, draw_latents
 
@@ -61,8 +62,9 @@ def save_checkpoint(
         "channels": channels,
         "G": model.G.state_dict(),
         "D": model.D.state_dict() if model.D is not None else {},  # {}: a model without D
-        "opt_G": model.opt_G.state_dict(),
-        "opt_D": model.opt_D.state_dict() if model.opt_D is not None else {},
+        # As an eager run records them (gantry.worker.gan.fast: a graph's optimizers are capturable).
+        "opt_G": eager_state(model.opt_G.state_dict()),
+        "opt_D": eager_state(model.opt_D.state_dict()) if model.opt_D is not None else {},
         "rng": {
             "torch_cpu": torch.get_rng_state(),
             "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

@@ -40,6 +40,7 @@ from gantry.worker.gan.checkpoint import (
     restore_training_state,
     save_checkpoint,
 )
+from gantry.worker.gan.fast import GraphStep, choose_step
 from gantry.worker.gan.images import grid_png
 from gantry.worker.gan.losses import Minibatch, Phase
 from gantry.worker.gan.registry import BatchMaker, GANModel, build_model
@@ -137,12 +138,16 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def mixed_precision(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def mixed_precision(
+    precision: str, device: torch.device, *, cache: bool = True
+) -> Callable[[], contextlib.AbstractContextManager]:
     """The context the training steps run in: bfloat16 autocast for `precision="bf16"`, else none.
 
     bf16 keeps fp32's exponent range, so unlike fp16 it needs no loss scaling; the weights, the
     optimizer moments and the EMA of G stay fp32 (autocast casts per op), as do batch norm's running
     statistics and the losses (autocast's fp32 list). Checkpoints and sampling are therefore unchanged.
+    `cache=False` for a step captured as a CUDA graph (autocast's cache of cast weights must not
+    outlive a capture).
 
     "auto" picks bf16 only on a CPU that has it natively: there the demo's steps take about 20% less
     time at the same sample quality (bench/RESULTS.md); on an H200, DCGAN at 64x64 trained at 0.82-0.92x
@@ -158,7 +163,7 @@ def mixed_precision(precision: str, device: torch.device) -> Callable[[], contex
         log.warning(
             "precision=bf16: this CPU has no native bfloat16 (AVX512-BF16 or AMX); steps will be slower"
         )
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -293,6 +298,8 @@ def train(
         assert good is not None, "on_nonfinite=rollback keeps a state to roll back to"
         state = load_checkpoint(good, map_location="cpu")
         restore_training_state(state, model, batches)
+        if how == "graph":
+            graph_step.reset()  # the optimizers' state was replaced: capture again
         if G_ema is not None:
             G_ema.load_state_dict(generator_weights(state))
         window.reset()
@@ -361,7 +368,27 @@ def train(
             raise ValueError(f"{spec.model} has a phase {phase} but no optimizer for it")
         phases.append((phase, opt))
     lr_decay = spec.options.lr_decay
-    autocast = mixed_precision(spec.options.precision, device)
+    how = choose_step(spec.options.compile, device, spec)  # "graph" or "eager" (gantry.worker.gan.fast)
+    autocast = mixed_precision(spec.options.precision, device, cache=how != "graph")
+
+    def one_step(batch: Minibatch) -> dict[str, torch.Tensor]:
+        """Phase D, then phase G (the model's phases), on the same minibatch."""
+        stats: dict[str, torch.Tensor] = {}
+        for phase, opt in phases:
+            # D's weights are frozen in phase G, so its backward only computes input gradients.
+            # G's stay trainable in phase D, which lets a loss keep G(z)'s graph for phase G.
+            if model.D is not None:
+                model.D.requires_grad_(phase == "D")
+            opt.zero_grad(set_to_none=how != "graph")  # a graph keeps its gradient tensors (zeroed)
+            with autocast():  # backward too: its ops run in the dtypes autocast chose for the forward
+                stats.update(model.loss.accumulate_gradients(phase, batch))
+            opt.step()
+        return stats
+
+    run_step: Callable[[Minibatch], dict[str, torch.Tensor]] = one_step
+    if how == "graph":
+        run_step = graph_step = GraphStep(one_step, [opt for _, opt in phases])
+        log.info("compile=%s: the step runs as a CUDA graph", spec.options.compile)
     eval_every = spec.options.eval_every if callbacks.evaluate is not None else 0
     last_evaluation = step if resume is not None else -1  # a resume's step was measured before it
     while step < spec.steps:
@@ -370,16 +397,7 @@ def train(
             schedule = linear_decay(step, spec.steps) if lr_decay == "linear" else 1.0
             set_lr_factor([opt for _, opt in phases], schedule * 0.5**rollbacks)
         batch = make_batch(data, spec.batch_size, batches, device)
-        stats: dict[str, torch.Tensor] = {}
-        for phase, opt in phases:
-            # D's weights are frozen in phase G, so its backward only computes input gradients.
-            # G's stay trainable in phase D, which lets a loss keep G(z)'s graph for phase G.
-            if model.D is not None:
-                model.D.requires_grad_(phase == "D")
-            opt.zero_grad(set_to_none=True)
-            with autocast():  # backward too: its ops run in the dtypes autocast chose for the forward
-                stats.update(model.loss.accumulate_gradients(phase, batch))
-            opt.step()
+        stats = run_step(batch)
         if G_ema is not None:
             update_average(G_ema, model.G, min(ema, (1 + step) / (10 + step)))
         step += 1

@@ -1,0 +1,172 @@
+"""The training step as a CUDA graph (`--set compile=graph`), and which step a run uses.
+
+At DCGAN's sizes an eager step on a GPU is bound by kernel launches, not by the GPU: the same step
+captured once as a CUDA graph and replayed ran 3.5x faster at batch 64 on an H200 (bench/RESULTS.md).
+A graph replays the very kernels the eager step launched, on the same tensors, so its losses are
+the eager step's (torch.compile's kernels are not: see bench/RESULTS.md, "DCGAN training speed").
+
+`GraphStep` wraps the loop's step (every phase: zero the phase's gradients, accumulate them, step its
+optimizer). Each call copies the step's minibatch (drawn on the CPU from the seed's stream, as
+always) into tensors that stay put, then:
+- its first `WARMUP` calls run the step eagerly on a side stream (PyTorch's recipe: libraries
+  allocate their workspaces before a capture); they are real steps of the run;
+- the next one captures the step as a graph, then replays it (a capture records kernels, it runs
+  none); every later call replays it, one launch for the whole step.
+The stats it returns (losses, D's outputs) are the graph's output tensors, overwritten by the next
+replay: the loop adds them into its window before the next step, as it does with eager stats.
+
+What a graph bakes in is checked at every call: a new learning rate (a rollback halves it) or a
+minibatch of another shape (none in a run) makes a new capture. A rollback or a resume replaces the
+optimizer's state, so the loop calls `reset` then. The optimizers run with `capturable=True` (their
+step counters on the GPU, which a graph needs) while the run lasts; checkpoints record them as
+the eager step would (`capturable` off), so any run can resume from any other's.
+
+Where it applies: CUDA, with a learning rate that holds still (`lr_decay=linear` changes it every step
+in the second half: each change would cost a capture). Elsewhere `graph` falls back to the eager
+step with a warning. `auto` picks eager for now: the graph has not yet been measured on a GPU with
+gantry's loop (tests/gpu checks it; bench/dcgan_speed.py measures it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+import torch
+
+from gantry.jobs.specs import TrainSpec
+from gantry.worker.gan.losses import Minibatch
+
+log = logging.getLogger(__name__)
+
+WARMUP = 3  # eager steps on a side stream before the capture
+
+Step = Callable[[Minibatch], dict[str, torch.Tensor]]
+
+
+def choose_step(option: str, device: torch.device, spec: TrainSpec) -> str:
+    """ "graph" or "eager": what `compile=option` runs on `device` for `spec` (see the module)."""
+    if option == "eager":
+        return "eager"
+    why = None
+    if device.type != "cuda":
+        why = f"a CUDA graph needs a GPU; this run is on the {device.type}"
+    elif spec.options.lr_decay != "none":
+        why = f"lr_decay={spec.options.lr_decay} changes the learning rate every step"
+    if why is not None:
+        if option == "graph":
+            log.warning("compile=graph: %s; the steps run eagerly", why)
+        return "eager"
+    return "graph" if option == "graph" else "eager"  # auto: eager until measured on a GPU
+
+
+class GraphStep:
+    """`step` captured once as a CUDA graph and replayed (see the module). `capture=False` (tests on
+    the CPU) runs every call as a warm-up: the same static tensors, no graph."""
+
+    def __init__(self, step: Step, optimizers: Sequence[torch.optim.Optimizer], *, capture: bool = True):
+        self.step = step
+        self.optimizers = list(optimizers)
+        self.capture = capture
+        self.static: Minibatch | None = None
+        self.stats: dict[str, torch.Tensor] = {}
+        self.graph: Any = None  # torch.cuda.CUDAGraph once captured
+        self.lrs: list[float] = []
+        self.warmups = 0
+        self._capturable()
+
+    def reset(self) -> None:
+        """Capture again at the next call (the optimizers' state was replaced: a rollback, a resume)."""
+        self.graph, self.warmups = None, 0
+        self._capturable()
+
+    def _capturable(self) -> None:
+        for opt in self.optimizers if self.capture else ():  # (capturable is for GPUs only)
+            capturable(opt, True)
+
+    def __call__(self, batch: Minibatch) -> dict[str, torch.Tensor]:
+        self._take(batch)
+        lrs = [group["lr"] for opt in self.optimizers for group in opt.param_groups]
+        if self.graph is not None and lrs != self.lrs:
+            self.reset()
+        if self.graph is not None:
+            self.graph.replay()
+            return self.stats
+        if not self.capture or self.warmups < WARMUP:
+            self.warmups += 1
+            return self._side(lambda: self.step(self._static()))
+        graph = torch.cuda.CUDAGraph()
+        for opt in self.optimizers:  # the graph's backward makes the gradients, in its own memory
+            opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            self.stats = self.step(self._static())
+        self.graph, self.lrs = graph, lrs
+        graph.replay()  # the captured step has not run yet
+        return self.stats
+
+    def _static(self) -> Minibatch:
+        assert self.static is not None
+        return self.static
+
+    def _take(self, batch: Minibatch) -> None:
+        """Copy `batch` into the static minibatch (made on the first call, or when a shape changes)."""
+        tensors = {f.name: getattr(batch, f.name) for f in fields(Minibatch)}
+        static = self.static
+        same = static is not None and all(
+            (value is None) == (getattr(static, name) is None)
+            and (value is None or value.shape == getattr(static, name).shape)
+            for name, value in tensors.items()
+        )
+        if not same:
+            self.static = Minibatch(**{n: None if v is None else v.clone() for n, v in tensors.items()})
+            self.graph, self.warmups = None, 0
+            return
+        assert static is not None
+        for name, value in tensors.items():
+            if value is not None:
+                getattr(static, name).copy_(value, non_blocking=True)
+
+    def _side(self, run: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """`run()` on a side stream (on the GPU; here on the CPU), as a capture's warm-up wants."""
+        if not self.capture or not torch.cuda.is_available():
+            return run()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            stats = run()
+        torch.cuda.current_stream().wait_stream(side)
+        return stats
+
+
+def capturable(opt: torch.optim.Optimizer, on: bool) -> None:
+    """Turn an optimizer's `capturable` on (its step counters moved to its parameters' device, where
+    a graph can advance them) or off (back on the CPU, as an eager optimizer keeps them)."""
+    if not any("capturable" in group for group in opt.param_groups):
+        return  # an optimizer without the option (none of gantry's)
+    for group in opt.param_groups:
+        group["capturable"] = on
+        for param in group["params"]:
+            state = opt.state.get(param, {})
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                state["step"] = step.to(param.device if on else "cpu", dtype=torch.float32)
+
+
+def eager_state(state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer's `state_dict()` as an eager run's would be (`capturable` off, step counters on
+    the CPU), for a checkpoint: any run resumes from it, on any device. An eager run's, unchanged."""
+    if not any(group.get("capturable") for group in state["param_groups"]):
+        return state
+    groups = [
+        {**group, "capturable": False} if "capturable" in group else group for group in state["param_groups"]
+    ]
+    moments = {
+        key: {
+            name: value.cpu() if name == "step" and isinstance(value, torch.Tensor) else value
+            for name, value in entry.items()
+        }
+        for key, entry in state["state"].items()
+    }
+    return {**state, "param_groups": groups, "state": moments}

@@ -1,0 +1,116 @@
+"""`compile=`: which step a run uses, and the graph step's plumbing on the CPU (gantry.worker.gan.fast).
+
+A CUDA graph itself needs a GPU (tests/gpu/test_cuda_training.py checks its losses against eager
+ones); here `GraphStep(capture=False)` runs the same code without the capture: each minibatch is
+copied into tensors that stay put, and the step runs on those. It must train exactly as the eager
+step does."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from gantry.jobs.specs import parse_train_spec
+from gantry.worker.data import ImageData
+from gantry.worker.gan.checkpoint import load_checkpoint, save_checkpoint
+from gantry.worker.gan.fast import GraphStep, capturable, choose_step, eager_state
+from gantry.worker.gan.loop import _image_batches
+from gantry.worker.gan.losses import Minibatch
+from gantry.worker.gan.registry import build_model
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device name needs no GPU
+
+
+def _spec(**options: object):  # type: ignore[no-untyped-def]
+    return parse_train_spec(
+        "dcgan",
+        {"image_size": 16, "batch_size": 8, "steps": 12},
+        {"nz": 16, "ngf": 8, "ndf": 8, "minibatch_discrimination": True, **options},
+    )
+
+
+def test_compile_picks_the_graph_only_where_one_applies(caplog: pytest.LogCaptureFixture) -> None:
+    assert choose_step("eager", CUDA, _spec()) == "eager"
+    assert choose_step("graph", CUDA, _spec()) == "graph"
+    assert choose_step("auto", CUDA, _spec()) == "eager"  # until the graph is measured on a GPU
+    assert choose_step("auto", CPU, _spec()) == "eager"
+    with caplog.at_level(logging.WARNING):
+        assert choose_step("graph", CPU, _spec()) == "eager"
+        assert choose_step("graph", CUDA, _spec(lr_decay="linear")) == "eager"
+    assert "a CUDA graph needs a GPU; this run is on the cpu" in caplog.text
+    assert "lr_decay=linear changes the learning rate every step" in caplog.text
+    assert parse_train_spec("dcgan", {"image_size": 16}, {}).options.compile == "auto"
+
+
+def _run(graph: bool, steps: int = 6) -> tuple[list[dict[str, float]], torch.nn.Module]:
+    spec = _spec()
+    torch.manual_seed(spec.seed)
+    model = build_model(spec, channels=3, device=CPU)
+    images = np.random.default_rng(0).integers(0, 256, size=(64, 16, 16, 3), dtype=np.uint8)
+    data = ImageData(images=images)
+    make_batch = _image_batches(spec, data, model, CPU)
+    batches = torch.Generator().manual_seed(spec.seed)
+    phases = [("D", model.opt_D), ("G", model.opt_G)]
+
+    def one_step(batch: Minibatch) -> dict[str, torch.Tensor]:
+        stats: dict[str, torch.Tensor] = {}
+        for phase, opt in phases:
+            model.D.requires_grad_(phase == "D")
+            opt.zero_grad(set_to_none=True)
+            stats.update(model.loss.accumulate_gradients(phase, batch))
+            opt.step()
+        return stats
+
+    step = GraphStep(one_step, [opt for _, opt in phases], capture=False) if graph else one_step
+    seen = []
+    for _ in range(steps):
+        stats = step(make_batch(data, spec.batch_size, batches, CPU))
+        seen.append({name: value.item() for name, value in stats.items()})
+    return seen, model.G
+
+
+def test_the_graph_steps_plumbing_trains_exactly_as_the_eager_step() -> None:
+    eager, G_eager = _run(graph=False)
+    graph, G_graph = _run(graph=True)
+    assert graph == eager  # each minibatch reached the static tensors: the same losses, bit for bit
+    assert len({round(s["loss_D"], 6) for s in eager}) > 1  # and the batches were not all one
+    for mine, theirs in zip(G_graph.state_dict().values(), G_eager.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_a_checkpoint_of_a_capturable_optimizer_resumes_in_an_eager_run() -> None:
+    spec = _spec()
+    torch.manual_seed(0)
+    model = build_model(spec, channels=3, device=CPU)
+    for opt in (model.opt_G, model.opt_D):
+        opt.zero_grad()
+        for p in (q for group in opt.param_groups for q in group["params"]):
+            p.grad = torch.ones_like(p)
+        opt.step()  # state with a step counter
+    eager = model.opt_G.state_dict()
+    assert eager_state(eager) is eager  # an eager run's state is written as it is
+    capturable(model.opt_G, True)
+    state = eager_state(model.opt_G.state_dict())
+    assert all(group["capturable"] is False for group in state["param_groups"])
+    assert all(entry["step"].device.type == "cpu" for entry in state["state"].values())
+    # Written into a checkpoint and read back by an eager run, it steps as an eager optimizer.
+    data = save_checkpoint(
+        model=model,
+        step=1,
+        spec=spec,
+        channels=3,
+        batch_generator=torch.Generator(),
+        fixed_z=torch.zeros(1),
+        metrics={},
+    )
+    loaded = load_checkpoint(data, map_location="cpu")
+    torch.manual_seed(0)
+    other = build_model(spec, channels=3, device=CPU)
+    other.opt_G.load_state_dict(loaded["opt_G"])
+    assert all(group["capturable"] is False for group in other.opt_G.param_groups)
+    other.opt_G.step()
+    assert io.BytesIO(data).getbuffer().nbytes > 0
