@@ -1,18 +1,23 @@
-"""Time gantry's DCGAN training loop against the canonical DCGAN step, in the same run.
+"""Time gantry's DCGAN training loop against the canonical DCGAN step, in one process (issue 30).
 
-The reference is bench/canonical_dcgan.py's `canonical` step (pytorch/examples' DCGAN: one D and
-one G update on a fixed synthetic batch already on the device). gantry's number is the whole loop
-as a job runs it: minibatch drawing, both phases, metric accumulation, with the job callbacks
-replaced by no-ops (checkpoints and grids off). Same architecture: 64x64x3, nz=100, ngf=ndf=64,
-Adam 2e-4. Runs on CUDA when torch sees a GPU, else on the CPU; `make bench` runs the first line.
+Three rows per batch size, 64x64x3, nz 100, ngf = ndf = 64, Adam 2e-4:
+- canonical: bench/canonical_dcgan.py's eager step (pytorch/examples' DCGAN: one D and one G update
+  on a fixed synthetic batch already on the device), fp32;
+- canonical graph (CUDA only): the same step in bf16 and channels_last, captured once as a CUDA graph
+  and replayed: what the GPU allows;
+- gantry: the whole loop as a job runs it (minibatch drawing, both phases, metric accumulation; the
+  job callbacks no-ops, checkpoints and grids off), with `--compile` (graph on CUDA by default) and
+  `--precision` (auto: bf16 on a CPU with native bfloat16, else fp32).
 
-    python bench/dcgan_speed.py                 # batch 64, 15 steps (CPU) or 300 (CUDA)
-    python bench/dcgan_speed.py --quick         # a smoke run: batch 16, 6 steps (well under a minute on CPU)
-    python bench/dcgan_speed.py --batch 64 --batch 256 --steps 150
-    python bench/dcgan_speed.py --precision bf16    # gantry's bfloat16 autocast (the reference stays fp32)
+    python bench/dcgan_speed.py                  # CUDA: batch 64, 128, 512, 2048; CPU: batch 64, 15 steps
+    python bench/dcgan_speed.py --quick          # a smoke run: batch 16, 6 steps (well under a minute on CPU)
+    python bench/dcgan_speed.py --batch 64 --steps 150 --compile eager
 
-Prints one JSON line (device, torch, date, gantry's precision), then one row per batch size (and,
-on CUDA, per cuDNN autotuner setting): the reference's images/s, gantry's images/s and their ratio.
+Prints a JSON line (device, torch, date, gantry's options), one row per batch (images/s of each,
+gantry/canonical, and gantry's share of the GPU's peak bf16 FLOP/s at 2.48 GFLOP per image per
+step), and last `gantry/canonical at batch 64: X.XXx` (the first batch when 64 is not run).
+Goals (issue 30): >= 4x canonical at batch 64 and >= 3x at 128, >= 120,000 img/s at batch >= 1,024 on
+an H200; on the CPU >= 1.5x with native bf16, >= 1.2x without.
 """
 
 from __future__ import annotations
@@ -23,14 +28,19 @@ import time
 
 import numpy as np
 import torch
-from canonical_dcgan import make_step, time_step  # bench/, on the path when run as a script
+from canonical_dcgan import FLOP_PER_IMAGE, make_step, time_step  # bench/, on the path as a script
 
 from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import ImageData
 from gantry.worker.gan.loop import Callbacks, train
 
+# Dense bf16 peak, TFLOP/s, by the device name's model (the vendors' data sheets: SXM parts).
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
-def time_gantry(batch: int, steps: int, device: torch.device, precision: str = "fp32") -> float:
+
+def time_gantry(
+    batch: int, steps: int, device: torch.device, precision: str = "auto", compile: str = "auto"
+) -> float:
     """Median images/s over the progress reports after the first (warm-up) one."""
     spec = parse_train_spec(
         "dcgan",
@@ -42,7 +52,7 @@ def time_gantry(batch: int, steps: int, device: torch.device, precision: str = "
             "checkpoint_every": 10**7,
             "sample_every": 10**7,
         },
-        {"precision": precision},
+        {"precision": precision, "compile": compile},
     )
     rng = np.random.default_rng(0)
     data = ImageData(images=rng.integers(0, 256, size=(max(batch * 4, 256), 64, 64, 3), dtype=np.uint8))
@@ -60,44 +70,51 @@ def time_gantry(batch: int, steps: int, device: torch.device, precision: str = "
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, action="append", help="repeatable (default 64; 16 with --quick)")
+    ap.add_argument(
+        "--batch", type=int, action="append", help="repeatable (CUDA: 64, 128, 512, 2048; CPU: 64)"
+    )
     ap.add_argument("--steps", type=int, default=None, help="gantry's steps (default 15 on CPU, 300 on CUDA)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: batch 16 and 6 steps unless given")
     ap.add_argument(
-        "--precision", choices=["fp32", "bf16"], default="fp32", help="gantry's `precision` option"
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto", help="gantry's `precision`"
     )
+    ap.add_argument(
+        "--compile", choices=["auto", "graph", "eager"], default=None, help="gantry's `compile` (CUDA: graph)"
+    )
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     steps = args.steps or (6 if args.quick else 300 if gpu else 15)
-    batches = args.batch or ([16] if args.quick else [64])
+    batches = args.batch or ([16] if args.quick else [64, 128, 512, 2048] if gpu else [64])
+    compile = args.compile or ("graph" if gpu else "auto")
     name = torch.cuda.get_device_name() if gpu else f"cpu x{torch.get_num_threads()} threads"
+    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if gpu and k in name), None)
+    info = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    print(json.dumps({**info, "precision": args.precision, "compile": compile, "peak_bf16_tflops": peak}))
     print(
-        json.dumps(
-            {
-                "device": name,
-                "torch": torch.__version__,
-                "date": time.strftime("%Y-%m-%d"),
-                "gantry": args.precision,
-            }
+        f"{'batch':>5} {'canonical':>10} {'canon. graph':>12} {'gantry':>9} {'gantry/canonical':>16} {'of peak':>7}"
+    )
+    ratios: dict[int, float] = {}
+    for batch in batches:
+        torch.manual_seed(0)
+        canonical = batch / time_step(
+            make_step("canonical", batch, device), device, iters=steps // 3 or 1, warmup=2
         )
-    )
-    print(
-        f"{'batch':>5} {'cudnn.benchmark':>15} {'reference img/s':>16} {'gantry img/s':>13} {'gantry/ref':>10}"
-    )
-    # On a GPU, both with cuDNN's autotuner off (PyTorch's default, and the worker's) and on.
-    for benchmark in [False, True] if gpu else [False]:
-        torch.backends.cudnn.benchmark = benchmark
-        for batch in batches:
+        graph = float("nan")
+        if gpu:
             torch.manual_seed(0)
-            step = make_step("canonical", batch, device)
-            t = time_step(step, device, iters=steps // 3 or 1, warmup=2)
-            ref_rate = batch / t
-            ours = time_gantry(batch, steps, device, args.precision)
-            print(
-                f"{batch:>5} {benchmark!s:>15} {ref_rate:>16.1f} {ours:>13.1f} {ours / ref_rate:>10.2f}",
-                flush=True,
-            )
+            step = make_step("bf16_cuda_graph", batch, device)
+            graph = batch / time_step(step, device, iters=steps // 3 or 1, warmup=10)
+        ours = time_gantry(batch, steps, device, args.precision, compile)
+        ratios[batch] = ours / canonical
+        share = f"{ours * FLOP_PER_IMAGE / (peak * 1e12):.1%}" if peak else "-"
+        print(
+            f"{batch:>5} {canonical:>10.1f} {graph:>12.1f} {ours:>9.1f} {ratios[batch]:>16.2f} {share:>7}",
+            flush=True,
+        )
+    first = 64 if 64 in ratios else batches[0]
+    print(f"gantry/canonical at batch {first}: {ratios[first]:.2f}x")
 
 
 if __name__ == "__main__":

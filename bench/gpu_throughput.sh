@@ -1,0 +1,29 @@
+#!/bin/bash
+# Issue 30's GPU figures on one CUDA GPU, in about eight minutes, one after the other (each alone on
+# the GPU): `pytest tests/gpu` (the graph step's losses against the eager step's, a resumed graph run
+# against an uninterrupted one, every model on CUDA), bench/dcgan_speed.py (canonical, canonical as
+# a CUDA graph, and gantry's loop with compile=graph, at batch 64, 128, 512 and 2048), then with
+# compile=eager at 64 for the comparison, bench/job_speed.py (a real job against the synthetic rate)
+# and bench/sample_speed.py (sampling against the PNG-encode ceiling).
+#
+#     bash bench/gpu_throughput.sh       # from the repository root, gantry[worker,dev] installed
+#
+# Logs stay in $OUT (default /tmp/gpu_throughput); each step's tail is printed. PY: the python
+# (default python3).
+set -u
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+L=${OUT:-/tmp/gpu_throughput}; mkdir -p "$L"
+PY=${PY:-python3}
+nvidia-smi > "$L/nvidia-smi.txt" 2>&1
+run() {  # run NAME SECONDS COMMAND...: the command's output in $L/NAME.log, its tail printed
+    local name=$1 limit=$2; shift 2
+    echo "== $name ($*)"
+    timeout "$limit" "$@" > "$L/$name.log" 2>&1
+    echo "exit $?"
+    tail -n 14 "$L/$name.log"
+}
+run tests_gpu 150 $PY -m pytest -q -x tests/gpu
+run dcgan_speed 150 $PY bench/dcgan_speed.py --steps 300
+run dcgan_speed_eager 40 $PY bench/dcgan_speed.py --batch 64 --steps 300 --compile eager
+run job_speed 90 $PY bench/job_speed.py --steps 3000 --checkpoint-every 1000
+run sample_speed 60 $PY bench/sample_speed.py --count 20000
