@@ -562,13 +562,14 @@ def claim_job(
     decides as above."""
     now = utcnow()
     if token is None:
-        fresh = [Job.id == job_id, Job.state == "queued", Job.started_at.is_(None)]
-        fresh.append(Job.cancel_requested.is_(False))
+        never_started = [
+            Job.id == job_id, Job.state == "queued", Job.started_at.is_(None), Job.cancel_requested.is_(False),
+        ]  # fmt: skip
         if max_attempts is not None:
-            fresh.append(Job.deaths < max_attempts)
+            never_started.append(Job.deaths < max_attempts)
         taken = session.scalars(
             update(Job)
-            .where(*fresh)
+            .where(*never_started)
             .values(
                 state="running",
                 worker=worker,

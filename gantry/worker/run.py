@@ -180,8 +180,9 @@ class JobContext:
     def _record(self, s: Session) -> None:
         """Record the objects written since the last transaction as artifacts, fenced, in the caller's
         transaction; forgotten once it commits. Until then an object is in storage and not yet in
-        the job's artifact list: should the worker die meanwhile, the next attempt writes the same
-        key again (and `gantry delete` removes a job's objects by their prefix, recorded or not)."""
+        the job's artifact list. Should the run end before its next transaction (the worker killed,
+        the database out past the retries), the object stays unlisted until an attempt writes its key
+        again; `gantry delete` removes it with the job all the same (by the job's prefix)."""
         if not self._records or s.info.get("recorded"):
             return
         s.info["recorded"] = True
