@@ -79,7 +79,8 @@ def _job_and_details() -> CompoundSelect[Any]:
     no_job = [cast(null(), c.type) for c in columns]
     latest = _latest(Metric.job_id == bindparam("job_id")).subquery()
     no_text, no_int, no_float = cast(null(), String), cast(null(), BigInteger), cast(null(), Float)
-    no_details: list[ColumnElement[Any]] = [no_text, no_text, no_int, no_float, cast(null(), Integer), no_int]
+    no_step = cast(null(), Integer)
+    no_details: list[ColumnElement[Any]] = [no_text, no_text, no_int, no_float, no_step, no_int]
     union: CompoundSelect[Any] = (
         select(
             literal_column("'j'").label("what"), *columns,
@@ -89,11 +90,10 @@ def _job_and_details() -> CompoundSelect[Any]:
         .union_all(
             select(
                 literal_column("'a'"), *no_job, Artifact.key, Artifact.kind, Artifact.bytes, no_float,
-                cast(null(), Integer), no_int,
+                no_step, no_int,
             ).where(Artifact.job_id == bindparam("job_id")),
             select(
-                literal_column("'t'"), *no_job, JobTag.tag, no_text, no_int, no_float, cast(null(), Integer),
-                no_int,
+                literal_column("'t'"), *no_job, JobTag.tag, no_text, no_int, no_float, no_step, no_int,
             ).where(JobTag.job_id == bindparam("job_id")),
             select(
                 literal_column("'m'"), *no_job, latest.c.name, no_text, no_int, latest.c.value,
@@ -128,11 +128,6 @@ def job_and_details(session: Session | Connection, job_id: str) -> tuple[Row[Any
     details.tags.sort()
     details.metrics = {name: value for _, _, name, value in sorted(points)}
     return row, details
-
-
-def job_details(session: Session | Connection, job_id: str) -> JobDetails:
-    """Job `job_id`'s artifacts, tags and latest metrics (`job_and_details` without the row)."""
-    return job_and_details(session, job_id)[1]
 
 
 def latest_metrics_of(session: Session, job_ids: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -63,7 +63,7 @@ def test_one_query_reads_what_the_row_by_row_reads_read(sessions: sessionmaker[S
         db.add_artifact(s, job, key="jobs/x/grid.png", kind="grid", size=10)
     with sessions() as s:
         expected = db.latest_metrics(s, job)
-        details = reads.job_details(s, job)
+        row, details = reads.job_and_details(s, job)  # the row comes in the same query
         assert (
             details.metrics
             == expected
@@ -72,9 +72,7 @@ def test_one_query_reads_what_the_row_by_row_reads_read(sessions: sessionmaker[S
         assert list(details.metrics) == list(expected)  # the same order: each name's first point
         assert details.artifacts == [("jobs/x/grid.png", "grid", 10), ("jobs/x/samples/b.png", "samples", 20)]
         assert details.tags == ["a", "b"]
-        assert reads.job_details(s, bare) == reads.JobDetails()
-        row, same = reads.job_and_details(s, job)  # the row comes in the same query
-        assert same == details
+        assert reads.job_and_details(s, bare)[1] == reads.JobDetails()
         assert row is not None
         assert (row.id, row.kind, row.model, row.state, row.total_steps, row.spec) == (
             job, "train", "dcgan", "queued", 9, {},

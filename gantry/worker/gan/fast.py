@@ -129,8 +129,8 @@ class GraphStep:
                 getattr(static, name).copy_(value, non_blocking=True)
 
     def _side(self, run: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """`run()` on a side stream (on the GPU; here on the CPU), as a capture's warm-up wants."""
-        if not self.capture or not torch.cuda.is_available():
+        """`run()` on a side stream, as a capture's warm-up wants (without a capture: as it is)."""
+        if not self.capture:
             return run()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -19,8 +19,9 @@ classifier trains on the train split (or the rest), once per data set content (c
 Accuracy is class-balanced (`label_classifier.balanced_accuracy`): the plain share read right on
 data with equally many pictures of each class, and on data where one class is most of it, no
 credit for always naming that class. With several label attributes (shapes: shape, colour, ...)
-the classifier has a head for each and an accuracy is the mean over the attributes read: those G was conditioned on for cas / gan_train /
-gan_test, all of them for `real_classifier_accuracy` of fd_classifier.
+the classifier has a head for each and an accuracy is the mean over the attributes read: those G
+was conditioned on for cas / gan_train / gan_test, all of them for `real_classifier_accuracy` of
+fd_classifier.
 """
 
 from __future__ import annotations

@@ -30,9 +30,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-VERSION: Final = (
-    2  # bump when the network, its training or its cached accuracy changes: older caches are ignored
-)
+# Bump when the network, its training or its cached accuracy changes: older caches are ignored.
+VERSION: Final = 2
 MAX_SIZE: Final = 32
 FEATURES: Final = 64  # the penultimate features fd_classifier compares
 BATCH: Final = 64

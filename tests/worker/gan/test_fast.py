@@ -7,7 +7,6 @@ step does."""
 
 from __future__ import annotations
 
-import io
 import logging
 
 import numpy as np
@@ -112,5 +111,8 @@ def test_a_checkpoint_of_a_capturable_optimizer_resumes_in_an_eager_run() -> Non
     other = build_model(spec, channels=3, device=CPU)
     other.opt_G.load_state_dict(loaded["opt_G"])
     assert all(group["capturable"] is False for group in other.opt_G.param_groups)
-    other.opt_G.step()
-    assert io.BytesIO(data).getbuffer().nbytes > 0
+    params = [p for group in other.opt_G.param_groups for p in group["params"]]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    other.opt_G.step()  # an eager Adam refuses a capturable state on the CPU; this one steps on
+    assert all(other.opt_G.state[p]["step"].item() == 2 for p in params)
