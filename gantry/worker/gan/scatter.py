@@ -16,6 +16,11 @@ MARGIN = 24  # pixels around the plotted square
 POINT = (31, 119, 180)  # sample colour (blue)
 MODE = (214, 39, 40)  # true modes: a red ring of radius 3 std and a cross at the mean
 AXIS = (200, 200, 200)
+# The pixels of a dot, (row, column) from its box's top-left corner: a 4x4 square without its corners.
+DOT = [(0, 1), (0, 2), (1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3), (3, 1), (3, 2)]
+# zlib's fastest level: a plot of flat colours compresses nearly as well at 1 as at 6, in a third
+# of the time (a tiny job writes two).
+COMPRESS_LEVEL = 1
 
 
 def _extent(layout: Layout) -> tuple[float, float]:
@@ -45,11 +50,26 @@ def scatter_png(points: np.ndarray, layout: Layout) -> bytes:
         draw.ellipse([x - ring, y - ring, x + ring, y + ring], outline=MODE, width=2)
         draw.line([(x - 8, y), (x + 8, y)], fill=MODE, width=2)
         draw.line([(x, y - 8), (x, y + 8)], fill=MODE, width=2)
-    for x, y in to_px(np.asarray(points, dtype=np.float64)):
-        draw.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], fill=POINT)
+    image = _dots(image, to_px(np.asarray(points, dtype=np.float64).reshape(-1, 2)))
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=COMPRESS_LEVEL)
     return buf.getvalue()
+
+
+def _dots(image: Image.Image, px: np.ndarray) -> Image.Image:
+    """A dot at each pixel position (M, 2): the pixels Pillow's `ellipse([x - 1.5, y - 1.5, x + 1.5,
+    y + 1.5], fill=POINT)` fills, drawn at once. Pillow truncates the box to whole pixels, so every
+    dot is the same 4x4 disc at (int(x - 1.5), int(y - 1.5)); a NaN draws nothing, as there.
+    (A loop of `ellipse` calls took ~4 ms for 2,500 points; tests check the two agree.)"""
+    px = px[np.isfinite(px).all(axis=1)]
+    left = (px[:, 0] - 1.5).astype(np.int64)  # >= MARGIN - 1.5 > 0: truncation is floor
+    top = (px[:, 1] - 1.5).astype(np.int64)
+    hit = np.zeros((SIZE, SIZE), dtype=bool)
+    for dy, dx in DOT:
+        hit[top + dy, left + dx] = True
+    pixels = np.array(image)
+    pixels[hit] = POINT
+    return Image.fromarray(pixels)
 
 
 def npy_bytes(points: np.ndarray) -> bytes:
