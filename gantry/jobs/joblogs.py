@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from gantry.jobs.errors import LeaseLost
-from gantry.jobs.store import Job, JobLog, utcnow
+from gantry.jobs.store import Job, JobLog, fenced, utcnow
 
 HEAD_LINES = 200
 TAIL_LINES = 800
@@ -55,14 +55,15 @@ def append(session: Session, job_id: str, lines: Sequence[Line], *, token: int) 
     the attempt that takes it next: the run that handed it back writes nothing more."""
     if not lines:
         return
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.attempt == token, Job.state != "queued")
-        .values(logs_dropped=Job.logs_dropped)  # a no-op that locks the row and proves the token
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        raise LeaseLost(job_id, token)
+    if fenced(session, job_id, token) is None:  # not yet proven in this transaction (running, the token)
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempt == token, Job.state != "queued")
+            .values(logs_dropped=Job.logs_dropped)  # a no-op that locks the row and proves the token
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise LeaseLost(job_id, token)
     session.add_all(_row(job_id, token, line) for line in lines)
     session.flush()
     trim(session, job_id)

@@ -47,12 +47,13 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    insert,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -638,7 +639,13 @@ def _fence(session: Session, job_id: str, token: int, **values: Any) -> bool:
     """The guard of every fenced write: refresh the heartbeat (and `values`) only while attempt
     `token` holds the running job, else LeaseLost. The row stays locked to the end of the
     transaction, so the write it guards cannot interleave with a takeover. Returns whether a cancel
-    was requested (read by the same statement)."""
+    was requested (read by the same statement).
+
+    Once per transaction: a second fence of the same job and token without `values` (the writes
+    of one transaction that each guard themselves: artifacts, metrics, log lines) is answered by
+    the first, whose lock still holds (`fenced`)."""
+    if not values and (known := fenced(session, job_id, token)) is not None:
+        return known
     cancel = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.attempt == token, Job.state == "running")
@@ -648,7 +655,21 @@ def _fence(session: Session, job_id: str, token: int, **values: Any) -> bool:
     )
     if cancel is None:
         raise LeaseLost(job_id, token)
+    if "state" not in values:  # a job this write ends is fenced no more
+        session.info["fenced"] = (session.get_transaction(), job_id, token, bool(cancel))
+    else:
+        session.info.pop("fenced", None)
     return bool(cancel)
+
+
+def fenced(session: Session, job_id: str, token: int) -> bool | None:
+    """Whether `session`'s current transaction has fenced job `job_id` for attempt `token`
+    (`_fence`): the cancel flag it read then, or None if it has not."""
+    memo = session.info.get("fenced")
+    if memo is None or memo[0] is None or memo[0] is not session.get_transaction():
+        return None
+    _, fenced_job, fenced_token, cancel = memo
+    return cancel if (fenced_job, fenced_token) == (job_id, token) else None
 
 
 def check_lease(session: Session, job_id: str, *, token: int) -> bool:
@@ -902,19 +923,25 @@ def add_artifacts(
         _fence(session, job_id, token)
     if not rows:
         return
-    keys = [key for key, _, _ in rows]
-    session.execute(
-        delete(Artifact)
-        .where(Artifact.job_id == job_id, Artifact.key.in_(keys))
-        .execution_options(synchronize_session=False)
-    )
     now = utcnow()
+    values = [
+        {"job_id": job_id, "key": key, "kind": kind, "bytes": size, "created_at": now}
+        for key, kind, size in rows
+    ]
+    # One statement: an upsert on (job_id, key) in both dialects the store runs on.
+    upsert = (postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(
+        Artifact
+    )
     session.execute(
-        insert(Artifact),
-        [
-            {"job_id": job_id, "key": key, "kind": kind, "bytes": size, "created_at": now}
-            for key, kind, size in rows
-        ],
+        upsert.on_conflict_do_update(
+            index_elements=["job_id", "key"],
+            set_={
+                "kind": upsert.excluded.kind,
+                "bytes": upsert.excluded.bytes,
+                "created_at": upsert.excluded.created_at,
+            },
+        ),
+        values,
     )
 
 
