@@ -87,16 +87,19 @@ def run_metrics(
         with db.session_scope(ctx.sessions) as s:
             train_spec = load_train_spec(dict(db.get_job(s, train_job_id).spec))
     checkpoint, step = ctx.checkpoint_bytes(train_job_id, spec.checkpoint)
+    # A train job's own end-of-training metrics come right after its last progress write: they
+    # heartbeat as its steps did, at most every poll (`should_stop`), not at each chunk.
+    own = ctx.job_id == train_job_id
     eval_ctx = EvalContext(
         checkpoint=checkpoint,
         step=step,
         train_spec=train_spec,
         spec=spec,
         device=device(),
-        save=lambda name, data: ctx.put(eval_key(ctx.job_id, name), data, kind="evaluation"),
+        save=lambda name, data: ctx.put_later(eval_key(ctx.job_id, name), data, kind="evaluation"),
         should_stop=ctx.should_stop,
         # Each chunk of a long evaluator: the job is alive (its step, the metrics done, stays).
-        progress=lambda done, total: ctx.heartbeat(),
+        progress=(lambda done, total: ctx.should_stop()) if own else (lambda done, total: ctx.heartbeat()),
         settings=ctx.settings,
         cache=job_cache(ctx),
         data=data or data_loader(ctx, train_spec),
@@ -108,8 +111,10 @@ def run_metrics(
         values.update(got)
         if ctx.should_stop():
             raise Stopped
-        # Metrics done is an evaluate job's progress; a train job (auto metrics) keeps its step.
-        ctx.heartbeat(step=i + 1 if ctx.job_id != train_job_id else None)
+        # Metrics done is an evaluate job's progress; a train job (auto metrics) keeps its step
+        # (and has just polled: `should_stop`).
+        if not own:
+            ctx.heartbeat(step=i + 1)
     ctx.record_metrics(step, values, job_ids=[ctx.job_id, train_job_id])
     return values
 
@@ -148,7 +153,12 @@ def measure_during_training(
         return False
     options = spec.options
     ctx.checkpoint(
-        step, checkpoint, keep=options.keep_checkpoints, keep_every=options.keep_every, best=(name, value)
+        step,
+        checkpoint,
+        keep=options.keep_checkpoints,
+        keep_every=options.keep_every,
+        best=(name, value),
+        later=True,
     )
     return True
 

@@ -31,7 +31,7 @@ class JobLog(logging.Handler):
     def __init__(self, job_id: str) -> None:
         super().__init__(logging.INFO)
         self.job_id = job_id
-        self.thread = threading.get_ident()
+        self.threads = {threading.get_ident()}  # the run's (`adopt` adds its writer's)
         self._tag = f"job {job_id}"
         self._prefix = f"job {job_id}: "
         self._lines: deque[tuple[int, Line]] = deque()
@@ -42,7 +42,7 @@ class JobLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
-            if record.thread != self.thread and self._tag not in message:
+            if record.thread not in self.threads and self._tag not in message:
                 return
             message = message.removeprefix(self._prefix)
             if record.exc_info:
@@ -57,6 +57,10 @@ class JobLog(logging.Handler):
             if len(self._lines) > MAX_PENDING:
                 self._lines.popleft()
                 self._dropped += 1
+
+    def adopt(self) -> None:
+        """The calling thread's records are the job's too (a thread that works for the run)."""
+        self.threads = self.threads | {threading.get_ident()}
 
     def pending(self) -> tuple[list[Line], int]:
         """The lines not yet written and a mark to pass to `written` once they are."""

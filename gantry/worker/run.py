@@ -40,7 +40,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -97,6 +97,63 @@ class RetryLater(ServiceUnavailable):
         self.job_id, self.token, self.since = job_id, token, since
 
 
+class _Later:
+    """Object writes that nothing in the run reads back (`JobContext.put_later`), made on one thread
+    in the order given while the run goes on: a grid or an evaluation's figure costs the run no
+    wait for object storage. `settle` waits for them all and raises the first failure; a failure
+    is also raised by the next `submit`, so a run learns of it early. At most `backlog` wait at
+    once (the next `submit` waits for the oldest): a store slower than the run bounds the memory."""
+
+    backlog = 8
+
+    def __init__(self, started: Callable[[], None] = lambda: None) -> None:
+        self._started = started  # run on the thread first (its log lines are the job's)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+        self._thread: int | None = None
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        self._reap(block=len(self._pending) >= self.backlog)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="gantry-writes", initializer=self._start
+            )
+        self._pending.append(self._pool.submit(fn))
+
+    def _start(self) -> None:
+        self._thread = threading.get_ident()
+        self._started()
+
+    def _reap(self, *, block: bool = False) -> None:
+        """Forget the writes done (the oldest waited for when `block`); raise the first failure."""
+        while self._pending and (self._pending[0].done() or block):
+            block = False
+            self._pending.pop(0).result()
+
+    def settle(self, *, quiet: bool = False) -> None:
+        """Wait for every write; raise the first failure (`quiet`: log it instead, for a run that
+        has already failed or lost its job). On the thread itself (a write that settles): none."""
+        if threading.get_ident() == self._thread:
+            return
+        while self._pending:
+            write = self._pending.pop(0)
+            try:
+                write.result()
+            except Exception as exc:
+                if not quiet:
+                    self.settle(quiet=True)
+                    raise
+                log.warning(
+                    "an object write of the run failed after its end: %s: %s", type(exc).__name__, exc
+                )
+
+    def close(self) -> None:
+        self.settle(quiet=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 @dataclass
 class JobContext:
     """What a running job needs: its id, its lease token, the store, object storage, and throttled,
@@ -128,7 +185,10 @@ class JobContext:
     _segments: bool = field(default=True, init=False)  # whether metrics segments may exist
     # Objects written and not yet recorded as artifacts, `(key, kind, bytes)`: the attempt's next
     # fenced transaction records them (`_record`), so that an object write costs none of its own.
+    # Appended to by the thread of `put_later` too: under `_records_lock` (`_listed`, `_record`).
     _records: list[tuple[str, str, int]] = field(default_factory=list, init=False)
+    _records_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _later: _Later = field(init=False)
     # When this attempt last proved its lease (monotonic clock): its claim (the context is made right
     # after it), a lease check or a progress write. See `_prove_lease`.
     _proven_at: float = field(default_factory=time.monotonic, init=False)
@@ -142,11 +202,20 @@ class JobContext:
         self.storage = Outage(self.settings.retry_seconds, cap=cap)
         self._manifest = None if self.fresh else _UNREAD
         self._segments = not self.fresh
+        self._later = _Later(started=self._adopt)
+
+    def _adopt(self) -> None:
+        if self.joblog is not None:  # the writer's log lines (a retried write) are the job's
+            self.joblog.adopt()
 
     def manifest(self) -> Manifest | None:
         """The job's manifest: read once per attempt, then as this attempt last wrote it (only the
         attempt that holds the lease writes it, so the copy is what storage holds). ValueError when
-        it does not parse (then read again next time)."""
+        it does not parse (then read again next time). After the checkpoints handed over."""
+        self.settle()
+        return self._read_manifest()
+
+    def _read_manifest(self) -> Manifest | None:
         if self._manifest is _UNREAD:
             self._manifest = self.read(lambda: read_manifest(self.objects, self.job_id))
         return self._manifest  # type: ignore[return-value]
@@ -183,17 +252,27 @@ class JobContext:
         the job's artifact list. Should the run end before its next transaction (the worker killed,
         the database out past the retries), the object stays unlisted until an attempt writes its key
         again; `gantry delete` removes it with the job all the same (by the job's prefix)."""
-        if not self._records or s.info.get("recorded"):
+        if s.info.get("recorded"):
+            return
+        with self._records_lock:  # taken: a transaction of the other thread records the rest
+            taken = self._records[:]
+            del self._records[:]
+        if not taken:
             return
         s.info["recorded"] = True
-        count = len(self._records)
-        rows = {key: (key, kind, size) for key, kind, size in self._records}  # a key's last write
+
+        def untake() -> None:  # rolled back: recorded by a later transaction
+            with self._records_lock:
+                self._records[:0] = taken
+
+        s.info.setdefault("after_rollback", []).append(untake)
+        rows = {key: (key, kind, size) for key, kind, size in taken}  # a key's last write
         db.add_artifacts(s, self.job_id, list(rows.values()), token=self.token)
 
-        def recorded() -> None:
-            del self._records[:count]
-
-        s.info.setdefault("after_commit", []).append(recorded)
+    def _listed(self, key: str, kind: str, size: int) -> None:
+        """An object written, to be recorded as an artifact by the next transaction (`_record`)."""
+        with self._records_lock:
+            self._records.append((key, kind, size))
 
     def _keep_lease(self) -> None:
         # While object storage is down: one heartbeat per wait, so the job keeps its lease.
@@ -224,9 +303,16 @@ class JobContext:
             s.info.setdefault("after_commit", []).append(lambda: joblog.written(mark))
 
     def _in_session(self, fn: Callable[[Session], T]) -> T:
-        with db.session_scope(self.sessions) as s:
-            result = fn(s)
-            done = s.info.pop("after_commit", [])
+        undo: list[Callable[[], None]] = []
+        try:
+            with db.session_scope(self.sessions) as s:
+                undo = s.info.setdefault("after_rollback", [])
+                result = fn(s)
+                done = s.info.pop("after_commit", [])
+        except BaseException:
+            for callback in undo:  # the transaction did not commit
+                callback()
+            raise
         for callback in done:  # the transaction committed
             callback()
         return result
@@ -297,8 +383,29 @@ class JobContext:
           checkpoint before.)
         - warnings.txt: one warning of the holder's may be lost to the late attempt's rewrite."""
         uri = self.put_object(key, data)
-        self._records.append((key, kind, len(data)))
+        self._listed(key, kind, len(data))
         return uri
+
+    def put_later(self, key: str, data: bytes, *, kind: str | None) -> str:
+        """`put` made on a thread while the run goes on (`_Later`), for an object nothing in the run
+        reads back: the job's spec, a training's grid, an evaluation's figure. The lease is proven
+        as `put` proves it, when the write is handed over; the write itself may come a few
+        milliseconds later (behind those before it), which for these keys is harmless as `put`
+        explains. The run waits for them all before it records its end (`settle`), so a job that
+        ended has every object it listed. `kind` None: not an artifact (as `put_object`)."""
+        self._prove_lease()
+
+        def write() -> None:
+            self.storage.call(lambda: self.objects.put_bytes(key, data), between=self._keep_lease)
+            if kind is not None:
+                self._listed(key, kind, len(data))
+
+        self._later.submit(write)
+        return self.objects.uri(key)
+
+    def settle(self, *, quiet: bool = False) -> None:
+        """Wait for the run's `put_later` writes; raise the first that failed (`quiet`: log it)."""
+        self._later.settle(quiet=quiet)
 
     def put_many(self, objects: list[tuple[str, bytes, str]], pool: Executor) -> None:
         """Write many objects, `(key, data, kind)` each, at once on `pool`'s threads, recorded as
@@ -313,7 +420,8 @@ class JobContext:
         ]
         for write in writes:
             write.result()
-        self._records.extend((key, kind, len(data)) for key, data, kind in objects)
+        for key, data, kind in objects:
+            self._listed(key, kind, len(data))
 
     def write_metrics_jsonl(self) -> None:
         """Write metrics.jsonl whole, once, at the job's end (from the store, where every point is),
@@ -327,6 +435,7 @@ class JobContext:
         self._pending.clear()
         self._pending_step = None
         self.put(metrics_key(self.job_id), ("\n".join(rows) + "\n").encode(), kind="metrics")
+        self.settle()  # a checkpoint on its way may write a segment
         if self._segments:  # none when this run started the job and wrote none
             segments = self.read(lambda: self.objects.list(metrics_segments_prefix(self.job_id)))
             self.delete_objects(segments)
@@ -421,6 +530,7 @@ class JobContext:
         keep_every: int = 0,
         best: tuple[str, float] | None = None,
         final: bool = False,
+        later: bool = False,
     ) -> None:
         """Write checkpoint `step`, then the manifest that names it, then delete the checkpoints
         retention no longer keeps (`keep` newest, 0: all, and multiples of `keep_every`), never the
@@ -432,10 +542,38 @@ class JobContext:
         The checkpoint is proven there at its size before the manifest names it, and the manifest
         is read back, so a manifest never names an object that is not there; either write is
         retried (within GANTRY_RETRY_SECONDS) when it fails or does not land. Checkpoints are
-        deleted only after the manifest that drops them is written: never the one it names."""
-        self.flush()  # progress kept through an outage lands before the checkpoint that covers it
+        deleted only after the manifest that drops them is written: never the one it names.
+
+        `later`: these writes are made on the thread of `put_later`, in the same order, while
+        training goes on (the bytes are the step's, taken before); a failure is raised by the run's
+        next hand-over or `settle`. The checkpoint before it, and every write handed over before,
+        have landed first, so one checkpoint's bytes at most wait in memory. What reads the job's
+        checkpoints or manifest back settles first (`manifest`, `write_manifest`, `delete_objects`,
+        `checkpoint_bytes`, the stray-checkpoint sweep)."""
+        if self._pending or self._pending_step is not None:
+            self.flush()  # progress kept through an outage lands before the checkpoint that covers it
+        self.settle()
+        self._final = (step, data) if final else None
+        write = partial(
+            self._write_checkpoint, step, data, keep=keep, keep_every=keep_every, best=best, final=final
+        )
+        if later:
+            self._later.submit(write)
+        else:
+            write()
+
+    def _write_checkpoint(
+        self,
+        step: int,
+        data: bytes,
+        *,
+        keep: int,
+        keep_every: int,
+        best: tuple[str, float] | None,
+        final: bool,
+    ) -> None:
         try:
-            previous = self.manifest()
+            previous = self._read_manifest()
         except ValueError as exc:  # not a manifest (a resume rewrites such a one before this)
             log.warning("job %s: the manifest does not parse (%s); writing a new one", self.job_id, exc)
             previous = None
@@ -480,9 +618,8 @@ class JobContext:
             best=best_checkpoint,
         )
         # Checked against the lease right before it is written: a fenced-out attempt never moves it.
-        self.write_manifest(manifest, proven=True)
-        self._final = (step, data) if final else None
-        self.delete_objects([e.key for e in dropped] + abandoned + replaced)
+        self._write_manifest(manifest, proven=True)
+        self._delete_objects([e.key for e in dropped] + abandoned + replaced)
         log.info("job %s: checkpoint at step %d -> %s", self.job_id, step, uri)
 
     def write_manifest(self, manifest: Manifest, *, proven: bool = False) -> None:
@@ -494,6 +631,10 @@ class JobContext:
         writes over (the key carries the attempt), so it is whole; an older one it names that the
         holder's retention deleted meanwhile is skipped by a reader as missing; and the holder's
         next checkpoint replaces that manifest."""
+        self.settle()
+        self._write_manifest(manifest, proven=proven)
+
+    def _write_manifest(self, manifest: Manifest, *, proven: bool) -> None:
         size = manifest.bytes if proven else self.read(partial(_size, self.objects, manifest.key))
         if size != manifest.bytes:
             raise GantryError(
@@ -527,12 +668,17 @@ class JobContext:
 
         self._prove_lease()
         uri = self.storage.call(write_and_check, between=self._keep_lease)
-        self._records.append((key, kind, len(data)))
+        self._listed(key, kind, len(data))
         return uri
 
     def delete_objects(self, keys: list[str]) -> None:
         """Delete objects this job wrote (retention, metric segments), fenced and retried: their
-        artifact records go first, so no record names a deleted object."""
+        artifact records go first, so no record names a deleted object. After the writes handed
+        over (one of them may be a checkpoint's, which moves the manifest)."""
+        self.settle()
+        self._delete_objects(keys)
+
+    def _delete_objects(self, keys: list[str]) -> None:
         if not keys:
             return
         if manifest_key(self.job_id) in keys:
@@ -548,7 +694,7 @@ class JobContext:
         log.info("job %s: deleted %d objects (%s)", self.job_id, len(keys), ", ".join(keys))
 
     def samples(self, step: int, png: bytes) -> None:
-        self.put(samples_key(self.job_id, step), png, kind="samples")
+        self.put_later(samples_key(self.job_id, step), png, kind="samples")
 
     # -- another train job's checkpoints (sample, evaluate, a run that starts from one) ------
     def checkpoint_bytes(self, train_job_id: str, ref: str) -> tuple[bytes, int]:
@@ -557,8 +703,10 @@ class JobContext:
         does not load fails it (gantry.worker.checkpoints). This job's own `latest`, just after its
         final checkpoint, is that checkpoint (written, proven and named by the manifest)."""
         if train_job_id == self.job_id and ref == "latest" and self._final is not None:
-            step, data = self._final
+            step, data = self._final  # its writes may still be on their way (`checkpoint(later=True)`)
             return data, step
+        if train_job_id == self.job_id:
+            self.settle()
         return checkpoints.checkpoint_bytes(self, train_job_id, ref)
 
 
@@ -687,6 +835,7 @@ def run_job(
         try:
             return _run_claimed(ctx, kind, spec_data, parent, stop=stop, send=send, hand_back=hand_back)
         finally:
+            ctx._later.close()  # none left after a run that recorded its end; else waited for here
             ctx.close_log()
 
 
@@ -721,6 +870,7 @@ def _run_claimed(
             state = "succeeded"
         else:
             raise GantryError(f"job kind {kind!r} is not supported by this worker")
+        ctx.settle()  # its objects written are part of the run's success
         error = None
     except LeaseLost:
         log.warning("job %s: attempt %d lost its lease to a newer attempt; stopped", job_id, attempt)
@@ -734,6 +884,7 @@ def _run_claimed(
             raise hand_back(exc, service, attempt) from exc
         log.exception("job %s failed", job_id)
         state, error = "failed", f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
+    ctx.settle(quiet=True)  # a run that failed or stopped: what it handed over lands before its end
     if state == "cancelled" and not ctx._cancel and stop.requested():
         return _hand_back(ctx, kind, send)
     try:

@@ -101,7 +101,7 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     # The worker's own settings decide (as for an evaluate job): eval_metric=fid without the weights
     # here fails the job now, not at its first evaluation.
     spec.check_inception_weights(ctx.settings.inception_weights is not None)
-    ctx.put_object(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode())
+    ctx.put_later(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode(), kind=None)
     found = find_resume(ctx)
     resume = found.data if found else None
     if found:
@@ -121,7 +121,12 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     def checkpoint(step: int, payload: bytes) -> None:
         final = step >= spec.steps
         ctx.checkpoint(
-            step, payload, keep=options.keep_checkpoints, keep_every=options.keep_every, final=final
+            step,
+            payload,
+            keep=options.keep_checkpoints,
+            keep_every=options.keep_every,
+            final=final,
+            later=True,  # written while training goes on
         )
 
     evaluate = None
@@ -151,6 +156,7 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     # would outlive retention, which deletes only what a manifest named.
     # (None when this run started the job: no other attempt wrote any.)
     if not ctx.fresh:
+        ctx.settle()  # the checkpoints handed over, named by the manifest first
         ctx.delete_objects(stray_checkpoints(ctx))
     if not outcome.stopped and (names := spec.metric_names(auto=True)):
         run_metrics(ctx, names, train_job_id=ctx.job_id, spec=EvaluateSpec(seed=spec.seed), train_spec=spec)
