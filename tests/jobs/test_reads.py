@@ -80,3 +80,17 @@ def test_one_query_reads_what_the_row_by_row_reads_read(sessions: sessionmaker[S
         assert reads.job_and_details(s, "no-such-job") == (None, reads.JobDetails())
         assert reads.latest_metrics_of(s, [job, other, bare]) == {job: expected, other: {"loss_D": 0.25}}
         assert reads.latest_metrics_of(s, []) == {}
+
+
+def test_an_object_recorded_again_is_one_artifact_with_its_new_size(sessions: sessionmaker[Session]) -> None:
+    with db.session_scope(sessions) as s:
+        job_id = db.create_job(s, kind="train", model="gan", spec={}, total_steps=1).id
+    with db.session_scope(sessions) as s:
+        db.claim_job(s, job_id, worker="w1:1", lease_seconds=60)
+    with db.session_scope(sessions) as s:
+        db.add_artifacts(s, job_id, [("jobs/x/a.png", "samples", 1), ("jobs/x/b.png", "samples", 2)], token=1)
+    with db.session_scope(sessions) as s:  # a later write of a.png (a warnings file rewritten, say)
+        db.add_artifacts(s, job_id, [("jobs/x/a.png", "warnings", 7)], token=1)
+    with db.session_scope(sessions) as s:
+        rows = [(a.key, a.kind, a.bytes) for a in db.list_artifacts(s, job_id)]
+    assert rows == [("jobs/x/a.png", "warnings", 7), ("jobs/x/b.png", "samples", 2)]

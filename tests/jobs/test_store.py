@@ -172,6 +172,31 @@ def test_a_stale_attempts_writes_are_refused_after_a_takeover(sessions) -> None:
             db.heartbeat(s, job_id, token=2)
 
 
+def test_a_fence_stands_for_its_own_transaction_only(sessions) -> None:
+    """The writes of one transaction share its first fence (the row stays locked to its end); the
+    next transaction, or one after the job ended in it, proves the lease again."""
+    job_id = _new(sessions)
+    with db.session_scope(sessions) as s:
+        db.claim_job(s, job_id, worker="w1:1", lease_seconds=60)
+    s = sessions()
+    try:
+        assert db.fenced(s, job_id, token=1) is None
+        assert db.check_lease(s, job_id, token=1) is False
+        assert db.fenced(s, job_id, token=1) is False and db.fenced(s, job_id, token=2) is None
+        s.commit()
+        assert db.fenced(s, job_id, token=1) is None  # a new transaction
+        with db.session_scope(sessions) as other:  # taken over meanwhile
+            other.execute(update(db.Job).where(db.Job.id == job_id).values(attempt=2))
+        with pytest.raises(LeaseLost):
+            db.record_metrics(s, job_id, step=1, values={"loss_D": 1.0}, token=1)
+        s.rollback()
+        db.finish_job(s, job_id, state="succeeded", token=2)
+        with pytest.raises(LeaseLost):  # ended by this very transaction: fenced no more
+            db.check_lease(s, job_id, token=2)
+    finally:
+        s.close()
+
+
 def test_a_retry_of_the_same_attempt_goes_on_at_once(sessions) -> None:
     job_id = _new(sessions)
     with db.session_scope(sessions) as s:

@@ -77,6 +77,53 @@ def test_a_checkpoint_that_never_lands_never_gets_a_manifest(settings, tmp_path,
     assert keys.checkpoint_key(ctx.job_id, 20, attempt=ctx.token) not in _artifacts(ctx, "checkpoint")
 
 
+def test_a_checkpoint_written_while_training_goes_on_fails_the_run_at_its_next_hand_over(
+    settings, tmp_path, no_waits
+) -> None:
+    """`later=True` (the training loop's checkpoints): the call returns at once, the write goes on
+    a thread; its failure is raised by the next checkpoint (or `settle`), and the manifest still
+    names the checkpoint before it."""
+    objects = SilentStore(tmp_path / "objects", where="checkpoints/step-00000020")
+    ctx = _context(settings.model_copy(update={"retry_seconds": 0.3}), objects)
+    ctx.checkpoint(10, b"ten", later=True)
+    ctx.checkpoint(20, b"twenty", later=True)  # returns: the write of step 10 has landed
+    manifest = read_manifest(objects, ctx.job_id)
+    assert manifest is not None and manifest.step == 10
+    with pytest.raises(ServiceUnavailable) as failed:
+        ctx.checkpoint(30, b"thirty", later=True)
+    assert "wrote 6 bytes, found nothing" in str(failed.value)
+    ctx.settle()  # raised once, then nothing is left waiting
+    manifest = read_manifest(objects, ctx.job_id)
+    assert manifest is not None and manifest.step == 10 and objects.get_bytes(manifest.key) == b"ten"
+    assert keys.checkpoint_key(ctx.job_id, 30, attempt=ctx.token) not in objects.list(
+        keys.checkpoints_prefix(ctx.job_id)
+    )
+
+
+def test_a_job_whose_grid_cannot_be_written_fails_not_succeeds(
+    settings, tmp_path, no_waits, monkeypatch
+) -> None:
+    """A grid is written while the run goes on; the run waits for it before it records its end."""
+    settings = settings.model_copy(update={"retry_seconds": 0.3})
+
+    class Unreachable(FileStore):
+        def put_bytes(self, key: str, data: bytes) -> str:
+            if "/samples/" in key:
+                raise EndpointConnectionError(endpoint_url="http://s3")
+            return super().put_bytes(key, data)
+
+    from gantry.worker import run as runner
+
+    real_get = runner.CONNECTIONS.get
+    monkeypatch.setattr(
+        runner.CONNECTIONS, "get", lambda settings: (real_get(settings)[0], Unreachable(tmp_path / "objects"))
+    )
+    job = Service(settings).submit_train("gan", dataset="ring8", steps=2, checkpoint_every=2, sample_every=1)
+    assert run_job(job.id, settings=settings) == "failed"
+    view = Service(settings).get(job.id)
+    assert view.state == "failed" and "object storage" in (view.error or "")
+
+
 def test_a_first_checkpoint_that_never_lands_leaves_no_manifest(settings, tmp_path, no_waits) -> None:
     objects = SilentStore(tmp_path / "objects", where="checkpoints/step-")
     ctx = _context(settings.model_copy(update={"retry_seconds": 0.3}), objects)
