@@ -280,11 +280,12 @@ class JobContext:
 
     def _flush(self, s: Session) -> bool:
         proving = time.monotonic()
+        # The heartbeat first: its fence proves the lease for the writes after it (one per transaction).
+        cancel = db.heartbeat(s, self.job_id, step=self._pending_step, token=self.token)
         self._record(s)
         for step, metrics in self._pending:
             db.record_metrics(s, self.job_id, step=step, values=metrics, token=self.token)
         self._write_log(s)
-        cancel = db.heartbeat(s, self.job_id, step=self._pending_step, token=self.token)
 
         def proven() -> None:
             self._proven_at = max(self._proven_at, proving)

@@ -35,7 +35,8 @@ def test_the_dots_are_the_pixels_of_pillows_ellipses(seed: int) -> None:
     px[4:8] = [[np.nan, 100.0], [100.0, np.nan], [np.nan, np.nan], [200.49999, 300.50001]]
     background = Image.new("RGB", (scatter.SIZE, scatter.SIZE), "white")
     ImageDraw.Draw(background).line([(0, 256), (511, 256)], fill=scatter.AXIS)  # dots go on top
-    got = np.asarray(scatter._dots(background, px))
+    got = np.array(background)
+    got[scatter._dots(px)] = scatter.POINT
     assert np.array_equal(got, np.asarray(_ellipses(background, px)))
     assert (got == scatter.POINT).all(axis=-1).sum() > 1000  # it drew
 
@@ -49,3 +50,12 @@ def test_a_plot_keeps_the_points_outside_on_its_edge_and_draws_no_nan() -> None:
     rows, cols = blue[:, 0], blue[:, 1]
     assert rows.min() < scatter.MARGIN and rows.max() > scatter.SIZE - scatter.MARGIN - 2
     assert cols.min() < scatter.MARGIN and cols.max() > scatter.SIZE - scatter.MARGIN - 2
+
+
+def test_the_plot_png_decodes_to_its_pixels() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    image = Image.open(io.BytesIO(scatter._png(pixels)))
+    image.load()  # a bad checksum or length raises here
+    assert image.mode == "RGB" and image.size == (53, 37)
+    assert np.array_equal(np.asarray(image), pixels)
