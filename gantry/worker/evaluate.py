@@ -115,7 +115,10 @@ def run_metrics(
         # (and has just polled: `should_stop`).
         if not own:
             ctx.heartbeat(step=i + 1)
-    ctx.record_metrics(step, values, job_ids=[ctx.job_id, train_job_id])
+    if own:  # with the train job's next write (metrics.jsonl's, which lists them): one transaction fewer
+        ctx.pend_metrics(step, values)
+    else:
+        ctx.record_metrics(step, values, job_ids=[ctx.job_id, train_job_id])
     return values
 
 

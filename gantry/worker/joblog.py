@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from gantry.jobs.joblogs import Line
 
 MAX_PENDING = 1000
+# `extra` for a record the job's log already holds (written by the run itself): not collected again.
+JOBLOG_WRITTEN = {"joblog_written": True}
 _FORMATTER = logging.Formatter()
 
 
@@ -41,6 +43,8 @@ class JobLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if getattr(record, "joblog_written", False):
+                return
             message = record.getMessage()
             if record.thread not in self.threads and self._tag not in message:
                 return

@@ -70,7 +70,7 @@ from gantry.jobs.storage import ObjectNotFound, ObjectStore, open_store
 from gantry.worker import checkpoints
 from gantry.worker.checkpoints import read_manifest
 from gantry.worker.errors import Stopped
-from gantry.worker.joblog import JobLog, collecting
+from gantry.worker.joblog import JOBLOG_WRITTEN, JobLog, collecting
 from gantry.worker.lifecycle import SHUTDOWN, Shutdown, renewing
 
 log = logging.getLogger(__name__)
@@ -293,11 +293,13 @@ class JobContext:
         s.info.setdefault("after_commit", []).append(proven)
         return cancel
 
-    def _write_log(self, s: Session) -> None:
-        """The job's pending log lines, in the caller's fenced transaction; forgotten once it commits."""
+    def _write_log(self, s: Session, *, last: joblogs.Line | None = None) -> None:
+        """The job's pending log lines (and `last`), in the caller's fenced transaction; forgotten
+        once it commits."""
         if self.joblog is None:
             return
         lines, mark = self.joblog.pending()
+        lines += [last] if last is not None else []
         if lines:
             joblogs.append(s, self.job_id, lines, token=self.token)
             joblog = self.joblog
@@ -459,6 +461,11 @@ class JobContext:
         self._segments = True
         self.put(metrics_segment_key(self.job_id, first), body, kind="metrics")
 
+    def pend_metrics(self, step: int, values: dict[str, float]) -> None:
+        """Metric points of this job at `step`, written with its next progress write or transaction
+        that flushes (`_flush`: a heartbeat, a checkpoint, metrics.jsonl), as progress points are."""
+        self._pending.append((step, dict(values)))
+
     def record_metrics(self, step: int, values: dict[str, float], *, job_ids: list[str]) -> None:
         """Metric points on `job_ids` (an evaluation's land on its train job too), fenced by this
         job's lease and retried."""
@@ -483,11 +490,17 @@ class JobContext:
             log.info("job %s: dropped %d metric points past step %s", self.job_id, dropped, step)
 
     def finish(self, state: str, error: str | None) -> None:
+        """Record the final state, with the metric points and log lines not yet written, and a last
+        line naming the state (the process logs it once this commits, not collected again)."""
+
         def record(s: Session) -> None:
-            self._write_log(s)  # the lines up to the end (the final error's) with the end
+            for step, metrics in self._pending:  # points kept through an outage, or pended
+                db.record_metrics(s, self.job_id, step=step, values=metrics, token=self.token)
+            self._write_log(s, last=joblogs.Line(db.utcnow(), "INFO", state))
             db.finish_job(s, self.job_id, state=state, error=error, token=self.token)
 
         self.write(record)
+        self._pending.clear()
 
     def close_log(self) -> None:
         """Best effort, once the run is over: the lines logged after its last write (its end), only
@@ -898,7 +911,7 @@ def _run_claimed(
         if (service := transient_service(cause)) is not None:
             raise hand_back(cause, service, attempt) from exc
         raise
-    log.info("job %s: %s", job_id, state)
+    log.info("job %s: %s", job_id, state, extra=JOBLOG_WRITTEN)  # the job's log has it (`finish`)
     return state
 
 
