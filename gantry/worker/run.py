@@ -98,30 +98,35 @@ class RetryLater(ServiceUnavailable):
 
 
 class _Later:
-    """Object writes that nothing in the run reads back (`JobContext.put_later`), made on one thread
-    in the order given while the run goes on: a grid or an evaluation's figure costs the run no
-    wait for object storage. `settle` waits for them all and raises the first failure; a failure
-    is also raised by the next `submit`, so a run learns of it early. At most `backlog` wait at
-    once (the next `submit` waits for the oldest): a store slower than the run bounds the memory."""
+    """Object writes that nothing in the run waits for (`JobContext.put_later`, a training's
+    checkpoints), made on threads of the run while it goes on: a grid or a checkpoint costs the
+    run no wait for object storage. Two lanes, each one thread writing in the order given: the
+    checkpoints (each with its manifest) and the other files, so a grid need not queue behind a
+    checkpoint's upload; a key is always written by the same lane. `settle` waits for them all and
+    raises the first failure; a failure is also raised by the next `submit`, so a run learns of it
+    early. At most `backlog` wait at once (the next `submit` waits for the oldest): a store slower
+    than the run bounds the memory."""
 
     backlog = 8
+    LANES = ("checkpoints", "files")
 
     def __init__(self, started: Callable[[], None] = lambda: None) -> None:
-        self._started = started  # run on the thread first (its log lines are the job's)
-        self._pool: ThreadPoolExecutor | None = None
+        self._started = started  # run on each thread first (its log lines are the job's)
+        self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pending: list[Future[None]] = []
-        self._thread: int | None = None
+        self._threads: set[int] = set()
 
-    def submit(self, fn: Callable[[], None]) -> None:
+    def submit(self, fn: Callable[[], None], *, lane: str = "files") -> None:
+        assert lane in self.LANES, lane
         self._reap(block=len(self._pending) >= self.backlog)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="gantry-writes", initializer=self._start
+        if lane not in self._pools:
+            self._pools[lane] = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"gantry-{lane}", initializer=self._start
             )
-        self._pending.append(self._pool.submit(fn))
+        self._pending.append(self._pools[lane].submit(fn))
 
     def _start(self) -> None:
-        self._thread = threading.get_ident()
+        self._threads.add(threading.get_ident())
         self._started()
 
     def _reap(self, *, block: bool = False) -> None:
@@ -132,8 +137,8 @@ class _Later:
 
     def settle(self, *, quiet: bool = False) -> None:
         """Wait for every write; raise the first failure (`quiet`: log it instead, for a run that
-        has already failed or lost its job). On the thread itself (a write that settles): none."""
-        if threading.get_ident() == self._thread:
+        has already failed or lost its job). On a thread of its own (a write that settles): none."""
+        if threading.get_ident() in self._threads:
             return
         while self._pending:
             write = self._pending.pop(0)
@@ -149,9 +154,9 @@ class _Later:
 
     def close(self) -> None:
         self.settle(quiet=True)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in self._pools.values():
+            pool.shutdown(wait=True)
+        self._pools.clear()
 
 
 @dataclass
@@ -185,7 +190,7 @@ class JobContext:
     _segments: bool = field(default=True, init=False)  # whether metrics segments may exist
     # Objects written and not yet recorded as artifacts, `(key, kind, bytes)`: the attempt's next
     # fenced transaction records them (`_record`), so that an object write costs none of its own.
-    # Appended to by the thread of `put_later` too: under `_records_lock` (`_listed`, `_record`).
+    # Appended to by `_Later`'s threads too: under `_records_lock` (`_listed`, `_record`).
     _records: list[tuple[str, str, int]] = field(default_factory=list, init=False)
     _records_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _later: _Later = field(init=False)
@@ -393,7 +398,7 @@ class JobContext:
         """`put` made on a thread while the run goes on (`_Later`), for an object nothing in the run
         reads back: the job's spec, a training's grid, an evaluation's figure. The lease is proven
         as `put` proves it, when the write is handed over; the write itself may come a few
-        milliseconds later (behind those before it), which for these keys is harmless as `put`
+        milliseconds later (behind those before it in its lane), which for these keys is harmless as `put`
         explains. The run waits for them all before it records its end (`settle`), so a job that
         ended has every object it listed. `kind` None: not an artifact (as `put_object`)."""
         self._prove_lease()
@@ -558,8 +563,8 @@ class JobContext:
         retried (within GANTRY_RETRY_SECONDS) when it fails or does not land. Checkpoints are
         deleted only after the manifest that drops them is written: never the one it names.
 
-        `later`: these writes are made on the thread of `put_later`, in the same order, while
-        training goes on (the bytes are the step's, taken before); a failure is raised by the run's
+        `later`: these writes are made on a thread of the run (`_Later`'s checkpoint lane, in order)
+        while training goes on (the bytes are the step's, taken before); a failure is raised by the run's
         next hand-over or `settle`. The checkpoint before it, and every write handed over before,
         have landed first, so one checkpoint's bytes at most wait in memory. What reads the job's
         checkpoints or manifest back settles first (`manifest`, `write_manifest`, `delete_objects`,
@@ -572,7 +577,7 @@ class JobContext:
             self._write_checkpoint, step, data, keep=keep, keep_every=keep_every, best=best, final=final
         )
         if later:
-            self._later.submit(write)
+            self._later.submit(write, lane="checkpoints")
         else:
             write()
 
