@@ -398,8 +398,8 @@ class JobContext:
         """`put` made on a thread while the run goes on (`_Later`), for an object nothing in the run
         reads back: the job's spec, a training's grid, an evaluation's figure. The lease is proven
         as `put` proves it, when the write is handed over; the write itself may come a few
-        milliseconds later (behind those before it in its lane), which for these keys is harmless as `put`
-        explains. The run waits for them all before it records its end (`settle`), so a job that
+        milliseconds later (behind those before it in its lane), which for these keys is harmless
+        as `put` explains. The run waits for them all before it records its end (`settle`), so a job that
         ended has every object it listed. `kind` None: not an artifact (as `put_object`)."""
         self._prove_lease()
 
@@ -720,9 +720,10 @@ class JobContext:
         """The bytes and step of checkpoint `ref` (latest, best or a step) of train job `train_job_id`:
         `latest` falls back past one that does not load, with a warning on this job; a step that
         does not load fails it (gantry.worker.checkpoints). This job's own `latest`, just after its
-        final checkpoint, is that checkpoint (written, proven and named by the manifest)."""
+        final checkpoint, is that checkpoint's bytes (handed over to be written: the run's end waits
+        for it to be proven and named by the manifest)."""
         if train_job_id == self.job_id and ref == "latest" and self._final is not None:
-            step, data = self._final  # its writes may still be on their way (`checkpoint(later=True)`)
+            step, data = self._final
             return data, step
         if train_job_id == self.job_id:
             self.settle()
