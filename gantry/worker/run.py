@@ -288,8 +288,7 @@ class JobContext:
         # The heartbeat first: its fence proves the lease for the writes after it (one per transaction).
         cancel = db.heartbeat(s, self.job_id, step=self._pending_step, token=self.token)
         self._record(s)
-        for step, metrics in self._pending:
-            db.record_metrics(s, self.job_id, step=step, values=metrics, token=self.token)
+        self._write_points(s)
         self._write_log(s)
 
         def proven() -> None:
@@ -297,6 +296,11 @@ class JobContext:
 
         s.info.setdefault("after_commit", []).append(proven)
         return cancel
+
+    def _write_points(self, s: Session) -> None:
+        """The metric points not yet written (kept through an outage, or pended), in order."""
+        for step, metrics in self._pending:
+            db.record_metrics(s, self.job_id, step=step, values=metrics, token=self.token)
 
     def _write_log(self, s: Session, *, last: joblogs.Line | None = None) -> None:
         """The job's pending log lines (and `last`), in the caller's fenced transaction; forgotten
@@ -499,8 +503,7 @@ class JobContext:
         line naming the state (the process logs it once this commits, not collected again)."""
 
         def record(s: Session) -> None:
-            for step, metrics in self._pending:  # points kept through an outage, or pended
-                db.record_metrics(s, self.job_id, step=step, values=metrics, token=self.token)
+            self._write_points(s)
             self._write_log(s, last=joblogs.Line(db.utcnow(), "INFO", state))
             db.finish_job(s, self.job_id, state=state, error=error, token=self.token)
 
