@@ -218,9 +218,6 @@ class JobContext:
         attempt that holds the lease writes it, so the copy is what storage holds). ValueError when
         it does not parse (then read again next time). After the checkpoints handed over."""
         self.settle()
-        return self._read_manifest()
-
-    def _read_manifest(self) -> Manifest | None:
         if self._manifest is _UNREAD:
             self._manifest = self.read(lambda: read_manifest(self.objects, self.job_id))
         return self._manifest  # type: ignore[return-value]
@@ -372,7 +369,11 @@ class JobContext:
         """Write an object while this attempt holds the job (proven right before the write, or less
         than RECHECK_SECONDS before it: `_prove_lease`)."""
         self._prove_lease()
-        return self.storage.call(lambda: self.objects.put_bytes(key, data), between=self._keep_lease)
+        return self._send(key, data)
+
+    def _send(self, key: str, data: bytes) -> str:
+        """The object write itself, retried while object storage is out (the lease kept meanwhile)."""
+        return self.storage.call(partial(self.objects.put_bytes, key, data), between=self._keep_lease)
 
     def put(self, key: str, data: bytes, *, kind: str) -> str:
         """Write object `key` and record it as an artifact of the job (with the attempt's next
@@ -408,7 +409,7 @@ class JobContext:
         self._prove_lease()
 
         def write() -> None:
-            self.storage.call(lambda: self.objects.put_bytes(key, data), between=self._keep_lease)
+            self._send(key, data)
             if kind is not None:
                 self._listed(key, kind, len(data))
 
@@ -424,12 +425,7 @@ class JobContext:
         artifacts by the next transaction: fenced as `put` is (one lease check before the batch),
         for a bulk sample job's images."""
         self._prove_lease()
-        writes = [
-            pool.submit(
-                self.storage.call, partial(self.objects.put_bytes, key, data), between=self._keep_lease
-            )
-            for key, data, _ in objects
-        ]
+        writes = [pool.submit(self._send, key, data) for key, data, _ in objects]
         for write in writes:
             write.result()
         for key, data, kind in objects:
@@ -595,7 +591,7 @@ class JobContext:
         final: bool,
     ) -> None:
         try:
-            previous = self._read_manifest()
+            previous = self.manifest()  # (on a lane's thread `settle` waits for nothing)
         except ValueError as exc:  # not a manifest (a resume rewrites such a one before this)
             log.warning("job %s: the manifest does not parse (%s); writing a new one", self.job_id, exc)
             previous = None
@@ -640,8 +636,8 @@ class JobContext:
             best=best_checkpoint,
         )
         # Checked against the lease right before it is written: a fenced-out attempt never moves it.
-        self._write_manifest(manifest, proven=True)
-        self._delete_objects([e.key for e in dropped] + abandoned + replaced)
+        self.write_manifest(manifest, proven=True)
+        self.delete_objects([e.key for e in dropped] + abandoned + replaced)
         log.info("job %s: checkpoint at step %d -> %s", self.job_id, step, uri)
 
     def write_manifest(self, manifest: Manifest, *, proven: bool = False) -> None:
@@ -654,9 +650,6 @@ class JobContext:
         holder's retention deleted meanwhile is skipped by a reader as missing; and the holder's
         next checkpoint replaces that manifest."""
         self.settle()
-        self._write_manifest(manifest, proven=proven)
-
-    def _write_manifest(self, manifest: Manifest, *, proven: bool) -> None:
         size = manifest.bytes if proven else self.read(partial(_size, self.objects, manifest.key))
         if size != manifest.bytes:
             raise GantryError(
@@ -698,9 +691,6 @@ class JobContext:
         artifact records go first, so no record names a deleted object. After the writes handed
         over (one of them may be a checkpoint's, which moves the manifest)."""
         self.settle()
-        self._delete_objects(keys)
-
-    def _delete_objects(self, keys: list[str]) -> None:
         if not keys:
             return
         if manifest_key(self.job_id) in keys:

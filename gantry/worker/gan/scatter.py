@@ -30,10 +30,16 @@ def _extent(layout: Layout) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def _scale(layout: Layout) -> float:
+    """Pixels per data unit."""
+    lo, hi = _extent(layout)
+    return (SIZE - 2 * MARGIN) / (hi - lo)
+
+
 def _to_px(layout: Layout) -> Callable[[np.ndarray], np.ndarray]:
     """Data (M, 2) -> pixels (M, 2), y up, clipped to the plotted square."""
     lo, hi = _extent(layout)
-    scale = (SIZE - 2 * MARGIN) / (hi - lo)
+    scale = _scale(layout)
 
     def to_px(xy: np.ndarray) -> np.ndarray:
         px = MARGIN + (np.clip(xy, lo, hi) - lo) * scale
@@ -91,10 +97,7 @@ def _draw_background(layout: Layout) -> np.ndarray:
     draw.line([(MARGIN, origin[1]), (SIZE - MARGIN, origin[1])], fill=AXIS)
     draw.line([(origin[0], MARGIN), (origin[0], SIZE - MARGIN)], fill=AXIS)
     # Modes first, so the samples on top of them stay visible.
-    lo, hi = _extent(layout)
-    ring = max(
-        5.0, 3 * layout.std * (SIZE - 2 * MARGIN) / (hi - lo)
-    )  # 3 std: the metrics' high-quality radius
+    ring = max(5.0, 3 * layout.std * _scale(layout))  # 3 std: the high-quality radius of the metrics
     for x, y in to_px(layout.means):
         draw.ellipse([x - ring, y - ring, x + ring, y + ring], outline=MODE, width=2)
         draw.line([(x - 8, y), (x + 8, y)], fill=MODE, width=2)
