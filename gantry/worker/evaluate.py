@@ -8,7 +8,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gantry.jobs import store as db
 from gantry.jobs.datasets import DATASETS
@@ -17,6 +17,9 @@ from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpec, load_train_spec
 from gantry.worker.checkpoints import read_manifest, warn
 from gantry.worker.errors import Stopped
 from gantry.worker.run import JobContext, device
+
+if TYPE_CHECKING:
+    from gantry.worker.gan.checkpoint import Checkpoint
 
 
 def job_cache(ctx: JobContext) -> Any:
@@ -77,16 +80,23 @@ def run_metrics(
     spec: EvaluateSpec,
     data: Callable[[str], Any] | None = None,
     train_spec: TrainSpec | None = None,
+    state: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Compute `names` on a train job's checkpoint; record them on `ctx`'s job and the train job.
     `data`: the train job's data by split (`data_loader`), when the caller has already read it;
-    `train_spec`: the train job's spec, when the caller has it (the train job itself)."""
+    `train_spec`: the train job's spec, when the caller has it (the train job itself); `state`: the
+    checkpoint as the dict it was written from, when the caller has it (the train job itself, just
+    after its final checkpoint: the weights as they are in memory, not loaded back from the bytes)."""
     from gantry.worker.metrics import EvalContext, evaluate_each
 
     if train_spec is None:
         with db.session_scope(ctx.sessions) as s:
             train_spec = load_train_spec(dict(db.get_job(s, train_job_id).spec))
-    checkpoint, step = ctx.checkpoint_bytes(train_job_id, spec.checkpoint)
+    checkpoint: Checkpoint
+    if state is not None:
+        checkpoint, step = state, int(state["step"])
+    else:
+        checkpoint, step = ctx.checkpoint_bytes(train_job_id, spec.checkpoint)
     # A train job's own end-of-training metrics come right after its last progress write: they
     # heartbeat as its steps did, at most every poll (`should_stop`), not at each chunk.
     own = ctx.job_id == train_job_id

@@ -159,7 +159,14 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
         ctx.settle()  # the checkpoints handed over, named by the manifest first
         ctx.delete_objects(stray_checkpoints(ctx))
     if not outcome.stopped and (names := spec.metric_names(auto=True)):
-        run_metrics(ctx, names, train_job_id=ctx.job_id, spec=EvaluateSpec(seed=spec.seed), train_spec=spec)
+        run_metrics(
+            ctx,
+            names,
+            train_job_id=ctx.job_id,
+            spec=EvaluateSpec(seed=spec.seed),
+            train_spec=spec,
+            state=outcome.final_state,
+        )
     ctx.write_metrics_jsonl()
     return not outcome.stopped
 

@@ -54,3 +54,21 @@ def test_an_evaluation_heartbeats_at_each_chunk_and_stops_when_cancelled(
         assert heartbeat_at is not None and heartbeat_at.year > 2000
         assert step == 0 and state == "running"  # its step is the metrics done: none yet
     assert svc.get(evaluation.id).state == "cancelled"
+
+
+def test_a_train_jobs_own_metrics_equal_an_evaluation_of_its_final_checkpoint(settings: Settings) -> None:
+    """A train job's end-of-training metrics read its weights as the run left them in memory; an
+    evaluate job reads the final checkpoint back from storage: the same numbers and the same plot."""
+    svc = Service(settings)
+    train = svc.submit_train("gan", dataset="ring8", steps=30, checkpoint_every=10)
+    assert run_job(train.id, settings=settings) == "succeeded"
+    names = {"modes", "high_quality", "reverse_kl"}
+    own = {p.name: p.value for p in svc.metrics(train.id) if p.name in names}
+    assert set(own) == names and all(p.step == 30 for p in svc.metrics(train.id) if p.name in names)
+    own_plot = svc.objects.get_bytes(keys.eval_key(train.id, "scatter-step-00000030.png"))
+
+    evaluation = svc.submit_evaluate(train.id, metrics=["modes_2d"])
+    assert run_job(evaluation.id, settings=settings) == "succeeded"
+    theirs = {p.name: p.value for p in svc.metrics(evaluation.id) if p.name in names}
+    assert theirs == own
+    assert svc.objects.get_bytes(keys.eval_key(evaluation.id, "scatter-step-00000030.png")) == own_plot

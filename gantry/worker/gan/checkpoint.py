@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 
 
+# A checkpoint as callers hand it around: its file's bytes, or (the run that wrote it, once it has
+# ended) the dict they were written from.
+Checkpoint = bytes | dict[str, Any]
+
+
 def save_checkpoint(
     *,
     model: GANModel,
@@ -55,6 +60,33 @@ def save_checkpoint(
     G_ema: torch.nn.Module | None = None,
 ) -> bytes:
     """Everything needed to resume bit-for-bit, or to sample from G, as file bytes."""
+    return checkpoint_file(
+        checkpoint_state(
+            model=model,
+            step=step,
+            spec=spec,
+            channels=channels,
+            batch_generator=batch_generator,
+            fixed_z=fixed_z,
+            metrics=metrics,
+            G_ema=G_ema,
+        )
+    )
+
+
+def checkpoint_state(
+    *,
+    model: GANModel,
+    step: int,
+    spec: TrainSpecBase,
+    channels: int,
+    batch_generator: torch.Generator,
+    fixed_z: torch.Tensor,
+    metrics: dict[str, float],
+    G_ema: torch.nn.Module | None = None,
+) -> dict[str, Any]:
+    """The dict a checkpoint file holds (`checkpoint_file` writes it). Its tensors are the model's
+    own, not copies: it stands for the file only while the weights stay as they are."""
     state: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "step": step,
@@ -76,13 +108,22 @@ def save_checkpoint(
     }
     if G_ema is not None:
         state["G_ema"] = G_ema.state_dict()
+    return state
+
+
+def checkpoint_file(state: dict[str, Any]) -> bytes:
+    """A checkpoint's dict (`checkpoint_state`) as file bytes."""
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
 
 
-def load_checkpoint(data: bytes, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Checkpoint bytes -> the dict `save_checkpoint` wrote (tensors on `map_location`)."""
+def load_checkpoint(data: Checkpoint, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Checkpoint bytes -> the dict `save_checkpoint` wrote (tensors on `map_location`). A dict
+    (`checkpoint_state`'s, of a run that has ended) is that already: it comes back as it is, its
+    tensors where the run left them (what reads it copies them: `load_state_dict`)."""
+    if isinstance(data, dict):
+        return data
     state: dict[str, Any] = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"unsupported checkpoint format {state.get('format')!r}")
@@ -142,13 +183,13 @@ class LoadedGenerator:
         return draw_latents(self.latent_shape, self.latent_sampler, n, generator)
 
 
-def load_generator(checkpoint: bytes | dict[str, Any], *, device: torch.device | str) -> LoadedGenerator:
+def load_generator(checkpoint: Checkpoint, *, device: torch.device | str) -> LoadedGenerator:
     """G of a checkpoint (its bytes, or the dict `load_checkpoint` returned) on `device`, built alone
     (no D, optimizers or loss) with the weights sampling uses (`generator_weights`).
 
     Building initialises weights from the global RNG; they are overwritten at once, and the fork
     keeps the caller's RNG stream as it was."""
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location="cpu")
+    state = load_checkpoint(checkpoint, map_location="cpu")
     spec = load_train_spec(state["spec"])
     device = torch.device(device)
     extra: dict[str, Any] = state.get("extra") or {}

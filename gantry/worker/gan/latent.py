@@ -25,7 +25,7 @@ import torch
 
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import MODELS, DCGANOptions, load_train_spec, parse_arithmetic
-from gantry.worker.gan.checkpoint import load_checkpoint, load_generator
+from gantry.worker.gan.checkpoint import Checkpoint, load_checkpoint, load_generator
 from gantry.worker.gan.figures import labelled_rows
 from gantry.worker.gan.images import png_bytes
 from gantry.worker.gan.sampler import SampleResult, default_device, generate
@@ -107,7 +107,7 @@ class LatentDecoder:
 
 
 def load_decoder(
-    checkpoint: bytes, *, device: torch.device | str | None = None, code_walk: str | None = None
+    checkpoint: Checkpoint, *, device: torch.device | str | None = None, code_walk: str | None = None
 ) -> LatentDecoder:
     """The checkpoint's G as a LatentDecoder; `code_walk`: read its codes so (`--code-walk`; default:
     as the train job's options say)."""

@@ -35,10 +35,11 @@ from gantry.jobs.errors import JobFailed
 from gantry.jobs.specs import TrainSpec
 from gantry.jobs.specs.base import FOLDER_LABELS
 from gantry.worker.gan.checkpoint import (
+    checkpoint_file,
+    checkpoint_state,
     generator_weights,
     load_checkpoint,
     restore_training_state,
-    save_checkpoint,
 )
 from gantry.worker.gan.fast import GraphStep, choose_step
 from gantry.worker.gan.images import grid_png
@@ -84,6 +85,10 @@ class TrainOutcome:
     step: int  # steps completed
     stopped: bool  # True: should_stop ended the run before spec.steps
     final_metrics: dict[str, float]
+    # The final checkpoint as the dict it was written from (its tensors the run's own, which no step
+    # changes any more): what the end-of-training metrics read, without loading the bytes back.
+    # None when the run stopped, or wrote no checkpoint (resumed from its final one).
+    final_state: dict[str, Any] | None = None
 
 
 class _MetricWindow:
@@ -254,8 +259,11 @@ def train(
     # Carried in the reported metrics, hence in checkpoints: a resumed run keeps its halved lr.
     rollbacks = int(metrics.get("rollbacks", 0))
 
+    final_state: dict[str, Any] | None = None  # the last step's checkpoint, once written
+
     def snapshot() -> bytes:
-        return save_checkpoint(
+        nonlocal final_state
+        state = checkpoint_state(
             model=model,
             step=step,
             spec=spec,
@@ -265,6 +273,9 @@ def train(
             metrics=metrics,
             G_ema=G_ema,
         )
+        if step == spec.steps:  # no step changes these weights any more: the dict stands for the file
+            final_state = state
+        return checkpoint_file(state)
 
     # The last checkpoint this run wrote (or resumed from); before the first, the state it starts
     # from. Held as bytes, as written: a rollback restores weights, optimizer moments and RNG streams.
@@ -446,7 +457,7 @@ def train(
         emit_checkpoint()
     if last_samples != step:
         emit_samples()
-    return TrainOutcome(step=step, stopped=False, final_metrics=metrics)
+    return TrainOutcome(step=step, stopped=False, final_metrics=metrics, final_state=final_state)
 
 
 def first_nonfinite(values: dict[str, float]) -> str | None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gantry.worker.gan.checkpoint import load_generator
+from gantry.worker.gan.checkpoint import Checkpoint, load_generator
 from gantry.worker.gan.images import grid_png, png_bytes, to_uint8
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def sample(
 
 
 def generated_images(
-    checkpoint: bytes, *, count: int, seed: int, captions: Sequence[str] | None, device: torch.device
+    checkpoint: Checkpoint, *, count: int, seed: int, captions: Sequence[str] | None, device: torch.device
 ) -> np.ndarray:
     """`count` uint8 images (N, H, W, C) from the checkpoint's G, latents drawn as sample jobs draw
     them from `seed`. text2img draws each image for a caption of the training data picked at random

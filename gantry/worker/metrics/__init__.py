@@ -29,6 +29,7 @@ from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpecBase
 from gantry.worker.errors import Stopped
 
 if TYPE_CHECKING:  # a family module: importing the registry imports none
+    from gantry.worker.gan.checkpoint import Checkpoint
     from gantry.worker.metrics.cache import Cache
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ EVALUATORS: dict[str, str] = {
 
 @dataclass
 class EvalContext:
-    checkpoint: bytes  # the train job's checkpoint file
+    # The train job's checkpoint: its file's bytes, or (its own end-of-training metrics) the dict
+    # they were written from.
+    checkpoint: Checkpoint
     step: int  # its step
     train_spec: TrainSpecBase
     spec: EvaluateSpec

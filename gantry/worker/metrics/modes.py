@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gantry.worker.data.points import Layout, layout
-from gantry.worker.gan.checkpoint import LoadedGenerator, load_generator
+from gantry.worker.gan.checkpoint import Checkpoint, LoadedGenerator, load_generator
 from gantry.worker.gan.sampler import GENERATE_BATCH
 from gantry.worker.metrics import EvalContext
 
@@ -74,19 +74,21 @@ def _points(loaded: LoadedGenerator, *, count: int, seed: int) -> np.ndarray:
     return generate_outputs(loaded.G, z, device=loaded.device).numpy().reshape(count, 2)
 
 
-def sample_points(checkpoint: bytes, *, count: int, seed: int, device: Any = "cpu") -> np.ndarray:
+def sample_points(checkpoint: Checkpoint, *, count: int, seed: int, device: Any = "cpu") -> np.ndarray:
     """`count` 2-D samples (float32 (count, 2)) of a gan checkpoint, latents drawn with `seed`."""
     return _points(load_generator(checkpoint, device=device), count=count, seed=seed)
 
 
-def points_metrics_from_checkpoint(checkpoint: bytes, *, seed: int, device: Any = "cpu") -> dict[str, float]:
+def points_metrics_from_checkpoint(
+    checkpoint: Checkpoint, *, seed: int, device: Any = "cpu"
+) -> dict[str, float]:
     loaded = load_generator(checkpoint, device=device)
     points = _points(loaded, count=POINT_SAMPLES, seed=seed)
     return point_metrics(points, layout(loaded.spec.dataset))
 
 
 def stacked_metrics_from_checkpoint(
-    checkpoint: bytes,
+    checkpoint: Checkpoint,
     *,
     seed: int,
     device: Any = "cpu",
