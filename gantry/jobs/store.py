@@ -56,7 +56,15 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    lazyload,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable
 
@@ -579,6 +587,8 @@ def claim_job(
                 error=None,
             )
             .returning(Job)
+            # Its tags when read, not with the row: a worker has no use for them (a query saved).
+            .options(lazyload(Job.tag_rows))
             .execution_options(synchronize_session=False)
         ).one_or_none()
         if taken is not None:
