@@ -13,7 +13,9 @@ starts them; the machine's own are left alone) with one `gantry worker` (one poo
    final checkpoint, end-of-training metric with its scatter plot, metrics.jsonl, final state: from
    the time of the last step's progress record to `finished_at`), and `running` to `succeeded` (all
    the job's own work: its spec, data, one step and the end), medians;
-3. throughput: `--jobs` tiny jobs submitted at once, jobs/s from the first submit to the last end.
+3. throughput: `--jobs` tiny jobs submitted at once, jobs/s from the first submit to the last end,
+   and the CPU time per job of the worker's processes and of the S3 server meanwhile (on a host of
+   a few cores the rate follows how busy it is; the CPU a job costs varies less).
 
 Goals (issue 30): submit to running <= 2x the raw round trip, and >= 20 tiny jobs/s through one worker.
 """
@@ -42,6 +44,23 @@ app.conf.update(worker_prefetch_multiplier=1, task_acks_late=True)
 def noop():
     return None
 """
+
+
+def cpu_seconds(*, group: int | None = None, pid: int | None = None) -> float:
+    """CPU seconds (user + system, all threads) used so far by the processes of process group
+    `group`, or by process `pid` alone (Linux's /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if (group is not None and int(fields[2]) == group) or (pid is not None and int(entry.name) == pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def main() -> int:
@@ -149,11 +168,17 @@ def main() -> int:
             flush=True,
         )
 
-        # 3. Throughput.
+        # 3. Throughput, and the CPU each process spent per job meanwhile.
+        cpu = {
+            "worker": lambda: cpu_seconds(group=worker.pgid),
+            "S3": lambda: cpu_seconds(pid=services.s3.moto.pid),
+        }
+        cpu_before = {name: read() for name, read in cpu.items()}
         start = time.monotonic()
         ids = [svc.submit_train("gan", **tiny).id for _ in range(args.jobs)]
         submitted = time.monotonic() - start
         views = wait(ids)
+        per_job = {name: (read() - cpu_before[name]) / args.jobs for name, read in cpu.items()}
         took = max(v.finished_at for v in views) - min(v.created_at for v in views)
         rate = args.jobs / took.total_seconds()
         print(f"{args.jobs} jobs at once: {rate:.1f} jobs/s (submitting them took {submitted:.1f} s)")
@@ -169,6 +194,8 @@ def main() -> int:
             f"| tiny job, `running` -> `succeeded` (median) | {statistics.median(running_to_end) * 1000:.0f} ms | |"
         )
         print(f"| tiny jobs through one worker | {rate:.1f} jobs/s | >= 20 |")
+        print(f"| CPU a tiny job: the worker's processes | {per_job['worker'] * 1000:.0f} ms | |")
+        print(f"| CPU a tiny job: the S3 server (moto) | {per_job['S3'] * 1000:.0f} ms | |")
         return 0 if queued <= 2 * round_trip and rate >= 20 else 1
     finally:
         for proc in workers:
