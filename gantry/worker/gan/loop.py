@@ -35,6 +35,7 @@ from gantry.jobs.errors import JobFailed
 from gantry.jobs.specs import TrainSpec
 from gantry.jobs.specs.base import FOLDER_LABELS
 from gantry.worker.gan.checkpoint import (
+    Checkpoint,
     checkpoint_file,
     checkpoint_state,
     generator_weights,
@@ -261,9 +262,9 @@ def train(
 
     final_state: dict[str, Any] | None = None  # the last step's checkpoint, once written
 
-    def snapshot() -> bytes:
-        nonlocal final_state
-        state = checkpoint_state(
+    def state_now() -> dict[str, Any]:
+        """The checkpoint of this step as a dict: the model's own tensors, not copies."""
+        return checkpoint_state(
             model=model,
             step=step,
             spec=spec,
@@ -273,13 +274,22 @@ def train(
             metrics=metrics,
             G_ema=G_ema,
         )
+
+    def snapshot() -> bytes:
+        nonlocal final_state
+        state = state_now()
         if step == spec.steps:  # no step changes these weights any more: the dict stands for the file
             final_state = state
         return checkpoint_file(state)
 
-    # The last checkpoint this run wrote (or resumed from); before the first, the state it starts
-    # from. Held as bytes, as written: a rollback restores weights, optimizer moments and RNG streams.
-    good: bytes | None = resume if resume is not None else snapshot() if on_nonfinite == "rollback" else None
+    # What a rollback restores (weights, optimizer moments, RNG streams): the last checkpoint this run
+    # wrote or resumed from, as its bytes; before the first, the state the run starts from, copied in
+    # memory (on a GPU it stays there: no file to write before the first step).
+    good: Checkpoint | None = None
+    if resume is not None:
+        good = resume
+    elif on_nonfinite == "rollback":
+        good = copy.deepcopy(state_now())
     nets = {"G": model.G, "D": model.D, "G_ema": G_ema}
 
     def nonfinite_state() -> str | None:
@@ -307,7 +317,8 @@ def train(
         if rollbacks >= MAX_ROLLBACKS:
             raise TrainingDiverged(f"{trouble} at step {step} after {rollbacks} rollbacks (lr now {lrs})")
         assert good is not None, "on_nonfinite=rollback keeps a state to roll back to"
-        state = load_checkpoint(good, map_location="cpu")
+        # A copy of the start, so that the run's own steps never change the one kept.
+        state = copy.deepcopy(good) if isinstance(good, dict) else load_checkpoint(good, map_location="cpu")
         restore_training_state(state, model, batches)
         if how == "graph":
             graph_step.reset()  # the optimizers' state was replaced: capture again

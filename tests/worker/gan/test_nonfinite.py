@@ -137,6 +137,26 @@ def test_before_any_checkpoint_it_rolls_back_to_the_start(monkeypatch) -> None:
     assert_all_finite(rec)
 
 
+def test_rolled_back_to_the_start_twice_it_is_a_run_from_the_start_at_a_quarter_of_the_lr(
+    monkeypatch,
+) -> None:
+    # Before its first checkpoint a run rolls back to the start it keeps in memory: the steps after
+    # the first rollback leave that start as it was for the second.
+    clean = Recorder()
+    train(tiny_spec(steps=6, options={"lr": LR / 4}), tiny_data(), callbacks=clean.callbacks(), log_every=2)
+    poison(monkeypatch, lambda n: n in (2, 4))  # at step 2, then at step 2 of the replay
+    rolled = Recorder()
+    outcome = train(tiny_spec(steps=6), tiny_data(), callbacks=rolled.callbacks(), log_every=2)
+    assert outcome.final_metrics["rollbacks"] == 2.0
+    a, b = load_checkpoint(rolled.checkpoints[-1][1]), load_checkpoint(clean.checkpoints[-1][1])
+    assert a["step"] == b["step"] == 6
+    for part in ("G", "D", "rng", "fixed_z"):
+        assert_equal(a[part], b[part], part)
+    for opt in ("opt_G", "opt_D"):  # the moments; the lr (the rolled run's param groups also keep the base)
+        assert_equal(a[opt]["state"], b[opt]["state"], opt)
+    assert lrs(rolled.checkpoints[-1][1]) == lrs(clean.checkpoints[-1][1]) == [LR / 4] * 2
+
+
 @pytest.mark.parametrize(
     ("phase", "stats", "found"),
     [("D", True, "loss_D was nan at step 8"), ("G", False, "G's weights were not finite at step 8")],
