@@ -1,4 +1,5 @@
-"""Generator output -> uint8 pixels -> PNG bytes, one image or a padded grid (Pillow, no torchvision)."""
+"""Generator output -> uint8 pixels -> PNG bytes, one image or a padded grid (Pillow, no torchvision);
+and the other way, training images as the loop keeps them and feeds them to D."""
 
 from __future__ import annotations
 
@@ -47,3 +48,16 @@ def grid_png(images: np.ndarray, nrow: int) -> bytes:
         top, left = p + (i // cols) * (h + p), p + (i % cols) * (w + p)
         canvas[top : top + h, left : left + w] = image
     return png_bytes(canvas)
+
+
+def resident_images(images: np.ndarray, device: torch.device, *, channels_last: bool = False) -> torch.Tensor:
+    """A training set's uint8 (N, H, W, C) images as uint8 (N, C, H, W) on `device`, kept there for the
+    run: a quarter of the memory of float images, and a minibatch drawn is one small gather that
+    `scaled` makes float (`channels_last`: that memory layout, which indexing keeps)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def scaled(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [-1, 1] (x / 127.5 - 1), in their memory layout."""
+    return images.float().div_(127.5).sub_(1.0)

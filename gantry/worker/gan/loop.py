@@ -43,7 +43,7 @@ from gantry.worker.gan.checkpoint import (
     restore_training_state,
 )
 from gantry.worker.gan.fast import GraphStep, choose_step
-from gantry.worker.gan.images import grid_png
+from gantry.worker.gan.images import grid_png, resident_images, scaled
 from gantry.worker.gan.losses import Minibatch, Phase
 from gantry.worker.gan.registry import BatchMaker, GANModel, build_model
 from gantry.worker.gan.sampler import default_device, generate, generate_outputs
@@ -173,9 +173,8 @@ def mixed_precision(
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1] on `device`, converted once up front."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1] on `device`."""
+    return scaled(torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)).contiguous()
 
 
 def start_from(model: Any, state: dict[str, Any]) -> None:
@@ -514,9 +513,7 @@ def _image_batches(
     n, h, w, _ = data.images.shape
     if (h, w) != (spec.image_size, spec.image_size):
         raise ValueError(f"data images are {h}x{w}, the spec asks for {spec.image_size}x{spec.image_size}")
-    x_all = images_to_tensor(data.images, device)  # (N, C, H, W) in [-1, 1], converted once
-    if channels_last:  # indexing keeps the layout, so every batch is channels-last too
-        x_all = x_all.contiguous(memory_format=torch.channels_last)
+    x_all = resident_images(data.images, device, channels_last=channels_last)  # uint8 (N, C, H, W)
     labels_all = label_columns(data, model.labels).to(device) if model.labels else None
 
     def make_batch(
@@ -527,7 +524,7 @@ def _image_batches(
         z = model.sample_latents(batch_size, generator)
         index = index.to(device)
         labels = labels_all[index] if labels_all is not None else None
-        return Minibatch(real=x_all[index], z=z.to(device), labels=labels)
+        return Minibatch(real=scaled(x_all[index]), z=z.to(device), labels=labels)
 
     return make_batch
 

@@ -14,7 +14,8 @@ from PIL import Image
 from gantry.jobs.specs import DCGANOptions, DCGANTrainSpec
 from gantry.worker.data import ImageData
 from gantry.worker.gan.checkpoint import generator_weights, load_checkpoint
-from gantry.worker.gan.loop import Callbacks, cpu_has_bf16, train, update_average
+from gantry.worker.gan.images import resident_images, scaled
+from gantry.worker.gan.loop import Callbacks, cpu_has_bf16, images_to_tensor, train, update_average
 
 METRICS = {"loss_D", "loss_G", "D_x", "D_G_z", "images_per_sec"}
 
@@ -269,3 +270,20 @@ def test_ema_keeps_an_average_of_g_that_grids_and_resumes_use() -> None:
         assert torch.equal(tensor, _final_state(second)["G_ema"][name]), (
             f"G_ema.{name} differs after a resume"
         )
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_training_images_stay_uint8_and_a_batch_is_scaled_as_a_float_copy_would_be(
+    channels_last: bool,
+) -> None:
+    # Kept on the device as uint8 (a quarter of float's memory); a drawn minibatch is the very
+    # values, and the layout, of the float images the loop once kept.
+    images = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    kept = resident_images(images, torch.device("cpu"), channels_last=channels_last)
+    assert kept.dtype == torch.uint8 and kept.shape == (12, 3, 8, 8)
+    index = torch.tensor([3, 0, 11, 3])
+    batch = scaled(kept[index])
+    as_floats = images_to_tensor(images, torch.device("cpu"))
+    assert torch.equal(batch, as_floats[index]) and batch.min() >= -1 and batch.max() <= 1
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert batch.is_contiguous(memory_format=layout)

@@ -15,6 +15,7 @@ import torch
 from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import Text2ImgTrainSpec
 from gantry.worker.data import CaptionGrammar
+from gantry.worker.gan.images import resident_images, scaled
 from gantry.worker.gan.infogan import CodedLatents
 from gantry.worker.gan.losses import Minibatch
 from gantry.worker.gan.models.text2img.codes import CodeWords, code_phrases, free_code_labels, with_free_flags
@@ -49,13 +50,13 @@ class CaptionBatches:
         self.encoder: TextEncoder | None = None
         self.grammar: CaptionGrammar | None = None  # the data's, kept when free_label_codes reads it
         self.examples: list[str] = []
-        self._x: torch.Tensor | None = None  # (N, C, H, W) in [-1, 1]
+        self._x: torch.Tensor | None = None  # uint8 (N, C, H, W), scaled as a batch is drawn
         self._phi: torch.Tensor | None = None  # (N, E); with code_words, G's [φ ; f] (N, E + A)
         self._labels: torch.Tensor | None = None  # (N, K): the label attributes TAC-GAN's head learns
         self._named: torch.Tensor | None = None  # (N, K) bool: which of them each caption names
 
     def _prepare(self, data: Any, device: torch.device) -> None:
-        from gantry.worker.gan.loop import images_to_tensor, label_columns
+        from gantry.worker.gan.loop import label_columns
 
         if not data.captions:
             raise InvalidInput(
@@ -75,7 +76,7 @@ class CaptionBatches:
         row = {text: i for i, text in enumerate(distinct)}
         phi = self.encoder.encode(distinct)  # (distinct captions, E)
         self._phi = phi[torch.tensor([row[text] for text in data.captions])].to(device)
-        self._x = images_to_tensor(data.images, device)
+        self._x = resident_images(data.images, device)
         if opts.labels:
             self._labels = label_columns(data, opts.labels).to(device)
             if grammar is not None:  # G is held only to the labels a caption names
@@ -132,7 +133,7 @@ class CaptionBatches:
         labels = self._labels[index] if self._labels is not None else None
         named = self._named[index] if self._named is not None else None
         return Minibatch(
-            real=self._x[index], z=z.to(device), cond=self._phi[index], labels=labels, named=named
+            real=scaled(self._x[index]), z=z.to(device), cond=self._phi[index], labels=labels, named=named
         )
 
     def state(self) -> dict[str, Any]:
