@@ -7,11 +7,13 @@ Three rows per batch size, 64x64x3, nz 100, ngf = ndf = 64, Adam 2e-4:
   and replayed: what the GPU allows;
 - gantry: the whole loop as a job runs it (minibatch drawing, both phases, metric accumulation; the
   job callbacks no-ops, checkpoints and grids off), with `--compile` (graph on CUDA by default) and
-  `--precision` (auto: bf16 on a CPU with native bfloat16, else fp32).
+  `--precision` (auto: bf16 on a CPU with native bfloat16, else fp32); `--channels-last` runs the
+  loop channels-last on a GPU too (where `compile=auto` does not yet: measured here first).
 
     python bench/dcgan_speed.py                  # CUDA: batch 64, 128, 512, 2048; CPU: batch 64, 15 steps
     python bench/dcgan_speed.py --quick          # a smoke run: batch 16, 6 steps (well under a minute on CPU)
     python bench/dcgan_speed.py --batch 64 --steps 150 --compile eager
+    python bench/dcgan_speed.py --batch 64 --precision bf16 --channels-last   # a layout auto may pick
 
 Prints a JSON line (device, torch, date, gantry's options), one row per batch (images/s of each,
 gantry/canonical, and gantry's share of the GPU's peak bf16 FLOP/s at 2.48 GFLOP per image per
@@ -32,6 +34,7 @@ from canonical_dcgan import FLOP_PER_IMAGE, make_step, time_step  # bench/, on t
 
 from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import ImageData
+from gantry.worker.gan import loop
 from gantry.worker.gan.loop import Callbacks, train
 
 # Dense bf16 peak, TFLOP/s, by the device name's model (the vendors' data sheets: SXM parts).
@@ -82,7 +85,14 @@ def main() -> None:
         "--compile", choices=["auto", "graph", "eager"], default=None, help="gantry's `compile` (CUDA: graph)"
     )
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
+    ap.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="gantry's loop channels-last on a GPU too (a layout to measure)",
+    )
     args = ap.parse_args()
+    if args.channels_last:  # what the loop does on the CPU, on any device
+        loop.channels_last_for = lambda model, device: model.make_batch is None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     steps = args.steps or (6 if args.quick else 300 if gpu else 15)
@@ -91,7 +101,12 @@ def main() -> None:
     name = torch.cuda.get_device_name() if gpu else f"cpu x{torch.get_num_threads()} threads"
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if gpu and k in name), None)
     info = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
-    print(json.dumps({**info, "precision": args.precision, "compile": compile, "peak_bf16_tflops": peak}))
+    options = {
+        "precision": args.precision,
+        "compile": compile,
+        "channels_last": args.channels_last or not gpu,
+    }
+    print(json.dumps({**info, **options, "peak_bf16_tflops": peak}))
     print(
         f"{'batch':>5} {'canonical':>10} {'canon. graph':>12} {'gantry':>9} {'gantry/canonical':>16} {'of peak':>7}"
     )

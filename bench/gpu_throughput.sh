@@ -1,10 +1,11 @@
 #!/bin/bash
-# Issue 30's GPU figures on one CUDA GPU, in about eight minutes, one after the other (each alone on
+# Issue 30's GPU figures on one CUDA GPU, in about nine minutes, one after the other (each alone on
 # the GPU): `pytest tests/gpu` (the graph step's losses against the eager step's, a resumed graph run
 # against an uninterrupted one, every model on CUDA), bench/dcgan_speed.py (canonical, canonical as
 # a CUDA graph, and gantry's loop with compile=graph, at batch 64, 128, 512 and 2048), then with
-# compile=eager at 64 for the comparison, bench/job_speed.py (a real job against the synthetic rate)
-# and bench/sample_speed.py (sampling against the PNG-encode ceiling).
+# compile=eager at 64 for the comparison, the graph in bf16 and in bf16 channels-last at 64 and 128
+# (what `auto` may pick on a GPU), bench/job_speed.py (a real job against the synthetic rate) and
+# bench/sample_speed.py (sampling against the PNG-encode ceiling).
 #
 #     bash bench/gpu_throughput.sh       # from the repository root, gantry[worker,dev] installed
 #
@@ -25,5 +26,7 @@ run() {  # run NAME SECONDS COMMAND...: the command's output in $L/NAME.log, its
 run tests_gpu 150 $PY -m pytest -q -x tests/gpu
 run dcgan_speed 150 $PY bench/dcgan_speed.py --steps 300
 run dcgan_speed_eager 40 $PY bench/dcgan_speed.py --batch 64 --steps 300 --compile eager
+run dcgan_speed_bf16 60 $PY bench/dcgan_speed.py --batch 64 --batch 128 --steps 300 --precision bf16
+run dcgan_speed_bf16_cl 60 $PY bench/dcgan_speed.py --batch 64 --batch 128 --steps 300 --precision bf16 --channels-last
 run job_speed 90 $PY bench/job_speed.py --steps 3000 --checkpoint-every 1000
 run sample_speed 60 $PY bench/sample_speed.py --count 20000

@@ -172,6 +172,13 @@ def mixed_precision(
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
+def channels_last_for(model: GANModel, device: torch.device) -> bool:
+    """Whether the run keeps its networks' 4-D weights and its default image batches channels-last:
+    on the CPU, for the models that gain from it there (`channels_last_on_cpu`). On a GPU not yet:
+    bench/dcgan_speed.py --channels-last measures it there before `auto` may pick it."""
+    return model.channels_last_on_cpu and device.type == "cpu" and model.make_batch is None
+
+
 def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1] on `device`."""
     return scaled(torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)).contiguous()
@@ -220,7 +227,7 @@ def train(
     # labels=folder: the classes are the data's sub-folders, known once it is read.
     label_values = data.attributes if FOLDER_LABELS in getattr(spec.options, "labels", ()) else None
     model = build_model(spec, channels=channels, device=device, label_values=label_values)
-    channels_last = model.channels_last_on_cpu and device.type == "cpu" and model.make_batch is None
+    channels_last = channels_last_for(model, device)
     if channels_last:  # values unchanged; only the layout of the 4-D weights (and, below, the images)
         for net in (model.G, model.D):
             if net is not None:
