@@ -48,32 +48,6 @@ CHECKPOINT_FORMAT = 1
 Checkpoint = bytes | dict[str, Any]
 
 
-def save_checkpoint(
-    *,
-    model: GANModel,
-    step: int,
-    spec: TrainSpecBase,
-    channels: int,
-    batch_generator: torch.Generator,
-    fixed_z: torch.Tensor,
-    metrics: dict[str, float],
-    G_ema: torch.nn.Module | None = None,
-) -> bytes:
-    """Everything needed to resume bit-for-bit, or to sample from G, as file bytes."""
-    return checkpoint_file(
-        checkpoint_state(
-            model=model,
-            step=step,
-            spec=spec,
-            channels=channels,
-            batch_generator=batch_generator,
-            fixed_z=fixed_z,
-            metrics=metrics,
-            G_ema=G_ema,
-        )
-    )
-
-
 def checkpoint_state(
     *,
     model: GANModel,
@@ -85,8 +59,9 @@ def checkpoint_state(
     metrics: dict[str, float],
     G_ema: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """The dict a checkpoint file holds (`checkpoint_file` writes it). Its tensors are the model's
-    own, not copies: it stands for the file only while the weights stay as they are."""
+    """Everything needed to resume bit-for-bit, or to sample from G: the dict a checkpoint file holds
+    (`checkpoint_file` writes it). Its tensors are the model's own, not copies: it stands for the
+    file only while the weights stay as they are."""
     state: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "step": step,
@@ -119,7 +94,7 @@ def checkpoint_file(state: dict[str, Any]) -> bytes:
 
 
 def load_checkpoint(data: Checkpoint, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Checkpoint bytes -> the dict `save_checkpoint` wrote (tensors on `map_location`). A dict
+    """Checkpoint bytes -> the dict `checkpoint_file` wrote (tensors on `map_location`). A dict
     (`checkpoint_state`'s, of a run that has ended) is that already: it comes back as it is, its
     tensors where the run left them (what reads it copies them: `load_state_dict`)."""
     if isinstance(data, dict):

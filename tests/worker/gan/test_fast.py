@@ -15,7 +15,7 @@ import torch
 
 from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import ImageData
-from gantry.worker.gan.checkpoint import load_checkpoint, save_checkpoint
+from gantry.worker.gan.checkpoint import checkpoint_file, checkpoint_state, load_checkpoint
 from gantry.worker.gan.fast import GraphStep, capturable, choose_step, eager_state
 from gantry.worker.gan.loop import _image_batches
 from gantry.worker.gan.losses import Minibatch
@@ -97,14 +97,16 @@ def test_a_checkpoint_of_a_capturable_optimizer_resumes_in_an_eager_run() -> Non
     assert all(group["capturable"] is False for group in state["param_groups"])
     assert all(entry["step"].device.type == "cpu" for entry in state["state"].values())
     # Written into a checkpoint and read back by an eager run, it steps as an eager optimizer.
-    data = save_checkpoint(
-        model=model,
-        step=1,
-        spec=spec,
-        channels=3,
-        batch_generator=torch.Generator(),
-        fixed_z=torch.zeros(1),
-        metrics={},
+    data = checkpoint_file(
+        checkpoint_state(
+            model=model,
+            step=1,
+            spec=spec,
+            channels=3,
+            batch_generator=torch.Generator(),
+            fixed_z=torch.zeros(1),
+            metrics={},
+        )
     )
     loaded = load_checkpoint(data, map_location="cpu")
     torch.manual_seed(0)

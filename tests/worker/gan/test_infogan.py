@@ -16,7 +16,7 @@ from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs import load_train_spec, parse_train_spec
 from gantry.worker.data import shapes
 from gantry.worker.data.digits import load as load_digits
-from gantry.worker.gan.checkpoint import load_checkpoint, save_checkpoint
+from gantry.worker.gan.checkpoint import checkpoint_file, checkpoint_state, load_checkpoint
 from gantry.worker.gan.latent import load_decoder
 from gantry.worker.gan.loop import Callbacks, train
 from gantry.worker.gan.registry import GANModel, build_model
@@ -117,14 +117,16 @@ def test_a_sample_seed_and_a_latent_walk_seed_are_the_same_coded_latent() -> Non
     """`gantry sample --seed S --count 1` and the exemplar S of `--arithmetic` decode the same z."""
     s = spec(latent_codes="6")
     m = build_model(s, channels=1, device=CPU)
-    payload = save_checkpoint(
-        model=m,
-        step=0,
-        spec=s,
-        channels=1,
-        batch_generator=torch.Generator(),
-        fixed_z=m.sample_latents(4, torch.Generator()),
-        metrics={},
+    payload = checkpoint_file(
+        checkpoint_state(
+            model=m,
+            step=0,
+            spec=s,
+            channels=1,
+            batch_generator=torch.Generator(),
+            fixed_z=m.sample_latents(4, torch.Generator()),
+            metrics={},
+        )
     )
     decoder = load_decoder(payload, device=CPU)
     for seed in (3, 11):
