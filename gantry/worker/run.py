@@ -183,10 +183,8 @@ class JobContext:
     # True when this attempt's claim started the job: nothing of it is in storage yet (no manifest,
     # checkpoint or metrics segment), so a run that starts need not look for them (see `run_job`).
     fresh: bool = False
-    # The job's manifest as this attempt last read or wrote it (`manifest`), and its last checkpoint
-    # when that is the run's final one (`checkpoint(final=True)`): what the end-of-training metrics read.
+    # The job's manifest as this attempt last read or wrote it (`manifest`).
     _manifest: Manifest | object | None = field(default=None, init=False)
-    _final: tuple[int, bytes] | None = field(default=None, init=False)
     _segments: bool = field(default=True, init=False)  # whether metrics segments may exist
     # Objects written and not yet recorded as artifacts, `(key, kind, bytes)`: the attempt's next
     # fenced transaction records them (`_record`), so that an object write costs none of its own.
@@ -554,8 +552,7 @@ class JobContext:
         retention no longer keeps (`keep` newest, 0: all, and multiples of `keep_every`), never the
         manifest's `best`. `best`: (eval metric, value) when this checkpoint is the new best by it;
         otherwise the manifest keeps the best it had. `final`: the run's last step, whose points
-        metrics.jsonl holds next (no segment for them), and whose weights the end-of-training
-        metrics read (kept in memory: `checkpoint_bytes`).
+        metrics.jsonl holds next (no segment for them).
 
         The checkpoint is proven there at its size before the manifest names it, and the manifest
         is read back, so a manifest never names an object that is not there; either write is
@@ -571,7 +568,6 @@ class JobContext:
         if self._pending or self._pending_step is not None:
             self.flush()  # progress kept through an outage lands before the checkpoint that covers it
         self.settle()
-        self._final = (step, data) if final else None
         write = partial(
             self._write_checkpoint, step, data, keep=keep, keep_every=keep_every, best=best, final=final
         )
@@ -712,12 +708,9 @@ class JobContext:
     def checkpoint_bytes(self, train_job_id: str, ref: str) -> tuple[bytes, int]:
         """The bytes and step of checkpoint `ref` (latest, best or a step) of train job `train_job_id`:
         `latest` falls back past one that does not load, with a warning on this job; a step that
-        does not load fails it (gantry.worker.checkpoints). This job's own `latest`, just after its
-        final checkpoint, is that checkpoint's bytes (handed over to be written: the run's end waits
-        for it to be proven and named by the manifest)."""
-        if train_job_id == self.job_id and ref == "latest" and self._final is not None:
-            step, data = self._final
-            return data, step
+        does not load fails it (gantry.worker.checkpoints). This job's own: after the checkpoints
+        handed over (a train job's end-of-training metrics read its final weights from the loop,
+        `TrainOutcome.final_state`, not from here)."""
         if train_job_id == self.job_id:
             self.settle()
         return checkpoints.checkpoint_bytes(self, train_job_id, ref)
