@@ -17,9 +17,17 @@ replay: the loop adds them into its window before the next step, as it does with
 
 What a graph bakes in is checked at every call: a new learning rate (a rollback halves it) or a
 minibatch of another shape (none in a run) makes a new capture. A rollback or a resume replaces the
-optimizer's state, so the loop calls `reset` then. The optimizers run with `capturable=True` (their
-step counters on the GPU, which a graph needs) while the run lasts; checkpoints record them as
-the eager step would (`capturable` off), so any run can resume from any other's.
+optimizer's state, so the loop calls `reset` then.
+
+The optimizers (`optimizer_mode`): on CUDA, eager or graph, Adam runs fused (one kernel for all of
+an optimizer's tensors, its step counters on the GPU): fewer launches, and the very kernel a graph
+replays, so that a graph step computes what an eager one does, to the bit (tests/gpu checks it).
+The multi-tensor Adam would not: its bias corrections are float64 on the CPU when eager and float32
+on the GPU when captured, a relative 1e-7 apart, and a GAN's steps grow such a difference fast (on
+the CPU, an lr 1e-7 larger moved a dcgan's losses by 2.6e-3 within 10 steps, 0.37 by step 200).
+A graph also needs `capturable=True`.
+Checkpoints record the optimizers as an eager CPU run would (`eager_state`), so any run resumes
+from any other's, on any device.
 
 Where it applies: CUDA, with a learning rate that holds still (`lr_decay=linear` changes it every step
 in the second half: each change would cost a capture). Elsewhere `graph` falls back to the eager
@@ -64,7 +72,8 @@ def choose_step(option: str, device: torch.device, spec: TrainSpec) -> str:
 
 class GraphStep:
     """`step` captured once as a CUDA graph and replayed (see the module). `capture=False` (tests on
-    the CPU) runs every call as a warm-up: the same static tensors, no graph."""
+    the CPU) runs every call as a warm-up: the same static tensors, no graph. The optimizers must be
+    in graph mode (`optimizer_mode(..., capturable=True)`), again after their state is replaced."""
 
     def __init__(self, step: Step, optimizers: Sequence[torch.optim.Optimizer], *, capture: bool = True):
         self.step = step
@@ -75,16 +84,10 @@ class GraphStep:
         self.graph: Any = None  # torch.cuda.CUDAGraph once captured
         self.lrs: list[float] = []
         self.warmups = 0
-        self._capturable()
 
     def reset(self) -> None:
         """Capture again at the next call (the optimizers' state was replaced: a rollback, a resume)."""
         self.graph, self.warmups = None, 0
-        self._capturable()
-
-    def _capturable(self) -> None:
-        for opt in self.optimizers if self.capture else ():  # (capturable is for GPUs only)
-            capturable(opt, True)
 
     def __call__(self, batch: Minibatch) -> dict[str, torch.Tensor]:
         self._take(batch)
@@ -140,27 +143,43 @@ class GraphStep:
         return stats
 
 
-def capturable(opt: torch.optim.Optimizer, on: bool) -> None:
-    """Turn an optimizer's `capturable` on (its step counters moved to its parameters' device, where
-    a graph can advance them) or off (back on the CPU, as an eager optimizer keeps them)."""
-    if not any("capturable" in group for group in opt.param_groups):
-        return  # an optimizer without the option (none of gantry's)
+def fused_for(device: torch.device) -> bool:
+    """Whether a run's Adam steps fused on `device` (see the module): on CUDA. On the CPU the
+    unfused step stays, whose numbers every CPU figure and pinned digest was made with."""
+    return device.type == "cuda"
+
+
+def optimizer_mode(opt: torch.optim.Optimizer, *, fused: bool, capturable: bool) -> None:
+    """Set how `opt` steps (see the module): `fused`, and `capturable` (a CUDA graph may capture its
+    step), with its step counters moved where that mode keeps them: on its parameters' device when
+    fused or capturable, else on the CPU. For a new optimizer and again after `load_state_dict`,
+    which takes the flags a checkpoint recorded. An optimizer without these options is left as is."""
     for group in opt.param_groups:
-        group["capturable"] = on
+        if "fused" in group:
+            group["fused"] = True if fused else None  # None: torch's default, the unfused step
+        if "capturable" in group:
+            group["capturable"] = capturable
+        on_device = bool(group.get("fused")) or bool(group.get("capturable"))
         for param in group["params"]:
             state = opt.state.get(param, {})
             step = state.get("step")
             if isinstance(step, torch.Tensor):
-                state["step"] = step.to(param.device if on else "cpu", dtype=torch.float32)
+                state["step"] = step.to(param.device if on_device else "cpu", dtype=torch.float32)
 
 
 def eager_state(state: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer's `state_dict()` as an eager run's would be (`capturable` off, step counters on
-    the CPU), for a checkpoint: any run resumes from it, on any device. An eager run's, unchanged."""
-    if not any(group.get("capturable") for group in state["param_groups"]):
+    """An optimizer's `state_dict()` as an eager CPU run's would be (neither fused nor capturable,
+    step counters on the CPU), for a checkpoint: any run resumes from it, on any device. Such a
+    run's, unchanged."""
+    if not any(group.get("capturable") or group.get("fused") for group in state["param_groups"]):
         return state
     groups = [
-        {**group, "capturable": False} if "capturable" in group else group for group in state["param_groups"]
+        {
+            **group,
+            **({"capturable": False} if "capturable" in group else {}),
+            **({"fused": None} if "fused" in group else {}),
+        }
+        for group in state["param_groups"]
     ]
     moments = {
         key: {

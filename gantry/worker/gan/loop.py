@@ -42,7 +42,7 @@ from gantry.worker.gan.checkpoint import (
     load_checkpoint,
     restore_training_state,
 )
-from gantry.worker.gan.fast import GraphStep, choose_step
+from gantry.worker.gan.fast import GraphStep, choose_step, fused_for, optimizer_mode
 from gantry.worker.gan.images import grid_png, resident_images, scaled
 from gantry.worker.gan.losses import Minibatch, Phase
 from gantry.worker.gan.registry import BatchMaker, GANModel, build_model
@@ -326,6 +326,7 @@ def train(
         # A copy of the start, so that the run's own steps never change the one kept.
         state = copy.deepcopy(good) if isinstance(good, dict) else load_checkpoint(good, map_location="cpu")
         restore_training_state(state, model, batches)
+        set_optimizer_mode()  # loading took the flags the checkpoint recorded
         if how == "graph":
             graph_step.reset()  # the optimizers' state was replaced: capture again
         if G_ema is not None:
@@ -398,6 +399,13 @@ def train(
     lr_decay = spec.options.lr_decay
     how = choose_step(spec.options.compile, device, spec)  # "graph" or "eager" (gantry.worker.gan.fast)
     autocast = mixed_precision(spec.options.precision, device, cache=how != "graph")
+
+    def set_optimizer_mode() -> None:
+        """Fused Adam on CUDA, capturable for a graph (gantry.worker.gan.fast.optimizer_mode)."""
+        for _, opt in phases:
+            optimizer_mode(opt, fused=fused_for(device), capturable=how == "graph")
+
+    set_optimizer_mode()
 
     def one_step(batch: Minibatch) -> dict[str, torch.Tensor]:
         """Phase D, then phase G (the model's phases), on the same minibatch."""

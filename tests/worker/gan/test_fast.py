@@ -7,6 +7,7 @@ step does."""
 
 from __future__ import annotations
 
+import io
 import logging
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import ImageData
 from gantry.worker.gan.checkpoint import checkpoint_file, checkpoint_state, load_checkpoint
-from gantry.worker.gan.fast import GraphStep, capturable, choose_step, eager_state
+from gantry.worker.gan.fast import GraphStep, choose_step, eager_state, fused_for, optimizer_mode
 from gantry.worker.gan.loop import _image_batches
 from gantry.worker.gan.losses import Minibatch
 from gantry.worker.gan.registry import build_model
@@ -92,9 +93,9 @@ def test_a_checkpoint_of_a_capturable_optimizer_resumes_in_an_eager_run() -> Non
         opt.step()  # state with a step counter
     eager = model.opt_G.state_dict()
     assert eager_state(eager) is eager  # an eager run's state is written as it is
-    capturable(model.opt_G, True)
+    optimizer_mode(model.opt_G, fused=True, capturable=True)  # as a graph run on CUDA holds it
     state = eager_state(model.opt_G.state_dict())
-    assert all(group["capturable"] is False for group in state["param_groups"])
+    assert all(group["capturable"] is False and group["fused"] is None for group in state["param_groups"])
     assert all(entry["step"].device.type == "cpu" for entry in state["state"].values())
     # Written into a checkpoint and read back by an eager run, it steps as an eager optimizer.
     data = checkpoint_file(
@@ -112,9 +113,53 @@ def test_a_checkpoint_of_a_capturable_optimizer_resumes_in_an_eager_run() -> Non
     torch.manual_seed(0)
     other = build_model(spec, channels=3, device=CPU)
     other.opt_G.load_state_dict(loaded["opt_G"])
-    assert all(group["capturable"] is False for group in other.opt_G.param_groups)
+    assert all(group["capturable"] is False and not group["fused"] for group in other.opt_G.param_groups)
     params = [p for group in other.opt_G.param_groups for p in group["params"]]
     for p in params:
         p.grad = torch.ones_like(p)
     other.opt_G.step()  # an eager Adam refuses a capturable state on the CPU; this one steps on
     assert all(other.opt_G.state[p]["step"].item() == 2 for p in params)
+
+
+def test_a_fused_optimizer_resumes_fused_from_a_checkpoint_in_the_eager_form() -> None:
+    """On CUDA a run's Adam steps fused (the kernel a graph replays); a checkpoint records it in the
+    eager form, and a run that loads it and sets its mode again steps on as the first would have.
+    (The CPU's fused Adam stands in for CUDA's here; a CPU run itself keeps the unfused step.)"""
+    assert fused_for(CUDA) and not fused_for(CPU)
+    spec = _spec()
+
+    def adam() -> torch.optim.Optimizer:
+        torch.manual_seed(0)
+        opt = build_model(spec, channels=3, device=CPU).opt_G
+        optimizer_mode(opt, fused=True, capturable=False)
+        return opt
+
+    def step(opt: torch.optim.Optimizer) -> None:
+        for p in _params(opt):
+            p.grad = torch.full_like(p, 0.5) + p.detach() * 0.1  # gradients that vary with the weights
+        opt.step()
+
+    first = adam()
+    step(first)
+    step(first)
+    assert all(group["fused"] is True for group in first.param_groups)
+    buffer = io.BytesIO()
+    torch.save(eager_state(first.state_dict()), buffer)  # as a checkpoint holds it
+    saved = torch.load(io.BytesIO(buffer.getvalue()))
+    assert all(group["fused"] is None for group in saved["param_groups"])
+    other = adam()
+    with torch.no_grad():  # the checkpoint's weights
+        for mine, theirs in zip(_params(other), _params(first), strict=True):
+            mine.copy_(theirs)
+    other.load_state_dict(saved)
+    assert all(group["fused"] is None for group in other.param_groups)  # as the checkpoint recorded
+    optimizer_mode(other, fused=True, capturable=False)  # what the loop does after loading
+    step(first)
+    step(other)
+    assert [other.state[p]["step"].item() for p in _params(other)] == [3] * len(_params(other))
+    for mine, theirs in zip(_params(other), _params(first), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in opt.param_groups for p in group["params"]]
