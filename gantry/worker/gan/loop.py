@@ -500,8 +500,9 @@ def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: floa
     over the first steps (TensorFlow's ExponentialMovingAverage with num_updates), so the average
     does not start out dragged back towards the initial weights."""
     torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1.0 - decay)
-    for mine, theirs in zip(average.buffers(), model.buffers(), strict=True):
-        mine.copy_(theirs)
+    mine, theirs = list(average.buffers()), list(model.buffers())
+    if mine:  # one launch for them all, not one a buffer (a GPU step is bound by launches)
+        torch._foreach_copy_(mine, theirs)
 
 
 def linear_decay(step: int, steps: int) -> float:
