@@ -23,7 +23,7 @@ run() {  # run NAME SECONDS COMMAND...: the command's output in $L/NAME.log, its
     echo "exit $?"
     tail -n 14 "$L/$name.log"
 }
-run tests_gpu 150 $PY -m pytest -q -x tests/gpu
+run tests_gpu 150 $PY -m pytest -q -ra tests/gpu  # no -x: one call tells all
 run dcgan_speed 150 $PY bench/dcgan_speed.py --steps 300
 run dcgan_speed_eager 40 $PY bench/dcgan_speed.py --batch 64 --steps 300 --compile eager
 run dcgan_speed_bf16 60 $PY bench/dcgan_speed.py --batch 64 --batch 128 --steps 300 --precision bf16

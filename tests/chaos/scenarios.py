@@ -276,12 +276,16 @@ class Run:
         return job_id
 
     def plan(self, trains: int, samples: int, first_seed: int = 0, *, twin: bool = False) -> list[str]:
-        """Submit `trains` train jobs (`twin`: the first is the reference's twin); a sample job of each
-        of the first `samples` of them is submitted once it has a checkpoint."""
-        ids = [
-            self.submit_train(first_seed + i, steps=self.size.twin_steps if twin and i == 0 else None)
-            for i in range(trains)
-        ]
+        """Submit `trains` train jobs (`twin`: the first is the reference's twin, submitted last: the
+        others take the workers, so it is still running when the first kill comes, however fast a
+        host runs it); a sample job of each of the first `samples` of them is submitted once it has
+        a checkpoint."""
+        order = [*range(1, trains), 0] if twin else list(range(trains))
+        submitted = {
+            i: self.submit_train(first_seed + i, steps=self.size.twin_steps if twin and i == 0 else None)
+            for i in order
+        }
+        ids = [submitted[i] for i in range(trains)]
         self.jobs += ids
         self.pending_samples += [(ids[i % trains], 100 + i) for i in range(samples)]
         return ids
@@ -335,6 +339,15 @@ class Run:
         self.say(f"FAULT {what} (jobs hit: {', '.join(jobs) or 'none'})")
 
     # -- judging --------------------------------------------------------------------------------
+    def _ended_by(self, job: str, fault: Fault) -> str | None:
+        """The job's state at the first read after the fault when that is a final one, else None.
+        A fault's jobs are those the poller's last read showed running on its target, a read up to a
+        poll old: a job that ended in between was not hit (whether it ended right is checked for
+        every job, above)."""
+        first = next((tk[0] for tk in self.poller.ticks if tk[0] >= fault.t_ref), fault.t_ref)
+        before = [h for h in self.poller.history.get(job, []) if h[0] <= first]
+        return before[-1][1] if before and before[-1][1] in TERMINAL else None
+
     def _resume(self, job: str, fault: Fault) -> tuple[float, float] | None:
         """(seconds, seconds with a ready worker free for it) from the fault's t_ref to the job's
         step moving again (or its succeeding); None when it never did."""
@@ -505,6 +518,12 @@ class Run:
         worst: float | None = None
         for fault in self.faults:
             for job in fault.jobs:
+                if (ended := self._ended_by(job, fault)) is not None:
+                    self.notes.append(
+                        f"'{fault.what}': job {job} was already {ended} at the first read after it "
+                        "(it ended between two reads): no resume to time"
+                    )
+                    continue
                 measured = self._resume(job, fault)
                 if measured is None:
                     worst = float("inf")

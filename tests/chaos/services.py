@@ -352,11 +352,13 @@ class Worker:
         return out
 
     def children(self) -> list[int]:
+        """The main process's live children (its pool): not one that died and is not yet reaped,
+        which Celery does only when it next checks its pool (a signal to it would change nothing)."""
         try:
             text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
         except OSError:
             return []
-        return [int(pid) for pid in text.split()]
+        return [int(pid) for pid in text.split() if _alive(int(pid))]
 
     def owns(self, pid: int) -> bool:
         """Whether `pid` is this worker's main or pool process."""
@@ -407,3 +409,12 @@ class Services:
             print(f"chaos: logs kept in {self.workdir}", file=sys.stderr)
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (Linux's /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
