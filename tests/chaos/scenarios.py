@@ -276,11 +276,11 @@ class Run:
         return job_id
 
     def plan(self, trains: int, samples: int, first_seed: int = 0, *, twin: bool = False) -> list[str]:
-        """Submit `trains` train jobs (`twin`: the first is the reference's twin, submitted last: the
-        others take the workers, so it is still running when the first kill comes, however fast a
-        host runs it); a sample job of each of the first `samples` of them is submitted once it has
-        a checkpoint."""
-        order = [*range(1, trains), 0] if twin else list(range(trains))
+        """Submit `trains` train jobs (`twin`: the first is the reference's twin, submitted after two
+        others: they take the two workers, so it is still running when the first kill comes, however
+        fast a host runs it); a sample job of each of the first `samples` of them is submitted once
+        it has a checkpoint."""
+        order = [*range(1, min(3, trains)), 0, *range(3, trains)] if twin else list(range(trains))
         submitted = {
             i: self.submit_train(first_seed + i, steps=self.size.twin_steps if twin and i == 0 else None)
             for i in order
