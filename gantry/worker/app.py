@@ -69,8 +69,10 @@ def start_reaper(sender: Any = None, **_: Any) -> None:
 @signals.worker_process_init.connect
 def handle_sigterm_in_pool_process(**_: Any) -> None:
     from gantry.worker.lifecycle import install_pool_handler
+    from gantry.worker.run import warm_connections
 
     install_pool_handler()
+    warm_connections()
 
 
 @signals.worker_shutting_down.connect
