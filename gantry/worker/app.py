@@ -6,7 +6,8 @@
 - stops gracefully on SIGTERM (gantry.worker.lifecycle): the running job is checkpointed and
   handed back within GANTRY_STOP_SECONDS, for another worker to resume from that step;
 - imports what a job needs (torch, the phases, the S3 client) in its main process before Celery
-  forks the pool, so that every pool process starts warm (see PRELOAD)."""
+  forks the pool, so that every pool process starts warm (see PRELOAD), and each pool process
+  makes its store connections as it starts (gantry.worker.run.warm_connections)."""
 
 from __future__ import annotations
 
