@@ -500,9 +500,15 @@ def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: floa
     over the first steps (TensorFlow's ExponentialMovingAverage with num_updates), so the average
     does not start out dragged back towards the initial weights."""
     torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), 1.0 - decay)
-    mine, theirs = list(average.buffers()), list(model.buffers())
-    if mine:  # one launch for them all, not one a buffer (a GPU step is bound by launches)
-        torch._foreach_copy_(mine, theirs)
+    # One copy per dtype (float statistics, int64 counts), not one a buffer: a GPU step is bound by
+    # launches, and a foreach copy takes its fast path only where all its tensors share a dtype.
+    by_dtype: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for mine, theirs in zip(average.buffers(), model.buffers(), strict=True):
+        to, source = by_dtype.setdefault(mine.dtype, ([], []))
+        to.append(mine)
+        source.append(theirs)
+    for to, source in by_dtype.values():
+        torch._foreach_copy_(to, source)
 
 
 def linear_decay(step: int, steps: int) -> float:
