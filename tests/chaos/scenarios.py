@@ -339,25 +339,29 @@ class Run:
         self.say(f"FAULT {what} (jobs hit: {', '.join(jobs) or 'none'})")
 
     # -- judging --------------------------------------------------------------------------------
+    def _first_read(self, job: str, fault: Fault) -> tuple[float, tuple[float, str, int, int] | None]:
+        """The time of the first read after the fault's t_ref, and the job's row as that read saw it
+        (None before its first). An outage of the store leaves a gap in the reads: what that read
+        shows may have been reached before the fault."""
+        first = next((tk[0] for tk in self.poller.ticks if tk[0] >= fault.t_ref), fault.t_ref)
+        before = [h for h in self.poller.history.get(job, []) if h[0] <= first]
+        return first, before[-1] if before else None
+
     def _ended_by(self, job: str, fault: Fault) -> str | None:
         """The job's state at the first read after the fault when that is a final one, else None.
         A fault's jobs are those the poller's last read showed running on its target, a read up to a
         poll old: a job that ended in between was not hit (whether it ended right is checked for
         every job, above)."""
-        first = next((tk[0] for tk in self.poller.ticks if tk[0] >= fault.t_ref), fault.t_ref)
-        before = [h for h in self.poller.history.get(job, []) if h[0] <= first]
-        return before[-1][1] if before and before[-1][1] in TERMINAL else None
+        _, seen = self._first_read(job, fault)
+        return seen[1] if seen is not None and seen[1] in TERMINAL else None
 
     def _resume(self, job: str, fault: Fault) -> tuple[float, float] | None:
         """(seconds, seconds with a ready worker free for it) from the fault's t_ref to the job's
         step moving again (or its succeeding); None when it never did."""
-        hist = self.poller.history.get(job, [])
-        # The baseline is the step seen by the first read after t_ref (an outage of the store leaves
-        # a gap in the reads: the step it shows first may have been reached before the fault).
-        first = next((tk[0] for tk in self.poller.ticks if tk[0] >= fault.t_ref), fault.t_ref)
-        before = [h for h in hist if h[0] <= first]
-        step0 = before[-1][2] if before else 0
-        for t, state, step, _attempt in hist:
+        # The baseline is the step seen by the first read after t_ref.
+        first, seen = self._first_read(job, fault)
+        step0 = seen[2] if seen is not None else 0
+        for t, state, step, _attempt in self.poller.history.get(job, []):
             if t > first and (step != step0 or state in TERMINAL):
                 if state in TERMINAL and state != "succeeded":
                     return None
@@ -605,11 +609,7 @@ def kill_workers(run: Run) -> None:
 
     if not run.wait_for(twin_past_checkpoint, 90):
         run.notes.append("the deterministic twin did not pass its first checkpoint within 90s")
-    later = size.train_jobs - first
     for n in range(size.kill_rounds):
-        if n == 1 and later:
-            run.plan(later, 0, first_seed=first)
-            later = 0
         if n:
             run.sleep(rng.uniform(*size.kill_gap))
         if not run.wait_for(
@@ -637,8 +637,8 @@ def kill_workers(run: Run) -> None:
             run.pending_workers.append(t0 + delay)
             what += f", replaced after {delay:.0f}s"
         run.fault(what, t0, jobs=[job] if job else [])
-    if later:  # a single round
-        run.plan(later, 0, first_seed=first)
+        if n == 0 and size.train_jobs > first:
+            run.plan(size.train_jobs - first, 0, first_seed=first)
 
 
 def redis_restart_and_flush(run: Run) -> None:
