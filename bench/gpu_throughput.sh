@@ -8,13 +8,22 @@
 # bench/sample_speed.py (sampling against the PNG-encode ceiling).
 #
 #     bash bench/gpu_throughput.sh       # from the repository root, gantry[worker,dev] installed
+#     bash bench/gpu_throughput.sh 1     # tests/gpu and the speed tables (at most 400 s)
+#     bash bench/gpu_throughput.sh 2     # bf16 channels-last, the job and sampling (at most 210 s)
 #
 # Logs stay in $OUT (default /tmp/gpu_throughput); each step's tail is printed. PY: the python
-# (default python3).
+# (default python3). Where .whl/ holds wheels (bench/gpu_wheels.sh: for a machine that has CUDA torch
+# but no package index), they are installed first into /tmp/gantry-site, which goes first on the path.
 set -u
+PART=${1:-all}
+PY=${PY:-python3}
+if compgen -G ".whl/*.whl" > /dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/gantry-site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/gantry-site PATH=/tmp/gantry-site/bin:$PATH
+fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 L=${OUT:-/tmp/gpu_throughput}; mkdir -p "$L"
-PY=${PY:-python3}
 nvidia-smi > "$L/nvidia-smi.txt" 2>&1
 run() {  # run NAME SECONDS COMMAND...: the command's output in $L/NAME.log, its tail printed
     local name=$1 limit=$2; shift 2
@@ -23,10 +32,14 @@ run() {  # run NAME SECONDS COMMAND...: the command's output in $L/NAME.log, its
     echo "exit $?"
     tail -n 14 "$L/$name.log"
 }
-run tests_gpu 150 $PY -m pytest -q -ra tests/gpu  # no -x: one call tells all
-run dcgan_speed 150 $PY bench/dcgan_speed.py --steps 300
-run dcgan_speed_eager 40 $PY bench/dcgan_speed.py --batch 64 --steps 300 --compile eager
-run dcgan_speed_bf16 60 $PY bench/dcgan_speed.py --batch 64 --batch 128 --steps 300 --precision bf16
-run dcgan_speed_bf16_cl 60 $PY bench/dcgan_speed.py --batch 64 --batch 128 --steps 300 --precision bf16 --channels-last
-run job_speed 90 $PY bench/job_speed.py --steps 3000 --checkpoint-every 1000
-run sample_speed 60 $PY bench/sample_speed.py --count 20000
+if [ "$PART" != 2 ]; then
+    run tests_gpu 150 $PY -m pytest -q -ra -p no:cacheprovider tests/gpu  # no -x: one call tells all
+    run dcgan_speed 150 $PY bench/dcgan_speed.py --steps 300
+    run dcgan_speed_eager 40 $PY bench/dcgan_speed.py --batch 64 --steps 300 --compile eager
+    run dcgan_speed_bf16 60 $PY bench/dcgan_speed.py --batch 64 --batch 128 --steps 300 --precision bf16
+fi
+if [ "$PART" != 1 ]; then
+    run dcgan_speed_bf16_cl 60 $PY bench/dcgan_speed.py --batch 64 --batch 128 --steps 300 --precision bf16 --channels-last
+    run job_speed 90 $PY bench/job_speed.py --steps 3000 --checkpoint-every 1000
+    run sample_speed 60 $PY bench/sample_speed.py --count 20000
+fi
