@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from gantry.jobs.errors import LeaseLost
@@ -40,11 +40,23 @@ class Line:
     message: str
 
 
-def _row(job_id: str, attempt: int, line: Line) -> JobLog:
+def _row(job_id: str, attempt: int, line: Line) -> dict[str, object]:
     message = line.message
     if len(message) > MESSAGE_MAX:
         message = message[:MESSAGE_MAX] + f"... [{len(line.message) - MESSAGE_MAX} characters cut]"
-    return JobLog(job_id=job_id, attempt=attempt, time=line.time, level=line.level[:16], message=message)
+    return {
+        "job_id": job_id,
+        "attempt": attempt,
+        "time": line.time,
+        "level": line.level[:16],
+        "message": message,
+    }
+
+
+def _insert(session: Session, job_id: str, rows: list[dict[str, object]]) -> None:
+    """One INSERT of plain rows (no objects for the session to track and flush), then the trim."""
+    session.execute(insert(JobLog), rows)
+    trim(session, job_id)
 
 
 def append(session: Session, job_id: str, lines: Sequence[Line], *, token: int) -> None:
@@ -64,17 +76,13 @@ def append(session: Session, job_id: str, lines: Sequence[Line], *, token: int) 
         )
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise LeaseLost(job_id, token)
-    session.add_all(_row(job_id, token, line) for line in lines)
-    session.flush()
-    trim(session, job_id)
+    _insert(session, job_id, [_row(job_id, token, line) for line in lines])
 
 
 def note(session: Session, job_id: str, *, attempt: int, level: str, message: str) -> None:
     """A line the store itself adds, in the transaction that changes the job (a takeover, a
     requeue, a resume): what happened to the job from outside its run."""
-    session.add(_row(job_id, attempt, Line(utcnow(), level, message)))
-    session.flush()
-    trim(session, job_id)
+    _insert(session, job_id, [_row(job_id, attempt, Line(utcnow(), level, message))])
 
 
 def trim(session: Session, job_id: str, *, head: int | None = None, tail: int | None = None) -> int:

@@ -47,6 +47,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert,
     or_,
     select,
     text,
@@ -878,10 +879,14 @@ def record_metrics(
             .where(Metric.job_id == job_id, Metric.step == step, Metric.name.in_(list(values)))
             .execution_options(synchronize_session=False)
         )
-    session.add_all(
-        Metric(job_id=job_id, name=name, step=step, value=float(value), time=now)
-        for name, value in values.items()
-    )
+    if values:  # one INSERT of plain rows: none of them is read back through this session's objects
+        session.execute(
+            insert(Metric),
+            [
+                {"job_id": job_id, "name": name, "step": step, "value": float(value), "time": now}
+                for name, value in values.items()
+            ],
+        )
 
 
 def clear_metrics_after(session: Session, job_id: str, *, step: int, token: int) -> int:

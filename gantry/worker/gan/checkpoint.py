@@ -25,6 +25,7 @@ G alone (`registry.build_generator`: no D, optimizers or loss) and loads the wei
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 from dataclasses import dataclass
@@ -84,6 +85,22 @@ def checkpoint_state(
     if G_ema is not None:
         state["G_ema"] = G_ema.state_dict()
     return state
+
+
+def state_copy(state: Any) -> Any:
+    """A copy of a checkpoint's dict (`checkpoint_state`) that shares no tensor with it: its tensors
+    cloned where they are, its dicts and lists rebuilt, anything else deep-copied. What a rollback
+    keeps of the state a run starts from (copy.deepcopy's general machinery took ~3 ms for a small
+    model's 60 tensors; this ~0.3)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {key: state_copy(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [state_copy(value) for value in state]
+    if state is None or isinstance(state, (str, int, float, bool)):
+        return state
+    return copy.deepcopy(state)
 
 
 def checkpoint_file(state: dict[str, Any]) -> bytes:

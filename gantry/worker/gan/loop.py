@@ -41,6 +41,7 @@ from gantry.worker.gan.checkpoint import (
     generator_weights,
     load_checkpoint,
     restore_training_state,
+    state_copy,
 )
 from gantry.worker.gan.fast import GraphStep, choose_step, fused_for, optimizer_mode
 from gantry.worker.gan.images import grid_png, resident_images, scaled
@@ -295,7 +296,7 @@ def train(
     if resume is not None:
         good = resume
     elif on_nonfinite == "rollback":
-        good = copy.deepcopy(state_now())
+        good = state_copy(state_now())
     nets = {"G": model.G, "D": model.D, "G_ema": G_ema}
 
     def nonfinite_state() -> str | None:
@@ -324,7 +325,7 @@ def train(
             raise TrainingDiverged(f"{trouble} at step {step} after {rollbacks} rollbacks (lr now {lrs})")
         assert good is not None, "on_nonfinite=rollback keeps a state to roll back to"
         # A copy of the start, so that the run's own steps never change the one kept.
-        state = copy.deepcopy(good) if isinstance(good, dict) else load_checkpoint(good, map_location="cpu")
+        state = state_copy(good) if isinstance(good, dict) else load_checkpoint(good, map_location="cpu")
         restore_training_state(state, model, batches)
         set_optimizer_mode()  # loading took the flags the checkpoint recorded
         if how == "graph":
