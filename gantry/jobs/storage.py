@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from urllib.parse import unquote, urlparse
 from gantry.jobs.errors import InvalidInput, ServiceUnavailable
 
 _CHUNK = 1 << 20  # bytes per read when an object is copied to a file
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # a control character, which no key may hold
 
 
 class ObjectNotFound(KeyError):
@@ -62,7 +64,7 @@ def check_key(key: str, *, field: str = "key", folder: bool = False) -> str:
             raise UnsafeKey(key, "is empty", field=field)
         if "\\" in form:
             raise UnsafeKey(key, "holds a backslash", field=field)
-        if any(ord(c) < 32 or ord(c) == 127 for c in form):
+        if _CONTROL.search(form):
             raise UnsafeKey(key, "holds a control character", field=field)
         if form.startswith("/"):
             raise UnsafeKey(key, "is an absolute path", field=field)

@@ -82,7 +82,9 @@ UNSAFE_KEYS = [
     "%252e%252e/outside",  # encoded twice
     "jobs//outside",  # an empty segment
     "jobs/./a",
-    "jobs/a\x00.png",
+    "jobs/a\x00.png",  # control characters, the first, the last below space, and DEL
+    "jobs/a\x1f.png",
+    "jobs/\x7f.png",
 ]
 
 

@@ -223,8 +223,13 @@ def train(
 
     # --- Model and RNG streams, from the seed or from the checkpoint ---------------------------
     # Like stylegan2-ada's training_loop, this seeds the process-wide RNG: a worker runs one
-    # job at a time, and a variant that draws from it (dropout, say) stays reproducible.
-    torch.manual_seed(spec.seed)
+    # job at a time, and a variant that draws from it (dropout, say) stays reproducible. On the CPU
+    # only the CPU's: torch.manual_seed also queues a seed for each accelerator torch has not started,
+    # with a stack trace each (2-3 ms of a tiny job in a worker).
+    if device.type == "cpu":
+        torch.random.default_generator.manual_seed(spec.seed)
+    else:
+        torch.manual_seed(spec.seed)
     # labels=folder: the classes are the data's sub-folders, known once it is read.
     label_values = data.attributes if FOLDER_LABELS in getattr(spec.options, "labels", ()) else None
     model = build_model(spec, channels=channels, device=device, label_values=label_values)
