@@ -879,7 +879,7 @@ def record_metrics(
             .where(Metric.job_id == job_id, Metric.step == step, Metric.name.in_(list(values)))
             .execution_options(synchronize_session=False)
         )
-    if values:  # one INSERT of plain rows: none of them is read back through this session's objects
+    if values:  # one INSERT of plain rows (no objects for the session to track and flush)
         session.execute(
             insert(Metric),
             [
