@@ -504,8 +504,10 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 def _note(session: Session, job_id: str, attempt: int, level: str, message: str) -> None:
     """A line on the job's log (gantry.jobs.joblogs) saying what happened to it from outside its
-    run, written in the transaction that makes it so."""
-    session.add(JobLog(job_id=job_id, attempt=attempt, time=utcnow(), level=level, message=message))
+    run, written in the transaction that makes it so: cut and trimmed as the run's own lines are."""
+    from gantry.jobs import joblogs  # it builds on this module
+
+    joblogs.note(session, job_id, attempt=attempt, level=level, message=message)
 
 
 class JobBusy(Exception):

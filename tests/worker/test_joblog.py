@@ -99,3 +99,18 @@ def test_an_attempt_that_lost_its_lease_writes_no_line(settings, sessions) -> No
     lines = _messages(sessions, job_id)
     assert not any("still thinks" in line for line in lines)
     assert any("attempt 1 lost its lease" in line for line in lines)  # the takeover's note
+
+
+def test_the_stores_own_notes_are_cut_and_trimmed_like_a_runs_lines(settings, sessions) -> None:
+    job_id = _job(sessions)
+    with db.session_scope(sessions) as s:  # more lines than a job keeps, before the store's note
+        joblogs.append(
+            s, job_id, [joblogs.Line(db.utcnow(), "INFO", f"line {i}") for i in range(1_100)], token=1
+        )
+    error = "Traceback: " + "x" * 20_000
+    with db.session_scope(sessions) as s:
+        assert db.end_held_job(s, job_id, holder="w1:1", attempt=1, state="failed", error=error)
+    lines = _messages(sessions, job_id)
+    assert len(lines) == joblogs.HEAD_LINES + 1 + joblogs.TAIL_LINES
+    assert lines[-1].startswith("failed: Traceback: xxx") and lines[-1].endswith("characters cut]")
+    assert len(lines[-1]) < joblogs.MESSAGE_MAX + 100
