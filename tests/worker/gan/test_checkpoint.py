@@ -58,7 +58,10 @@ def _digest(result: SampleResult) -> str:
     """sha256 over every image's pixels, the grid's and the extra files (names included)."""
     h = hashlib.sha256()
     for png in [*result.images, *([result.grid] if result.grid is not None else [])]:
-        pixels = np.asarray(Image.open(io.BytesIO(png)))
+        image = Image.open(io.BytesIO(png))
+        pixels = np.asarray(
+            image.convert("RGB") if image.mode == "P" else image
+        )  # a palette plot: its colours
         h.update(str(pixels.shape).encode() + pixels.tobytes())
     for name in result.names or []:
         h.update(name.encode())

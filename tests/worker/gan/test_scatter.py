@@ -59,3 +59,18 @@ def test_the_plot_png_decodes_to_its_pixels() -> None:
     image.load()  # a bad checksum or length raises here
     assert image.mode == "RGB" and image.size == (53, 37)
     assert np.array_equal(np.asarray(image), pixels)
+
+
+def test_the_plot_is_a_palette_png_of_the_colours_it_was_drawn_in() -> None:
+    rng = np.random.default_rng(0)
+    indices = rng.integers(0, len(scatter.PALETTE), size=(37, 53), dtype=np.uint8)
+    image = Image.open(io.BytesIO(scatter._png(indices, scatter.PALETTE)))
+    image.load()
+    assert image.mode == "P" and image.size == (53, 37)
+    assert np.array_equal(
+        np.asarray(image.convert("RGB")), np.array(scatter.PALETTE, dtype=np.uint8)[indices]
+    )
+    # A plot: white, grey axes, red modes, blue samples, nothing else.
+    plot = Image.open(io.BytesIO(scatter.scatter_png(rng.normal(size=(500, 2)), layout("grid25"))))
+    colours = {tuple(c) for c in np.asarray(plot.convert("RGB")).reshape(-1, 3)}
+    assert colours == set(scatter.PALETTE)
