@@ -82,4 +82,6 @@ def run_workers(settings: Settings, *, gpus: str, queues: str, loglevel: str) ->
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # Sent to the process group, it asks each worker for its stacks (gantry.worker.app); not an end.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     return max(p.wait() for p in procs)

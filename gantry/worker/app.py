@@ -7,12 +7,17 @@
   handed back within GANTRY_STOP_SECONDS, for another worker to resume from that step;
 - imports what a job needs (torch, the phases, the S3 client) in its main process before Celery
   forks the pool, so that every pool process starts warm (see PRELOAD), and each pool process
-  makes its store connections as it starts (gantry.worker.run.warm_connections)."""
+  makes its store connections as it starts (gantry.worker.run.warm_connections);
+- writes the stack of every thread of a process to its log on SIGUSR2 (`kill -USR2 PID`, or the
+  whole group): what a stuck worker is doing, even one stuck inside a C call."""
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
+import signal
 import socket
+import sys
 from typing import Any
 
 from celery import signals
@@ -50,10 +55,18 @@ PRELOAD = (
 )
 
 
+def dump_stacks_on_sigusr2() -> None:
+    """SIGUSR2: every thread's stack to this process's stderr (the worker's log), written by the
+    interpreter's C handler, so even a thread stuck in a C call (a lock, a socket) shows where."""
+    if sys.__stderr__ is not None:
+        faulthandler.register(signal.SIGUSR2, file=sys.__stderr__, all_threads=True)
+
+
 @signals.worker_init.connect
 def preload_job_modules(sender: Any = None, **_: Any) -> None:
     if sender is not None and getattr(sender, "app", app) is not app:
         return  # another app's worker (a test's own) in this process
+    dump_stacks_on_sigusr2()
     for name in PRELOAD:
         importlib.import_module(name)
 
@@ -73,6 +86,7 @@ def handle_sigterm_in_pool_process(**_: Any) -> None:
     from gantry.worker.run import warm_connections
 
     install_pool_handler()
+    dump_stacks_on_sigusr2()  # billiard resets SIGUSR2 in a new pool process
     warm_connections()
 
 

@@ -182,6 +182,19 @@ class Worker:
                 raise AssertionError(f"worker did not start:\n{log_path.read_text()}")
             time.sleep(0.2)
 
+    def exited(self, seconds: float) -> int:
+        """The worker's exit status once it exits within `seconds`; if it does not, every thread's
+        stack of its processes (SIGUSR2, gantry.worker.app) in the failure, to show where it hangs."""
+        try:
+            return self.proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGUSR2)
+            time.sleep(3)
+            raise AssertionError(
+                f"the worker did not exit within {seconds} s; its log, with its stacks now:\n"
+                + self.log_path.read_text()[-30_000:]
+            ) from None
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)

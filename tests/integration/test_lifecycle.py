@@ -95,7 +95,7 @@ def test_a_sigkilled_workers_job_is_requeued_by_the_reaper_of_a_plain_celery_wor
         second = CeleryWorker(env, tmp_path / "second.log", "second")
         assert status(env, job_id)["state"] == "running"
         os.kill(first.proc.pid, signal.SIGKILL)  # the main process: its pool process dies with it
-        first.proc.wait(30)
+        first.exited(30)
         # The job's message stays unacknowledged in Redis for the visibility timeout (an hour): only
         # the reaper brings the job back.
         job = wait_for(env, job_id, ("succeeded",), timeout=180)
@@ -255,7 +255,7 @@ def test_sigterm_checkpoints_the_running_job_and_another_worker_finishes_it(
             os.kill(first.proc.pid, signal.SIGTERM)  # what Kubernetes sends the container's main process
         else:
             os.killpg(first.proc.pid, signal.SIGTERM)  # systemd, `kill -- -PGID`: the pool process too
-        first.proc.wait(60)  # within GANTRY_STOP_SECONDS, not after the whole job
+        first.exited(60)  # within GANTRY_STOP_SECONDS, not after the whole job
         job = status(env, job_id)
         stopped_at = job["progress"]["step"]
         assert (job["state"], job["attempt"]) == ("queued", 1)  # handed back: the same attempt
@@ -272,3 +272,28 @@ def test_sigterm_checkpoints_the_running_job_and_another_worker_finishes_it(
     assert f"job {job_id}: handed back" in first.log_path.read_text()
     # Every tenth step once, and the stop step, whose partial window was reported at the stop.
     assert each_step_once(env, job_id) == sorted({*range(10, 601, 10), stopped_at})
+
+
+def test_sigusr2_writes_the_stacks_of_a_workers_processes_to_its_log_and_the_job_goes_on(
+    service_env, tmp_path
+) -> None:
+    _flush(service_env)
+    worker = Worker(service_env, tmp_path / "worker.log")
+    try:
+        job_id = submit(service_env, "train", "dcgan", *TINY, "--steps", "300")
+        wait_for(service_env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 20)
+        os.killpg(worker.proc.pid, signal.SIGUSR2)  # `kill -USR2 -- -PGID`: the main and pool processes
+        deadline = time.monotonic() + 30
+        while True:
+            text = worker.log_path.read_text()
+            stacks = text.count("(most recent call first):")
+            # The pool process's main thread is training; the main process's is in Celery's loop.
+            if stacks >= 2 and "gantry/worker/gan/loop.py" in text and "celery/worker/worker.py" in text:
+                break
+            assert time.monotonic() < deadline, f"no stacks in the log:\n{text[-5000:]}"
+            time.sleep(0.5)
+        job = wait_for(service_env, job_id, ("succeeded",), timeout=240)
+        assert worker.proc.poll() is None  # the stacks cost the worker nothing
+    finally:
+        worker.stop()
+    assert (job["attempt"], job["progress"]["step"]) == (1, 300)
