@@ -59,9 +59,9 @@ def _digest(result: SampleResult) -> str:
     h = hashlib.sha256()
     for png in [*result.images, *([result.grid] if result.grid is not None else [])]:
         image = Image.open(io.BytesIO(png))
-        pixels = np.asarray(
-            image.convert("RGB") if image.mode == "P" else image
-        )  # a palette plot: its colours
+        if image.mode == "P":  # a palette plot (gan's scatter): the colours it shows
+            image = image.convert("RGB")
+        pixels = np.asarray(image)
         h.update(str(pixels.shape).encode() + pixels.tobytes())
     for name in result.names or []:
         h.update(name.encode())
