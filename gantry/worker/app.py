@@ -63,10 +63,16 @@ def dump_stacks_on_sigusr2() -> None:
 
 
 @signals.worker_init.connect
-def preload_job_modules(sender: Any = None, **_: Any) -> None:
+def dump_stacks_of_the_main_process(sender: Any = None, **_: Any) -> None:
     if sender is not None and getattr(sender, "app", app) is not app:
         return  # another app's worker (a test's own) in this process
     dump_stacks_on_sigusr2()
+
+
+@signals.worker_init.connect
+def preload_job_modules(sender: Any = None, **_: Any) -> None:
+    if sender is not None and getattr(sender, "app", app) is not app:
+        return  # another app's worker (a test's own) in this process
     for name in PRELOAD:
         importlib.import_module(name)
 
