@@ -1,9 +1,11 @@
-"""Real services: Redis and PostgreSQL on this machine, moto's S3 server in its own process, and
-real `gantry worker` (Celery) processes. A missing service skips these tests with the reason,
+"""Real services: a private redis-server, a database of the test session's own on this machine's
+PostgreSQL, moto's S3 server in its own process, and real `gantry worker` (Celery) processes; each
+pytest-xdist process has its own of each. A missing service skips these tests with the reason,
 except under GANTRY_REQUIRE_SERVICES=1 (CI), where it fails them."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -17,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-REDIS_URL = os.environ.get("GANTRY_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 PG_ADMIN_URL = os.environ.get("GANTRY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 GANTRY = [sys.executable, "-m", "gantry.api.cli"]
 
@@ -36,16 +37,30 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A private redis-server for this test session (each pytest-xdist worker its own): these tests
+    flush it, and the machine's own Redis is left alone. GANTRY_TEST_REDIS_URL names another to use
+    instead (its database is flushed; one per concurrent session)."""
     import redis
 
+    from tests.chaos.services import Missing, Redis
+
+    if url := os.environ.get("GANTRY_TEST_REDIS_URL"):
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=2).flushdb()
+        except Exception as exc:
+            _need("Redis", f"{url}: {exc}")
+        yield url
+        return
     try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        client.ping()
-    except Exception as exc:
-        _need("Redis", f"{REDIS_URL}: {exc}")
-    client.flushdb()
-    return REDIS_URL
+        server = Redis(tmp_path_factory.mktemp("redis"))
+        server.start()
+    except Missing as exc:
+        _need("Redis", str(exc))
+    try:
+        yield server.url(0)
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -150,17 +165,49 @@ def status(env: dict[str, str], job_id: str) -> dict:
 
 
 def wait_for(env: dict[str, str], job_id: str, states: tuple[str, ...], timeout: float = 180, **more) -> dict:
-    """Poll `gantry status` until the job is in one of `states` (and matches `more`)."""
+    """Wait until the job is in one of `states` and matches each of `more` (predicates on the view
+    `gantry status --json` prints: its state, attempt and progress), then return that view.
+
+    Polled on the job's row itself, every 20 ms: a test that acts while a job is at a step (a
+    signal, an outage) must act within a few steps of it, and a `gantry status` process a poll (a
+    second on a busy host) let a tiny job on a fast one run hundreds of steps past it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gantry.jobs import store as db
+
+    sessions = _job_rows(env["GANTRY_DATABASE_URL"])
     deadline = time.monotonic() + timeout
+    job: dict = {}
     while True:
-        job = status(env, job_id)
-        if job["state"] in states and all(pred(job) for pred in more.values()):
-            return job
-        if job["state"] in ("failed",) and "failed" not in states:
-            raise AssertionError(f"job {job_id} failed: {job['error']}")
+        try:
+            with sessions() as s:
+                row = s.get(db.Job, job_id)
+                assert row is not None, f"no job {job_id}"
+                job = {
+                    "state": row.state,
+                    "attempt": row.attempt,
+                    "progress": {"step": row.step, "total_steps": row.total_steps},
+                    "error": row.error,
+                }
+        except SQLAlchemyError:  # the database restarted under a test: the next poll reconnects
+            pass
+        else:
+            if job["state"] in states and all(pred(job) for pred in more.values()):
+                return status(env, job_id)
+            if job["state"] == "failed" and "failed" not in states:
+                raise AssertionError(f"job {job_id} failed: {job['error']}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {job['state']} after {timeout}s: {job}")
-        time.sleep(0.5)
+            raise AssertionError(f"job {job_id} still {job.get('state')} after {timeout}s: {job}")
+        time.sleep(0.02)
+
+
+@functools.cache
+def _job_rows(url: str):  # type: ignore[no-untyped-def]
+    """gantry's session factory for the database at `url`, one per URL for the test session (a
+    connection that a restarted server dropped is replaced on its next use)."""
+    from gantry.jobs import store as db
+
+    return db.connect(url, check_schema=False)
 
 
 class Worker:
