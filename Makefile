@@ -26,7 +26,7 @@ $(WORKER): requirements/worker.lock $(API)
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements/worker.lock
 	touch $@
 
-# `gantry[dev]`: pytest, moto, ruff, mypy.
+# `gantry[dev]`: pytest and pytest-xdist, moto, ruff, mypy.
 $(DEV): requirements/dev.lock $(API)
 	$(BIN)/python -m pip install --quiet -r requirements/dev.lock
 	touch $@
@@ -34,16 +34,22 @@ $(DEV): requirements/dev.lock $(API)
 demo: $(WORKER)
 	$(BIN)/gantry demo
 
+# The tests run on a process per core, at most 4 (pytest-xdist; the chaos suite, a few minutes in one
+# process, bounds a run beyond that). A file's tests share a process; each process has its own
+# redis-server, PostgreSQL database and S3 server. `make test PYTEST_PROCESSES=0`: all in one process.
+PYTEST_PROCESSES ?= auto
+PYTEST := $(BIN)/python -m pytest -q -ra -n $(PYTEST_PROCESSES) --maxprocesses 4 --dist loadfile
+
 # Everything: unit, slow learning tests, integration (real Redis, PostgreSQL), GPU (skipped without CUDA).
 test: $(WORKER) $(DEV)
-	$(BIN)/python -m pytest -q -ra
+	$(PYTEST)
 
 # The fast loop: no test marked slow, no real services, no GPU.
 unit: $(WORKER) $(DEV)
-	$(BIN)/python -m pytest -q -ra -m "not slow" --ignore=tests/integration --ignore=tests/gpu --ignore=tests/chaos
+	$(PYTEST) -m "not slow" --ignore=tests/integration --ignore=tests/gpu --ignore=tests/chaos
 
 integration: $(WORKER) $(DEV)
-	$(BIN)/python -m pytest -q -ra tests/integration
+	$(PYTEST) tests/integration
 
 # No torch needed: ruff reads the source, mypy checks the torch-free layers.
 lint: $(DEV)

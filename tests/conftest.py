@@ -1,9 +1,11 @@
 """Shared fixtures: an isolated GANTRY_HOME with a migrated SQLite store for every test that asks, and
 the same with its objects in an S3 bucket (moto); and, for every test, a worker's connections made
-afresh."""
+afresh. Under pytest-xdist (`make test` runs on up to 4 processes), each process's torch gets its
+share of the cores, and the files of real workers and services are handed out first."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,43 @@ from pathlib import Path
 import pytest
 
 from gantry.jobs.settings import Settings
+
+# Set before torch starts its threads (it reads the variable once): a process per core would
+# otherwise run as many threads as there are cores each; on 2 cores the suite then spent half again
+# the CPU time it spends in one process. The real worker processes the tests start inherit it.
+if (count := os.environ.get("PYTEST_XDIST_WORKER_COUNT")) and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(count)))
+
+# Longest first: xdist hands out files in this order (`--dist loadfile`), so the chaos suite and the
+# real-worker tests start at once rather than leave one process running them alone at the end.
+FIRST = ("tests/chaos/", "tests/integration/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid
+        return next((i for i, prefix in enumerate(FIRST) if path.startswith(prefix)), len(FIRST))
+
+    items.sort(key=rank)  # stable: the order within each file and group is kept
+
+
+CHAOS: list[dict] = []  # the chaos scenarios' results (tests/chaos), as the reports carry them
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        CHAOS.extend(value for name, value in report.user_properties if name == "chaos")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if CHAOS:
+        from tests.chaos.scenarios import Result, table
+
+        results = [Result(**value) for value in CHAOS]
+        terminalreporter.write_sep("=", "chaos suite (bounded)")
+        terminalreporter.write_line(table(results))
+        for result in results:
+            terminalreporter.write_line(result.report())
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """Private services for the chaos suite (tests/chaos/services.py): started once per session, ended
 at its end whatever happened. A missing program skips the suite with the reason, except under
-GANTRY_REQUIRE_SERVICES=1 (CI), where it fails it."""
+GANTRY_REQUIRE_SERVICES=1 (CI), where it fails it. The table of results at the end of a run is
+tests/conftest.py's (the process that prints it under pytest-xdist loads only that one)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.chaos.scenarios import Result, table
 from tests.chaos.services import Missing, Services
-
-RESULTS: list[Result] = []
 
 
 @pytest.fixture(scope="session")
@@ -28,11 +26,3 @@ def chaos_services() -> Iterator[Services]:
         yield services
     finally:
         services.destroy()
-
-
-def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
-    if RESULTS:
-        terminalreporter.write_sep("=", "chaos suite (bounded)")
-        terminalreporter.write_line(table(RESULTS))
-        for result in RESULTS:
-            terminalreporter.write_line(result.report())
