@@ -21,6 +21,7 @@ import pytest
 
 PG_ADMIN_URL = os.environ.get("GANTRY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 GANTRY = [sys.executable, "-m", "gantry.api.cli"]
+ENDED = ("succeeded", "failed", "cancelled")
 
 
 def _need(service: str, problem: str) -> None:
@@ -166,11 +167,12 @@ def status(env: dict[str, str], job_id: str) -> dict:
 
 def wait_for(env: dict[str, str], job_id: str, states: tuple[str, ...], timeout: float = 180, **more) -> dict:
     """Wait until the job is in one of `states` and matches each of `more` (predicates on the view
-    `gantry status --json` prints: its state, attempt and progress), then return that view.
+    `gantry status --json` prints: its state, attempt and progress). Returns that view when the job
+    has ended; while it runs, its state, attempt and progress only, read from its row.
 
-    Polled on the job's row itself, every 20 ms: a test that acts while a job is at a step (a
-    signal, an outage) must act within a few steps of it, and a `gantry status` process a poll (a
-    second on a busy host) let a tiny job on a fast one run hundreds of steps past it."""
+    Polled on the row itself, every 20 ms: a test that acts while a job is at a step (a signal, an
+    outage) must act within a few steps of it, and a `gantry status` process (a second or more on a
+    busy host) let a tiny job on a fast one run hundreds of steps past it, or end."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from gantry.jobs import store as db
@@ -193,7 +195,7 @@ def wait_for(env: dict[str, str], job_id: str, states: tuple[str, ...], timeout:
             pass
         else:
             if job["state"] in states and all(pred(job) for pred in more.values()):
-                return status(env, job_id)
+                return status(env, job_id) if job["state"] in ENDED else job
             if job["state"] == "failed" and "failed" not in states:
                 raise AssertionError(f"job {job_id} failed: {job['error']}")
         if time.monotonic() > deadline:

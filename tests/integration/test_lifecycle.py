@@ -91,9 +91,10 @@ def test_a_sigkilled_workers_job_is_requeued_by_the_reaper_of_a_plain_celery_wor
     workers = [CeleryWorker(env, tmp_path / f"{name}.log", name) for name in ("first", "second")]
     try:
         job_id = submit(env, "train", "dcgan", *TINY, "--steps", "600", "--checkpoint-every", "100")
-        wait_for(env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 40)
+        wait_for(env, job_id, ("running",))
         holder = _holder(env, job_id, workers)
         (survivor,) = [w for w in workers if w is not holder]
+        wait_for(env, job_id, ("running",), training=lambda j: j["progress"]["step"] >= 40)
         os.kill(holder.proc.pid, signal.SIGKILL)  # the main process: its pool process dies with it
         holder.exited(30)
         # The job's message stays unacknowledged in Redis for the visibility timeout (an hour): only
