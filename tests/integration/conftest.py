@@ -39,9 +39,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
-    """A private redis-server for this test session (each pytest-xdist worker its own): these tests
-    flush it, and the machine's own Redis is left alone. GANTRY_TEST_REDIS_URL names another to use
-    instead (its database is flushed; one per concurrent session)."""
+    """A private redis-server for this test session (each pytest-xdist process its own): these
+    tests flush it, and the machine's own Redis is left alone. GANTRY_TEST_REDIS_URL names a
+    database to use instead, which they flush: one test process at a time (PYTEST_PROCESSES=0)."""
     import redis
 
     from tests.chaos.services import Missing, Redis
