@@ -199,6 +199,8 @@ class Artifact(Base):
 
 # A pooled connection idle this long is pinged before it is used again (see `_ping_when_idle`).
 PING_IDLE_SECONDS = 2.0
+# PostgreSQL ends a session whose transaction sat idle this long (see `_end_idle_transactions`).
+IDLE_IN_TRANSACTION_SECONDS = 30.0
 
 
 def make_engine(url: str, **options: Any) -> Engine:
@@ -221,7 +223,26 @@ def make_engine(url: str, **options: Any) -> Engine:
     engine = create_engine(url, **options, **({"pool_pre_ping": True} if ping else {}))
     if ping is None:
         _ping_when_idle(engine, PING_IDLE_SECONDS)
+    if engine.dialect.name == "postgresql":
+        _end_idle_transactions(engine, IDLE_IN_TRANSACTION_SECONDS)
     return engine
+
+
+def _end_idle_transactions(engine: Engine, seconds: float) -> None:
+    """Each connection asks PostgreSQL to end its session when a transaction of it sits idle
+    `seconds` (idle_in_transaction_session_timeout). A process paused inside a transaction (SIGSTOP,
+    a frozen VM, a debugger) held its row locks until it woke: every reaper, a starting worker's
+    requeue pass and the takeover of its job waited on them, past the lease. gantry's transactions
+    last milliseconds; the woken process's next statement fails as a lost connection, is retried
+    on a new one, and is fenced out if its job was taken meanwhile."""
+    milliseconds = int(seconds * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _set_timeout(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        cur.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
+        cur.close()
+        dbapi_conn.commit()  # a session setting, kept past this transaction
 
 
 def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:

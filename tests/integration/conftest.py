@@ -5,6 +5,7 @@ except under GANTRY_REQUIRE_SERVICES=1 (CI), where it fails them."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -228,6 +229,8 @@ class Worker:
         deadline = time.monotonic() + 60
         while "ready." not in log_path.read_text():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):  # not left to take the next tests' jobs
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 raise AssertionError(f"worker did not start:\n{log_path.read_text()}")
             time.sleep(0.2)
 

@@ -6,6 +6,7 @@ it from there."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,6 +56,8 @@ class CeleryWorker(Worker):
         deadline = time.monotonic() + 60
         while "ready." not in log_path.read_text():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):  # not left to take the next tests' jobs
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 raise AssertionError(f"worker did not start:\n{log_path.read_text()}")
             time.sleep(0.2)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -391,3 +392,64 @@ def test_a_queued_jobs_message_is_sent_again_once_after_the_requeue_time(session
 def test_the_reaper_lock_is_always_free_on_sqlite(sessions) -> None:
     with db.session_scope(sessions) as s:
         assert db.try_reaper_lock(s) is True
+
+
+def test_a_transaction_left_idle_is_ended_by_postgresql_and_the_reaper_takes_its_job(monkeypatch) -> None:
+    """A worker paused inside a transaction (SIGSTOP, a frozen VM) held its job's row lock until it
+    woke, and every reaper, and a starting worker's requeue pass, waited on it. PostgreSQL now ends
+    such a session after IDLE_IN_TRANSACTION_SECONDS; the paused writer's next statement fails as a
+    database outage (retried on a new connection, where the fence refuses it)."""
+    import time
+
+    from sqlalchemy import text
+
+    from gantry.jobs.errors import transient_service
+
+    monkeypatch.setattr(db, "IDLE_IN_TRANSACTION_SECONDS", 1.0)
+    with _private_database() as url:
+        paused, reaper = db.connect(url), db.connect(url)
+        job_id = _claimed(paused, "w1:1")
+        stuck = paused()
+        db.heartbeat(stuck, job_id, step=3, token=1)  # its row locked; then the process stops
+        start = time.monotonic()
+        with db.session_scope(reaper) as s:
+            s.execute(text("SET LOCAL lock_timeout = '20s'"))  # a failure, not a hang, without the fix
+            assert db.requeue_stale(s, lease_seconds=0) == [job_id]
+        assert time.monotonic() - start < 15
+        with pytest.raises(Exception) as woke:
+            db.heartbeat(stuck, job_id, step=4, token=1)
+            stuck.commit()
+        assert transient_service(woke.value) == "database"
+        stuck.close()
+        with db.session_scope(reaper) as s:
+            assert (db.get_job(s, job_id).state, db.get_job(s, job_id).attempt) == ("queued", 2)
+        for factory in (paused, reaper):
+            factory.kw["bind"].dispose()
+
+
+@contextlib.contextmanager
+def _private_database():
+    """A database of the test's own on the machine's PostgreSQL, schema applied, dropped after."""
+    import os
+    import secrets
+
+    from gantry.migrations import upgrade
+
+    psycopg = pytest.importorskip("psycopg")
+    admin_url = os.environ.get("GANTRY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        if os.environ.get("GANTRY_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"PostgreSQL unavailable: {exc} (GANTRY_REQUIRE_SERVICES=1)")
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+    name = f"gantry_store_{secrets.token_hex(4)}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
