@@ -34,7 +34,10 @@ class Shutdown:
     """This process's stop request, and whether a job runs in it."""
 
     def __init__(self) -> None:
-        self._requested = threading.Event()
+        # Set by a signal handler, so a plain flag: a handler that set a threading.Event took its
+        # lock, and a second SIGTERM (the group's, then the main process's) landing inside it
+        # deadlocked the pool process on that lock.
+        self._requested = False
         self.busy = False
         # In a pool process: SIGTERM is taken while a job runs, and the process exits once a job
         # was handed back at the deadline (see `running`).
@@ -42,10 +45,10 @@ class Shutdown:
         self.idle_sigterm: Any = signal.SIG_DFL  # the handler SIGTERM had before: used when idle
 
     def requested(self) -> bool:
-        return self._requested.is_set()
+        return self._requested
 
     def request(self) -> None:
-        self._requested.set()
+        self._requested = True
 
     @contextmanager
     def running(self, *, stop_seconds: float, on_deadline: Callable[[], bool]) -> Iterator[None]:
@@ -55,8 +58,9 @@ class Shutdown:
         done = threading.Event()
 
         def watch() -> None:
-            while not done.is_set() and not self._requested.wait(0.5):
-                pass
+            while not self._requested:  # polled: a signal handler sets it
+                if done.wait(0.25):
+                    return
             if done.wait(stop_seconds):
                 return
             if on_deadline() and self.pool_process:

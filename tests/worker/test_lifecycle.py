@@ -255,6 +255,41 @@ def test_sigterm_in_a_pool_process_is_a_stop_request_while_a_job_runs_and_death_
     assert result.returncode == -15
 
 
+def test_a_sigterm_landing_while_the_first_is_handled_leaves_the_pool_process_responsive() -> None:
+    """SIGTERM to a worker's process group reaches a pool process twice, the group's and the one its
+    main process forwards: the second, landing inside the handling of the first, deadlocked the
+    process when the handler took a lock. Here a second SIGTERM lands at each of the first lines
+    the handling runs, nested ones included."""
+    script = (
+        "import os, signal, sys\n"
+        "from gantry.worker.lifecycle import SHUTDOWN, install_pool_handler\n"
+        "install_pool_handler()\n"
+        "sent = []\n"
+        "def tracer(frame, event, arg):\n"
+        "    if event == 'line' and len(sent) < 20:\n"
+        "        sent.append(frame.f_lineno)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return tracer\n"
+        "with SHUTDOWN.running(stop_seconds=60, on_deadline=lambda: False):\n"
+        "    sys.settrace(tracer)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    sys.settrace(None)\n"
+        "    print('stop requested', SHUTDOWN.requested(), len(sent), flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # SIGTERM would be taken by the stuck handler
+        out, err = proc.communicate()
+        raise AssertionError(f"the pool process hung in its SIGTERM handler:\n{err}") from None
+    requested, sent = out.split()[2:]
+    assert requested == "True" and int(sent) >= 2, (out, err)  # the second landed inside the first
+    assert proc.returncode == 0
+
+
 # --- gantry requeue -----------------------------------------------------------------------------
 
 
