@@ -4,8 +4,6 @@ and on the machine's PostgreSQL (whose UNION needs every column's type to agree)
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -13,8 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gantry.jobs import reads
 from gantry.jobs import store as db
-
-PG_ADMIN_URL = os.environ.get("GANTRY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+from tests.jobs.postgres import private_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -22,28 +19,10 @@ def sessions(request: pytest.FixtureRequest, settings) -> Iterator[sessionmaker[
     if request.param == "sqlite":
         yield db.connect(settings.database)
         return
-    import psycopg
-
-    from gantry.migrations import upgrade
-
-    name = f"gantry_reads_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        if os.environ.get("GANTRY_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"PostgreSQL unavailable: {exc} (GANTRY_REQUIRE_SERVICES=1)")
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    try:
-        upgrade(url)
+    with private_database("gantry_reads") as url:
         factory = db.connect(url)
         yield factory
         factory.kw["bind"].dispose()
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _job(s: Session, **kw: object) -> str:

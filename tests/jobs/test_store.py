@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 from datetime import timedelta
 
 import pytest
@@ -9,6 +8,7 @@ from sqlalchemy import update
 from gantry.jobs import store as db
 from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable
 from gantry.migrations import head_revision
+from tests.jobs.postgres import private_database
 
 
 @pytest.fixture
@@ -406,7 +406,7 @@ def test_a_transaction_left_idle_is_ended_by_postgresql_and_the_reaper_takes_its
     from gantry.jobs.errors import transient_service
 
     monkeypatch.setattr(db, "IDLE_IN_TRANSACTION_SECONDS", 1.0)
-    with _private_database() as url:
+    with private_database("gantry_store") as url:
         paused, reaper = db.connect(url), db.connect(url)
         job_id = _claimed(paused, "w1:1")
         stuck = paused()
@@ -425,31 +425,3 @@ def test_a_transaction_left_idle_is_ended_by_postgresql_and_the_reaper_takes_its
             assert (db.get_job(s, job_id).state, db.get_job(s, job_id).attempt) == ("queued", 2)
         for factory in (paused, reaper):
             factory.kw["bind"].dispose()
-
-
-@contextlib.contextmanager
-def _private_database():
-    """A database of the test's own on the machine's PostgreSQL, schema applied, dropped after."""
-    import os
-    import secrets
-
-    from gantry.migrations import upgrade
-
-    psycopg = pytest.importorskip("psycopg")
-    admin_url = os.environ.get("GANTRY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    try:
-        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        if os.environ.get("GANTRY_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"PostgreSQL unavailable: {exc} (GANTRY_REQUIRE_SERVICES=1)")
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
-    name = f"gantry_store_{secrets.token_hex(4)}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
