@@ -25,7 +25,7 @@ from gantry.jobs import store as db
 from gantry.jobs.queue import QUEUE, enqueue, make_celery
 from gantry.jobs.requeue import requeue_pass
 from gantry.jobs.settings import Settings
-from tests.integration.conftest import Worker, each_step_once, gantry, s3, status, submit, wait_for
+from tests.integration.conftest import Worker, _job_rows, each_step_once, gantry, s3, status, submit, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def test_a_sigkilled_workers_job_is_requeued_by_the_reaper_of_a_plain_celery_wor
 
 def _holder(env: dict[str, str], job_id: str, workers: list[CeleryWorker]) -> CeleryWorker:
     """Which of `workers` runs the job: the one whose pool process (`host:pid` on the row) it forked."""
-    with _sessions(env)() as s:
+    with _job_rows(env["GANTRY_DATABASE_URL"])() as s:
         pid = int(db.get_job(s, job_id).worker.rsplit(":", 1)[1])
     parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     (holder,) = [w for w in workers if w.proc.pid == parent]
