@@ -9,6 +9,7 @@ the same output; the operator's commands (token, db, requeue, worker, demo) alwa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -566,7 +567,8 @@ def _watch(
             # A job that another gantry process runs here in embedded mode ends if that process is
             # killed while this one watches: look for that now and then.
             if alive is None and time.monotonic() - looked_for_dead > DEAD_HOLDER_CHECK_SECONDS:
-                svc.end_dead_embedded_jobs()
+                with contextlib.suppress(ServiceUnavailable):  # waited out by the next read
+                    svc.end_dead_embedded_jobs()
                 looked_for_dead = time.monotonic()
             time.sleep(interval)
 

@@ -108,13 +108,21 @@ def _running_job(postgres_url: str) -> str:
 
 def _watch(job_id: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [*GANTRY, "watch", job_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ
+        [*GANTRY, "watch", job_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # its lines as it prints them
     )
 
 
 def _started(proc: subprocess.Popen) -> None:
-    time.sleep(3)  # its first reads went through
-    assert proc.poll() is None, proc.communicate()
+    """Once `watch` has shown the job: its first reads went through (a fixed wait was too short for
+    a busy host, and the cut came before them)."""
+    assert proc.stderr is not None  # where its progress lines go (stdout: the job at its end)
+    readable, _, _ = select.select([proc.stderr], [], [], 60)
+    first = proc.stderr.readline() if readable else ""
+    assert "running" in first and proc.poll() is None, (first, proc.communicate())
 
 
 def test_watch_exits_4_when_the_database_stays_away(proxied, postgres_url) -> None:
@@ -150,6 +158,38 @@ def test_watch_rides_out_a_short_database_outage(proxied, postgres_url) -> None:
         proc.kill()
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_watch_rides_out_an_outage_met_by_its_look_for_dead_holders(
+    proxied, postgres_url, monkeypatch
+) -> None:
+    """The database goes while `watch` looks for embedded jobs whose process died (every few
+    seconds, between two reads of the job): it waits the outage out as it does at a read."""
+    proxy, _ = proxied
+    job_id = _running_job(postgres_url)
+    real = db.running_on_host
+    calls = []
+
+    def then_cut(session, host):  # the first look is the command's start, before it watches
+        calls.append(host)
+        if len(calls) == 1:
+            return real(session, host)
+        monkeypatch.setattr(db, "running_on_host", real)
+        proxy.cut()
+        threading.Timer(1.0, proxy.restore).start()
+        threading.Timer(2.0, _finish, args=(postgres_url, job_id)).start()
+        return real(session, host)
+
+    monkeypatch.setattr(db, "running_on_host", then_cut)
+    monkeypatch.setattr("gantry.api.cli.DEAD_HOLDER_CHECK_SECONDS", 0.0)
+    result = CliRunner().invoke(cli, ["watch", job_id])
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 2 and "succeeded" in result.output  # the database went during the look
+
+
+def _finish(postgres_url: str, job_id: str) -> None:
+    with db.session_scope(db.connect(postgres_url)) as s:
+        db.finish_job(s, job_id, state="succeeded")
 
 
 @pytest.mark.parametrize("command", ["status", "cancel"])
