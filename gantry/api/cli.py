@@ -596,13 +596,27 @@ def watch(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.pass_context
 def logs(ctx: click.Context, job_id: str, follow_: bool, as_json: bool) -> None:
     """A job's log: its own lines and every infrastructure error it met (retries, lost leases,
-    skipped checkpoints, its final error), recorded on the job by its workers."""
+    skipped checkpoints, its final error), recorded on the job by its workers. With --follow, an
+    outage of the database (or the API) shorter than the lease is waited out, as `watch` does."""
+    settings: Settings = ctx.find_root().obj
     svc = _service(ctx)
     last: int | None = None
+    down_since: float | None = None
     while True:
-        # Whether it had ended is read before its lines, so the lines its end wrote are printed.
-        ended = not follow_ or svc.get(job_id).state in TERMINAL
-        for line in svc.logs(job_id, since_id=last):
+        try:
+            # Whether it had ended is read before its lines, so the lines its end wrote are printed.
+            ended = not follow_ or svc.get(job_id).state in TERMINAL
+            lines = svc.logs(job_id, since_id=last)
+        except ServiceUnavailable as exc:
+            if not follow_ or time.monotonic() - (down_since or time.monotonic()) > settings.lease_seconds:
+                raise
+            if down_since is None:
+                down_since = time.monotonic()
+                err.print(f"{exc.service} unreachable, retrying", markup=False)
+            time.sleep(1.0)
+            continue
+        down_since = None
+        for line in lines:
             last = line.id
             _print_log_line(line, as_json=as_json)
         if ended:

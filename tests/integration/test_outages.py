@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from gantry.api.cli import cli
+from gantry.jobs import joblogs
 from gantry.jobs import store as db
 
 GANTRY = [sys.executable, "-m", "gantry.api.cli"]
@@ -185,6 +186,25 @@ def test_watch_rides_out_an_outage_met_by_its_look_for_dead_holders(
     result = CliRunner().invoke(cli, ["watch", job_id])
     assert result.exit_code == 0, result.output
     assert len(calls) == 2 and "succeeded" in result.output  # the database went during the look
+
+
+def test_logs_follow_rides_out_a_short_database_outage(proxied, postgres_url, monkeypatch) -> None:
+    proxy, _ = proxied
+    job_id = _running_job(postgres_url)
+    real = joblogs.read
+
+    def then_cut(session, job, **kwargs):  # the first read of the lines goes through, then the database goes
+        monkeypatch.setattr(joblogs, "read", real)
+        found = real(session, job, **kwargs)
+        proxy.cut()
+        threading.Timer(2.0, proxy.restore).start()
+        threading.Timer(3.0, _finish, args=(postgres_url, job_id)).start()
+        return found
+
+    monkeypatch.setattr(joblogs, "read", then_cut)
+    result = CliRunner().invoke(cli, ["logs", "--follow", job_id])
+    assert result.exit_code == 0, result.output
+    assert "database unreachable, retrying" in result.output
 
 
 def _finish(postgres_url: str, job_id: str) -> None:
