@@ -1,6 +1,7 @@
-"""A database that stops answering while an operator command runs: `watch` rides out an outage
-shorter than the lease and exits 4 (with the message, no traceback) after a longer one; `status`
-and `cancel` exit 4. The outage is a TCP proxy in front of this session's PostgreSQL database that
+"""A database that stops answering while an operator command runs: `watch` (at a read of the job
+or at its look for dead embedded jobs) and `logs --follow` ride out an outage shorter than the
+lease, and `watch` exits 4 (with the message, no traceback) after a longer one; `status` and
+`cancel` exit 4. The outage is a TCP proxy in front of this session's PostgreSQL database that
 the test cuts and restores; the server itself is left alone."""
 
 from __future__ import annotations
