@@ -178,7 +178,7 @@ def wait_for(env: dict[str, str], job_id: str, states: tuple[str, ...], timeout:
 
     from gantry.jobs import store as db
 
-    sessions = _job_rows(env["GANTRY_DATABASE_URL"])
+    sessions = job_rows(env["GANTRY_DATABASE_URL"])
     deadline = time.monotonic() + timeout
     job: dict = {}
     while True:
@@ -205,7 +205,7 @@ def wait_for(env: dict[str, str], job_id: str, states: tuple[str, ...], timeout:
 
 
 @functools.cache
-def _job_rows(url: str):  # type: ignore[no-untyped-def]
+def job_rows(url: str):  # type: ignore[no-untyped-def]
     """gantry's session factory for the database at `url`, one per URL for the test session (a
     connection that a restarted server dropped is replaced on its next use)."""
     from gantry.jobs import store as db
@@ -217,14 +217,15 @@ class Worker:
     """A real `gantry worker` process (Celery, prefork, one job at a time)."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self._start([*GANTRY, "worker", "--gpus", "none", "--loglevel", "INFO"], env, log_path)
+
+    def _start(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        """Run `command` in a session of its own, its output in `log_path`, until Celery says it is
+        ready (killed, and the test failed, if it exits or takes over 60 s)."""
         self.log_path = log_path
         self.log = log_path.open("w")
         self.proc = subprocess.Popen(
-            [*GANTRY, "worker", "--gpus", "none", "--loglevel", "INFO"],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.monotonic() + 60
         while "ready." not in log_path.read_text():

@@ -6,7 +6,6 @@ it from there."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -25,7 +24,7 @@ from gantry.jobs import store as db
 from gantry.jobs.queue import QUEUE, enqueue, make_celery
 from gantry.jobs.requeue import requeue_pass
 from gantry.jobs.settings import Settings
-from tests.integration.conftest import Worker, _job_rows, each_step_once, gantry, s3, status, submit, wait_for
+from tests.integration.conftest import Worker, each_step_once, gantry, job_rows, s3, status, submit, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +36,6 @@ class CeleryWorker(Worker):
     starts): whatever it does beyond running tasks comes from gantry.worker.app itself."""
 
     def __init__(self, env: dict[str, str], log_path: Path, name: str) -> None:
-        self.log_path = log_path
-        self.log = log_path.open("w")
         command = [sys.executable, "-m", "celery", "-A", "gantry.worker.app", "worker", "-Q", QUEUE]
         command += [
             "--concurrency",
@@ -50,16 +47,7 @@ class CeleryWorker(Worker):
             "--hostname",
             f"{name}@%h",
         ]
-        self.proc = subprocess.Popen(
-            command, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + 60
-        while "ready." not in log_path.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):  # not left to take the next tests' jobs
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                raise AssertionError(f"worker did not start:\n{log_path.read_text()}")
-            time.sleep(0.2)
+        self._start(command, env, log_path)
 
 
 def _flush(env: dict[str, str]) -> None:
@@ -113,7 +101,7 @@ def test_a_sigkilled_workers_job_is_requeued_by_the_reaper_of_a_plain_celery_wor
 
 def _holder(env: dict[str, str], job_id: str, workers: list[CeleryWorker]) -> CeleryWorker:
     """Which of `workers` runs the job: the one whose pool process (`host:pid` on the row) it forked."""
-    with _job_rows(env["GANTRY_DATABASE_URL"])() as s:
+    with job_rows(env["GANTRY_DATABASE_URL"])() as s:
         pid = int(db.get_job(s, job_id).worker.rsplit(":", 1)[1])
     parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     (holder,) = [w for w in workers if w.proc.pid == parent]
