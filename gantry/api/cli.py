@@ -527,6 +527,15 @@ def _display(*, show: bool, json_lines: bool = False) -> follow.Display:
     return follow.Plain(err)
 
 
+def _outage(exc: ServiceUnavailable, since: float | None, patience: float) -> float:
+    """When the outage `exc` belongs to began (now, at its first failure: `since` None), for a
+    follower that waits it out; `exc` is raised once the outage has lasted over `patience` seconds."""
+    now = time.monotonic()
+    if since is not None and now - since > patience:
+        raise exc
+    return now if since is None else since
+
+
 def _watch(
     svc: Service | HttpService,
     job_id: str,
@@ -554,9 +563,7 @@ def _watch(
             try:
                 job = svc.get(job_id)
             except ServiceUnavailable as exc:
-                down_since = down_since or time.monotonic()
-                if time.monotonic() - down_since > svc.settings.lease_seconds:
-                    raise
+                down_since = _outage(exc, down_since, svc.settings.lease_seconds)
                 shown.unreachable(job, exc.service)
                 time.sleep(interval)
                 continue
@@ -608,11 +615,11 @@ def logs(ctx: click.Context, job_id: str, follow_: bool, as_json: bool) -> None:
             ended = not follow_ or svc.get(job_id).state in TERMINAL
             lines = svc.logs(job_id, since_id=last)
         except ServiceUnavailable as exc:
-            if not follow_ or time.monotonic() - (down_since or time.monotonic()) > settings.lease_seconds:
+            if not follow_:
                 raise
             if down_since is None:
-                down_since = time.monotonic()
                 err.print(f"{exc.service} unreachable, retrying", markup=False)
+            down_since = _outage(exc, down_since, settings.lease_seconds)
             time.sleep(1.0)
             continue
         down_since = None
