@@ -9,7 +9,6 @@ import contextlib
 import functools
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -20,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-PG_ADMIN_URL = os.environ.get("GANTRY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+from tests.postgres import private_database
+
 GANTRY = [sys.executable, "-m", "gantry.api.cli"]
 ENDED = ("succeeded", "failed", "cancelled")
 
@@ -67,19 +67,10 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A fresh database for this test session, dropped afterwards."""
-    import psycopg
-
-    name = f"gantry_it_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        _need("PostgreSQL", f"{PG_ADMIN_URL}: {exc}")
-    admin.execute(f"CREATE DATABASE {name}")
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    yield f"{base}/{name}"
-    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    """A fresh database for this test session, without gantry's schema (the tests apply it as a
+    user does), dropped afterwards."""
+    with private_database("gantry_it", schema=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,13 @@ progress. It runs through psycopg with a plain libpq URL, as KEDA's scaler conne
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import update
 
 from gantry.jobs import store as db
-from gantry.migrations import upgrade
-from tests.integration.conftest import PG_ADMIN_URL, _need
+from tests.postgres import private_database
 from tests.test_deploy import scaler_query
 
 pytestmark = pytest.mark.integration
@@ -20,22 +18,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def libpq_url() -> Iterator[str]:
-    """A fresh database at gantry's schema (`gantry db upgrade`), dropped afterwards."""
-    import psycopg
-
-    name = f"gantry_scaler_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except Exception as exc:
-        _need("PostgreSQL", f"{PG_ADMIN_URL}: {exc}")
-    admin.execute(f"CREATE DATABASE {name}")
-    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    try:
-        upgrade(url.replace("postgresql://", "postgresql+psycopg://", 1))
-        yield url
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    """A fresh database at gantry's schema (`gantry db upgrade`), dropped afterwards: its libpq URL."""
+    with private_database("gantry_scaler") as url:
+        yield url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
 def _scaler_value(url: str) -> int:

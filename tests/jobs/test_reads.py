@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gantry.jobs import reads
 from gantry.jobs import store as db
-from tests.jobs.postgres import private_database
+from tests.postgres import private_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

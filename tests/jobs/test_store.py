@@ -8,7 +8,7 @@ from sqlalchemy import update
 from gantry.jobs import store as db
 from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable
 from gantry.migrations import head_revision
-from tests.jobs.postgres import private_database
+from tests.postgres import private_database
 
 
 @pytest.fixture

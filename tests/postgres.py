@@ -1,5 +1,5 @@
-"""A database of a test's own on the machine's PostgreSQL (GANTRY_TEST_PG_URL), schema applied,
-dropped afterwards; a test skips without the server, or fails under GANTRY_REQUIRE_SERVICES=1."""
+"""A database of a test's own on the machine's PostgreSQL (GANTRY_TEST_PG_URL), dropped afterwards;
+a test skips without the server, or fails under GANTRY_REQUIRE_SERVICES=1."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ PG_ADMIN_URL = os.environ.get("GANTRY_TEST_PG_URL", "postgresql://postgres@127.0
 
 
 @contextlib.contextmanager
-def private_database(prefix: str) -> Iterator[str]:
-    """The SQLAlchemy URL of a new database named `prefix` and a random suffix."""
+def private_database(prefix: str, *, schema: bool = True) -> Iterator[str]:
+    """The SQLAlchemy URL of a new database named `prefix` and a random suffix, at gantry's schema
+    (`schema`; else empty, for `gantry db upgrade` to fill)."""
     import psycopg
 
     from gantry.migrations import upgrade
@@ -31,7 +32,8 @@ def private_database(prefix: str) -> Iterator[str]:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
     try:
-        upgrade(url)
+        if schema:
+            upgrade(url)
         yield url
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
