@@ -604,10 +604,12 @@ def watch(ctx: click.Context, job_id: str, as_json: bool) -> None:
 def logs(ctx: click.Context, job_id: str, follow_: bool, as_json: bool) -> None:
     """A job's log: its own lines and every infrastructure error it met (retries, lost leases,
     skipped checkpoints, its final error), recorded on the job by its workers. With --follow, an
-    outage of the database (or the API) shorter than the lease is waited out, as `watch` does."""
+    outage of the database (or the API) shorter than the lease is waited out once the job was
+    read, as `watch` does (one unreachable from the start exits 4 at once)."""
     settings: Settings = ctx.find_root().obj
     svc = _service(ctx)
     last: int | None = None
+    read = False
     down_since: float | None = None
     while True:
         try:
@@ -615,14 +617,14 @@ def logs(ctx: click.Context, job_id: str, follow_: bool, as_json: bool) -> None:
             ended = not follow_ or svc.get(job_id).state in TERMINAL
             lines = svc.logs(job_id, since_id=last)
         except ServiceUnavailable as exc:
-            if not follow_:
+            if not follow_ or not read:
                 raise
             if down_since is None:
                 err.print(f"{exc.service} unreachable, retrying", markup=False)
             down_since = _outage(exc, down_since, settings.lease_seconds)
             time.sleep(1.0)
             continue
-        down_since = None
+        read, down_since = True, None
         for line in lines:
             last = line.id
             _print_log_line(line, as_json=as_json)

@@ -1,7 +1,7 @@
 """A database that stops answering while an operator command runs: `watch` (at a read of the job
 or at its look for dead embedded jobs) and `logs --follow` ride out an outage shorter than the
-lease, and `watch` exits 4 (with the message, no traceback) after a longer one; `status` and
-`cancel` exit 4. The outage is a TCP proxy in front of this session's PostgreSQL database that
+lease, and `watch` exits 4 (with the message, no traceback) after a longer one; `logs --follow`
+exits 4 at once when the database is away from the start; `status` and `cancel` exit 4. The outage is a TCP proxy in front of this session's PostgreSQL database that
 the test cuts and restores; the server itself is left alone."""
 
 from __future__ import annotations
@@ -206,6 +206,17 @@ def test_logs_follow_rides_out_a_short_database_outage(proxied, postgres_url, mo
     result = CliRunner().invoke(cli, ["logs", "--follow", job_id])
     assert result.exit_code == 0, result.output
     assert "database unreachable, retrying" in result.output
+
+
+def test_logs_follow_exits_4_at_once_when_the_database_is_away_from_the_start(proxied, postgres_url) -> None:
+    proxy, _ = proxied
+    job_id = _running_job(postgres_url)
+    proxy.cut()
+    result = CliRunner().invoke(cli, ["logs", "--follow", job_id])
+    assert result.exit_code == 4, result.output
+    assert (
+        "retrying" not in result.output and "pw-secret" not in result.output
+    )  # a wrong URL is not waited on
 
 
 def _finish(postgres_url: str, job_id: str) -> None:
