@@ -728,13 +728,21 @@ def heartbeat(session: Session, job_id: str, *, step: int | None = None, token: 
 
 
 def finish_job(
-    session: Session, job_id: str, *, state: str, error: str | None = None, token: int | None = None
+    session: Session,
+    job_id: str,
+    *,
+    state: str,
+    error: str | None = None,
+    token: int | None = None,
+    step: int | None = None,
 ) -> None:
-    """Record a final state. With `token`, only while that attempt holds the job (LeaseLost if not)."""
+    """Record a final state. With `token`, only while that attempt holds the job (LeaseLost if
+    not), and its `step` when given (the run's last progress, not yet written)."""
     if state not in TERMINAL:
         raise ValueError(state)
     if token is not None:
-        _fence(session, job_id, token, state=state, error=error, finished_at=utcnow())
+        progress = {} if step is None else {"step": step}
+        _fence(session, job_id, token, state=state, error=error, finished_at=utcnow(), **progress)
         return
     session.execute(
         update(Job).where(Job.id == job_id).values(state=state, error=error, finished_at=utcnow())
@@ -889,12 +897,13 @@ def record_metrics(
     values: dict[str, float],
     token: int | None = None,
     holder: str | None = None,
+    time: datetime | None = None,
 ) -> None:
-    """Add metric points. With `token` (a worker's write), only while that attempt holds job
-    `holder` (default `job_id`; an evaluate job records on its train job too), LeaseLost if not;
-    and a point replaces the one of the same name at the same step, so a retried write or a re-run
-    of the last step never shows a step twice."""
-    now = utcnow()
+    """Add metric points, measured at `time` (default: now). With `token` (a worker's write), only
+    while that attempt holds job `holder` (default `job_id`; an evaluate job records on its train
+    job too), LeaseLost if not; and a point replaces the one of the same name at the same step, so
+    a retried write or a re-run of the last step never shows a step twice."""
+    now = time or utcnow()
     if token is not None:
         _fence(session, holder or job_id, token)
         session.execute(

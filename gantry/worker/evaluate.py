@@ -125,7 +125,7 @@ def run_metrics(
         # (and has just polled: `should_stop`).
         if not own:
             ctx.heartbeat(step=i + 1)
-    if own:  # with the train job's next write (metrics.jsonl's, which lists them): one transaction fewer
+    if own:  # with the train job's next write (its end's, at the latest): one transaction fewer
         ctx.pend_metrics(step, values)
     else:
         ctx.record_metrics(step, values, job_ids=[ctx.job_id, train_job_id])

@@ -42,6 +42,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -177,8 +178,9 @@ class JobContext:
     joblog: JobLog | None = None
     _last_poll: float = field(default=0.0, init=False)
     _cancel: bool = field(default=False, init=False)
-    # Progress not yet written (the database was out): (step, metrics), written in order later.
-    _pending: list[tuple[int, dict[str, float]]] = field(default_factory=list, init=False)
+    # Metric points not yet written (pended, or the database was out): (step, metrics, when
+    # measured), written in order by the next transaction that flushes (`_flush`, `finish`).
+    _pending: list[tuple[int, dict[str, float], datetime]] = field(default_factory=list, init=False)
     _pending_step: int | None = field(default=None, init=False)
     # True when this attempt's claim started the job: nothing of it is in storage yet (no manifest,
     # checkpoint or metrics segment), so a run that starts need not look for them (see `run_job`).
@@ -294,8 +296,8 @@ class JobContext:
 
     def _write_points(self, s: Session) -> None:
         """The metric points not yet written (kept through an outage, or pended), in order."""
-        for step, metrics in self._pending:
-            db.record_metrics(s, self.job_id, step=step, values=metrics, token=self.token)
+        for step, metrics, when in self._pending:
+            db.record_metrics(s, self.job_id, step=step, values=metrics, token=self.token, time=when)
 
     def _write_log(self, s: Session, *, last: joblogs.Line | None = None) -> None:
         """The job's pending log lines (and `last`), in the caller's fenced transaction; forgotten
@@ -430,17 +432,30 @@ class JobContext:
             self._listed(key, kind, len(data))
 
     def write_metrics_jsonl(self) -> None:
-        """Write metrics.jsonl whole, once, at the job's end (from the store, where every point is),
-        then remove the segments that checkpoints wrote meanwhile (`write_metrics_segment`)."""
+        """Write metrics.jsonl whole, once, at the job's end, then remove the segments that
+        checkpoints wrote meanwhile (`write_metrics_segment`). Its points: the store's (every
+        attempt's, and those an evaluation recorded on a train job) with this run's not yet written
+        (the end's metrics, progress kept through an outage), which the job's final transaction
+        writes (`finish`). A read of the store, not a transaction of its own: the object's write is
+        fenced as every object write is (`put`)."""
 
-        def lines(s: Session) -> list[str]:
-            self._cancel = self._flush(s)  # the points kept through an outage first
-            return [_metric_line(m) for m in db.metric_history(s, self.job_id)]
+        def history() -> list[db.Metric]:
+            with self.sessions() as s:  # one statement: no transaction around it
+                s.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                return db.metric_history(s, self.job_id)
 
-        rows = self.write(lines)
-        self._pending.clear()
-        self._pending_step = None
-        self.put(metrics_key(self.job_id), ("\n".join(rows) + "\n").encode(), kind="metrics")
+        stored = self.database.call(history)
+        # A pending point replaces the stored one of its name and step, as its write will.
+        newer = {(step, name) for step, values, _ in self._pending for name in values}
+        points = [(m.step, m.name, m.value, m.time) for m in stored if (m.step, m.name) not in newer]
+        points += [
+            (step, name, float(value), when)
+            for step, values, when in self._pending
+            for name, value in values.items()
+        ]
+        points.sort(key=lambda point: point[0])  # stable: within a step, in the order written
+        body = "".join(_metric_line(*point) + "\n" for point in points)
+        self.put(metrics_key(self.job_id), body.encode(), kind="metrics")
         self.settle()  # a checkpoint on its way may write a segment
         if self._segments:  # none when this run started the job and wrote none
             segments = self.read(lambda: self.objects.list(metrics_segments_prefix(self.job_id)))
@@ -457,7 +472,7 @@ class JobContext:
                 .where(db.Metric.job_id == self.job_id, db.Metric.step >= first, db.Metric.step <= last)
                 .order_by(db.Metric.step, db.Metric.id)
             )
-            return [_metric_line(m) for m in found]
+            return [_metric_line(m.step, m.name, m.value, m.time) for m in found]
 
         rows = self.write(lines)
         body = "".join(row + "\n" for row in rows).encode()
@@ -466,8 +481,9 @@ class JobContext:
 
     def pend_metrics(self, step: int, values: dict[str, float]) -> None:
         """Metric points of this job at `step`, written with its next progress write or transaction
-        that flushes (`_flush`: a heartbeat, a checkpoint, metrics.jsonl), as progress points are."""
-        self._pending.append((step, dict(values)))
+        that flushes (`_flush`: a heartbeat, a checkpoint) or with its end (`finish`), as progress
+        points are; metrics.jsonl lists them either way."""
+        self._pending.append((step, dict(values), db.utcnow()))
 
     def record_metrics(self, step: int, values: dict[str, float], *, job_ids: list[str]) -> None:
         """Metric points on `job_ids` (an evaluation's land on its train job too), fenced by this
@@ -493,16 +509,18 @@ class JobContext:
             log.info("job %s: dropped %d metric points past step %s", self.job_id, dropped, step)
 
     def finish(self, state: str, error: str | None) -> None:
-        """Record the final state, with the metric points and log lines not yet written, and a last
-        line naming the state (the process logs it once this commits, not collected again)."""
+        """Record the final state, with the progress, metric points and log lines not yet written,
+        and a last line naming the state (the process logs it once this commits, not collected
+        again)."""
 
         def record(s: Session) -> None:
             self._write_points(s)
             self._write_log(s, last=joblogs.Line(db.utcnow(), "INFO", state))
-            db.finish_job(s, self.job_id, state=state, error=error, token=self.token)
+            db.finish_job(s, self.job_id, state=state, error=error, token=self.token, step=self._pending_step)
 
         self.write(record)
         self._pending.clear()
+        self._pending_step = None
 
     def close_log(self) -> None:
         """Best effort, once the run is over: the lines logged after its last write (its end), only
@@ -533,7 +551,7 @@ class JobContext:
 
     # -- callbacks for the training loop ----------------------------------------------------
     def progress(self, step: int, metrics: dict[str, float]) -> None:
-        self._pending.append((step, dict(metrics)))
+        self._pending.append((step, dict(metrics), db.utcnow()))
         self._pending_step = step
         self._report()
 
@@ -716,8 +734,9 @@ class JobContext:
         return checkpoints.checkpoint_bytes(self, train_job_id, ref)
 
 
-def _metric_line(m: db.Metric) -> str:
-    return json.dumps({"step": m.step, "name": m.name, "value": m.value, "time": m.time.isoformat()})
+def _metric_line(step: int, name: str, value: float, when: datetime) -> str:
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)  # SQLite's are naive; all are UTC
+    return json.dumps({"step": step, "name": name, "value": value, "time": when.isoformat()})
 
 
 def _size(objects: ObjectStore, key: str) -> int | None:

@@ -6,7 +6,7 @@ whose worker keeps dying ends `failed`."""
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
@@ -110,8 +110,15 @@ def test_progress_during_a_database_outage_is_kept_and_lands_later(settings, ses
         db.request_cancel(s, job_id)
     assert _points(sessions, job_id) == [(10, "loss_D")] and _row(sessions, job_id).step == 10
     clock.now += 60  # the next try is due
+    back = db.utcnow()
     ctx.progress(40, {"loss_D": 4.0})
     assert _points(sessions, job_id) == [(step, "loss_D") for step in (10, 20, 30, 40)]
+    with db.session_scope(sessions) as s:  # each at the time it was measured, not when written
+        times = {
+            m.step: m.time if m.time.tzinfo else m.time.replace(tzinfo=UTC)
+            for m in db.metric_history(s, job_id)
+        }
+    assert times[20] < times[30] < back < times[40]
     assert _row(sessions, job_id).step == 40
     assert ctx.should_stop() is True  # read again once the database is back
     assert ctx.database.since is None

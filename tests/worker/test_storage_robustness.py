@@ -6,6 +6,7 @@ N and the milestones, and metrics are written a segment per checkpoint, never wh
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
@@ -241,6 +242,29 @@ def test_metrics_are_written_a_segment_per_checkpoint_never_whole_again(settings
     # whole history at each of 10 checkpoints writes it 5.5 times on average.
     assert sum(written.values()) <= 2 * len("\n".join(whole)) + 200
     assert ctx.objects.list(keys.metrics_segments_prefix(ctx.job_id)) == []  # the segments removed
+    assert _artifacts(ctx, "metrics") == [keys.metrics_key(ctx.job_id)]
+
+
+def test_metrics_jsonl_lists_the_points_the_jobs_end_writes_as_the_store_keeps_them(settings) -> None:
+    ctx = _context(settings)
+    ctx.progress(1, {"loss_D": 1.0, "loss_G": 2.0})
+    ctx.progress(2, {"loss_D": 3.0})
+    # The end's metrics, pended for the job's final transaction; one replaces a point of its step.
+    ctx.pend_metrics(2, {"loss_D": 0.5, "modes": 8.0})
+    ctx.write_metrics_jsonl()
+    ctx.finish("succeeded", None)
+    lines = ctx.objects.get_bytes(keys.metrics_key(ctx.job_id)).decode().splitlines()
+    listed = [
+        (p["step"], p["name"], p["value"], datetime.fromisoformat(p["time"])) for p in map(json.loads, lines)
+    ]
+    assert [point[:3] for point in listed] == [
+        (1, "loss_D", 1.0), (1, "loss_G", 2.0), (2, "loss_D", 0.5), (2, "modes", 8.0),
+    ]  # fmt: skip
+    with db.session_scope(ctx.sessions) as s:  # the same points, at the same times
+        stored = [(m.step, m.name, m.value, m.time) for m in db.metric_history(s, ctx.job_id)]
+    assert [(*p[:3], p[3].replace(tzinfo=None)) for p in listed] == [
+        (*p[:3], p[3].replace(tzinfo=None)) for p in stored
+    ]
     assert _artifacts(ctx, "metrics") == [keys.metrics_key(ctx.job_id)]
 
 
