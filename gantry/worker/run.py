@@ -390,6 +390,8 @@ class JobContext:
         - A metrics segment: a copy of the SQL store's points for a download mid-run. A resume reads
           the store (the source of truth, fenced), and at the end metrics.jsonl is written whole from
           it and the segments deleted.
+        - metrics.jsonl: a copy of the store's points too, written whole again by the attempt that
+          holds the job when it ends.
         - A sample job's images and an evaluation's figures: every attempt makes the same files
           from the same checkpoint and seed. (With `--checkpoint latest` of a train job still
           training, a later attempt may use a newer checkpoint; then the one late file shows the
