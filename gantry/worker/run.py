@@ -447,14 +447,15 @@ class JobContext:
                 return db.metric_history(s, self.job_id)
 
         stored = self.database.call(history)
-        # A pending point replaces the stored one of its name and step, as its write will.
-        newer = {(step, name) for step, values, _ in self._pending for name in values}
-        points = [(m.step, m.name, m.value, m.time) for m in stored if (m.step, m.name) not in newer]
-        points += [
-            (step, name, float(value), when)
-            for step, values, when in self._pending
-            for name, value in values.items()
-        ]
+        # As their writes will (`db.record_metrics`): a pending point replaces the point of its name
+        # and step written before it, stored or pending, and comes after the others of its step.
+        pending: dict[tuple[int, str], tuple[int, str, float, datetime]] = {}
+        for step, values, when in self._pending:
+            for name, value in values.items():
+                pending.pop((step, name), None)
+                pending[(step, name)] = (step, name, float(value), when)
+        points = [(m.step, m.name, m.value, m.time) for m in stored if (m.step, m.name) not in pending]
+        points += pending.values()
         points.sort(key=lambda point: point[0])  # stable: within a step, in the order written
         body = "".join(_metric_line(*point) + "\n" for point in points)
         self.put(metrics_key(self.job_id), body.encode(), kind="metrics")

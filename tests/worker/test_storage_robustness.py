@@ -6,7 +6,7 @@ N and the milestones, and metrics are written a segment per checkpoint, never wh
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
@@ -249,8 +249,10 @@ def test_metrics_jsonl_lists_the_points_the_jobs_end_writes_as_the_store_keeps_t
     ctx = _context(settings)
     ctx.progress(1, {"loss_D": 1.0, "loss_G": 2.0})
     ctx.progress(2, {"loss_D": 3.0})
-    # The end's metrics, pended for the job's final transaction; one replaces a point of its step.
-    ctx.pend_metrics(2, {"loss_D": 0.5, "modes": 8.0})
+    # The end's metrics, pended for the job's final transaction, replacing what was written of
+    # their name and step before them (stored, or pending: the last write wins).
+    ctx.pend_metrics(2, {"loss_D": 0.5, "modes": 7.0})
+    ctx.pend_metrics(2, {"modes": 8.0})
     ctx.write_metrics_jsonl()
     ctx.finish("succeeded", None)
     lines = ctx.objects.get_bytes(keys.metrics_key(ctx.job_id)).decode().splitlines()
@@ -262,9 +264,8 @@ def test_metrics_jsonl_lists_the_points_the_jobs_end_writes_as_the_store_keeps_t
     ]  # fmt: skip
     with db.session_scope(ctx.sessions) as s:  # the same points, at the same times
         stored = [(m.step, m.name, m.value, m.time) for m in db.metric_history(s, ctx.job_id)]
-    assert [(*p[:3], p[3].replace(tzinfo=None)) for p in listed] == [
-        (*p[:3], p[3].replace(tzinfo=None)) for p in stored
-    ]
+    utc = [(*p[:3], p[3].astimezone(UTC) if p[3].tzinfo else p[3].replace(tzinfo=UTC)) for p in stored]
+    assert listed == utc
     assert _artifacts(ctx, "metrics") == [keys.metrics_key(ctx.job_id)]
 
 
