@@ -11,9 +11,9 @@ starts them; the machine's own are left alone) with one `gantry worker` (one poo
 2. tiny gantry jobs (`gan` on `ring8` for 1 step, a checkpoint at it), one at a time, after a
    first one (a new pool process's first job, timed on its own): submit to
    `running` (the job's `started_at` less its `created_at`), the last step to `succeeded` (its
-   final checkpoint, end-of-training metric with its scatter plot, metrics.jsonl, final state: from
-   the time of the last step's progress record to `finished_at`), and `running` to `succeeded` (all
-   the job's own work: its spec, data, one step and the end), medians;
+   progress write, final checkpoint, end-of-training metric with its scatter plot, metrics.jsonl,
+   final state: from the time its metric points were measured to `finished_at`), and `running` to
+   `succeeded` (all the job's own work: its spec, data, one step and the end), medians;
 3. throughput: `--jobs` tiny jobs submitted at once, jobs/s from the first submit to the last end,
    and the CPU time per job of the worker's processes and of the S3 server meanwhile (on a host of
    a few cores the rate follows how busy it is; the CPU a job costs varies less).
