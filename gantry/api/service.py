@@ -76,10 +76,6 @@ log = logging.getLogger(__name__)
 SERVICES_CHECK_SECONDS = 5.0
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
-
-
 class _Shared:
     """What a service and all its scoped copies share, made on first use: the engine and its pool,
     the object store, the Celery app (and so its pool of broker connections). One per process: a
@@ -642,8 +638,12 @@ class Service:
             self._job(s, job_id, tags=False)
             return [
                 LogLine(
-                    id=row.id, attempt=row.attempt, time=_utc(row.time), level=row.level, message=row.message
-                )  # type: ignore[arg-type]
+                    id=row.id,
+                    attempt=row.attempt,
+                    time=db.aware(row.time),
+                    level=row.level,
+                    message=row.message,
+                )
                 for row in joblogs.read(s, job_id, since_id=since_id)
             ]
 
@@ -689,7 +689,7 @@ class Service:
         with self._read() as s:
             self._job(s, job_id, tags=False)
             return [
-                MetricPoint(name=m.name, step=m.step, value=m.value, time=_utc(m.time))  # type: ignore[arg-type]
+                MetricPoint(name=m.name, step=m.step, value=m.value, time=db.aware(m.time))
                 for m in db.metric_history(s, job_id)
             ]
 
@@ -891,9 +891,9 @@ class Service:
                 ArtifactView(key=key, uri=self._artifact_uri(job.id, key), kind=kind, bytes=size)
                 for key, kind, size in details.artifacts
             ],
-            created_at=_utc(job.created_at),  # type: ignore[arg-type]
-            started_at=_utc(job.started_at),
-            finished_at=_utc(job.finished_at),
+            created_at=db.aware(job.created_at),
+            started_at=db.aware(job.started_at),
+            finished_at=db.aware(job.finished_at),
             parent_job_id=job.parent_job_id,
             spec=dict(job.spec),
             name=job.name,
@@ -958,9 +958,9 @@ def _token_view(row: db.ApiToken, *, token: str | None = None) -> TokenView:
         id=row.id,
         owner=row.owner,
         admin=row.admin,
-        created_at=_utc(row.created_at),  # type: ignore[arg-type]
-        expires_at=_utc(row.expires_at),
-        revoked_at=_utc(row.revoked_at),
+        created_at=db.aware(row.created_at),
+        expires_at=db.aware(row.expires_at),
+        revoked_at=db.aware(row.revoked_at),
         token=token,
     )
 

@@ -12,13 +12,13 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.store import ApiToken, utcnow
+from gantry.jobs.store import ApiToken, aware, utcnow
 
 PREFIX = "gty_"
 _OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -80,11 +80,9 @@ def authenticate(session: Session, token: str, *, now: datetime | None = None) -
     now = now or utcnow()
     if row is None or row.revoked_at is not None:
         return None
-    if row.expires_at is not None and _aware(row.expires_at) <= now:
+    if row.expires_at is not None and aware(row.expires_at) <= now:
         return None
-    return Caller(
-        owner=row.owner, admin=row.admin, expires_at=_aware(row.expires_at) if row.expires_at else None
-    )
+    return Caller(owner=row.owner, admin=row.admin, expires_at=aware(row.expires_at))
 
 
 def list_tokens(session: Session, *, owner: str | None = None) -> list[ApiToken]:
@@ -105,7 +103,3 @@ def revoke_token(session: Session, token_id: str) -> ApiToken:
         session.execute(update(ApiToken).where(ApiToken.id == token_id).values(revoked_at=utcnow()))
         session.refresh(row)
     return row
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     JSON,
@@ -432,7 +432,7 @@ def _choice(field: str, value: str | None, allowed: Sequence[str]) -> None:
 def encode_cursor(job: Job) -> str:
     """An opaque cursor: the (created_at, id) of the last job of a page, which the next page starts
     after. Ordering by both is total, so jobs inserted meanwhile neither repeat nor skip one."""
-    moment = _aware(job.created_at)
+    moment = aware(job.created_at)
     assert moment is not None
     raw = json.dumps([moment.isoformat(), job.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -442,7 +442,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         moment, job_id = json.loads(raw)
-        return _aware(datetime.fromisoformat(moment)), str(job_id)  # type: ignore[return-value]
+        return aware(datetime.fromisoformat(moment)), str(job_id)  # type: ignore[return-value]
     except Exception:
         raise InvalidInput(
             "cursor", "not a cursor that `list` handed out (pass next_cursor as given)"
@@ -516,8 +516,14 @@ def delete_job_rows(session: Session, job_id: str) -> None:
     session.expunge_all()
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything stored is UTC.
+@overload
+def aware(moment: datetime) -> datetime: ...
+@overload
+def aware(moment: None) -> None: ...
+@overload
+def aware(moment: datetime | None) -> datetime | None: ...
+def aware(moment: datetime | None) -> datetime | None:
+    """`moment` with its time zone: SQLite hands back naive datetimes, and everything stored is UTC."""
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment
@@ -640,7 +646,7 @@ def claim_job(
                 f"attempt {job.attempt} takes over",
             )
         else:
-            heartbeat = _aware(job.heartbeat_at) or now
+            heartbeat = aware(job.heartbeat_at) or now
             left = timedelta(seconds=lease_seconds) - (now - heartbeat)
             if left.total_seconds() > 0 and _holder_may_be_alive(job.worker, worker):
                 raise JobBusy(job_id, job.worker or "?", left.total_seconds())
@@ -815,7 +821,7 @@ def requeue_stale(session: Session, *, lease_seconds: float | None, host: str | 
     ).all()
     requeued = []
     for job_id, attempt, holder, beat in running:
-        stale = cutoff is not None and (beat is None or _aware(beat) < cutoff)  # type: ignore[operator]
+        stale = cutoff is not None and (beat is None or aware(beat) < cutoff)  # type: ignore[operator]
         dead_here = host is not None and not _holder_may_be_alive(holder, f"{host}:0")
         if not (stale or dead_here):
             continue
@@ -1026,7 +1032,7 @@ def holder_is_gone(job: Job, *, lease_seconds: int, now: datetime | None = None)
     (the pid was reused), is gone; where the start time cannot be read, a heartbeat older than the
     lease is. On another host only the lease tells."""
     now = now or utcnow()
-    heartbeat = _aware(job.heartbeat_at) or _aware(job.started_at) or now
+    heartbeat = aware(job.heartbeat_at) or aware(job.started_at) or now
     expired = (now - heartbeat).total_seconds() > lease_seconds
     host, _, pid = (job.worker or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():

@@ -42,7 +42,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -738,8 +738,7 @@ class JobContext:
 
 
 def _metric_line(step: int, name: str, value: float, when: datetime) -> str:
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)  # SQLite's are naive; all are UTC
-    return json.dumps({"step": step, "name": name, "value": value, "time": when.isoformat()})
+    return json.dumps({"step": step, "name": name, "value": value, "time": db.aware(when).isoformat()})
 
 
 def _size(objects: ObjectStore, key: str) -> int | None:

@@ -6,7 +6,7 @@ whose worker keeps dying ends `failed`."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
@@ -114,10 +114,7 @@ def test_progress_during_a_database_outage_is_kept_and_lands_later(settings, ses
     ctx.progress(40, {"loss_D": 4.0})
     assert _points(sessions, job_id) == [(step, "loss_D") for step in (10, 20, 30, 40)]
     with db.session_scope(sessions) as s:  # each at the time it was measured, not when written
-        times = {
-            m.step: m.time if m.time.tzinfo else m.time.replace(tzinfo=UTC)
-            for m in db.metric_history(s, job_id)
-        }
+        times = {m.step: db.aware(m.time) for m in db.metric_history(s, job_id)}
     assert times[20] < times[30] < back < times[40]
     assert _row(sessions, job_id).step == 40
     assert ctx.should_stop() is True  # read again once the database is back
@@ -157,7 +154,7 @@ def test_a_checkpoint_waits_out_an_object_storage_outage_and_keeps_its_lease(
     assert attempts[:4] == [keys.checkpoint_key(job_id, 20, attempt=1)] * 4
     manifest = read_manifest(ctx.objects, job_id)
     assert manifest is not None and manifest.step == 20
-    heartbeat = db._aware(_row(sessions, job_id).heartbeat_at)
+    heartbeat = db.aware(_row(sessions, job_id).heartbeat_at)
     assert heartbeat is not None and db.utcnow() - heartbeat < timedelta(seconds=10)
 
 

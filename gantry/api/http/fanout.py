@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from anyio import to_thread
 from sqlalchemy import func, select
@@ -268,5 +268,4 @@ class EventHub:
 
 
 def _point(m: db.Metric) -> Point:
-    moment = m.time if m.time.tzinfo is not None else m.time.replace(tzinfo=UTC)
-    return Point(id=m.id, name=m.name, step=m.step, value=m.value, time=moment)
+    return Point(id=m.id, name=m.name, step=m.step, value=m.value, time=db.aware(m.time))
