@@ -6,7 +6,7 @@ N and the milestones, and metrics are written a segment per checkpoint, never wh
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
@@ -264,8 +264,7 @@ def test_metrics_jsonl_lists_the_points_the_jobs_end_writes_as_the_store_keeps_t
     ]  # fmt: skip
     with db.session_scope(ctx.sessions) as s:  # the same points, at the same times
         stored = [(m.step, m.name, m.value, m.time) for m in db.metric_history(s, ctx.job_id)]
-    utc = [(*p[:3], p[3].astimezone(UTC) if p[3].tzinfo else p[3].replace(tzinfo=UTC)) for p in stored]
-    assert listed == utc
+    assert listed == [(*p[:3], db.aware(p[3])) for p in stored]
     assert _artifacts(ctx, "metrics") == [keys.metrics_key(ctx.job_id)]
 
 
