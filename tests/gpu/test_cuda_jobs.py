@@ -19,6 +19,8 @@ pytestmark = [
 ]
 
 SHORT = {"steps": 3, "checkpoint_every": 3, "sample_every": 3}
+# compile=graph: a capture after the warm-up steps (gantry.worker.gan.fast.WARMUP), then replays.
+GRAPHED = {"steps": 6, "checkpoint_every": 6, "sample_every": 6}
 RUNS = {
     "gan ring8, minibatch discrimination": (
         "gan",
@@ -45,15 +47,25 @@ RUNS = {
 }
 
 
+@pytest.mark.parametrize("compile", ["auto", "graph"])
 @pytest.mark.parametrize("name", list(RUNS))
-def test_every_model_trains_and_samples_on_cuda(name: str, settings: Settings, tmp_path: Path) -> None:
+def test_every_model_trains_and_samples_on_cuda(
+    name: str, compile: str, settings: Settings, tmp_path: Path
+) -> None:
+    """With `compile=graph`, each model's step, with the options of its run, is captured and
+    replayed: none falls back to eager steps (gantry.worker.gan.fast says when one would)."""
     model, fields, options = RUNS[name]
     svc = Service(settings)
-    train = svc.submit_train(model, options=options, **SHORT, **fields)
+    schedule = SHORT if compile == "auto" else GRAPHED
+    train = svc.submit_train(model, options={**options, "compile": compile}, **schedule, **fields)
     svc.run_embedded(train)
     done = svc.get(train.id)
     assert done.state == "succeeded", done.error
     assert done.metrics and all(np.isfinite(v) for v in done.metrics.values())
+    if compile == "graph":
+        lines = [line.message for line in svc.logs(train.id)]
+        assert any("the step runs as a CUDA graph" in line for line in lines), lines
+        assert not any("could not be captured" in line for line in lines), lines
 
     extra: dict[str, object] = {}
     if model in ("srresnet", "srgan"):

@@ -19,6 +19,11 @@ What a graph bakes in is checked at every call: a new learning rate (a rollback 
 minibatch of another shape (none in a run) makes a new capture. A rollback or a resume replaces the
 optimizer's state, so the loop calls `reset` then.
 
+A step a graph cannot hold (one that waits for the GPU in the middle: a mask's rows picked, a value
+read back) fails its capture; no kernel of it ran, so the run goes on with that step, and every later
+one, eager, with a warning that says why: an option the graph does not cover costs speed, never the
+job.
+
 The optimizers (`optimizer_mode`): on CUDA, eager or graph, Adam runs fused (one kernel for all of
 an optimizer's tensors, its step counters on the GPU): fewer launches, and the very kernel a graph
 replays, so that a graph step computes what an eager one does, to the bit (tests/gpu checks it).
@@ -84,12 +89,15 @@ class GraphStep:
         self.graph: Any = None  # torch.cuda.CUDAGraph once captured
         self.lrs: list[float] = []
         self.warmups = 0
+        self.failed: str | None = None  # why the step could not be captured: every call runs eagerly
 
     def reset(self) -> None:
         """Capture again at the next call (the optimizers' state was replaced: a rollback, a resume)."""
         self.graph, self.warmups = None, 0
 
     def __call__(self, batch: Minibatch) -> dict[str, torch.Tensor]:
+        if self.failed is not None:
+            return self.step(batch)
         self._take(batch)
         lrs = [group["lr"] for opt in self.optimizers for group in opt.param_groups]
         if self.graph is not None and lrs != self.lrs:
@@ -100,14 +108,41 @@ class GraphStep:
         if not self.capture or self.warmups < WARMUP:
             self.warmups += 1
             return self._side(lambda: self.step(self._static()))
-        graph = torch.cuda.CUDAGraph()
-        for opt in self.optimizers:  # the graph's backward makes the gradients, in its own memory
-            opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            self.stats = self.step(self._static())
+        try:
+            graph = self._capture()
+        except Exception as exc:  # a capture runs no kernel: the step is still to do
+            # What the step did (the capture's end then fails too, in the middle of handling it).
+            cause = exc.__context__ if exc.__context__ is not None else exc
+            first = next(iter(str(cause).strip().splitlines()), "")  # CUDA's errors run on for lines
+            self.failed = f"{type(cause).__name__}: {first}" if first else type(cause).__name__
+            log.warning(
+                "compile=graph: the step could not be captured as a CUDA graph (%s); the steps run eagerly",
+                self.failed,
+            )
+            for opt in self.optimizers:  # the failed capture's gradient tensors, and their memory, go
+                opt.zero_grad(set_to_none=True)
+            return self.step(self._static())
         self.graph, self.lrs = graph, lrs
         graph.replay()  # the captured step has not run yet
         return self.stats
+
+    def _capture(self) -> Any:
+        """The step captured as a CUDA graph (its outputs in `stats`); none of its kernels runs. On a
+        stream of its own, which stops being the current one whether or not the capture succeeds
+        (`torch.cuda.graph` leaves its stream current when the capture's end fails)."""
+        graph = torch.cuda.CUDAGraph()
+        for opt in self.optimizers:  # the graph's backward makes the gradients, in its own memory
+            opt.zero_grad(set_to_none=True)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            graph.capture_begin()
+            try:
+                self.stats = self.step(self._static())
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(side)
+        return graph
 
     def _static(self) -> Minibatch:
         assert self.static is not None

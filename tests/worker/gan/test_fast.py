@@ -46,7 +46,9 @@ def test_compile_picks_the_graph_only_where_one_applies(caplog: pytest.LogCaptur
     assert parse_train_spec("dcgan", {"image_size": 16}, {}).options.compile == "auto"
 
 
-def _run(graph: bool, steps: int = 6) -> tuple[list[dict[str, float]], torch.nn.Module]:
+def _run(graph: type[GraphStep] | None, steps: int = 6) -> tuple[list[dict[str, float]], torch.nn.Module]:
+    """A tiny dcgan's stats at each of `steps` steps, and its G, with its step wrapped in `graph`
+    (capture=False for GraphStep itself) or eager (None)."""
     spec = _spec()
     torch.manual_seed(spec.seed)
     model = build_model(spec, channels=3, device=CPU)
@@ -60,12 +62,13 @@ def _run(graph: bool, steps: int = 6) -> tuple[list[dict[str, float]], torch.nn.
         stats: dict[str, torch.Tensor] = {}
         for phase, opt in phases:
             model.D.requires_grad_(phase == "D")
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=graph is None)  # as the loop: a graph keeps its gradient tensors
             stats.update(model.loss.accumulate_gradients(phase, batch))
             opt.step()
         return stats
 
-    step = GraphStep(one_step, [opt for _, opt in phases], capture=False) if graph else one_step
+    optimizers = [opt for _, opt in phases]
+    step = one_step if graph is None else graph(one_step, optimizers, capture=graph is not GraphStep)
     seen = []
     for _ in range(steps):
         stats = step(make_batch(data, spec.batch_size, batches, CPU))
@@ -74,12 +77,52 @@ def _run(graph: bool, steps: int = 6) -> tuple[list[dict[str, float]], torch.nn.
 
 
 def test_the_graph_steps_plumbing_trains_exactly_as_the_eager_step() -> None:
-    eager, G_eager = _run(graph=False)
-    graph, G_graph = _run(graph=True)
+    eager, G_eager = _run(None)
+    graph, G_graph = _run(GraphStep)
     assert graph == eager  # each minibatch reached the static tensors: the same losses, bit for bit
     assert len({round(s["loss_D"], 6) for s in eager}) > 1  # and the batches were not all one
     for mine, theirs in zip(G_graph.state_dict().values(), G_eager.state_dict().values(), strict=True):
         assert torch.equal(mine, theirs)
+
+
+class _CaptureFails(GraphStep):
+    """A graph step whose capture fails, as CUDA fails one that waits for the GPU in the middle (a
+    mask's rows picked); its warm-ups run in place (the CPU has no side stream)."""
+
+    captures = 0
+
+    def _side(self, run):  # type: ignore[no-untyped-def]
+        return run()
+
+    def _capture(self) -> None:
+        type(self).captures += 1
+        for opt in self.optimizers:  # as a capture leaves them: gradient tensors of its own memory
+            for p in (q for group in opt.param_groups for q in group["params"]):
+                p.grad = torch.full_like(p, float("nan"))
+        try:  # what the step did; then the capture's end fails too
+            raise RuntimeError(
+                "CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors ..."
+            )
+        except RuntimeError:
+            raise RuntimeError(
+                "CUDA error: operation failed due to a previous error during capture"
+            ) from None
+
+
+def test_a_step_the_graph_cannot_hold_runs_eagerly_and_trains_as_the_eager_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    eager, G_eager = _run(None, steps=8)
+    with caplog.at_level(logging.WARNING, logger="gantry.worker.gan.fast"):
+        fallen, G_fallen = _run(_CaptureFails, steps=8)
+    assert _CaptureFails.captures == 1  # tried once, after the warm-ups; never again in the run
+    assert fallen == eager  # no step lost or done twice, nothing of the failed capture kept
+    for mine, theirs in zip(G_fallen.state_dict().values(), G_eager.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert [r.getMessage() for r in caplog.records] == [
+        "compile=graph: the step could not be captured as a CUDA graph (RuntimeError: CUDA error: "
+        "operation not permitted when stream is capturing); the steps run eagerly"
+    ]
 
 
 def test_a_checkpoint_of_a_capturable_optimizer_resumes_in_an_eager_run() -> None:

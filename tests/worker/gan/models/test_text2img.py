@@ -607,3 +607,32 @@ def test_code_walk_reads_a_trained_job_another_way_at_sample_and_evaluate_time(
             result.output
         )
     assert len(_cli("list")) == jobs
+
+
+def test_labels_every_caption_names_need_no_mask_and_train_to_the_same_loss() -> None:
+    """TAC-GAN's head holds G to the labels a caption names. `shapes`' captions always name shape
+    and colour, so with `labels=shape,colour` a minibatch carries no mask, whose rows picked by mask
+    wait for the GPU (a CUDA graph cannot hold that); the loss and its gradients are the masked
+    one's, to the bit. Labels a caption may leave free (size) keep the mask."""
+    from gantry.worker.gan.infogan import label_cross_entropy
+    from gantry.worker.gan.registry import build_model
+
+    data = shapes.generate(16, seed=0, count=64)
+    for labels, masked in (("shape,colour", False), ("shape,colour,size", True)):
+        spec = parse_train_spec("text2img", {"dataset": "shapes", "image_size": 16}, {"labels": labels})
+        model = build_model(spec, channels=3, device=torch.device("cpu"))
+        assert model.make_batch is not None
+        batch = model.make_batch(data, 32, torch.Generator().manual_seed(0), torch.device("cpu"))
+        assert batch.labels is not None and (batch.named is not None) == masked
+        if masked:
+            assert batch.named is not None and not bool(batch.named.all())
+
+    torch.manual_seed(0)
+    logits = [torch.randn(32, 4, requires_grad=True), torch.randn(32, 7, requires_grad=True)]
+    targets = torch.stack([torch.randint(4, (32,)), torch.randint(7, (32,))], dim=1)
+    plain = label_cross_entropy(logits, targets)
+    plain_grads = torch.autograd.grad(plain, logits)
+    masked_loss = label_cross_entropy(logits, targets, torch.ones(32, 2, dtype=torch.bool))
+    masked_grads = torch.autograd.grad(masked_loss, logits)
+    assert torch.equal(plain, masked_loss)
+    assert all(torch.equal(a, b) for a, b in zip(plain_grads, masked_grads, strict=True))

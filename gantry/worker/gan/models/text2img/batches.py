@@ -80,7 +80,12 @@ class CaptionBatches:
         if opts.labels:
             self._labels = label_columns(data, opts.labels).to(device)
             if grammar is not None:  # G is held only to the labels a caption names
-                self._named = torch.from_numpy(grammar.named(data.captions, opts.labels)).to(device)
+                named = grammar.named(data.captions, opts.labels)
+                # Where every caption names every label ("a red circle" and `labels=shape,colour`),
+                # no mask: the same loss, without picking rows by mask, which waits for the GPU (and
+                # which a CUDA graph cannot hold: gantry.worker.gan.fast).
+                if not named.all():
+                    self._named = torch.from_numpy(named).to(device)
         if self.code_words is not None:
             # G's conditioning: [φ ; a flag per coded attribute the caption leaves free]
             assert grammar is not None
