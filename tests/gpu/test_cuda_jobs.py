@@ -42,6 +42,11 @@ RUNS = {
         {"dataset": "shapes", "image_size": 32},
         {"mode_seeking": "0.1", "gan_int": "true", "ngf": "8", "ndf": "8"},
     ),
+    "text2img shapes, labels some captions leave free": (
+        "text2img",
+        {"dataset": "shapes", "image_size": 16},
+        {"labels": "shape,colour,size", "ngf": "8", "ndf": "8"},
+    ),
     "srresnet photos": ("srresnet", {"image_size": 32}, {"blocks": "2", "channels": "16"}),
     "srgan photos": ("srgan", {"image_size": 32}, {"blocks": "2", "channels": "16"}),
 }

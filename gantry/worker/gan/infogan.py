@@ -185,12 +185,14 @@ def label_cross_entropy(
 ) -> torch.Tensor:
     """Σ_j CE(logits[j], labels[:, j]): one row of logits (N, size_j) per label attribute, labels
     (N, K) int64, each term averaged over the batch; with `named` (N, K) bool, over the rows where
-    named[:, j] only (no term where no row names attribute j)."""
+    named[:, j] only (no term where no row names attribute j). The rows are weighed, not picked:
+    picking rows by mask, or asking whether any is named, waits for the GPU, which a CUDA graph
+    cannot hold (gantry.worker.gan.fast)."""
     if named is None:
         return sum(F.cross_entropy(lg, labels[:, j]) for j, lg in enumerate(logits))  # type: ignore[return-value]
-    terms = [
-        F.cross_entropy(lg[named[:, j]], labels[named[:, j], j])
-        for j, lg in enumerate(logits)
-        if named[:, j].any()
-    ]
-    return sum(terms, logits[0].new_zeros(()))
+    total: torch.Tensor | int = 0
+    for j, lg in enumerate(logits):
+        each = F.cross_entropy(lg, labels[:, j], reduction="none")
+        weight = named[:, j].to(each.dtype)
+        total = total + (each * weight).sum() / weight.sum().clamp(min=1)  # 0 where none is named
+    return total  # type: ignore[return-value]

@@ -82,8 +82,7 @@ class CaptionBatches:
             if grammar is not None:  # G is held only to the labels a caption names
                 named = grammar.named(data.captions, opts.labels)
                 # Where every caption names every label ("a red circle" and `labels=shape,colour`),
-                # no mask: the same loss, without picking rows by mask, which waits for the GPU (and
-                # which a CUDA graph cannot hold: gantry.worker.gan.fast).
+                # no mask: every row counts, as the plain cross entropy counts them, to the bit.
                 if not named.all():
                     self._named = torch.from_numpy(named).to(device)
         if self.code_words is not None:
