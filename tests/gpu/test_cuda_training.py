@@ -11,9 +11,10 @@ import torch
 
 from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import ImageData
-from gantry.worker.gan.fast import GraphStep, optimizer_mode
-from gantry.worker.gan.loop import Callbacks, train
+from gantry.worker.gan.fast import WARMUP, GraphStep, optimizer_mode
+from gantry.worker.gan.loop import Callbacks, _image_batches, train
 from gantry.worker.gan.losses import Minibatch
+from gantry.worker.gan.registry import build_model
 from gantry.worker.gan.sampler import sample
 
 pytestmark = [
@@ -136,3 +137,47 @@ def test_a_step_the_graph_cannot_hold_runs_eagerly_with_a_warning(caplog: pytest
     assert "could not be captured as a CUDA graph" in caplog.text, caplog.text
     assert fallen == pytest.approx(eager, rel=1e-5)
     assert torch.allclose(fallen_weights, eager_weights, rtol=1e-5, atol=1e-7)
+
+
+def test_between_reports_a_graph_run_never_waits_for_the_gpu() -> None:
+    """A step's minibatch (drawn on the CPU) reaches the GPU without waiting, the step is one replay
+    and its stats add up on the GPU: between two reports the CPU never waits for the GPU, so it
+    queues the next step while the GPU runs this one. torch's sync debug mode raises on any wait."""
+    spec = parse_train_spec(
+        "dcgan", {"image_size": 32, "batch_size": 64, "steps": 20}, {"precision": "fp32", "compile": "graph"}
+    )
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model(spec, channels=3, device=cuda)
+    images = np.random.default_rng(0).integers(0, 256, size=(512, 32, 32, 3), dtype=np.uint8)
+    data = ImageData(images=images)
+    make_batch = _image_batches(spec, data, model, cuda)
+    phases = [("D", model.opt_D), ("G", model.opt_G)]
+    for _, opt in phases:
+        optimizer_mode(opt, fused=True, capturable=True)
+
+    def one_step(batch: Minibatch) -> dict[str, torch.Tensor]:  # the loop's, as compile=graph runs it
+        stats: dict[str, torch.Tensor] = {}
+        for phase, opt in phases:
+            model.D.requires_grad_(phase == "D")
+            opt.zero_grad(set_to_none=False)
+            stats.update(model.loss.accumulate_gradients(phase, batch))
+            opt.step()
+        return stats
+
+    step = GraphStep(one_step, [opt for _, opt in phases])
+    batches = torch.Generator().manual_seed(0)
+    for _ in range(WARMUP + 1):  # the warm-ups and the capture
+        step(make_batch(data, spec.batch_size, batches, cuda))
+    torch.cuda.synchronize()
+    sums: dict[str, torch.Tensor] = {}
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(10):
+            stats = step(make_batch(data, spec.batch_size, batches, cuda))
+            sums = {
+                name: sums[name] + value if name in sums else value.clone() for name, value in stats.items()
+            }
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(math.isfinite(total.item()) for total in sums.values())  # the report's one wait

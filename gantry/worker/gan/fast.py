@@ -7,7 +7,7 @@ the eager step's (torch.compile's kernels are not: see bench/RESULTS.md, "DCGAN 
 
 `GraphStep` wraps the loop's step (every phase: zero the phase's gradients, accumulate them, step its
 optimizer). Each call copies the step's minibatch (drawn on the CPU from the seed's stream, as
-always) into tensors that stay put, then:
+always, and sent to the GPU without waiting: `losses.on_device`) into tensors that stay put, then:
 - its first `WARMUP` calls run the step eagerly on a side stream (PyTorch's recipe: libraries
   allocate their workspaces before a capture); they are real steps of the run;
 - the next one captures the step as a graph, then replays it (a capture records kernels, it runs

@@ -45,7 +45,7 @@ from gantry.worker.gan.checkpoint import (
 )
 from gantry.worker.gan.fast import GraphStep, choose_step, fused_for, optimizer_mode
 from gantry.worker.gan.images import grid_png, resident_images, scaled
-from gantry.worker.gan.losses import Minibatch, Phase
+from gantry.worker.gan.losses import Minibatch, Phase, on_device
 from gantry.worker.gan.registry import BatchMaker, GANModel, build_model
 from gantry.worker.gan.sampler import default_device, generate, generate_outputs
 
@@ -550,9 +550,9 @@ def _image_batches(
         # With replacement: no epoch bookkeeping, and a step's batch depends on the stream alone.
         index = torch.randint(n, (batch_size,), generator=generator)
         z = model.sample_latents(batch_size, generator)
-        index = index.to(device)
+        index = on_device(index, device)
         labels = labels_all[index] if labels_all is not None else None
-        return Minibatch(real=scaled(x_all[index]), z=z.to(device), labels=labels)
+        return Minibatch(real=scaled(x_all[index]), z=on_device(z, device), labels=labels)
 
     return make_batch
 

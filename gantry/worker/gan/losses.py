@@ -33,6 +33,16 @@ class Minibatch:
     named: torch.Tensor | None = None
 
 
+def on_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A minibatch's tensor drawn on the CPU (indices, latents) on the step's `device`. To a GPU it
+    goes from pinned memory without waiting: a copy from ordinary memory waits until the GPU has
+    done all the work queued before it, so each step would wait for the last one to finish (torch's
+    caching host allocator keeps a pinned block until its copy is done)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class GANLoss(Protocol):
     def accumulate_gradients(self, phase: Phase, batch: Minibatch) -> dict[str, torch.Tensor]:
         """Backpropagate the phase's loss (no zeroing, no optimizer step); return detached 0-dim stats."""

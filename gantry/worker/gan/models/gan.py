@@ -30,7 +30,7 @@ from gantry.worker.gan.improved import (
     build_loss,
     historical_average,
 )
-from gantry.worker.gan.losses import Minibatch
+from gantry.worker.gan.losses import Minibatch, on_device
 from gantry.worker.gan.registry import GANModel, GeneratorParts, adam_pair
 from gantry.worker.gan.scatter import points_result
 
@@ -131,7 +131,7 @@ class PointBatches:
         x_all = self._cache[1]  # (N, 2)
         index = torch.randint(len(x_all), (batch_size,), generator=generator)
         z = torch.randn((batch_size, *self.latent_shape), generator=generator)
-        return Minibatch(real=x_all[index.to(device)], z=z.to(device))
+        return Minibatch(real=x_all[on_device(index, device)], z=on_device(z, device))
 
 
 def _out_shape_and_scale(spec: GANTrainSpec, channels: int) -> tuple[tuple[int, ...], float]:

@@ -17,7 +17,7 @@ from gantry.jobs.specs import Text2ImgTrainSpec
 from gantry.worker.data import CaptionGrammar
 from gantry.worker.gan.images import resident_images, scaled
 from gantry.worker.gan.infogan import CodedLatents
-from gantry.worker.gan.losses import Minibatch
+from gantry.worker.gan.losses import Minibatch, on_device
 from gantry.worker.gan.models.text2img.codes import CodeWords, code_phrases, free_code_labels, with_free_flags
 from gantry.worker.gan.models.text2img.networks import text_dim
 from gantry.worker.text.encoders import TextEncoder, fit_encoder
@@ -132,12 +132,16 @@ class CaptionBatches:
             self._prepare(data, device)
         assert self._x is not None and self._phi is not None
         # With replacement, as the default minibatches: a step's batch depends on the stream alone.
-        index = torch.randint(len(self._x), (batch_size,), generator=generator).to(device)
+        index = on_device(torch.randint(len(self._x), (batch_size,), generator=generator), device)
         z = self.latents(batch_size, generator)
         labels = self._labels[index] if self._labels is not None else None
         named = self._named[index] if self._named is not None else None
         return Minibatch(
-            real=scaled(self._x[index]), z=z.to(device), cond=self._phi[index], labels=labels, named=named
+            real=scaled(self._x[index]),
+            z=on_device(z, device),
+            cond=self._phi[index],
+            labels=labels,
+            named=named,
         )
 
     def state(self) -> dict[str, Any]:
