@@ -1,10 +1,11 @@
 #!/bin/bash
 # Issue 30's GPU figures on one CUDA GPU, in about ten minutes, one after the other (each alone on
 # the GPU): `pytest tests/gpu` (the graph step's losses against the eager step's, a resumed graph run
-# against an uninterrupted one, every model on CUDA eager and as a graph, a step a graph cannot hold), bench/dcgan_speed.py (canonical, canonical as
-# a CUDA graph, and gantry's loop with compile=graph, at batch 64, 128, 512 and 2048), then with
-# compile=eager at 64 for the comparison, the graph in bf16 and in bf16 channels-last at 64 and 128
-# (what `auto` may pick on a GPU), bench/job_speed.py (a real job against the synthetic rate) and
+# against an uninterrupted one, every model on CUDA eager and as a graph, a step a graph cannot hold,
+# no wait for the GPU between reports), bench/dcgan_speed.py (canonical, canonical as a CUDA graph,
+# and gantry's loop with compile=graph, at batch 64, 128, 512 and 2048), then with compile=eager at
+# 64 for the comparison, the graph in bf16 and in bf16 channels-last at 64 and 128 (what `auto` may
+# pick on a GPU), bench/job_speed.py (a real job against the synthetic rate) and
 # bench/sample_speed.py (sampling against the PNG-encode ceiling).
 #
 #     bash bench/gpu_throughput.sh       # from the repository root, gantry[worker,dev] installed

@@ -64,7 +64,7 @@ def main() -> int:
             postgres = Postgres()
             postgres.start()
             database = postgres.create_database("jobspeed")
-        except Missing as missing:  # a machine without PostgreSQL's server (a GPU box with only CUDA torch)
+        except Missing as missing:  # a machine without PostgreSQL's server programs
             postgres, store = None, f"SQLite (no PostgreSQL here: {missing})"
             database = f"sqlite:///{workdir / 'gantry.db'}"
         s3.client().create_bucket(Bucket="jobspeed")
