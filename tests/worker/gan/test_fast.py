@@ -113,6 +113,7 @@ def test_a_step_the_graph_cannot_hold_runs_eagerly_and_trains_as_the_eager_step(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     eager, G_eager = _run(None, steps=8)
+    _CaptureFails.captures = 0
     with caplog.at_level(logging.WARNING, logger="gantry.worker.gan.fast"):
         fallen, G_fallen = _run(_CaptureFails, steps=8)
     assert _CaptureFails.captures == 1  # tried once, after the warm-ups; never again in the run
