@@ -433,7 +433,6 @@ def encode_cursor(job: Job) -> str:
     """An opaque cursor: the (created_at, id) of the last job of a page, which the next page starts
     after. Ordering by both is total, so jobs inserted meanwhile neither repeat nor skip one."""
     moment = aware(job.created_at)
-    assert moment is not None
     raw = json.dumps([moment.isoformat(), job.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -442,7 +441,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         moment, job_id = json.loads(raw)
-        return aware(datetime.fromisoformat(moment)), str(job_id)  # type: ignore[return-value]
+        return aware(datetime.fromisoformat(moment)), str(job_id)
     except Exception:
         raise InvalidInput(
             "cursor", "not a cursor that `list` handed out (pass next_cursor as given)"

@@ -181,8 +181,11 @@ def channels_last_for(model: GANModel, device: torch.device) -> bool:
 
 
 def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1] on `device`."""
-    return scaled(torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)).contiguous()
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1] on `device` (sent as `on_device` sends a
+    minibatch: super-resolution's crops are one)."""
+    return scaled(
+        on_device(torch.from_numpy(np.ascontiguousarray(images)), device).permute(0, 3, 1, 2)
+    ).contiguous()
 
 
 def start_from(model: Any, state: dict[str, Any]) -> None:
