@@ -22,10 +22,10 @@ SHORT = {"steps": 3, "checkpoint_every": 3, "sample_every": 3}
 # compile=graph: a capture after the warm-up steps (gantry.worker.gan.fast.WARMUP), then replays.
 GRAPHED = {"steps": 6, "checkpoint_every": 6, "sample_every": 6}
 RUNS = {
-    "gan ring8, minibatch discrimination": (
+    "gan ring8, minibatch discrimination, lr_decay": (
         "gan",
         {"dataset": "ring8"},
-        {"minibatch_discrimination": "true"},
+        {"minibatch_discrimination": "true", "lr_decay": "linear"},
     ),
     "dcgan shapes, virtual batch norm, historical averaging, ema": (
         "dcgan",
@@ -47,7 +47,11 @@ RUNS = {
         {"dataset": "shapes", "image_size": 16},
         {"labels": "shape,colour,size", "ngf": "8", "ndf": "8"},
     ),
-    "srresnet photos": ("srresnet", {"image_size": 32}, {"blocks": "2", "channels": "16"}),
+    "srresnet photos, lr_decay": (
+        "srresnet",
+        {"image_size": 32},
+        {"blocks": "2", "channels": "16", "lr_decay": "linear"},
+    ),
     "srgan photos": ("srgan", {"image_size": 32}, {"blocks": "2", "channels": "16"}),
 }
 

@@ -119,7 +119,7 @@ class ModelOptions(OptionGroup):
     )
     compile: Literal["auto", "graph", "eager"] = Field(
         "auto",
-        description="graph: each GPU step replayed as a CUDA graph (not with lr_decay); eager: op by op; "
+        description="graph: each GPU step replayed as a CUDA graph; eager: op by op; "
         "auto: eager until graph is measured",
     )
     eval_every: int = Field(

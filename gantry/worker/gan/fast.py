@@ -15,9 +15,13 @@ always, and sent to the GPU without waiting: `losses.on_device`) into tensors th
 The stats it returns (losses, D's outputs) are the graph's output tensors, overwritten by the next
 replay: the loop adds them into its window before the next step, as it does with eager stats.
 
-What a graph bakes in is checked at every call: a new learning rate (a rollback halves it) or a
-minibatch of another shape (none in a run) makes a new capture. A rollback or a resume replaces the
-optimizer's state, so the loop calls `reset` then.
+A learning rate is not baked in: the capture reads each optimizer's from a float32 tensor on the
+GPU (fused Adam takes one), which a replay refills when the loop changed it (`lr_decay=linear`
+every step of the second half, a rollback's halving): one small copy, never a new capture. For
+that to compute what an eager step computes, a fused optimizer's learning rates are float32
+values (`optimizer_mode`, `float32_lr`): the kernel reads a tensor's as a float32 widened to a
+double, a Python float as the double it is. A minibatch of another shape (none in a run) makes a
+new capture. A rollback or a resume replaces the optimizer's state, so the loop calls `reset` then.
 
 A step a graph cannot hold (one that waits for the GPU in the middle: a mask's rows picked, a value
 read back) fails its capture; no kernel of it ran, so the run goes on with that step, and every later
@@ -34,9 +38,8 @@ A graph also needs `capturable=True`.
 Checkpoints record the optimizers as an eager CPU run would (`eager_state`), so any run resumes
 from any other's, on any device.
 
-Where it applies: CUDA, with a learning rate that holds still (`lr_decay=linear` changes it every step
-in the second half: each change would cost a capture). Elsewhere `graph` falls back to the eager
-step with a warning. `auto` picks eager for now: the graph has not yet been measured on a GPU with
+Where it applies: CUDA, every model and option. Elsewhere `graph` falls back to the eager step with
+a warning. `auto` picks eager for now: the graph has not yet been measured on a GPU with
 gantry's loop (tests/gpu checks it; bench/dcgan_speed.py measures it).
 """
 
@@ -47,9 +50,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
+import numpy as np
 import torch
 
-from gantry.jobs.specs import TrainSpec
 from gantry.worker.gan.losses import Minibatch
 
 log = logging.getLogger(__name__)
@@ -59,26 +62,26 @@ WARMUP = 3  # eager steps on a side stream before the capture
 Step = Callable[[Minibatch], dict[str, torch.Tensor]]
 
 
-def choose_step(option: str, device: torch.device, spec: TrainSpec) -> str:
-    """ "graph" or "eager": what `compile=option` runs on `device` for `spec` (see the module)."""
+def choose_step(option: str, device: torch.device) -> str:
+    """ "graph" or "eager": what `compile=option` runs on `device` (see the module)."""
     if option == "eager":
         return "eager"
-    why = None
     if device.type != "cuda":
-        why = f"a CUDA graph needs a GPU; this run is on the {device.type}"
-    elif spec.options.lr_decay != "none":
-        why = f"lr_decay={spec.options.lr_decay} changes the learning rate every step"
-    if why is not None:
         if option == "graph":
-            log.warning("compile=graph: %s; the steps run eagerly", why)
+            log.warning(
+                "compile=graph: a CUDA graph needs a GPU; this run is on the %s; the steps run eagerly",
+                device.type,
+            )
         return "eager"
     return "graph" if option == "graph" else "eager"  # auto: eager until measured on a GPU
 
 
 class GraphStep:
     """`step` captured once as a CUDA graph and replayed (see the module). `capture=False` (tests on
-    the CPU) runs every call as a warm-up: the same static tensors, no graph. The optimizers must be
-    in graph mode (`optimizer_mode(..., capturable=True)`), again after their state is replaced."""
+    the CPU) runs the same code without CUDA: the warm-ups, then in place of the capture and its
+    replays the step on the same static tensors, reading the fused optimizers' learning rates from
+    the same tensors. The optimizers must be in graph mode (`optimizer_mode(..., capturable=True)`),
+    again after their state is replaced."""
 
     def __init__(self, step: Step, optimizers: Sequence[torch.optim.Optimizer], *, capture: bool = True):
         self.step = step
@@ -86,8 +89,10 @@ class GraphStep:
         self.capture = capture
         self.static: Minibatch | None = None
         self.stats: dict[str, torch.Tensor] = {}
-        self.graph: Any = None  # torch.cuda.CUDAGraph once captured
-        self.lrs: list[float] = []
+        self.graph: Any = None  # torch.cuda.CUDAGraph once captured (`_InPlace` without capture)
+        self.lr_tensors: list[torch.Tensor] = []  # the fused groups' lrs, as the graph reads them
+        self.lrs: list[float] = []  # what they hold
+        self.baked: list[float] = []  # the other groups' lrs, baked into the graph
         self.warmups = 0
         self.failed: str | None = None  # why the step could not be captured: every call runs eagerly
 
@@ -99,17 +104,23 @@ class GraphStep:
         if self.failed is not None:
             return self.step(batch)
         self._take(batch)
-        lrs = [group["lr"] for opt in self.optimizers for group in opt.param_groups]
-        if self.graph is not None and lrs != self.lrs:
+        fused, other = self._groups()
+        if self.graph is not None and [group["lr"] for group in other] != self.baked:
             self.reset()
         if self.graph is not None:
+            self._refill([group["lr"] for group in fused])
             self.graph.replay()
             return self.stats
-        if not self.capture or self.warmups < WARMUP:
+        if self.warmups < WARMUP:
             self.warmups += 1
             return self._side(lambda: self.step(self._static()))
+        self.lr_tensors = [
+            torch.tensor(group["lr"], dtype=torch.float32, device=group["params"][0].device)
+            for group in fused
+        ]
+        self.lrs = [group["lr"] for group in fused]
         try:
-            graph = self._capture()
+            graph = self._capture() if self.capture else _InPlace(self)
         except Exception as exc:  # a capture runs no kernel: the step is still to do
             # What the step did (the capture's end then fails too, in the middle of handling it).
             cause = exc.__context__ if exc.__context__ is not None else exc
@@ -122,9 +133,37 @@ class GraphStep:
             for opt in self.optimizers:  # the failed capture's gradient tensors, and their memory, go
                 opt.zero_grad(set_to_none=True)
             return self.step(self._static())
-        self.graph, self.lrs = graph, lrs
+        self.graph, self.baked = graph, [group["lr"] for group in other]
         graph.replay()  # the captured step has not run yet
         return self.stats
+
+    def _groups(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The optimizers' param groups: those stepped by fused Adam, whose lr a graph reads from a
+        tensor, and the others (none on CUDA, where every optimizer is fused), whose lr it bakes in."""
+        groups = [group for opt in self.optimizers for group in opt.param_groups]
+        return [g for g in groups if g.get("fused")], [g for g in groups if not g.get("fused")]
+
+    def _refill(self, lrs: list[float]) -> None:
+        """Set the lr tensors the graph reads to `lrs` where the loop changed them (queued on the
+        stream before the replay: no wait)."""
+        if lrs != self.lrs:
+            for tensor, lr, was in zip(self.lr_tensors, lrs, self.lrs, strict=True):
+                if lr != was:
+                    tensor.fill_(lr)
+            self.lrs = lrs
+
+    def _stepping(self) -> dict[str, torch.Tensor]:
+        """The step on the static minibatch with each fused group's lr read from its tensor (as the
+        capture records it); the groups hold their float lrs again after it."""
+        fused, _ = self._groups()
+        floats = [group["lr"] for group in fused]
+        try:
+            for group, tensor in zip(fused, self.lr_tensors, strict=True):
+                group["lr"] = tensor
+            return self.step(self._static())
+        finally:
+            for group, lr in zip(fused, floats, strict=True):
+                group["lr"] = lr
 
     def _capture(self) -> Any:
         """The step captured as a CUDA graph (its outputs in `stats`); none of its kernels runs. On a
@@ -138,7 +177,7 @@ class GraphStep:
         with torch.cuda.stream(side):
             graph.capture_begin()
             try:
-                self.stats = self.step(self._static())
+                self.stats = self._stepping()
             finally:
                 graph.capture_end()
         torch.cuda.current_stream().wait_stream(side)
@@ -178,6 +217,22 @@ class GraphStep:
         return stats
 
 
+class _InPlace:
+    """`GraphStep(capture=False)`'s stand-in for a captured graph (tests on the CPU): each `replay`
+    runs the step on the static minibatch, the fused groups' lrs read from the step's tensors."""
+
+    def __init__(self, owner: GraphStep) -> None:
+        self.owner = owner
+
+    def replay(self) -> None:
+        self.owner.stats = self.owner._stepping()
+
+
+def float32_lr(lr: float) -> float:
+    """`lr` rounded to the nearest float32 (see the module: what a fused optimizer's lr holds)."""
+    return float(np.float32(lr))
+
+
 def fused_for(device: torch.device) -> bool:
     """Whether a run's Adam steps fused on `device` (see the module): on CUDA. On the CPU the
     unfused step stays, whose numbers every CPU figure and pinned digest was made with."""
@@ -188,10 +243,15 @@ def optimizer_mode(opt: torch.optim.Optimizer, *, fused: bool, capturable: bool)
     """Set how `opt` steps (see the module): `fused`, and `capturable` (a CUDA graph may capture its
     step), with its step counters moved where that mode keeps them: on its parameters' device when
     fused or capturable, else on the CPU. For a new optimizer and again after `load_state_dict`,
-    which takes the flags a checkpoint recorded. An optimizer without these options is left as is."""
+    which takes the flags a checkpoint recorded. An optimizer without these options is left as is.
+    A fused optimizer's learning rates become float32 values (`float32_lr`; see the module)."""
     for group in opt.param_groups:
         if "fused" in group:
             group["fused"] = True if fused else None  # None: torch's default, the unfused step
+        if group.get("fused"):
+            for name in ("lr", "initial_lr"):  # initial_lr: the loop's schedule's base, once set
+                if name in group:
+                    group[name] = float32_lr(group[name])
         if "capturable" in group:
             group["capturable"] = capturable
         on_device = bool(group.get("fused")) or bool(group.get("capturable"))

@@ -43,7 +43,7 @@ from gantry.worker.gan.checkpoint import (
     restore_training_state,
     state_copy,
 )
-from gantry.worker.gan.fast import GraphStep, choose_step, fused_for, optimizer_mode
+from gantry.worker.gan.fast import GraphStep, choose_step, float32_lr, fused_for, optimizer_mode
 from gantry.worker.gan.images import grid_png, resident_images, scaled
 from gantry.worker.gan.losses import Minibatch, Phase, on_device
 from gantry.worker.gan.registry import BatchMaker, GANModel, build_model
@@ -406,7 +406,7 @@ def train(
             raise ValueError(f"{spec.model} has a phase {phase} but no optimizer for it")
         phases.append((phase, opt))
     lr_decay = spec.options.lr_decay
-    how = choose_step(spec.options.compile, device, spec)  # "graph" or "eager" (gantry.worker.gan.fast)
+    how = choose_step(spec.options.compile, device)  # "graph" or "eager" (gantry.worker.gan.fast)
     autocast = mixed_precision(spec.options.precision, device, cache=how != "graph")
 
     def set_optimizer_mode() -> None:
@@ -526,10 +526,12 @@ def linear_decay(step: int, steps: int) -> float:
 
 
 def set_lr_factor(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
-    """lr = factor x the optimizer's initial lr (kept in its param groups, so it survives a resume)."""
+    """lr = factor x the optimizer's initial lr (kept in its param groups, so it survives a resume);
+    a float32 value in a fused optimizer (gantry.worker.gan.fast: a graph reads it from a tensor)."""
     for opt in optimizers:
         for group in opt.param_groups:
-            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+            lr = group.setdefault("initial_lr", group["lr"]) * factor
+            group["lr"] = float32_lr(lr) if group.get("fused") else lr
 
 
 def _image_batches(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,8 +18,15 @@ import torch
 from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import ImageData
 from gantry.worker.gan.checkpoint import checkpoint_file, checkpoint_state, load_checkpoint
-from gantry.worker.gan.fast import GraphStep, choose_step, eager_state, fused_for, optimizer_mode
-from gantry.worker.gan.loop import _image_batches
+from gantry.worker.gan.fast import (
+    GraphStep,
+    choose_step,
+    eager_state,
+    float32_lr,
+    fused_for,
+    optimizer_mode,
+)
+from gantry.worker.gan.loop import _image_batches, linear_decay, set_lr_factor
 from gantry.worker.gan.losses import Minibatch
 from gantry.worker.gan.registry import build_model
 
@@ -34,24 +42,35 @@ def _spec(**options: object):  # type: ignore[no-untyped-def]
 
 
 def test_compile_picks_the_graph_only_where_one_applies(caplog: pytest.LogCaptureFixture) -> None:
-    assert choose_step("eager", CUDA, _spec()) == "eager"
-    assert choose_step("graph", CUDA, _spec()) == "graph"
-    assert choose_step("auto", CUDA, _spec()) == "eager"  # until the graph is measured on a GPU
-    assert choose_step("auto", CPU, _spec()) == "eager"
+    assert choose_step("eager", CUDA) == "eager"
+    assert choose_step("graph", CUDA) == "graph"
+    assert choose_step("auto", CUDA) == "eager"  # until the graph is measured on a GPU
+    assert choose_step("auto", CPU) == "eager"
+    assert not caplog.text
     with caplog.at_level(logging.WARNING):
-        assert choose_step("graph", CPU, _spec()) == "eager"
-        assert choose_step("graph", CUDA, _spec(lr_decay="linear")) == "eager"
-    assert "a CUDA graph needs a GPU; this run is on the cpu" in caplog.text
-    assert "lr_decay=linear changes the learning rate every step" in caplog.text
+        assert choose_step("graph", CPU) == "eager"
+    assert "a CUDA graph needs a GPU; this run is on the cpu; the steps run eagerly" in caplog.text
     assert parse_train_spec("dcgan", {"image_size": 16}, {}).options.compile == "auto"
 
 
-def _run(graph: type[GraphStep] | None, steps: int = 6) -> tuple[list[dict[str, float]], torch.nn.Module]:
+def _run(
+    graph: type[GraphStep] | None,
+    steps: int = 6,
+    *,
+    fused: bool = False,
+    lr_factor: Callable[[int], float] | None = None,
+    steps_seen: list[GraphStep] | None = None,
+) -> tuple[list[dict[str, float]], torch.nn.Module]:
     """A tiny dcgan's stats at each of `steps` steps, and its G, with its step wrapped in `graph`
-    (capture=False for GraphStep itself) or eager (None)."""
+    (capture=False for GraphStep itself) or eager (None). `fused`: Adam as a CUDA run steps it (the
+    CPU's fused kernel standing in); `lr_factor(i)`: the lr factor of step i, set as the loop sets
+    it; `steps_seen` gets the graph step."""
     spec = _spec()
     torch.manual_seed(spec.seed)
     model = build_model(spec, channels=3, device=CPU)
+    if fused:
+        for opt in (model.opt_D, model.opt_G):
+            optimizer_mode(opt, fused=True, capturable=False)
     images = np.random.default_rng(0).integers(0, 256, size=(64, 16, 16, 3), dtype=np.uint8)
     data = ImageData(images=images)
     make_batch = _image_batches(spec, data, model, CPU)
@@ -69,8 +88,12 @@ def _run(graph: type[GraphStep] | None, steps: int = 6) -> tuple[list[dict[str, 
 
     optimizers = [opt for _, opt in phases]
     step = one_step if graph is None else graph(one_step, optimizers, capture=graph is not GraphStep)
+    if steps_seen is not None and isinstance(step, GraphStep):
+        steps_seen.append(step)
     seen = []
-    for _ in range(steps):
+    for i in range(steps):
+        if lr_factor is not None:
+            set_lr_factor(optimizers, lr_factor(i))
         stats = step(make_batch(data, spec.batch_size, batches, CPU))
         seen.append({name: value.item() for name, value in stats.items()})
     return seen, model.G
@@ -83,6 +106,39 @@ def test_the_graph_steps_plumbing_trains_exactly_as_the_eager_step() -> None:
     assert len({round(s["loss_D"], 6) for s in eager}) > 1  # and the batches were not all one
     for mine, theirs in zip(G_graph.state_dict().values(), G_eager.state_dict().values(), strict=True):
         assert torch.equal(mine, theirs)
+
+
+def test_a_graph_step_follows_a_changing_learning_rate_without_a_new_capture() -> None:
+    """lr_decay=linear changes the lr every step of the second half, a rollback halves it: the graph
+    reads the fused optimizers' lrs from tensors that each call refills, so the steps are the eager
+    step's, bit for bit, from one capture. (Bit for bit because a fused optimizer's lrs are float32
+    values: from a tensor the kernel reads the float32, from the loop the double it is given.)"""
+
+    def factor(i: int) -> float:
+        return linear_decay(i, 16) * (0.5 if i >= 12 else 1.0)  # a rollback's halving at step 12
+
+    eager, G_eager = _run(None, steps=16, fused=True, lr_factor=factor)
+    graphs: list[GraphStep] = []
+    graph, G_graph = _run(GraphStep, steps=16, fused=True, lr_factor=factor, steps_seen=graphs)
+    assert graph == eager
+    for mine, theirs in zip(G_graph.state_dict().values(), G_eager.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+    (step,) = graphs
+    fused, _ = step._groups()
+    assert [t.item() for t in step.lr_tensors] == [group["lr"] for group in fused]  # the last step's
+    assert all(isinstance(group["lr"], float) for group in fused)  # what a checkpoint records
+    assert len({group["lr"] for group in fused}) == 1 and fused[0]["lr"] == float32_lr(2e-4 * factor(15))
+
+
+def test_a_fused_optimizers_learning_rates_are_float32_values() -> None:
+    """What the test above stands on: set once (`optimizer_mode`) and at every change (the loop's
+    `set_lr_factor`); an unfused optimizer (every CPU run's) keeps the lr it was given."""
+    model = build_model(_spec(), channels=3, device=CPU)
+    optimizer_mode(model.opt_G, fused=True, capturable=False)
+    set_lr_factor([model.opt_G, model.opt_D], 0.3)
+    assert {group["lr"] for group in model.opt_G.param_groups} == {float32_lr(float32_lr(2e-4) * 0.3)}
+    assert float32_lr(2e-4) != 2e-4
+    assert {group["lr"] for group in model.opt_D.param_groups} == {2e-4 * 0.3}
 
 
 class _CaptureFails(GraphStep):
