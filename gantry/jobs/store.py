@@ -824,6 +824,18 @@ def requeue_stale(session: Session, *, lease_seconds: float | None, host: str | 
         dead_here = host is not None and not _holder_may_be_alive(holder, f"{host}:0")
         if not (stale or dead_here):
             continue
+        # Its row, taken without waiting (PostgreSQL; SQLite has one writer at a time). A transaction
+        # holding it is its holder's: writing now, or paused in the middle (SIGSTOP, a frozen VM),
+        # which PostgreSQL ends (IDLE_IN_TRANSACTION_SECONDS) for a later pass to find the row free.
+        # Waiting on it stalled this pass, and a starting worker with it (`gantry worker` runs one
+        # before Celery starts), for as long.
+        free = session.execute(
+            select(Job.id)
+            .where(Job.id == job_id, Job.attempt == attempt, Job.state == "running")
+            .with_for_update(skip_locked=True)
+        ).first()
+        if free is None:
+            continue  # held by a transaction, or no longer this attempt's
         # Its holder ended without a word: a death (GANTRY_MAX_ATTEMPTS), and its token is void.
         result = session.execute(
             update(Job)

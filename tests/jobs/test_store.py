@@ -395,27 +395,32 @@ def test_the_reaper_lock_is_always_free_on_sqlite(sessions) -> None:
 
 
 def test_a_transaction_left_idle_is_ended_by_postgresql_and_the_reaper_takes_its_job(monkeypatch) -> None:
-    """A worker paused inside a transaction (SIGSTOP, a frozen VM) held its job's row lock until it
-    woke, and every reaper, and a starting worker's requeue pass, waited on it. PostgreSQL now ends
-    such a session after IDLE_IN_TRANSACTION_SECONDS; the paused writer's next statement fails as a
-    database outage (retried on a new connection, where the fence refuses it)."""
+    """A worker paused inside a transaction (SIGSTOP, a frozen VM) holds its job's row lock. A
+    requeue pass does not wait on it (a reaper's, or a starting worker's, which would sit silent
+    for as long): it leaves that job for a later pass. PostgreSQL ends the paused session after
+    IDLE_IN_TRANSACTION_SECONDS; the next pass takes the job, and the paused writer's next statement
+    fails as a database outage (retried on a new connection, where the fence refuses it)."""
     import time
 
     from sqlalchemy import text
 
     from gantry.jobs.errors import transient_service
 
-    monkeypatch.setattr(db, "IDLE_IN_TRANSACTION_SECONDS", 1.0)
+    monkeypatch.setattr(db, "IDLE_IN_TRANSACTION_SECONDS", 3.0)
     with private_database("gantry_store") as url:
         paused, reaper = db.connect(url), db.connect(url)
-        job_id = _claimed(paused, "w1:1")
+        job_id, other = _claimed(paused, "w1:1"), _claimed(paused, "w2:1")
         stuck = paused()
         db.heartbeat(stuck, job_id, step=3, token=1)  # its row locked; then the process stops
         start = time.monotonic()
         with db.session_scope(reaper) as s:
             s.execute(text("SET LOCAL lock_timeout = '20s'"))  # a failure, not a hang, without the fix
+            assert db.requeue_stale(s, lease_seconds=0) == [other]  # the free one; the held one waits
+        assert time.monotonic() - start < 2
+        while time.monotonic() - start < 3.5:  # PostgreSQL ends the paused session
+            time.sleep(0.1)
+        with db.session_scope(reaper) as s:
             assert db.requeue_stale(s, lease_seconds=0) == [job_id]
-        assert time.monotonic() - start < 15
         with pytest.raises(Exception) as woke:
             db.heartbeat(stuck, job_id, step=4, token=1)
             stuck.commit()
