@@ -14,10 +14,13 @@ always, and sent to the GPU without waiting: `losses.on_device`) into tensors th
   none); every later call replays it, one launch for the whole step.
 The stats it returns (losses, D's outputs) are the graph's output tensors, overwritten by the next
 replay: the loop adds them into its window before the next step, as it does with eager stats.
+The moving average of G (`ema`) is updated after the replay, as after an eager step: a foreach
+lerp whose weight changes every step (torch takes that weight as a Python number only, so a graph
+would need another formula, and an eager run's numbers would change with it).
 
 A learning rate is not baked in: the capture reads each optimizer's from a float32 tensor on the
 GPU (fused Adam takes one), which a replay refills when the loop changed it (`lr_decay=linear`
-every step of the second half, a rollback's halving): one small copy, never a new capture. For
+every step of the second half, a rollback's halving): one small fill, never a new capture. For
 that to compute what an eager step computes, a fused optimizer's learning rates are float32
 values (`optimizer_mode`, `float32_lr`): the kernel reads a tensor's as a float32 widened to a
 double, a Python float as the double it is. A minibatch of another shape (none in a run) makes a
