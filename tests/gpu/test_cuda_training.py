@@ -12,7 +12,7 @@ import torch
 from gantry.jobs.specs import parse_train_spec
 from gantry.worker.data import ImageData
 from gantry.worker.gan.fast import WARMUP, GraphStep, optimizer_mode
-from gantry.worker.gan.loop import Callbacks, _image_batches, train
+from gantry.worker.gan.loop import Callbacks, _image_batches, linear_decay, set_lr_factor, train
 from gantry.worker.gan.losses import Minibatch
 from gantry.worker.gan.registry import build_model
 from gantry.worker.gan.sampler import sample
@@ -156,8 +156,9 @@ def test_a_step_the_graph_cannot_hold_runs_eagerly_with_a_warning(caplog: pytest
 
 def test_between_reports_a_graph_run_never_waits_for_the_gpu() -> None:
     """A step's minibatch (drawn on the CPU) reaches the GPU without waiting, the step is one replay
-    and its stats add up on the GPU: between two reports the CPU never waits for the GPU, so it
-    queues the next step while the GPU runs this one. torch's sync debug mode raises on any wait."""
+    (its lr, decaying as lr_decay=linear decays it, refilled first) and its stats add up on the GPU:
+    between two reports the CPU never waits for the GPU, so it queues the next step while the GPU
+    runs this one. torch's sync debug mode raises on any wait."""
     spec = parse_train_spec(
         "dcgan", {"image_size": 32, "batch_size": 64, "steps": 20}, {"precision": "fp32", "compile": "graph"}
     )
@@ -186,9 +187,11 @@ def test_between_reports_a_graph_run_never_waits_for_the_gpu() -> None:
         step(make_batch(data, spec.batch_size, batches, cuda))
     torch.cuda.synchronize()
     sums: dict[str, torch.Tensor] = {}
+    optimizers = [opt for _, opt in phases]
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in range(10):
+        for i in range(10):
+            set_lr_factor(optimizers, linear_decay(10 + i, 20))
             stats = step(make_batch(data, spec.batch_size, batches, cuda))
             sums = {
                 name: sums[name] + value if name in sums else value.clone() for name, value in stats.items()
