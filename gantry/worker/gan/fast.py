@@ -20,7 +20,7 @@ would need another formula, and an eager run's numbers would change with it).
 
 A learning rate is not baked in: the capture reads each optimizer's from a float32 tensor on the
 GPU (fused Adam takes one), which a replay refills when the loop changed it (`lr_decay=linear`
-every step of the second half, a rollback's halving): one small fill, never a new capture. For
+every step of the second half): one small fill, never a new capture. For
 that to compute what an eager step computes, a fused optimizer's learning rates are float32
 values (`optimizer_mode`, `float32_lr`): the kernel reads a tensor's as a float32 widened to a
 double, a Python float as the double it is. A minibatch of another shape (none in a run) makes a
@@ -33,7 +33,7 @@ job.
 
 The optimizers (`optimizer_mode`): on CUDA, eager or graph, Adam runs fused (one kernel for all of
 an optimizer's tensors, its step counters on the GPU): fewer launches, and the very kernel a graph
-replays, so that a graph step computes what an eager one does, to the bit (tests/gpu checks it).
+replays, so that a graph step computes what an eager one does (tests/gpu compares their losses).
 The multi-tensor Adam would not: its bias corrections are float64 on the CPU when eager and float32
 on the GPU when captured, a relative 1e-7 apart, and a GAN's steps grow such a difference fast (on
 the CPU, an lr 1e-7 larger moved a dcgan's losses by 2.6e-3 within 10 steps, 0.37 by step 200).
