@@ -109,13 +109,14 @@ def test_the_graph_steps_plumbing_trains_exactly_as_the_eager_step() -> None:
 
 
 def test_a_graph_step_follows_a_changing_learning_rate_without_a_new_capture() -> None:
-    """lr_decay=linear changes the lr every step of the second half, a rollback halves it: the graph
-    reads the fused optimizers' lrs from tensors that each call refills, so the steps are the eager
-    step's, bit for bit, from one capture. (Bit for bit because a fused optimizer's lrs are float32
-    values: from a tensor the kernel reads the float32, from the loop the double it is given.)"""
+    """lr_decay=linear changes the lr every step of the second half (here, with a halving on top):
+    the graph reads the fused optimizers' lrs from tensors that each call refills, so the steps are
+    the eager step's, bit for bit, from one capture. (Bit for bit because a fused optimizer's lrs
+    are float32 values: from a tensor the kernel reads the float32, from the loop the double it is
+    given.)"""
 
     def factor(i: int) -> float:
-        return linear_decay(i, 16) * (0.5 if i >= 12 else 1.0)  # a rollback's halving at step 12
+        return linear_decay(i, 16) * (0.5 if i >= 12 else 1.0)  # halved from step 12
 
     eager, G_eager = _run(None, steps=16, fused=True, lr_factor=factor)
     graphs: list[GraphStep] = []
