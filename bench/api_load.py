@@ -236,7 +236,7 @@ def main() -> int:
         "GANTRY_API_RATE": "1000000",
         "GANTRY_API_BURST": "1000000",
         "GANTRY_API_MAX_ACTIVE_JOBS": "100000000",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     gantry = [sys.executable, "-m", "gantry.api.cli"]
     subprocess.run([*gantry, "db", "upgrade"], env=env, check=True, capture_output=True)

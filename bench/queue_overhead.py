@@ -83,7 +83,8 @@ def main() -> int:
         services.s3.client().create_bucket(Bucket="overhead")
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")},
-            "PYTHONPATH": str(ROOT),
+            # The repository first; an inherited path stays (where gantry's dependencies may lie).
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "OMP_NUM_THREADS": "1",
             "GANTRY_HOME": str(work / "home"),
             "GANTRY_DATABASE_URL": services.postgres.create_database("overhead"),
@@ -100,7 +101,7 @@ def main() -> int:
         (work / "noop_app.py").write_text(
             NOOP.format(broker=services.redis.url(1), backend=services.redis.url(2))
         )
-        noop_env = {**env, "PYTHONPATH": f"{work}{os.pathsep}{ROOT}"}
+        noop_env = {**env, "PYTHONPATH": f"{work}{os.pathsep}{env['PYTHONPATH']}"}
         raw_log = (work / "noop.log").open("w")
         raw = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "noop_app", "worker", "-c", "1", "--pool", "prefork", "-l", "INFO"],
