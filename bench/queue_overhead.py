@@ -25,7 +25,8 @@ Submit to running is judged against the raw round trip made after the same pause
 has sat idle answers later than one kept busy (on a VM, the idle cores' wake-up), and a tiny job is
 never submitted back to back with the end of the one before (its end is seen by polling), so the
 back-to-back round trip would compare a busy worker with an idle one.
-Exit status: 0 when both are met, 1 when not, 2 when a private service cannot run here.
+Exit status: 0 when both are met, 1 when not, 2 when a private service cannot run here (or an
+argument is out of range).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def main() -> int:
         "--pause", type=float, default=0.05, help="seconds idle before each one-at-a-time call (default 0.05)"
     )
     args = parser.parse_args()
+    if args.jobs < 1 or args.pause < 0:
+        parser.error("--jobs must be at least 1 and --pause at least 0")
     try:
         services = Services()
     except Missing as exc:
