@@ -116,16 +116,16 @@ def main() -> None:
         canonical = batch / time_step(
             make_step("canonical", batch, device), device, iters=steps // 3 or 1, warmup=2
         )
-        graph = float("nan")
+        graph = "-"  # no CUDA graph on the CPU
         if gpu:
             torch.manual_seed(0)
             step = make_step("bf16_cuda_graph", batch, device)
-            graph = batch / time_step(step, device, iters=steps // 3 or 1, warmup=10)
+            graph = f"{batch / time_step(step, device, iters=steps // 3 or 1, warmup=10):.1f}"
         ours = time_gantry(batch, steps, device, args.precision, compile)
         ratios[batch] = ours / canonical
         share = f"{ours * FLOP_PER_IMAGE / (peak * 1e12):.1%}" if peak else "-"
         print(
-            f"{batch:>5} {canonical:>10.1f} {graph:>12.1f} {ours:>9.1f} {ratios[batch]:>16.2f} {share:>7}",
+            f"{batch:>5} {canonical:>10.1f} {graph:>12} {ours:>9.1f} {ratios[batch]:>16.2f} {share:>7}",
             flush=True,
         )
     first = 64 if 64 in ratios else batches[0]
