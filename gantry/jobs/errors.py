@@ -48,6 +48,15 @@ class ServiceUnavailable(GantryError):
         self.transient = transient
 
 
+class WrongSchema(ServiceUnavailable):
+    """The database is at another schema revision than this code's: `gantry db upgrade` has not run
+    yet, or a newer gantry's has (a worker of the old version then refuses each job it is sent, and
+    sends it back to the queue for one of the new; docs/operations.md, "Upgrade the schema")."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("database", message)
+
+
 class Throttled(GantryError):
     """The service will not take this now (an owner's job quota, a request rate): try again after
     `retry_after` seconds. HTTP 429 with Retry-After."""

@@ -39,7 +39,11 @@ class Settings(BaseSettings):
     retry_seconds: float = Field(
         600, ge=0, description="how long transient infrastructure errors are retried before a job fails"
     )
-    max_attempts: int = Field(5, ge=1, description="deaths of a job's own process before it is failed")
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        description="deaths of a job's attempts (its process killed, its worker lost past the lease) before it is failed",
+    )
     requeue_seconds: float = Field(
         300, ge=1, description="a queued job whose message is not on the queue is sent again after this long"
     )

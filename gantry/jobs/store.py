@@ -67,7 +67,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable
+from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable, WrongSchema
 
 SCHEMA_REVISION = "0005"
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -320,13 +320,30 @@ def connect(
             upgrade(url)
             found = schema_revision(engine)
         if found != SCHEMA_REVISION:
-            what = "has no gantry schema" if found is None else f"is at schema revision {found}"
-            raise ServiceUnavailable(
-                "database",
-                f"{describe_url(url)} {what}; this gantry needs revision {SCHEMA_REVISION}. "
-                "Run `gantry db upgrade`.",
-            )
+            raise _wrong_schema(url, found)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def check_schema(session: Session) -> None:
+    """WrongSchema unless the database is (still) at this code's revision: for a process that
+    connected long ago, such as a worker's pool process, which checks it again before each claim
+    (one small read in the claim's transaction), since a newer gantry's `gantry db upgrade` may
+    have run since."""
+    found = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if found != SCHEMA_REVISION:
+        raise _wrong_schema(str(session.connection().engine.url), found)
+
+
+def _wrong_schema(url: str, found: str | None) -> WrongSchema:
+    if found is not None and found.isdigit() and int(found) > int(SCHEMA_REVISION):  # 0001, 0002, ...
+        return WrongSchema(
+            f"{describe_url(url)} is at schema revision {found}, newer than this gantry's "
+            f"({SCHEMA_REVISION}): a newer gantry upgraded it; run that version"
+        )
+    what = "has no gantry schema" if found is None else f"is at schema revision {found}"
+    return WrongSchema(
+        f"{describe_url(url)} {what}; this gantry needs revision {SCHEMA_REVISION}. Run `gantry db upgrade`."
+    )
 
 
 @contextmanager

@@ -830,7 +830,8 @@ def run_job(
     `outage_since`: when the outage that handed it back began. A transient infrastructure error
     that outlasts the retries raises RetryLater, the row left `running` for the retried task (or,
     if that is lost, the lease's expiry) to take over. Any other error fails the job with its
-    reason and traceback, and is not retried.
+    reason and traceback, and is not retried. A database at another schema revision than this
+    code's raises WrongSchema before the claim, the job left as it was.
 
     `stop`: this process's stop request (SIGTERM sets the worker's); a job stopped by it is handed
     back and `send(kind, job_id)` sends its message again (None, or a failed send: the reaper sends
@@ -846,6 +847,7 @@ def run_job(
     try:
         sessions, objects = CONNECTIONS.get(settings)
         with db.session_scope(sessions) as s:
+            db.check_schema(s)  # connected long ago, maybe before a newer gantry's `db upgrade`
             job = db.claim_job(
                 s,
                 job_id,

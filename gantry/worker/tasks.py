@@ -3,16 +3,21 @@ of which `run_job` does; the task adds the retries of a job handed back after a 
 infrastructure error (with its lease token, so it goes on as the same attempt), sends the message
 of a job handed back by a stopping worker, and arms the stop watchdog (gantry.worker.lifecycle).
 A message for a job that another live worker holds (a duplicate: Redis redelivered it, or the
-reaper sent it again) is dropped: should that holder die, the reaper queues the job again. The
-job's own errors are recorded by `run_job`, never retried."""
+reaper sent it again) is dropped: should that holder die, the reaper queues the job again. A
+worker whose code is not the database's schema revision (a newer gantry ran `gantry db upgrade`)
+refuses the job and sends its message back with backoff, for a worker of the new version, for
+GANTRY_RETRY_SECONDS; then leaves it to the reaper, the job still queued. The job's own errors are
+recorded by `run_job`, never retried."""
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 
 from celery import Task, shared_task
 
+from gantry.jobs.errors import WrongSchema
 from gantry.jobs.queue import enqueue
 from gantry.jobs.settings import get_settings
 from gantry.jobs.store import JobBusy
@@ -32,7 +37,13 @@ def retry_countdown(retries: int, *, base: float = 5.0, cap: float = 300.0) -> f
     return min(cap, base * 2**retries) * random.uniform(0.5, 1.0)
 
 
-def _run(task: Task, job_id: str, token: int | None = None, outage_since: float | None = None) -> None:
+def _run(
+    task: Task,
+    job_id: str,
+    token: int | None = None,
+    outage_since: float | None = None,
+    refused_since: float | None = None,
+) -> None:
     settings = get_settings()
     send = None if task.request.is_eager else (lambda kind, job: enqueue(task.app, kind, job))
     try:
@@ -45,6 +56,19 @@ def _run(task: Task, job_id: str, token: int | None = None, outage_since: float 
         if task.request.is_eager:
             raise
         log.info("job %s: a duplicate message, dropped (%s)", job_id, busy)
+    except WrongSchema as wrong:
+        if task.request.is_eager:
+            raise
+        # Not an outage of the job's (`outage_since` bounds those): a refusal of this worker's.
+        refused_since = refused_since or time.time()
+        if time.time() - refused_since >= settings.retry_seconds:
+            log.error("job %s: not run here, left queued for the reaper to send again: %s", job_id, wrong)
+            return
+        log.warning("job %s: refused and sent back to the queue: %s", job_id, wrong)
+        raise task.retry(
+            countdown=retry_countdown(task.request.retries or 0),
+            kwargs={"token": token, "outage_since": outage_since, "refused_since": refused_since},
+        ) from None
     except RetryLater as later:
         if task.request.is_eager:
             raise
@@ -57,15 +81,33 @@ def _run(task: Task, job_id: str, token: int | None = None, outage_since: float 
 
 
 @shared_task(name="gantry.train", **OPTIONS)
-def train(self: Task, job_id: str, token: int | None = None, outage_since: float | None = None) -> None:
-    _run(self, job_id, token, outage_since)
+def train(
+    self: Task,
+    job_id: str,
+    token: int | None = None,
+    outage_since: float | None = None,
+    refused_since: float | None = None,
+) -> None:
+    _run(self, job_id, token, outage_since, refused_since)
 
 
 @shared_task(name="gantry.sample", **OPTIONS)
-def sample(self: Task, job_id: str, token: int | None = None, outage_since: float | None = None) -> None:
-    _run(self, job_id, token, outage_since)
+def sample(
+    self: Task,
+    job_id: str,
+    token: int | None = None,
+    outage_since: float | None = None,
+    refused_since: float | None = None,
+) -> None:
+    _run(self, job_id, token, outage_since, refused_since)
 
 
 @shared_task(name="gantry.evaluate", **OPTIONS)
-def evaluate(self: Task, job_id: str, token: int | None = None, outage_since: float | None = None) -> None:
-    _run(self, job_id, token, outage_since)
+def evaluate(
+    self: Task,
+    job_id: str,
+    token: int | None = None,
+    outage_since: float | None = None,
+    refused_since: float | None = None,
+) -> None:
+    _run(self, job_id, token, outage_since, refused_since)

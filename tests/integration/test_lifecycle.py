@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from gantry.jobs import keys
 from gantry.jobs import store as db
@@ -168,6 +168,39 @@ def test_a_message_taken_by_a_worker_that_died_before_claiming_is_sent_again(ser
     finally:
         gantry(env, "cancel", job_id, check=False)
         _flush(env)
+
+
+def test_a_running_worker_refuses_jobs_once_a_newer_gantry_upgraded_the_schema(service_env, worker) -> None:
+    """Between `gantry db upgrade` of a new version and its workers' rollout, a worker of the old
+    version (its connections made long before) takes no job: it sends each back to the queue, and
+    a worker that fits the schema (here: the same one, the revision put back) runs it."""
+    env = service_env
+    first = submit(env, "train", "gan", "--dataset", "ring8", "--steps", "5")
+    wait_for(env, first, ("succeeded",), timeout=120)  # the pool process has connected
+    sessions = _sessions(env)
+    with db.session_scope(sessions) as s:
+        spec = s.get(db.Job, first).spec
+    revision = text("UPDATE alembic_version SET version_num = :v")
+    app = make_celery(Settings(broker_url=env["GANTRY_BROKER_URL"], database_url=env["GANTRY_DATABASE_URL"]))
+    try:
+        with db.session_scope(sessions) as s:
+            s.execute(revision, {"v": f"{int(db.SCHEMA_REVISION) + 1:04d}"})  # a newer gantry's upgrade
+            job_id = db.create_job(s, kind="train", model="gan", spec=spec, total_steps=5).id
+        enqueue(app, "train", job_id)
+        deadline = time.monotonic() + 60
+        while "refused and sent back to the queue" not in worker.log_path.read_text():
+            assert time.monotonic() < deadline, worker.log_path.read_text()[-5000:]
+            time.sleep(0.2)
+        log = worker.log_path.read_text()
+        assert f"newer than this gantry's ({db.SCHEMA_REVISION})" in log
+        time.sleep(3)  # its retries meanwhile are refused too
+        with db.session_scope(sessions) as s:
+            assert s.get(db.Job, job_id).state == "queued"
+    finally:
+        with db.session_scope(sessions) as s:
+            s.execute(revision, {"v": db.SCHEMA_REVISION})
+    done = wait_for(env, job_id, ("succeeded",), timeout=120)  # a later retry fits the schema
+    assert done["attempt"] == 1
 
 
 def test_one_reaper_at_a_time_on_postgresql(service_env) -> None:

@@ -3,10 +3,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from gantry.jobs import store as db
-from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable
+from gantry.jobs.errors import InvalidInput, JobNotFound, LeaseLost, ServiceUnavailable, WrongSchema
 from gantry.migrations import head_revision
 from tests.postgres import private_database
 
@@ -30,6 +30,20 @@ def test_missing_schema_names_the_command(tmp_path) -> None:
         db.connect(f"sqlite:///{tmp_path}/empty.db")
     assert "gantry db upgrade" in str(info.value)
     assert not (tmp_path / "empty.db").exists()  # nothing created behind Alembic's back
+
+
+def test_a_store_at_another_revision_is_refused_saying_which_gantry_to_run(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path}/store.db"
+    sessions = db.connect(url, create_sqlite=True)
+    for found, hint in [("0001", "Run `gantry db upgrade`"), ("9999", "a newer gantry upgraded it")]:
+        with db.session_scope(sessions) as s:
+            s.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": found})
+        with pytest.raises(WrongSchema, match=f"revision {found}") as info:
+            db.connect(url)
+        assert hint in str(info.value)
+        # A process connected before the upgrade finds it out at its next check (a worker's claim).
+        with db.session_scope(sessions) as s, pytest.raises(WrongSchema, match=hint):
+            db.check_schema(s)
 
 
 def test_a_new_sqlite_store_gets_its_schema_when_asked(tmp_path) -> None:
