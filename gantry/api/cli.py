@@ -27,6 +27,7 @@ from rich.table import Table
 
 from gantry.api import follow
 from gantry.api.client import HttpService
+from gantry.api.console import Output, reader_gone, stdout_gone
 from gantry.api.datacmd import data
 from gantry.api.schemas import JobView, LogLine
 from gantry.api.service import Service, unavailable
@@ -36,13 +37,14 @@ from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs import MODELS, CodeWalk, EvaluateSpec, SampleSpec
 from gantry.jobs.store import KINDS, STATES, TERMINAL
 
-out = Console(highlight=False, soft_wrap=True)
+out = Output(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
 
 class GantryGroup(click.Group):
     """Turns gantry's errors into their exit codes and one clear line on stderr; so too a service
-    that stops answering in the middle of a command (exit 4, never a traceback)."""
+    that stops answering in the middle of a command (exit 4, never a traceback). A reader of the
+    output that went away ends the command quietly (gantry.api.console)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -50,6 +52,8 @@ class GantryGroup(click.Group):
         except GantryError as exc:
             _exit_with(exc)
         except Exception as exc:
+            if isinstance(exc, BrokenPipeError) and stdout_gone():  # `gantry logs ID | head -1`
+                reader_gone()
             down = unavailable(exc, ctx.obj) if isinstance(ctx.obj, Settings) else None
             if down is None:
                 raise
@@ -368,13 +372,19 @@ def evaluate(ctx: click.Context, job_id: str, wait: bool, as_json: bool, **field
 
 @cli.command()
 @click.argument("model", type=click.Choice(sorted(MODELS)))
+@_JSON
 @click.pass_context
-def options(ctx: click.Context, model: str) -> None:
+def options(ctx: click.Context, model: str, as_json: bool) -> None:
     """List MODEL's `--set` options: default, allowed values and meaning, architecture first."""
+    from dataclasses import asdict
+
     from gantry.jobs.specs import option_help
 
     svc = _service(ctx)
     rows = svc.option_help(model) if isinstance(svc, HttpService) else option_help(model)
+    if as_json:  # as GET /v1/models lists them
+        _print_json([asdict(row) for row in rows])
+        return
     table = Table(box=None)
     # Names and defaults are what users type: never cut or wrapped; the meaning wraps.
     table.add_column("option", no_wrap=True, min_width=max(len(row.name) for row in rows))
@@ -695,8 +705,9 @@ def download(ctx: click.Context, job_id: str, to: Path | None, as_json: bool) ->
 @click.argument("job_id")
 @click.option("--recursive", is_flag=True, help="Also delete the sample and evaluate jobs made from it.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask.")
+@_JSON
 @click.pass_context
-def delete(ctx: click.Context, job_id: str, recursive: bool, yes: bool) -> None:
+def delete(ctx: click.Context, job_id: str, recursive: bool, yes: bool, as_json: bool) -> None:
     """Delete a finished job: its records, metrics, logs and every object under jobs/JOB_ID/.
     A queued or running job is refused (cancel it first); so is a train job that other jobs were
     made from, unless --recursive."""
@@ -708,6 +719,9 @@ def delete(ctx: click.Context, job_id: str, recursive: bool, yes: bool) -> None:
             raise InvalidInput("yes", f"deleting {what} needs --yes when there is no terminal to ask on")
         click.confirm(f"Delete {what} and all their objects?", abort=True, err=True)
     svc.delete(job_id, recursive=recursive)
+    if as_json:
+        _print_json({"deleted": doomed})
+        return
     for gone in doomed:
         out.print(f"job {gone} deleted")
 
@@ -789,11 +803,15 @@ def token_list(ctx: click.Context, as_json: bool) -> None:
 
 @token.command(name="revoke")
 @click.argument("token_id")
+@_JSON
 @click.pass_context
-def token_revoke(ctx: click.Context, token_id: str) -> None:
+def token_revoke(ctx: click.Context, token_id: str, as_json: bool) -> None:
     """Revoke token TOKEN_ID (as `gantry token list` shows it): every API process refuses it within
     GANTRY_API_AUTH_CACHE_SECONDS (1 s by default)."""
     revoked = _local(ctx, note="token revoke").revoke_token(token_id)
+    if as_json:  # as `gantry token list --json` shows it
+        _print_json(revoked.model_dump(mode="json"))
+        return
     out.print(f"token {revoked.id} of {revoked.owner} is revoked")
 
 

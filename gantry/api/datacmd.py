@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 
+from gantry.api.console import Output
 from gantry.jobs.datasets import DATASETS
 from gantry.jobs.errors import InvalidInput, ServiceUnavailable
 from gantry.jobs.settings import Settings, get_settings
 from gantry.jobs.specs.options import parse_colour
 from gantry.jobs.storage import fetch_to_local
 
-out = Console(highlight=False, soft_wrap=True)
+out = Output(highlight=False, soft_wrap=True)
 
 
 @click.group()

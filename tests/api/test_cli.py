@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +30,21 @@ def test_api_imports_leave_torch_out() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args", [["list", "--json"], ["options", "dcgan"], ["list"]])
+def test_a_reader_that_went_away_ends_the_command_quietly(settings, args) -> None:
+    # `gantry list --json | head -1`: a broken pipe to stdout is no network outage (exit 4 and an
+    # error line before); the command ends as one that SIGPIPE killed, nothing on stderr.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "gantry.api.cli", *args], stdout=write, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (141, "")
 
 
 def _count_jobs(settings) -> int:
@@ -117,6 +133,10 @@ def test_options_lists_architecture_first_with_defaults_and_bounds() -> None:
     assert lines[2][:4] == ["nz", "100", "1", "to"]
     assert names.index("lr") < names.index("labels") < names.index("precision")
     assert "'gantry[text]')" in run("options", "text2img").output  # shown as written, not read as markup
+    rows = json.loads(run("options", "dcgan", "--json").output)
+    assert rows[0] == {
+        "name": "nz", "default": "100", "allowed": "1 to 1024", "meaning": rows[0]["meaning"], "section": "architecture"
+    }  # fmt: skip
 
 
 def test_unreachable_broker_is_named_without_password(settings, monkeypatch) -> None:

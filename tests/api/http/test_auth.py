@@ -3,6 +3,7 @@ hashed and never echoed."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import timedelta
@@ -132,7 +133,10 @@ def test_token_cli_prints_once_and_revokes(settings: Settings) -> None:
     token_id = listed.output.split("erin")[0].split()[-1]
     app = make_api(settings)
     assert app.client.get("/v1/jobs", headers=bearer(token)).status_code == 200
-    assert runner.invoke(cli, ["token", "revoke", token_id]).exit_code == 0
+    revoked = runner.invoke(cli, ["token", "revoke", token_id, "--json"])
+    assert revoked.exit_code == 0, revoked.output
+    view = json.loads(revoked.stdout)
+    assert (view["id"], view["owner"], view["token"]) == (token_id, "erin", None) and view["revoked_at"]
     # Revoked by another process (the CLI): refused once this API process's check of the token is
     # older than GANTRY_API_AUTH_CACHE_SECONDS.
     time.sleep(settings.api_auth_cache_seconds)
