@@ -92,6 +92,17 @@ def test_bulk_counts_and_formats_are_for_plain_samples(trained: tuple[Service, s
     assert svc.submit_sample(train_id, count=100_000, format="tar").progress.total_steps == 100_000
 
 
+def test_a_2d_jobs_samples_take_no_image_format(settings) -> None:
+    # Its samples are one points.npy and a scatter plot: npz or tar shards was accepted and ignored.
+    svc = Service(settings)
+    train = svc.submit_train(model="gan", dataset="ring8", steps=2)
+    svc.run_embedded(train)
+    for fmt in ("npz", "tar"):
+        with pytest.raises(InvalidInput) as err:
+            svc.submit_sample(train.id, count=10, format=fmt)
+        assert err.value.field == "format" and "points.npy" in err.value.message
+
+
 def svc_checkpoint(svc: Service, train_id: str) -> tuple[bytes, int]:
     from gantry.jobs.keys import Manifest, manifest_key
 

@@ -3,12 +3,16 @@ with the Improved Techniques (arXiv 1606.03498)."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from gantry.jobs.errors import InvalidInput
 from gantry.jobs.specs.base import Conflict, ModelOptions, OptionGroup, TrainSpec
 from gantry.jobs.specs.options import Adam, GeneratorLoss, ImageFiles, ImprovedTechniques
+
+if TYPE_CHECKING:
+    from gantry.jobs.specs.jobs import SampleSpec
 
 
 class MLPNets(OptionGroup):
@@ -64,3 +68,13 @@ class GANTrainSpec(TrainSpec):
     def points(self) -> bool:
         """True when the data are 2-D points (ring8, grid25), not images."""
         return self.data_kind == "points"
+
+    def check_sample(self, sample: SampleSpec) -> None:
+        """A 2-D job's samples are one points.npy and its scatter plot: no image format to choose."""
+        if self.points and sample.format != "png":
+            raise InvalidInput(
+                "format",
+                f"{sample.format} is for images; a gan job on {self.dataset} writes its samples as one "
+                "points.npy and a scatter plot (leave --format out)",
+            )
+        super().check_sample(sample)
