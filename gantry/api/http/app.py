@@ -14,7 +14,8 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -26,6 +27,7 @@ from gantry.api.http.limits import BodyLimit
 from gantry.api.service import Service
 from gantry.jobs.errors import InvalidInput, JobNotFound, NotAuthorised, ServiceUnavailable, Throttled
 from gantry.jobs.settings import Settings
+from gantry.jobs.store import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +125,30 @@ def _errors(app: FastAPI) -> None:
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(InvalidInput)
-    async def invalid(_: Request, exc: InvalidInput) -> JSONResponse:
-        # The shape of FastAPI's own validation errors, so a client reads one shape.
-        return problem(422, [{"loc": ["body", exc.field], "msg": exc.message, "type": "invalid_input"}])
+    async def invalid(request: Request, exc: InvalidInput) -> JSONResponse:
+        # The shape of FastAPI's own validation errors, so a client reads one shape: `loc` is where
+        # the field came from, then its name.
+        where = (
+            "query"
+            if exc.field in request.query_params
+            else "path"
+            if exc.field in request.path_params
+            else "body"
+        )
+        return problem(422, [{"loc": [where, exc.field], "msg": exc.message, "type": "invalid_input"}])
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # A job body is one of three models chosen by its `kind`; pydantic names the one it tried
+        # in `loc` (["body", "train", "seed"]): left out, so that `loc` is ["body", "seed"] as for
+        # every other field.
+        errors = []
+        for error in exc.errors():
+            loc = list(error.get("loc", ()))
+            if len(loc) > 2 and loc[0] == "body" and loc[1] in KINDS:
+                del loc[1]
+            errors.append({**error, "loc": loc})
+        return await request_validation_exception_handler(request, RequestValidationError(errors))
 
     @app.exception_handler(JobNotFound)
     async def not_found(_: Request, exc: JobNotFound) -> JSONResponse:

@@ -187,7 +187,7 @@ async def _receive_multipart(request: Request, path: Path, limit: int, name: str
             raise HTTPException(413, _too_large(limit))
         return message
 
-    form = await Request(request.scope, counted_receive).form(max_files=1, max_fields=1)
+    form = await Request(request.scope, counted_receive).form(max_files=1, max_fields=0)
     try:
         part = form.get("file")
         if not isinstance(part, UploadFile):

@@ -241,6 +241,11 @@ def test_multipart_upload_of_an_npz_names_it_by_its_filename(api: Api) -> None:
     assert answer.status_code == 201, answer.text
     assert answer.json()["dataset"].endswith("/uploads/alice/faces.npz")
     assert api.submit(api.alice, dataset=answer.json()["dataset"])["state"] == "queued"
+    # One `file` part and nothing else (a field beside it was taken and ignored).
+    extra = api.client.post(
+        "/v1/datasets", files={"file": ("more.npz", data)}, data={"note": "x"}, headers=api.alice
+    )
+    assert extra.status_code == 400 and "fields" in extra.text
 
 
 def test_uploads_are_listed_to_their_owner_and_admins_and_never_replaced(api: Api) -> None:
@@ -282,7 +287,8 @@ def test_bad_uploads_are_422_naming_the_field_and_nothing_is_kept(
 ) -> None:
     answer = upload_raw(api, api.alice, name, data)
     assert answer.status_code == 422, answer.text
-    assert answer.json()["detail"][0]["loc"] == ["body", field] and words in answer.text
+    where = "query" if field == "name" else "body"  # ?name=, the file the body
+    assert answer.json()["detail"][0]["loc"] == [where, field] and words in answer.text
     assert api.service.objects.list("uploads/") == []
 
 
