@@ -584,8 +584,8 @@ def _holder_may_be_alive(holder: str | None, claimant: str) -> bool:
 
 def died_message(deaths: int) -> str:
     return (
-        f"its worker died {deaths} times (out of memory?); GANTRY_MAX_ATTEMPTS ends a job after that "
-        "many deaths. Its checkpoints are kept."
+        f"its worker died {deaths} times (out of memory? its machine lost? `gantry logs` says how each "
+        "attempt ended); GANTRY_MAX_ATTEMPTS ends a job after that many deaths. Its checkpoints are kept."
     )
 
 
