@@ -101,6 +101,8 @@ def test_a_checkpoint_is_latest_best_or_a_step() -> None:
         ("dcgan", {}, {"interpolate": "1:2", "code_walk": "switch"}, "code_walk", "latent_codes or labels"),
         ("gan", {}, {"code_walk": "switch", "count": 2}, "code_walk", "use it with --interpolate"),
         ("text2img", {}, {"count": 4}, "prompts", "pass --prompt TEXT"),
+        ("text2img", {}, {"arithmetic": "1 - 2 + 3", "prompts": ["a", "b"]}, "prompts", "one fixed text"),
+        ("gan", {}, {"count": 4, "format": "npz"}, "format", "points.npy"),
     ],
 )
 def test_a_train_spec_says_how_its_checkpoint_samples(model, fields, sample, field, words) -> None:

@@ -152,3 +152,5 @@ class Text2ImgTrainSpec(ConvTrainSpec):
                 "prompts",
                 f'{self.model} jobs draw what a caption says: pass --prompt TEXT, e.g. --prompt "a small red circle"',
             )
+        if sample.arithmetic and len(sample.prompts) > 1:  # the rest were ignored
+            raise InvalidInput("prompts", "--arithmetic works at one fixed text: pass one --prompt (or none)")
