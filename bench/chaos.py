@@ -8,7 +8,8 @@ server behind a cuttable forwarder. The machine's own servers are left alone.
 
 Prints what happens as it goes, each scenario's verdict with its reasons, then the table for
 bench/RESULTS.md: faults injected, jobs, lost, duplicated, stranded, worst time to resume. Exits 1
-when any scenario failed or resumed a job later than its bound (one checkpoint interval + the lease). The scenarios and their definitions: tests/chaos/scenarios.py.
+when any scenario failed or resumed a job later than its bound (one checkpoint interval + the lease
++ 2 s). The scenarios and their definitions: tests/chaos/scenarios.py.
 """
 
 from __future__ import annotations
