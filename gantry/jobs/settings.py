@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     # The Inception metrics (fid, kid, inception_score, precision_recall; docs/real-images.md, "Metrics").
     inception_weights: str | None = Field(
         None,
-        description="path or s3:// URI of pt_inception-2015-12-05-6726825d.pth, the FID Inception weights "
+        description="path or s3:// URI of weights-inception-2015-12-05-6726825d.pth, the FID Inception weights "
         "torch-fidelity publishes; nothing is downloaded",
     )
     inception_weights_sha256: str | None = Field(

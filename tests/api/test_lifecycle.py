@@ -210,6 +210,19 @@ def test_delete_removes_a_finished_job_and_refuses_what_users_would_lose(setting
     assert svc.list_jobs().jobs == [] and run("delete", parent.id, "--yes").exit_code == 3
 
 
+def test_every_job_keeps_its_validated_spec_beside_its_objects(settings, svc) -> None:
+    train = _trained(svc)
+    sample = svc.submit_sample(train.id, count=2, seed=5)
+    svc.run_embedded(sample)
+    evaluate = svc.submit_evaluate(train.id, metrics=["fd_classifier"])
+    svc.run_embedded(evaluate)
+    objects = open_store(settings.storage)
+    for job in (train, sample, evaluate):
+        kept = json.loads(objects.get_bytes(f"jobs/{job.id}/spec.json"))
+        assert kept == svc.get(job.id).spec, job.kind  # sample and evaluate jobs had none
+    assert json.loads(objects.get_bytes(f"jobs/{sample.id}/spec.json"))["seed"] == 5
+
+
 def test_watch_json_streams_one_line_per_change(settings, svc) -> None:
     done = _trained(svc)
     result = run("watch", done.id, "--json")
