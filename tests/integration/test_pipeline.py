@@ -47,7 +47,7 @@ def test_train_and_sample_jobs_through_a_real_worker(service_env, worker, tmp_pa
     sample = wait_for(env, sample_id, ("succeeded",))
     assert sample["parent_job_id"] == train_ids[0] and sample["kind"] == "sample"
     keys = _keys(env, sample_id)
-    assert [f"images/{i:06d}.png" for i in range(16)] + ["images/grid.png"] == keys
+    assert [f"images/{i:06d}.png" for i in range(16)] + ["images/grid.png", "spec.json"] == keys
     body = s3(env).get_object(Bucket="gantry-it", Key=f"runs/jobs/{sample_id}/images/grid.png")["Body"].read()
     grid = Image.open(io.BytesIO(body))
     assert grid.size[0] >= 4 * 16 and grid.size[1] >= 4 * 16
