@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from typing import Any
 
 from celery import Task, shared_task
 
@@ -40,10 +41,14 @@ def retry_countdown(retries: int, *, base: float = 5.0, cap: float = 300.0) -> f
 def _run(
     task: Task,
     job_id: str,
+    *,
     token: int | None = None,
     outage_since: float | None = None,
     refused_since: float | None = None,
 ) -> None:
+    """Run job `job_id`. A retried task's message carries more than the job id: `token`, the lease
+    token of the attempt it goes on with; `outage_since`, when the outage that handed the job back
+    began; `refused_since`, when a worker first refused it for the database's schema."""
     settings = get_settings()
     send = None if task.request.is_eager else (lambda kind, job: enqueue(task.app, kind, job))
     try:
@@ -81,33 +86,15 @@ def _run(
 
 
 @shared_task(name="gantry.train", **OPTIONS)
-def train(
-    self: Task,
-    job_id: str,
-    token: int | None = None,
-    outage_since: float | None = None,
-    refused_since: float | None = None,
-) -> None:
-    _run(self, job_id, token, outage_since, refused_since)
+def train(self: Task, job_id: str, **retried: Any) -> None:
+    _run(self, job_id, **retried)
 
 
 @shared_task(name="gantry.sample", **OPTIONS)
-def sample(
-    self: Task,
-    job_id: str,
-    token: int | None = None,
-    outage_since: float | None = None,
-    refused_since: float | None = None,
-) -> None:
-    _run(self, job_id, token, outage_since, refused_since)
+def sample(self: Task, job_id: str, **retried: Any) -> None:
+    _run(self, job_id, **retried)
 
 
 @shared_task(name="gantry.evaluate", **OPTIONS)
-def evaluate(
-    self: Task,
-    job_id: str,
-    token: int | None = None,
-    outage_since: float | None = None,
-    refused_since: float | None = None,
-) -> None:
-    _run(self, job_id, token, outage_since, refused_since)
+def evaluate(self: Task, job_id: str, **retried: Any) -> None:
+    _run(self, job_id, **retried)

@@ -75,14 +75,43 @@ def test_a_handed_back_job_is_retried_with_its_token_and_no_retry_count_limit(mo
     assert 0 < task.retried["countdown"] <= 300
     # The retried message carries them back to run_job.
     with pytest.raises(_Retry):
-        tasks._run(task, "j1", 3, 1234.0)
+        tasks._run(task, "j1", token=3, outage_since=1234.0)
     assert calls[-1] == ("j1", 3, 1234.0)
     # A job another live worker holds: this message is a duplicate (a redelivery, or the reaper's),
     # dropped at once rather than retried for as long as the job runs; should the holder die, the
     # reaper queues the job again with a message of its own.
     monkeypatch.setattr(tasks, "run_job", lambda *a, **k: (_ for _ in ()).throw(JobBusy("j1", "w:1", 40)))
     task.retried = None
-    tasks._run(task, "j1", 3, None)
+    tasks._run(task, "j1", token=3)
     assert task.retried is None
     # Retries are bounded by time in run_job, never by a count that runs out mid-outage.
     assert tasks.train.max_retries is None and not getattr(tasks.train, "autoretry_for", ())
+
+
+def test_a_job_refused_for_a_newer_schema_goes_back_to_the_queue_for_the_retry_budget(
+    monkeypatch, settings
+) -> None:
+    import time
+
+    import pytest
+
+    from gantry.jobs.errors import WrongSchema
+    from gantry.worker import tasks
+
+    def refused(job_id, **_):
+        raise WrongSchema("the database is at schema revision 0099, newer than this gantry's")
+
+    monkeypatch.setattr(tasks, "run_job", refused)
+    task = _FakeTask()
+    with pytest.raises(_Retry):
+        tasks._run(task, "j1")
+    first = task.retried["kwargs"]["refused_since"]
+    assert task.retried["kwargs"] == {"token": None, "outage_since": None, "refused_since": first}
+    # Its retries carry when the refusals began, not the outage budget of the job's own run.
+    with pytest.raises(_Retry):
+        tasks._run(task, "j1", refused_since=first)
+    assert task.retried["kwargs"]["refused_since"] == first
+    # Past GANTRY_RETRY_SECONDS the job is left queued for the reaper: no retry, no failure.
+    task.retried = None
+    tasks._run(task, "j1", refused_since=time.time() - settings.retry_seconds - 1)
+    assert task.retried is None
