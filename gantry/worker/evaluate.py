@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from gantry.jobs import store as db
 from gantry.jobs.datasets import DATASETS
-from gantry.jobs.keys import eval_key, spec_key
+from gantry.jobs.keys import eval_key
 from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpec, load_train_spec
 from gantry.worker.checkpoints import read_manifest, warn
 from gantry.worker.errors import Stopped
@@ -213,7 +213,6 @@ def without_missing_labels(
 
 def evaluate_job(ctx: JobContext, spec: EvaluateSpec, parent_job_id: str) -> None:
     """Compute the metrics an evaluate job asks for (or those that apply) and write metrics.jsonl."""
-    ctx.put_later(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode(), kind=None)
     with db.session_scope(ctx.sessions) as s:
         train_spec = load_train_spec(dict(db.get_job(s, parent_job_id).spec))
     # The worker's own settings decide: an Inception metric asked for where it has no weights fails the job.

@@ -63,6 +63,7 @@ from gantry.jobs.keys import (
     metrics_segments_prefix,
     retain,
     samples_key,
+    spec_key,
 )
 from gantry.jobs.retry import Outage
 from gantry.jobs.settings import Settings, get_settings
@@ -902,6 +903,8 @@ def _run_claimed(
     job_id, attempt, settings, since = ctx.job_id, ctx.token, ctx.settings, ctx.outage_since
     log.info("job %s: %s attempt %d started", job_id, kind, attempt)
     try:
+        # Every job keeps its validated spec beside its objects (docs/architecture.md, "Object layout").
+        ctx.put_later(spec_key(job_id), json.dumps(spec_data, indent=2).encode(), kind=None)
         if kind == "train":
             state = "succeeded" if train_job(ctx, load_train_spec(spec_data)) else "cancelled"
         elif kind == "sample":

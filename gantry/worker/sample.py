@@ -22,7 +22,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
-from gantry.jobs.keys import image_key, spec_key
+from gantry.jobs.keys import image_key
 from gantry.jobs.specs import SampleSpec
 from gantry.worker.errors import Stopped
 from gantry.worker.gan.images import grid_png, png_bytes
@@ -37,7 +37,6 @@ WRITE_THREADS = 8  # object writes at once: they wait on storage, not on a core
 def sample_job(ctx: JobContext, spec: SampleSpec, parent_job_id: str) -> None:
     """Make what a sample job asks for: plain samples, an interpolation, latent arithmetic,
     images for prompts, or super-resolved inputs; written under `jobs/<id>/images/`."""
-    ctx.put_later(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode(), kind=None)
     checkpoint, _ = ctx.checkpoint_bytes(parent_job_id, spec.checkpoint)
     torch_device = device()
     if spec.input:

@@ -20,7 +20,7 @@ from typing import Any
 from gantry.jobs import store as db
 from gantry.jobs.datasets import DATASETS
 from gantry.jobs.errors import InvalidInput
-from gantry.jobs.keys import Manifest, manifest_key, metrics_segment_key, metrics_segments_prefix, spec_key
+from gantry.jobs.keys import Manifest, manifest_key, metrics_segment_key, metrics_segments_prefix
 from gantry.jobs.settings import Settings
 from gantry.jobs.specs import METRICS, EvaluateSpec, TrainSpec
 from gantry.jobs.storage import fetch_to_local
@@ -101,7 +101,6 @@ def train_job(ctx: JobContext, spec: TrainSpec) -> bool:
     # The worker's own settings decide (as for an evaluate job): eval_metric=fid without the weights
     # here fails the job now, not at its first evaluation.
     spec.check_inception_weights(ctx.settings.inception_weights is not None)
-    ctx.put_later(spec_key(ctx.job_id), spec.model_dump_json(indent=2).encode(), kind=None)
     found = find_resume(ctx)
     resume = found.data if found else None
     if found:
