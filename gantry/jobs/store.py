@@ -278,11 +278,14 @@ def describe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+_REVISION = text("SELECT version_num FROM alembic_version")  # Alembic's stamp
+
+
 def schema_revision(engine: Engine) -> str | None:
     """The Alembic revision stamped in the database; None when it has no gantry schema."""
     try:
         with engine.connect() as conn:
-            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            return conn.execute(_REVISION).scalar()
     except (OperationalError, ProgrammingError) as exc:
         message = str(exc.orig).lower()
         if "no such table" in message or ("does not exist" in message and "alembic_version" in message):
@@ -329,7 +332,7 @@ def check_schema(session: Session) -> None:
     connected long ago, such as a worker's pool process, which checks it again before each claim
     (one small read in the claim's transaction), since a newer gantry's `gantry db upgrade` may
     have run since."""
-    found = session.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    found = session.execute(_REVISION).scalar()
     if found != SCHEMA_REVISION:
         raise _wrong_schema(str(session.connection().engine.url), found)
 
